@@ -1,0 +1,68 @@
+"""Matching scores: L2-normalised, temperature-scaled features and their correlations.
+
+Everything here works in feature-cell coordinates (see :mod:`simsc.coords`). The
+training path only ever builds the ``N x h_B x w_B`` score maps of the query
+keypoints (:func:`query_score_maps`); the full ``h_A w_A x h_B w_B`` tensor
+(:func:`full_correlation`) is for visualisation and tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_map(feat: torch.Tensor, name: str) -> None:
+    if not isinstance(feat, torch.Tensor) or feat.dim() != 4:
+        shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
+        raise ValueError(f"{name} must be a feature map [B, C, h, w], got {shape}")
+
+
+def l2_normalize(feat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Channel-wise L2 normalisation of ``[B, C, h, w]`` (paper Eq. 1)."""
+    _check_map(feat, "feat")
+    return F.normalize(feat, p=2.0, dim=1, eps=eps)
+
+
+def scale_by_temperature(feat: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Divide each image's features by its partial temperature ``beta [B]`` (paper Eq. 5)."""
+    _check_map(feat, "feat")
+    if beta.shape != (feat.shape[0],):
+        raise ValueError(f"beta must have shape [{feat.shape[0]}], got {tuple(beta.shape)}")
+    if not bool((beta > 0).all()):
+        raise ValueError(f"temperatures must be > 0, got min {float(beta.min())}")
+    return feat / beta.view(-1, 1, 1, 1)
+
+
+def sample_features(feat: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample ``feat [B, C, h, w]`` at sub-cell positions ``uv [B, N, 2]`` -> ``[B, N, C]``.
+
+    ``uv`` is in feature-cell units (x, y); positions beyond the border take the border value.
+    """
+    _check_map(feat, "feat")
+    if uv.dim() != 3 or uv.shape[-1] != 2 or uv.shape[0] != feat.shape[0]:
+        raise ValueError(f"uv must be [B, N, 2] with B={feat.shape[0]}, got {tuple(uv.shape)}")
+    h, w = feat.shape[-2:]
+    scale = uv.new_tensor([2.0 / w, 2.0 / h])
+    grid = ((uv + 0.5) * scale - 1.0).unsqueeze(2)  # [B, N, 1, 2], align_corners=False
+    sampled = F.grid_sample(feat, grid.to(feat.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled.squeeze(-1).transpose(1, 2)
+
+
+def query_score_maps(feat_a: torch.Tensor, feat_b: torch.Tensor, uv_a: torch.Tensor) -> torch.Tensor:
+    """Score maps of the query points only: ``[B, N, h_B, w_B]``.
+
+    Samples the (normalised, scaled) ``feat_a`` at the queries ``uv_a`` and correlates
+    with every cell of ``feat_b``. Because sampling is linear, the result equals the
+    bilinear interpolation of the rows of :func:`full_correlation` at ``uv_a``.
+    """
+    _check_map(feat_b, "feat_b")
+    queries = sample_features(feat_a, uv_a)  # [B, N, C]
+    return torch.einsum("bnc,bchw->bnhw", queries, feat_b)
+
+
+def full_correlation(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
+    """All-pairs scores ``[B, h_A * w_A, h_B * w_B]`` (paper Eq. 2/5); row ``i*w_A + j`` is cell (i, j)."""
+    _check_map(feat_a, "feat_a")
+    _check_map(feat_b, "feat_b")
+    return torch.einsum("bci,bcj->bij", feat_a.flatten(2), feat_b.flatten(2))

@@ -1,0 +1,152 @@
+"""The SimSC model: a backbone and a temperature module, nothing else (no matching head).
+
+Data flow: pair batch -> :meth:`SimSC.features` (backbone, beta, L2 norm, scaling) ->
+query score maps -> Gaussian targets -> loss (training) or kernel soft-argmax ->
+image coordinates (:meth:`SimSC.predict`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, build_backbone
+from .coords import feature_to_image, image_to_feature
+from .loss import gaussian_target, simsc_loss
+from .matching import l2_normalize, query_score_maps, scale_by_temperature
+from .soft_argmax import kernel_soft_argmax
+from .temperature import Temperature, build_temperature, effective_temperature
+
+
+def _check_keypoints(kps: torch.Tensor, valid: torch.Tensor | None, name: str) -> torch.Tensor:
+    if not isinstance(kps, torch.Tensor) or kps.dim() != 3 or kps.shape[-1] != 2:
+        shape = tuple(kps.shape) if isinstance(kps, torch.Tensor) else type(kps).__name__
+        raise ValueError(f"{name} must be [B, N, 2] (x, y) pixels, got {shape}")
+    if kps.shape[1] == 0:
+        raise ValueError(f"{name} is an empty keypoint set (N = 0)")
+    if valid is None:
+        valid = torch.ones(kps.shape[:2], dtype=torch.bool, device=kps.device)
+    valid = valid.bool()
+    if valid.shape != kps.shape[:2]:
+        raise ValueError(f"valid must be {tuple(kps.shape[:2])} for {name}, got {tuple(valid.shape)}")
+    if bool(torch.isnan(kps[valid]).any()):
+        raise ValueError(f"{name} has NaN coordinates at valid keypoints; mark them invalid instead")
+    return valid
+
+
+class SimSC(nn.Module):
+    """Backbone + temperature module with the paper's loss and inference.
+
+    Args:
+        backbone: a :class:`~simsc.backbones.Backbone` or a registered name.
+        temperature: ``"mlp"``, ``"single"``, ``"fixed:<beta>"``, ``"no-l2"`` or a module.
+        pretrained, finetune: passed to :func:`~simsc.backbones.build_backbone` for names.
+        ns, nk: ground-truth region and Gaussian kernel sizes (paper: 3 and 5).
+        sigma: kernel soft-argmax std in feature cells (paper: 7).
+        gamma, beta_thres: weight and threshold of the temperature regulariser (0.2, 0.1).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | str = "resnet101",
+        temperature: Temperature | str = "mlp",
+        *,
+        pretrained: bool | str = False,
+        finetune: str = "last_block",
+        ns: int = 3,
+        nk: int = 5,
+        sigma: float = 7.0,
+        gamma: float = 0.2,
+        beta_thres: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, pretrained=pretrained, finetune=finetune)
+        self.backbone = backbone
+        if isinstance(temperature, str):
+            temperature = build_temperature(temperature, backbone.out_channels)
+        self.temperature = temperature
+        self.ns, self.nk, self.sigma = ns, nk, sigma
+        self.gamma, self.beta_thres = gamma, beta_thres
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features, L2-normalised and divided by their partial temperature; and beta ``[B]``."""
+        feat = self.backbone(images)
+        beta = self.temperature(feat)
+        if self.temperature.l2_normalize:
+            feat = l2_normalize(feat)
+        return scale_by_temperature(feat, beta), beta
+
+    def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor) -> dict[str, torch.Tensor]:
+        if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
+            # One backbone pass for both images: same cost, better kernel utilisation.
+            feat, beta = self.features(torch.cat([src_img, trg_img]))
+            feat_a, feat_b = feat.chunk(2)
+            beta_a, beta_b = beta.chunk(2)
+        else:
+            feat_a, beta_a = self.features(src_img)
+            feat_b, beta_b = self.features(trg_img)
+        return {"feat_a": feat_a, "feat_b": feat_b, "beta_a": beta_a, "beta_b": beta_b}
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss on a padded pair batch (keys ``src_img, trg_img, src_kps, trg_kps, valid``).
+
+        Returns ``loss`` (to back-propagate), ``ce``, ``reg`` and detached ``beta_a``,
+        ``beta_b``, ``beta_eff`` per pair.
+        """
+        valid = _check_keypoints(batch["src_kps"], batch.get("valid"), "src_kps")
+        _check_keypoints(batch["trg_kps"], valid, "trg_kps")
+        out = self(batch["src_img"], batch["trg_img"])
+        feat_a, feat_b = out["feat_a"], out["feat_b"]
+        uv_a = image_to_feature(batch["src_kps"].to(feat_a.dtype), self.stride)
+        uv_b = image_to_feature(batch["trg_kps"].to(feat_b.dtype), self.stride)
+        # Padded rows may hold any value; zero them so they cannot produce NaN.
+        uv_a = torch.where(valid.unsqueeze(-1), uv_a, uv_a.new_zeros(()))
+        uv_b = torch.where(valid.unsqueeze(-1), uv_b, uv_b.new_zeros(()))
+        scores = query_score_maps(feat_a, feat_b, uv_a)
+        target = gaussian_target(uv_b, tuple(feat_b.shape[-2:]), self.ns, self.nk)
+        valid = valid & (target.flatten(2).sum(-1) > 0)  # targets entirely off the map
+        learned = self.temperature.learnable
+        losses = simsc_loss(
+            scores,
+            target,
+            valid,
+            out["beta_a"] if learned else None,
+            out["beta_b"] if learned else None,
+            gamma=self.gamma,
+            beta_thres=self.beta_thres,
+        )
+        losses["beta_a"] = out["beta_a"].detach()
+        losses["beta_b"] = out["beta_b"].detach()
+        losses["beta_eff"] = effective_temperature(out["beta_a"], out["beta_b"]).detach()
+        return losses
+
+    @torch.no_grad()
+    def predict(
+        self,
+        src_img: torch.Tensor,
+        trg_img: torch.Tensor,
+        src_kps: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        beta_eval: float | None = None,
+    ) -> torch.Tensor:
+        """Map source keypoints ``[B, N, 2]`` (image pixels) to target image pixels ``[B, N, 2]``.
+
+        ``beta_eval=None`` uses the temperature's default: 1 for learned temperatures (the
+        scores are already scaled), 0.02 for the no-temperature baseline ``fixed:1``.
+        Invalid (padded) rows are returned as given by the sampler and should be ignored.
+        """
+        valid = _check_keypoints(src_kps, valid, "src_kps")
+        beta_eval = self.temperature.default_beta_eval if beta_eval is None else float(beta_eval)
+        out = self(src_img, trg_img)
+        uv_a = image_to_feature(src_kps.to(out["feat_a"].dtype), self.stride)
+        uv_a = torch.where(valid.unsqueeze(-1), uv_a, uv_a.new_zeros(()))
+        scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
+        uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval)
+        return feature_to_image(uv_b, self.stride)

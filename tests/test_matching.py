@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from simsc.matching import full_correlation, l2_normalize, query_score_maps, sample_features, scale_by_temperature
+
+
+def test_l2_normalize_unit_norm_per_cell():
+    f = l2_normalize(torch.randn(2, 7, 3, 4))
+    assert torch.allclose(f.norm(dim=1), torch.ones(2, 3, 4), atol=1e-6)
+
+
+def test_scaled_scores_are_cosine_over_effective_temperature():
+    fa, fb = torch.randn(1, 8, 3, 3), torch.randn(1, 8, 4, 5)
+    ba, bb = torch.tensor([0.2]), torch.tensor([0.3])
+    corr = full_correlation(scale_by_temperature(l2_normalize(fa), ba), scale_by_temperature(l2_normalize(fb), bb))
+    cos = torch.nn.functional.cosine_similarity(fa[0, :, 1, 2].view(8, 1, 1), fb[0], dim=0)
+    assert torch.allclose(corr[0, 1 * 3 + 2].view(4, 5), cos / (0.2 * 0.3), atol=1e-5)
+
+
+def test_query_score_maps_equal_rows_of_the_full_correlation_at_cell_centres():
+    fa, fb = l2_normalize(torch.randn(2, 16, 6, 7)), l2_normalize(torch.randn(2, 16, 5, 4))
+    cells = torch.tensor([[[0, 0], [6, 5], [3, 2]], [[1, 4], [2, 2], [6, 0]]], dtype=torch.float32)  # (x, y)
+    maps = query_score_maps(fa, fb, cells)
+    full = full_correlation(fa, fb)
+    for b in range(2):
+        for n in range(3):
+            x, y = cells[b, n].long().tolist()
+            assert torch.allclose(maps[b, n].flatten(), full[b, y * 7 + x], atol=1e-5)
+
+
+def test_query_score_maps_interpolate_rows_bilinearly_at_sub_cell_positions():
+    fa, fb = l2_normalize(torch.randn(1, 16, 6, 7)), l2_normalize(torch.randn(1, 16, 5, 4))
+    full = full_correlation(fa, fb)[0].view(6, 7, 20)
+    x, y = 2.25, 3.6
+    maps = query_score_maps(fa, fb, torch.tensor([[[x, y]]]))
+    x0, y0, ax, ay = 2, 3, 0.25, 0.6
+    expected = (
+        (1 - ax) * (1 - ay) * full[y0, x0] + ax * (1 - ay) * full[y0, x0 + 1]
+        + (1 - ax) * ay * full[y0 + 1, x0] + ax * ay * full[y0 + 1, x0 + 1]
+    )
+    assert torch.allclose(maps[0, 0].flatten(), expected, atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"\[B, C, h, w\]"):
+        l2_normalize(torch.randn(3, 4, 5))
+    with pytest.raises(ValueError, match="> 0"):
+        scale_by_temperature(torch.randn(1, 2, 3, 3), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match=r"uv must be \[B, N, 2\]"):
+        sample_features(torch.randn(1, 2, 3, 3), torch.zeros(1, 3))
