@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test repro bench clean
+.PHONY: install test repro clean
 
 install: $(STAMP)
 
@@ -22,3 +22,7 @@ test: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# dvc runs the stage commands through the shell: put the venv first on PATH.
+repro: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro

@@ -1,0 +1,212 @@
+"""Preprocessing cache: decoded, resized images so that training epochs never decode JPEGs.
+
+Layout (one folder per dataset name and resolution)::
+
+    <cache_dir>/<dataset>/<resolution>/<key>.npy    uint8 H x W x 3 at the resolution
+    <cache_dir>/<dataset>/<resolution>/<key>.json   {"source", "size", "mtime_ns", "resolution",
+                                                     "orig_size": [H, W], "shape"}
+    <cache_dir>/<dataset>/<resolution>/manifest.json  index written by :func:`build_cache`
+
+``key`` hashes (cache format version, source path relative to the dataset root, source file
+size, source mtime in ns, resolution): editing or replacing a source file, or asking for
+another resolution, gives a new key and so a fresh decode. Entries are written atomically
+(temporary file + :func:`os.replace`, ``.npy`` before ``.json``; an entry counts only once its
+``.json`` exists), so concurrent DataLoader workers and interrupted runs are safe. A corrupt
+entry is treated as a miss and rewritten. For ``resolution="original"`` the decoded original
+image is cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from simsc.data import images
+from simsc.data.records import DatasetFormatError, Resolution, parse_resolution, resolution_tag
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _atomic_write(path: Path, write: Any, suffix: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix + ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class CachedImages:
+    """Image source backed by the on-disk cache; decodes (and stores) on a miss.
+
+    ``hits`` / ``misses`` count accesses in this process (each DataLoader worker has its own).
+    """
+
+    def __init__(
+        self, cache_dir: str | Path, dataset_name: str, root: str | Path, resolution: Resolution | str
+    ) -> None:
+        self.root = Path(root)
+        self.resolution = parse_resolution(resolution)
+        self.dir = Path(cache_dir) / dataset_name / resolution_tag(self.resolution)
+        self.dataset_name = dataset_name
+        self.hits = 0
+        self.misses = 0
+
+    def _stat(self, relpath: str) -> os.stat_result:
+        try:
+            return os.stat(self.root / relpath)
+        except FileNotFoundError:
+            raise DatasetFormatError(f"{self.root / relpath}: image file not found; expected an image file") from None
+
+    def key(self, relpath: str, st: os.stat_result | None = None) -> str:
+        """Cache key of the current version of ``relpath`` at this resolution."""
+        st = st or self._stat(relpath)
+        ident = f"v{CACHE_VERSION}|{Path(relpath).as_posix()}|{st.st_size}|{st.st_mtime_ns}|{self.resolution}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+    def _read(self, key: str) -> tuple[np.ndarray, tuple[int, int]] | None:
+        meta_path = self.dir / f"{key}.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            arr = np.load(self.dir / f"{key}.npy", allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError, json.JSONDecodeError):
+            return None  # corrupt entry: rebuilt by the caller
+        orig = tuple(int(v) for v in meta.get("orig_size", ()))
+        if arr.dtype != np.uint8 or arr.ndim != 3 or list(arr.shape) != meta.get("shape") or len(orig) != 2:
+            return None
+        return arr, orig  # type: ignore[return-value]
+
+    def get(self, relpath: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """``(uint8 image at the resolution, original (H, W))``, from the cache when possible."""
+        st = self._stat(relpath)
+        key = self.key(relpath, st)
+        hit = self._read(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        arr, orig = images.decode_resized(self.root / relpath, self.resolution)
+        self._write(key, relpath, st, arr, orig)
+        return arr, orig
+
+    def _write(self, key: str, relpath: str, st: os.stat_result, arr: np.ndarray, orig: tuple[int, int]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / f"{key}.npy", lambda f: np.save(f, arr, allow_pickle=False), ".npy")
+        meta = {
+            "source": Path(relpath).as_posix(),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "resolution": self.resolution,
+            "orig_size": list(orig),
+            "shape": list(arr.shape),
+        }
+        _atomic_write(self.dir / f"{key}.json", lambda f: f.write(json.dumps(meta).encode()), ".json")
+
+    def entries(self) -> Iterable[tuple[str, dict]]:
+        """``(key, meta)`` of every complete entry in this folder."""
+        if not self.dir.is_dir():
+            return
+        for p in sorted(self.dir.glob("*.json")):
+            if p.name == MANIFEST:
+                continue
+            try:
+                yield p.stem, json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+
+
+def build_cache(
+    dataset: Any,
+    show_progress: bool = True,
+    num_workers: int | None = None,
+    prune: bool = True,
+) -> dict[str, Any]:
+    """Fill the cache of ``dataset`` (which must have been built with ``cache_dir``).
+
+    Decodes each image of the split once (threads; Pillow and torch release the GIL),
+    removes superseded entries of the same source files (``prune``; entries of other splits
+    sharing the folder are left alone), and writes ``manifest.json``. This is the
+    "preprocess" stage. Returns ``{"dir", "images", "hits", "written", "pruned"}``.
+    """
+    from tqdm.auto import tqdm
+
+    if getattr(dataset, "cache_dir", None) is None:
+        raise ValueError("build_cache: the dataset was built without cache_dir; pass cache_dir=... to it")
+    cache = dataset.images
+    if not isinstance(cache, CachedImages):
+        raise ValueError(f"build_cache: expected the dataset's image source to be CachedImages, got {type(cache)}")
+    paths = dataset.image_paths()
+    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    h0, m0 = cache.hits, cache.misses
+    desc = f"cache {cache.dataset_name}/{resolution_tag(cache.resolution)}"
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # The threads share one CachedImages; its counters are plain ints, so count from results.
+        results = list(
+            tqdm(pool.map(lambda p: _fill_one(cache, p), paths), total=len(paths), desc=desc, disable=not show_progress)
+        )
+    hits = sum(1 for _, hit in results if hit)
+    cache.hits, cache.misses = h0 + hits, m0 + len(results) - hits
+    current = {p: key for (key, _), p in zip(results, paths)}
+    pruned = 0
+    if prune:
+        for key, meta in list(cache.entries()):
+            src = meta.get("source")
+            if src in current and current[src] != key:
+                for ext in (".npy", ".json"):
+                    try:
+                        (cache.dir / f"{key}{ext}").unlink()
+                    except FileNotFoundError:
+                        pass
+                pruned += 1
+        for tmp in cache.dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)  # leftovers of interrupted writes
+    _write_manifest(cache, current)
+    return {"dir": str(cache.dir), "images": len(paths), "hits": hits, "written": len(paths) - hits, "pruned": pruned}
+
+
+def _fill_one(cache: CachedImages, relpath: str) -> tuple[str, bool]:
+    st = cache._stat(relpath)
+    key = cache.key(relpath, st)
+    if cache._read(key) is not None:
+        return key, True
+    arr, orig = images.decode_resized(cache.root / relpath, cache.resolution)
+    cache._write(key, relpath, st, arr, orig)
+    return key, False
+
+
+def _write_manifest(cache: CachedImages, current: dict[str, str]) -> None:
+    path = cache.dir / MANIFEST
+    cache.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("version") != CACHE_VERSION:
+            manifest = {}
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    entries = manifest.get("entries", {})
+    entries.update(current)
+    # Keep only entries whose files still exist (pruning may have removed older keys).
+    entries = {s: k for s, k in sorted(entries.items()) if (cache.dir / f"{k}.json").exists()}
+    manifest = {
+        "version": CACHE_VERSION,
+        "dataset": cache.dataset_name,
+        "resolution": cache.resolution,
+        "root": str(cache.root.resolve()),
+        "entries": entries,
+    }
+    _atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()), ".json")

@@ -1,0 +1,136 @@
+"""PF-Willow loader (test only; threshold: ``theta_kps`` over the valid target keypoints).
+
+Layout read unchanged::
+
+    <root>/PF-dataset/<category>/<image>.png      e.g. PF-dataset/car(G)/Cars_006a.png
+    <root>/test_pairs_pf.csv   (or <root>/PF-dataset/test_pairs_pf.csv; override: csv_path)
+
+``test_pairs_pf.csv``: a header line, then rows ``imageA, imageB, XA1..XA10, YA1..YA10,
+XB1..XB10, YB1..YB10`` (42 columns, original pixels); columns are read by position, as the
+header names vary between copies. Image paths are relative to ``root``; the category is the
+image's folder name (``car(G)``).
+
+PF-Willow has no object box: ``trg_bbox`` is the bounding box of the *valid* target
+keypoints, so ``thresholds["bbox"] == thresholds["kps"]`` for this dataset.
+
+Errors (:class:`DatasetFormatError` naming file and row): missing CSV or image, a row without
+42 columns, a non-numeric coordinate, an empty list. Reported skips: NaN coordinates and
+keypoints outside their image are marked invalid; pairs left with no valid keypoint or with
+``theta_kps = 0`` are dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from simsc.data.images import read_image_size
+from simsc.data.records import (
+    DatasetFormatError,
+    Issue,
+    PairAnnotation,
+    PairDataset,
+    Resolution,
+    parse_float,
+)
+
+N_KPS = 10
+N_COLUMNS = 2 + 4 * N_KPS
+CSV_NAMES = ("test_pairs_pf.csv", "PF-dataset/test_pairs_pf.csv")
+
+
+class PFWillowDataset(PairDataset):
+    """PF-Willow test pairs (see the module docstring)."""
+
+    name = "pfwillow"
+    threshold_kind = "kps"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        resolution: Resolution | str = 256,
+        cache_dir: str | Path | None = None,
+        csv_path: str | Path | None = None,
+    ) -> None:
+        if split != "test":
+            raise ValueError(f"PF-Willow only has a 'test' split, got {split!r}")
+        super().__init__(root, split, resolution, cache_dir)
+        self.pairs_file = Path(csv_path) if csv_path is not None else self._find_csv()
+        self._sizes: dict[str, tuple[int, int]] = {}
+        self._finalize(self._parse(), self.pairs_file)
+
+    def _find_csv(self) -> Path:
+        for name in CSV_NAMES:
+            if (self.root / name).is_file():
+                return self.root / name
+        raise DatasetFormatError(
+            f"PF-Willow pair list not found: expected {' or '.join(str(self.root / n) for n in CSV_NAMES)}"
+        )
+
+    def _parse(self) -> list[PairAnnotation]:
+        path = self.pairs_file
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+        except FileNotFoundError:
+            raise DatasetFormatError(f"{path}: PF-Willow pair list not found") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DatasetFormatError(f"{path}: cannot read CSV ({e})") from e
+        pairs: list[PairAnnotation] = []
+        for line, row in enumerate(rows, start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if line == 1 and not _is_data_row(row):
+                continue  # the header
+            where = f"{path}, row {line}"
+            if len(row) != N_COLUMNS:
+                raise DatasetFormatError(
+                    f"{where}: expected {N_COLUMNS} columns (imageA, imageB, 10 XA, 10 YA, 10 XB, 10 YB), got {len(row)}"
+                )
+            vals = np.array(
+                [parse_float(v.strip(), where, f"column {j + 3} (coordinate)") for j, v in enumerate(row[2:])]
+            ).reshape(4, N_KPS)
+            src_kps = np.stack([vals[0], vals[1]], axis=1)
+            trg_kps = np.stack([vals[2], vals[3]], axis=1)
+            nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
+            for i in np.flatnonzero(nan):
+                self.invalid_keypoints.append(Issue(str(path), line, f"keypoint {i} has a NaN coordinate; marked invalid"))
+            src, trg = row[0].strip(), row[1].strip()
+            pairs.append(
+                PairAnnotation(
+                    pair_id=f"{len(pairs):04d}-{Path(src).stem}-{Path(trg).stem}",
+                    category=Path(trg).parent.name or Path(src).parent.name,
+                    src_path=src,
+                    trg_path=trg,
+                    src_kps=src_kps,
+                    trg_kps=trg_kps,
+                    valid=~nan,
+                    trg_bbox=None,  # -> box of the valid target keypoints
+                    source=str(path),
+                    row=line,
+                    src_size=self._size(src, where),
+                    trg_size=self._size(trg, where),
+                )
+            )
+        if not pairs:
+            raise DatasetFormatError(f"{path}: PF-Willow pair list has no pair row")
+        return pairs
+
+    def _size(self, relpath: str, where: str) -> tuple[int, int]:
+        if relpath not in self._sizes:
+            path = self.root / relpath
+            if not path.is_file():
+                raise DatasetFormatError(f"{where}: image {path} not found (paths in the CSV are relative to the root)")
+            self._sizes[relpath] = read_image_size(path)
+        return self._sizes[relpath]
+
+
+def _is_data_row(row: list[str]) -> bool:
+    try:
+        [float(v) for v in row[2:]]
+    except ValueError:
+        return False
+    return len(row) > 2

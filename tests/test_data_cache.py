@@ -1,0 +1,126 @@
+"""Preprocessing cache: hits, invalidation, atomic entries, no JPEG decode in a cached epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import data_fixtures as fx  # noqa: E402
+
+from simsc.data import images  # noqa: E402
+from simsc.data.cache import CachedImages, build_cache  # noqa: E402
+from simsc.data.records import collate_pairs  # noqa: E402
+from simsc.data.spair import SPairDataset  # noqa: E402
+
+
+@pytest.fixture
+def root(tmp_path):
+    return fx.write_spair(tmp_path / "spair")
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    calls: list[str] = []
+    real = images.load_image
+
+    def counting(path, *a, **kw):
+        calls.append(str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(images, "load_image", counting)
+    return calls
+
+
+def test_build_cache_then_epoch_never_decodes(root, tmp_path, count_decodes):
+    ds = SPairDataset(root, "test", 256, cache_dir=tmp_path / "cache")
+    report = build_cache(ds, show_progress=False)
+    n_images = len(ds.image_paths())
+    assert n_images == 4 and report["images"] == 4 and report["written"] == 4 and report["hits"] == 0
+    assert len(count_decodes) == 4
+    cdir = tmp_path / "cache" / "spair" / "256"
+    assert len(list(cdir.glob("*.npy"))) == 4
+    manifest = json.loads((cdir / "manifest.json").read_text())
+    assert set(manifest["entries"]) == set(ds.image_paths()) and manifest["resolution"] == 256
+
+    count_decodes.clear()
+    fresh = SPairDataset(root, "test", 256, cache_dir=tmp_path / "cache")  # a new process would do the same
+    for i in range(len(fresh)):
+        fresh[i]
+    assert count_decodes == []  # the cached epoch decoded no JPEG
+    assert fresh.images.hits == 4 and fresh.images.misses == 0
+    assert build_cache(fresh, show_progress=False)["hits"] == 4
+
+
+def test_cached_records_equal_uncached(root, tmp_path):
+    plain = SPairDataset(root, "test", 256)
+    cached = SPairDataset(root, "test", 256, cache_dir=tmp_path / "c")
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]  # first pass fills the cache transparently
+        c = cached[i]  # second pass reads it
+        for k in ("src_img", "trg_img", "src_kps", "trg_kps", "trg_size", "src_orig_size", "threshold"):
+            assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k
+    assert cached.images.misses == 4 and cached.images.hits == 4
+
+
+def test_modified_source_is_decoded_again_and_old_entry_pruned(root, tmp_path, count_decodes):
+    ds = SPairDataset(root, "test", "original", cache_dir=tmp_path / "c")
+    build_cache(ds, show_progress=False)
+    rel = ds.pairs[0].src_path
+    before = ds[0]["src_img"].clone()
+    count_decodes.clear()
+    path = root / rel
+    st = os.stat(path)
+    fx.make_image(path, 500, 333, seed=999)  # same size, new pixels
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later mtime, as any edit gives
+    after = ds[0]["src_img"]
+    assert count_decodes == [str(path)]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, SPairDataset(root, "test", "original")[0]["src_img"])
+    cdir = tmp_path / "c" / "spair" / "original"
+    assert len(list(cdir.glob("*.npy"))) == 5  # the superseded entry is still there ...
+    assert build_cache(ds, show_progress=False)["pruned"] == 1  # ... until the next build
+    assert len(list(cdir.glob("*.npy"))) == 4
+
+
+def test_resolution_is_part_of_the_key(root, tmp_path):
+    a = SPairDataset(root, "test", 256, cache_dir=tmp_path / "c")
+    b = SPairDataset(root, "test", 128, cache_dir=tmp_path / "c")
+    o = SPairDataset(root, "test", "original", cache_dir=tmp_path / "c")
+    rel = a.pairs[0].src_path
+    assert a.images.key(rel) != b.images.key(rel)
+    assert a.images.get(rel)[0].shape == (256, 256, 3)
+    assert b.images.get(rel)[0].shape == (128, 128, 3)
+    img, orig = o.images.get(rel)
+    assert img.shape == (333, 500, 3) and orig == (333, 500)  # 'original' caches the decoded image
+    assert np.array_equal(img, images.load_image(root / rel))
+    assert {p.name for p in (tmp_path / "c" / "spair").iterdir()} == {"256", "128", "original"}
+    assert b.images.misses == 1 and b.images.hits == 0
+
+
+def test_corrupt_entry_is_rebuilt(root, tmp_path, count_decodes):
+    cache = CachedImages(tmp_path / "c", "spair", root, 64)
+    rel = "JPEGImages/aeroplane/2008_002719.jpg"
+    first, orig = cache.get(rel)
+    (cache.dir / f"{cache.key(rel)}.npy").write_bytes(b"garbage")
+    again, orig2 = cache.get(rel)
+    assert np.array_equal(first, again) and orig == orig2 == (333, 500)
+    assert len(count_decodes) == 2 and not list(cache.dir.glob("*.tmp"))
+
+
+def test_cache_in_dataloader_workers(root, tmp_path):
+    ds = SPairDataset(root, "test", 256, cache_dir=tmp_path / "c")
+    build_cache(ds, show_progress=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_pairs)
+    batch = next(iter(loader))
+    assert batch["src_img"].shape == (2, 3, 256, 256) and batch["pair_id"][0] == ds.pairs[0].pair_id
+
+
+def test_build_cache_requires_cache_dir(root):
+    with pytest.raises(ValueError, match="cache_dir"):
+        build_cache(SPairDataset(root, "test", 256), show_progress=False)

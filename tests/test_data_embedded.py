@@ -1,0 +1,324 @@
+"""The embedded offline data set (simsc.data.embedded): determinism, splits by photo, exact
+ground truth, the SPair-71k layout and the atomic, idempotent build."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simsc.data import embedded as E
+
+COUNTS = {"trn": 12, "val": 4, "test": 4}
+
+# A real SPair-71k pair annotation (PairAnnotation/test/000001-...:aeroplane.json), copied.
+SPAIR_SAMPLE = json.loads(
+    '{"pair_id": 1, "filename": "000001-2008_002719-2008_004100:aeroplane", "src_imname": "2008_002719.jpg", '
+    '"trg_imname": "2008_004100.jpg", "src_imsize": [500, 333, 3], "trg_imsize": [500, 332, 3], '
+    '"src_bndbox": [210, 34, 475, 250], "trg_bndbox": [36, 92, 500, 200], "category": "aeroplane", '
+    '"src_pose": "Left", "trg_pose": "Left", "src_kps": [[212, 153], [300, 130], [330, 127]], '
+    '"trg_kps": [[39, 145], [364, 171], [416, 173]], "kps_ids": ["0", "7", "11"], "mirror": 0, '
+    '"viewpoint_variation": 0, "scale_variation": 0, "truncation": 2, "occlusion": 2}'
+)
+
+
+def _build(root: Path, seed: int = 0, counts: dict[str, int] = COUNTS, **kw) -> Path:
+    return E.build_embedded_dataset(
+        root, seed=seed, n_train=counts["trn"], n_val=counts["val"], n_test=counts["test"], progress=False, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("emb") / "embedded")
+
+
+def _pairs(root: Path, split: str) -> list[dict]:
+    lines = (root / "Layout" / "large" / f"{split}.txt").read_text().split()
+    return [json.loads((root / "PairAnnotation" / split / f"{line}.json").read_text()) for line in lines]
+
+
+def _image(root: Path, ann: dict, side: str) -> np.ndarray:
+    return np.asarray(Image.open(root / "JPEGImages" / ann["category"] / ann[f"{side}_imname"]).convert("RGB"))
+
+
+def _gray_thumb(img: np.ndarray, size=(64, 64)) -> np.ndarray:
+    t = np.asarray(Image.fromarray(img).convert("L").resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+    t = t - t.mean()
+    return t / (np.linalg.norm(t) + 1e-12)
+
+
+# -- photos and splits -------------------------------------------------------------------------
+
+
+def test_photos_load_without_network(monkeypatch):
+    def refuse(*a, **k):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert len(set(E.EMBEDDED_PHOTOS)) == len(E.EMBEDDED_PHOTOS) >= 10
+    for name in E.EMBEDDED_PHOTOS:
+        img = E.load_photo.__wrapped__(name)  # bypass the cache: really read the file
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+        assert min(img.shape[:2]) >= 240, name
+
+
+def test_splits_disjoint_and_photos_distinct():
+    splits = E.EMBEDDED_SPLITS
+    assert set(splits) == {"trn", "val", "test"}
+    seen = [p for s in splits.values() for p in s]
+    assert len(seen) == len(set(seen)) and set(seen) == set(E.EMBEDDED_PHOTOS)
+    assert all(len(v) >= 2 for v in splits.values())
+    # No two photos share their content (e.g. skimage's `cat` is `chelsea`; both would leak).
+    thumbs = {n: _gray_thumb(E.load_photo(n)) for n in E.EMBEDDED_PHOTOS}
+    names = list(thumbs)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert float(thumbs[a].ravel() @ thumbs[b].ravel()) < 0.9, (a, b)
+    # ... and the check would catch such a duplicate.
+    from skimage import data as skdata
+
+    assert float(_gray_thumb(skdata.cat()).ravel() @ thumbs["chelsea"].ravel()) > 0.99
+
+
+def test_pairs_come_from_their_split_photos(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["splits"] == {k: list(v) for k, v in E.EMBEDDED_SPLITS.items()}
+    for split in ("trn", "val", "test"):
+        for ann in _pairs(built, split):
+            photo = ann["embedded"]["photo"]
+            assert ann["category"] == photo and photo in E.EMBEDDED_SPLITS[split]
+            # Pixel provenance: the source image is the recorded crop of that photo.
+            src = _image(built, ann, "src")
+            w, h = ann["src_imsize"][:2]
+            ref = np.asarray(
+                Image.fromarray(E.load_photo(photo)).resize(
+                    (w, h), Image.Resampling.BICUBIC, box=tuple(ann["embedded"]["photo_crop"])
+                )
+            )
+            assert np.abs(src.astype(float) - ref).mean() < 4.0, ann["filename"]
+
+
+# -- determinism and the build ------------------------------------------------------------------
+
+
+def test_same_seed_byte_identical_and_other_seed_differs(built, tmp_path):
+    again = _build(tmp_path / "again")
+    assert E.dataset_digest(again) == E.dataset_digest(built)
+    other = E.dataset_digest(_build(tmp_path / "other", seed=1))
+    ref = E.dataset_digest(built)
+    images = [k for k in ref if k.endswith(".jpg")]
+    assert images and all(k in other for k in images)  # same names ...
+    assert all(other[k] != ref[k] for k in images)  # ... other pixels
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+    real = E._pair_record
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(E, "_pair_record", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        _build(tmp_path / "emb", counts={"trn": 3, "val": 1, "test": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_call_is_a_no_op(built):
+    before = {p: p.stat().st_mtime_ns for p in built.rglob("*")}
+    assert E.build_embedded_dataset(
+        built, seed=0, n_train=COUNTS["trn"], n_val=COUNTS["val"], n_test=COUNTS["test"], progress=False
+    ) == built
+    after = {p: p.stat().st_mtime_ns for p in built.rglob("*")}
+    assert before == after
+    assert not [p for p in built.parent.iterdir() if p.name.startswith(f".{built.name}.")]  # no temp left
+
+
+def test_rebuild_with_other_parameters_replaces_and_foreign_root_is_refused(tmp_path):
+    counts = {"trn": 2, "val": 1, "test": 1}
+    root = _build(tmp_path / "emb", counts=counts)
+    _build(root, seed=3, counts=counts)
+    assert json.loads((root / "manifest.json").read_text())["seed"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError):
+        _build(foreign, counts=counts)
+    assert (foreign / "keep.txt").read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb", "mine"]
+
+
+def test_manifest_and_layout_counts(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["counts"] == COUNTS
+    assert manifest["generator_version"] == E.GENERATOR_VERSION
+    for split, n in COUNTS.items():
+        lines = (built / "Layout" / "large" / f"{split}.txt").read_text().splitlines()
+        jsons = sorted(p.stem for p in (built / "PairAnnotation" / split).glob("*.json"))
+        assert len(lines) == n == len(jsons) and sorted(lines) == jsons
+        for k, line in enumerate(lines, start=1):
+            ids, rest = line.split("-", 1)
+            src_stem, rest = rest.split("-", 1)
+            trg_stem, category = rest.split(":")
+            assert ids == f"{k:06d}" and category in E.EMBEDDED_SPLITS[split]
+            assert (built / "JPEGImages" / category / f"{src_stem}.jpg").is_file()
+            assert (built / "JPEGImages" / category / f"{trg_stem}.jpg").is_file()
+    n_images = sum(1 for _ in (built / "JPEGImages").rglob("*.jpg"))
+    assert n_images == 2 * sum(COUNTS.values())
+
+
+def test_json_fields_match_spair(built):
+    def kind(v):
+        return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+
+    for split in COUNTS:
+        for ann in _pairs(built, split):
+            assert set(ann) == set(SPAIR_SAMPLE) | {"embedded"}
+            for key, ref in SPAIR_SAMPLE.items():
+                assert type(ann[key]) is type(ref) or kind(ann[key]) == kind(ref) == "number", key
+            for key in ("pair_id", "mirror", "viewpoint_variation", "scale_variation", "truncation", "occlusion"):
+                assert type(ann[key]) is int
+            for key in ("src_imsize", "trg_imsize", "src_bndbox", "trg_bndbox"):
+                assert all(type(v) is int for v in ann[key]), key
+            assert ann["src_imsize"][2] == ann["trg_imsize"][2] == 3
+            for key in ("src_kps", "trg_kps"):
+                assert all(len(p) == 2 and all(kind(v) == "number" for v in p) for p in ann[key])
+            assert ann["kps_ids"] == [str(i) for i in range(len(ann["src_kps"]))]
+            assert ann["filename"] == (
+                f"{ann['pair_id']:06d}-{ann['src_imname'][:-4]}-{ann['trg_imname'][:-4]}:{ann['category']}"
+            )
+
+
+def test_images_and_keypoints(built):
+    (w0, h0), (w1, h1) = E.DEFAULT_IMAGE_SIZE
+    for split in COUNTS:
+        for ann in _pairs(built, split):
+            src, trg = _image(built, ann, "src"), _image(built, ann, "trg")
+            assert list(src.shape[1::-1]) == ann["src_imsize"][:2]
+            assert list(trg.shape[1::-1]) == ann["trg_imsize"][:2]
+            for img in (src, trg):
+                assert w0 <= img.shape[1] <= w1 and h0 <= img.shape[0] <= h1
+            s = np.asarray(ann["src_kps"], dtype=float)
+            t = np.asarray(ann["trg_kps"], dtype=float)
+            assert E.MIN_KPS <= len(s) == len(t) <= E.KPS_RANGE[1]
+            (sh, sw), (th, tw) = src.shape[:2], trg.shape[:2]
+            assert (s >= 0).all() and (s[:, 0] <= sw - 1).all() and (s[:, 1] <= sh - 1).all()
+            assert (t >= 0).all() and (t[:, 0] <= tw - 1).all() and (t[:, 1] <= th - 1).all()
+            assert np.array_equal(s, np.round(s))  # source points are pixel centres
+            assert ann["src_bndbox"] == [0, 0, sw - 1, sh - 1]
+            x1, y1, x2, y2 = ann["trg_bndbox"]
+            assert 0 <= x1 < x2 <= tw - 1 and 0 <= y1 < y2 <= th - 1
+            assert (t[:, 0] >= x1).all() and (t[:, 0] <= x2).all() and (t[:, 1] >= y1).all() and (t[:, 1] <= y2).all()
+            # The stored warp reproduces the stored target keypoints.
+            rec = ann["embedded"]["warp"]
+            b = rec["bumps"]
+            warp = E.Warp(
+                np.array(rec["homography"]),
+                [x["center"] for x in b],
+                [x["amplitude"] for x in b],
+                [x["sigma"] for x in b],
+            )
+            assert np.abs(warp.forward(s) - t).max() < 0.01
+
+
+# -- exact ground truth -------------------------------------------------------------------------
+
+
+def _warps(n: int) -> list[tuple[E.Warp, tuple[int, int], tuple[int, int]]]:
+    out = []
+    rng = np.random.default_rng(123)
+    while len(out) < n:
+        src_size = (int(rng.integers(320, 481)), int(rng.integers(240, 361)))
+        trg_size = (int(rng.integers(320, 481)), int(rng.integers(240, 361)))
+        warp = E.sample_warp(rng, src_size, trg_size)
+        if len(warp.sigmas) or len(out) == 0:  # keep one pure homography, the rest with bumps
+            out.append((warp, src_size, trg_size))
+    return out
+
+
+def test_forward_inverts_inverse():
+    rng = np.random.default_rng(0)
+    for warp, (ws, hs), _ in _warps(6):
+        p = rng.uniform(0, 1, size=(200, 2)) * [ws - 1, hs - 1]
+        q = warp.forward(p)
+        back, w = warp.inverse(q)
+        assert (w > 0).all()
+        assert np.abs(back - p).max() < 1e-6
+
+
+def test_planted_dots_land_on_warped_keypoints():
+    """Warp of the image (inverse map) and of the points (forward map) agree."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for warp, (ws, hs), (wt, ht) in _warps(6):
+        pts = rng.integers([20, 20], [ws - 20, hs - 20], size=(6, 2)).astype(float)
+        for p in pts:
+            q = warp.forward(p[None])[0]
+            if not (3 <= q[0] <= wt - 4 and 3 <= q[1] <= ht - 4):
+                continue
+            yy, xx = np.mgrid[0:hs, 0:ws]
+            dot = np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * 1.2**2)).astype(np.float32)
+            out, mask = E.warp_image(dot, warp, (wt, ht))
+            assert out.shape == (ht, wt) and mask.shape == (ht, wt)
+            iy, ix = np.unravel_index(np.argmax(out), out.shape)
+            assert np.hypot(ix - q[0], iy - q[1]) <= 1.0
+            # Sub-pixel: the intensity centroid around the peak is the warped point.
+            win = out[iy - 3 : iy + 4, ix - 3 : ix + 4].astype(float)
+            gy, gx = np.mgrid[iy - 3 : iy + 4, ix - 3 : ix + 4]
+            c = np.array([(win * gx).sum(), (win * gy).sum()]) / win.sum()
+            assert np.hypot(*(c - q)) < 0.3
+            checked += 1
+    assert checked >= 20
+
+
+def test_generated_pair_dot_check():
+    """Same check through make_pair: the keypoints of a real generated pair."""
+    pair = E.make_pair("chelsea", np.random.default_rng([5, 2, 0]))
+    hs, ws = pair.src.shape[:2]
+    ht, wt = pair.trg.shape[:2]
+    yy, xx = np.mgrid[0:hs, 0:ws]
+    img = np.zeros((hs, ws), np.float32)
+    for p in pair.src_kps:
+        img += np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / (2 * 1.0**2)).astype(np.float32)
+    out, _ = E.warp_image(img, pair.warp, (wt, ht))
+    for q in pair.trg_kps:
+        ix, iy = int(round(q[0])), int(round(q[1]))
+        y0, x0 = max(iy - 2, 0), max(ix - 2, 0)
+        win = out[y0 : iy + 3, x0 : ix + 3]
+        jy, jx = np.unravel_index(np.argmax(win), win.shape)
+        assert np.hypot(x0 + jx - q[0], y0 + jy - q[1]) <= 1.0
+        assert win.max() > 0.5
+
+
+# -- the SPair loader reads it unchanged --------------------------------------------------------
+
+
+def test_spair_loader_reads_the_embedded_set(built):
+    spair = pytest.importorskip("simsc.data.spair", reason="simsc.data.spair (the SPair loader) not available")
+    for split, n in COUNTS.items():
+        ds = spair.SPairDataset(built, split, "original", name="embedded")
+        assert len(ds) == n and not ds.skipped and not ds.invalid_keypoints
+        anns = _pairs(built, split)
+        rec = ds[0]
+        ann = anns[0]
+        assert rec["category"] == ann["category"]
+        assert tuple(rec["trg_img"].shape) == (3, ann["trg_imsize"][1], ann["trg_imsize"][0])
+        np.testing.assert_allclose(rec["src_kps"].numpy(), ann["src_kps"], atol=1e-4)
+        np.testing.assert_allclose(rec["trg_kps"].numpy(), ann["trg_kps"], atol=1e-3)
+        np.testing.assert_allclose(rec["trg_bbox"].numpy(), ann["trg_bndbox"])
+        x1, y1, x2, y2 = ann["trg_bndbox"]
+        assert float(rec["threshold"]) == pytest.approx(max(x2 - x1, y2 - y1))
+    ds = spair.SPairDataset(built, "trn", 256, name="embedded")
+    rec = ds[1]
+    assert tuple(rec["src_img"].shape) == (3, 256, 256) and bool(rec["valid"].all())
