@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,24 +28,11 @@ from typing import Any, Iterable
 import numpy as np
 
 from simsc.data import images
+from simsc.io import atomic_write, atomic_write_json
 from simsc.data.records import DatasetFormatError, Resolution, parse_resolution, resolution_tag
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix + ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class CachedImages:
@@ -106,7 +92,7 @@ class CachedImages:
 
     def _write(self, key: str, relpath: str, st: os.stat_result, arr: np.ndarray, orig: tuple[int, int]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.dir / f"{key}.npy", lambda f: np.save(f, arr, allow_pickle=False), ".npy")
+        atomic_write(self.dir / f"{key}.npy", lambda f: np.save(f, arr, allow_pickle=False))
         meta = {
             "source": Path(relpath).as_posix(),
             "size": st.st_size,
@@ -115,7 +101,7 @@ class CachedImages:
             "orig_size": list(orig),
             "shape": list(arr.shape),
         }
-        _atomic_write(self.dir / f"{key}.json", lambda f: f.write(json.dumps(meta).encode()), ".json")
+        atomic_write_json(self.dir / f"{key}.json", meta)
 
     def entries(self) -> Iterable[tuple[str, dict]]:
         """``(key, meta)`` of every complete entry in this folder."""
@@ -209,4 +195,4 @@ def _write_manifest(cache: CachedImages, current: dict[str, str]) -> None:
         "root": str(cache.root.resolve()),
         "entries": entries,
     }
-    _atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()), ".json")
+    atomic_write_json(path, manifest, indent=1)

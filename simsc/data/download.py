@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from simsc.io import atomic_write_json, current_umask
+
 from .sources import DATASETS, MIRROR_ENV, Dataset, SourceFile, get_dataset, resolve_url
 
 __all__ = [
@@ -143,25 +145,6 @@ def read_lock(root: str | os.PathLike[str]) -> dict[str, dict]:
     if not isinstance(data, dict):
         raise DownloadError(f"{path}: expected a JSON object {{filename: {{url, sha256, size}}}}", path=path)
     return {k: v for k, v in data.items() if isinstance(v, dict)}
-
-
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _checksum_message(name: str, url: str | None, expected: str, actual: str, source: str) -> str:
@@ -372,7 +355,7 @@ def _write_member(src, dest: Path, executable: bool) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as out:
         shutil.copyfileobj(src, out, CHUNK)
-    os.chmod(dest, (0o777 if executable else 0o666) & ~_umask())
+    os.chmod(dest, (0o777 if executable else 0o666) & ~current_umask())
 
 
 def _extract_zip(archive: Path, target: Path) -> int:
@@ -442,7 +425,7 @@ def _extract_into(archive: Path, target: Path) -> int:
 def _make_tmp_dir(parent: Path) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; it becomes the final folder
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; it becomes the final folder
     return tmp
 
 
@@ -535,7 +518,7 @@ def _check_installed(ds: Dataset, final: Path, root: Path, lock: dict[str, dict]
             lock[src.filename] = {k: got[k] for k in ("url", "sha256", "size") if k in got}
             added = True
     if added:
-        _write_json_atomic(root / LOCK_NAME, lock)
+        atomic_write_json(root / LOCK_NAME, lock, indent=2, sort_keys=True)
     return True
 
 
@@ -615,7 +598,7 @@ def download_dataset(
                     _member_dest(src.dest, tmp, path)  # the table itself must not point outside
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, dest)
-                    os.chmod(dest, 0o666 & ~_umask())
+                    os.chmod(dest, 0o666 & ~current_umask())
             missing = [e for e in ds.expect if not (tmp / e).exists()]
             if missing:
                 for src, path in obtained:
@@ -625,14 +608,14 @@ def download_dataset(
                     f"{ds.name}: after extraction, {', '.join(missing)} is missing under {final.name}/ "
                     "(an unexpected archive layout); nothing was installed", path=final)
             files = {src.filename: dict(new_entries.get(src.filename) or lock[src.filename]) for src, _ in obtained}
-            _write_json_atomic(tmp / MARKER_NAME, {
+            atomic_write_json(tmp / MARKER_NAME, {
                 "dataset": ds.name,
                 "installed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": files,
-            })
+            }, indent=2, sort_keys=True)
             if new_entries:
                 lock.update(new_entries)
-                _write_json_atomic(root / LOCK_NAME, lock)
+                atomic_write_json(root / LOCK_NAME, lock, indent=2, sort_keys=True)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
