@@ -10,6 +10,9 @@ from typing import Callable, Sequence
 # ``func`` on its parser; the list is the single place where commands are registered.
 _COMMANDS: list[str] = [
     "simsc.data.download",
+    "simsc.commands.train",
+    "simsc.commands.evaluate",
+    "simsc.commands.match",
 ]
 
 

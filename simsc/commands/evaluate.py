@@ -1,0 +1,116 @@
+"""``simsc evaluate``: PCK of a checkpoint (or an un-fine-tuned backbone) on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import add_model_source, load_model_from_args, user_errors
+
+_EPILOG = """\
+examples:
+  simsc evaluate --checkpoint runs/default/checkpoints/best.pt --dataset embedded --root data/embedded \\
+      --out reports/default_test.json
+  simsc evaluate --checkpoint best.pt --dataset pfpascal --root data/PF-Pascal --resolution original --out r.json
+  simsc evaluate --backbone resnet101 --pretrained --dataset pfpascal --root data/PF-Pascal --out r.json
+  simsc evaluate --checkpoint best.pt --dataset embedded --root data/embedded --beta-sweep --out sweep.json
+
+The report (JSON) holds per_image / per_keypoint / per_category PCK in % at alpha 0.05/0.1/0.15,
+n_pairs, the beta_eval used and the learned effective temperature (mean, std) over the pairs.
+Per-pair predictions go to --predictions (default: OUT with .predictions.jsonl).
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="PCK of a checkpoint or an un-fine-tuned backbone",
+        description="Evaluate a model with PCK (per image, per keypoint, per category), or sweep beta_eval.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_source(p)
+    p.add_argument("--dataset", help="pfpascal, pfwillow, spair or embedded (default: the checkpoint's)")
+    p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
+    p.add_argument("--split", default=None, help="split to evaluate (default: test)")
+    p.add_argument("--resolution", default=None,
+                   help="256 (square resize, the default) or original (batch size 1)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--beta-eval", type=float, default=None, metavar="X",
+                   help="soft-argmax temperature (default: the model's: 1 if learned, 0.02 for fixed:1/backbones)")
+    g.add_argument("--beta-sweep", nargs="?", const="default", default=None, metavar="V,V,...",
+                   help="evaluate at several beta_eval values reusing the features (default values: "
+                        "13 log-spaced from 0.005 to 1)")
+    p.add_argument("--out", required=True, metavar="FILE", help="report JSON")
+    p.add_argument("--predictions", metavar="FILE", help="per-pair predictions (JSON lines)")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per batch (default: 8; 1 at original size)")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
+    p.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N pairs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _parse_betas(text: str) -> list[float]:
+    from ..evaluate import DEFAULT_BETA_SWEEP
+
+    if text == "default":
+        return list(DEFAULT_BETA_SWEEP)
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--beta-sweep: expected comma-separated numbers, got {text!r}") from None
+    if not vals or any(not v > 0 for v in vals):
+        raise ValueError(f"--beta-sweep: values must be > 0, got {text!r}")
+    return vals
+
+
+@user_errors("evaluate")
+def _run(args: argparse.Namespace) -> int:
+    from ..config import EvalConfig
+    from ..data.records import parse_resolution
+    from ..data.registry import build_dataset
+    from ..evaluate import beta_sweep, evaluate
+
+    model, cfg = load_model_from_args(args)
+    ev = cfg.eval if cfg is not None else EvalConfig()
+    dataset_name = args.dataset or (cfg.data.dataset if cfg is not None else None)
+    root = args.root or (cfg.data.root if cfg is not None else None)
+    if not dataset_name or not root:
+        raise ValueError("--dataset and --root are required with --backbone")
+    resolution = parse_resolution(args.resolution if args.resolution is not None else ev.resolution)
+    split = args.split or ev.split
+    batch_size = args.batch_size or ev.batch_size
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    beta_eval = args.beta_eval if args.beta_eval is not None else ev.beta_eval
+    dataset = build_dataset(dataset_name, root, split, resolution, cache_dir=args.cache_dir)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    common = dict(batch_size=batch_size, alphas=ev.alphas, workers=args.workers, max_pairs=args.max_pairs,
+                  progress=not args.no_progress)
+    source = {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
+                                                                      "pretrained": args.pretrained}
+    if args.beta_sweep is not None:
+        betas = _parse_betas(args.beta_sweep) if args.beta_sweep != "default" or ev.beta_sweep is None \
+            else list(ev.beta_sweep)
+        result = beta_sweep(model, dataset, betas, **common)
+        result["model"] = source
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"{'beta_eval':>10} " + " ".join(f"{'PCK@' + a:>9}" for a in result["rows"][0]["per_image"]))
+        for row in result["rows"]:
+            print(f"{row['beta_eval']:>10.4g} " + " ".join(f"{v:>9.2f}" for v in row["per_image"].values()))
+        print(f"report: {out}", file=sys.stderr)
+        return 0
+    preds = Path(args.predictions) if args.predictions else out.with_name(out.stem + ".predictions.jsonl")
+    report = evaluate(model, dataset, beta_eval=beta_eval, predictions=preds, **common)
+    report["model"] = source
+    report["predictions"] = str(preds)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
+    print(f"{report['dataset']} {report['split']} @{report['resolution']} ({report['n_pairs']} pairs, "
+          f"beta_eval {report['beta_eval']:g}): {pck}")
+    print(f"report: {out}; predictions: {preds}", file=sys.stderr)
+    return 0

@@ -1,0 +1,444 @@
+"""Typed run configuration, loaded from a ``params.yaml``-style nested mapping.
+
+A configuration has four sections, each a dataclass::
+
+    model:  backbone, pretrained, finetune, temperature, ns, nk, sigma, gamma, beta_thres
+    data:   dataset, root, resolution, batch_size, workers, cache_dir, train_split, val_split
+    train:  epochs, max_steps, lr_backbone, lr_temperature, seed, ... (see :class:`TrainConfig`)
+    eval:   split, resolution, beta_eval, batch_size, alphas, beta_sweep
+
+:func:`load_config` accepts a mapping, a YAML file path or an existing :class:`Config`;
+missing keys take the defaults below, unknown keys raise :class:`ConfigError` naming the
+key and the allowed keys, bad values raise :class:`ConfigError` naming the field
+(``train.lr_backbone: must be > 0, got -1``). :func:`apply_overrides` applies the CLI's
+``--set section.key=value`` strings (values parsed as YAML scalars / lists).
+
+``lr_backbone`` and ``lr_temperature`` default to ``None``, meaning the paper's values
+(Sec. 4.2, supp. Sec. 6): 1e-4 when only the last block trains, 2e-5 when the whole backbone
+does; 1e-4 for the ``mlp`` temperature module and 0.005 for the ``single`` parameter.
+:meth:`Config.resolved_lr_backbone` / :meth:`Config.resolved_lr_temperature` give the
+effective values.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .backbones import FINETUNE_MODES
+from .pck import DEFAULT_ALPHAS
+from .temperature import build_temperature
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the offending key or field."""
+
+
+# Default learning rates of the paper (Sec. 4.2; supplement Sec. 6 for ``single``).
+LR_BACKBONE_DEFAULTS: dict[str, float] = {"last_block": 1e-4, "all": 2e-5}
+LR_TEMPERATURE_DEFAULTS: dict[str, float] = {"mlp": 1e-4, "single": 5e-3}
+
+
+@dataclass
+class ModelConfig:
+    """The SimSC model (paper Sec. 3 and 4.2)."""
+
+    backbone: str = "resnet101"
+    #: ``false`` (random init), ``true`` (timm's default weights), a timm tag or a local path.
+    pretrained: bool | str = True
+    finetune: str = "last_block"  # "last_block" | "all" | "none"
+    temperature: str = "mlp"  # "mlp" | "single" | "fixed:<beta>" | "no-l2"
+    ns: int = 3
+    nk: int = 5
+    sigma: float = 7.0
+    gamma: float = 0.2
+    beta_thres: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Training / validation data. ``resolution``: square training size in pixels."""
+
+    dataset: str = "embedded"
+    root: str = "data/embedded"
+    resolution: int = 256
+    batch_size: int = 8
+    workers: int = 0
+    cache_dir: str | None = None
+    train_split: str = "trn"
+    val_split: str = "val"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpointing and logging."""
+
+    epochs: int = 100
+    #: stop after this many optimiser steps (over all epochs); ``null`` = run all epochs.
+    max_steps: int | None = None
+    #: ``null`` = paper default for the fine-tuning mode (1e-4 last block, 2e-5 all).
+    lr_backbone: float | None = None
+    #: ``null`` = paper default for the temperature (1e-4 mlp, 0.005 single).
+    lr_temperature: float | None = None
+    seed: int = 0
+    #: log the mean |grad| of every conv / linear layer of the last backbone block (supp. Fig. 2).
+    log_grad_stats: bool = False
+    #: the run directory: metrics.jsonl, config.yaml, checkpoints/, summary.json.
+    out_dir: str = "runs/default"
+    #: also write ``checkpoints/last.pt`` every this many steps (``null``: only at epoch ends).
+    checkpoint_every_steps: int | None = None
+    #: alphas of the validation PCK; the best checkpoint is chosen by per-image PCK@``best_alpha``.
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    best_alpha: float = 0.1
+    #: validate on at most this many pairs (``null``: the whole validation split).
+    val_max_pairs: int | None = None
+    #: ``torch.set_num_threads`` during training (``null``: leave torch's setting).
+    num_threads: int | None = None
+    #: ``torch.use_deterministic_algorithms(True, warn_only=True)`` during training.
+    deterministic: bool = True
+    #: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation defaults (``simsc evaluate`` flags override them)."""
+
+    split: str = "test"
+    resolution: int | str = 256  # a size in pixels or "original"
+    #: ``null`` = the model's default (1 for learned temperatures, 0.02 for fixed:1 / untrained).
+    beta_eval: float | None = None
+    batch_size: int = 8
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    #: beta_eval values of the sweep mode (paper Fig. 6); ``null`` = 0.005 .. 1, log-spaced.
+    beta_sweep: list[float] | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (only str/int/float/bool/None/list), safe for YAML, JSON and
+        ``torch.load(weights_only=True)``."""
+        return dataclasses.asdict(self)
+
+    def resolved_lr_backbone(self) -> float:
+        if self.train.lr_backbone is not None:
+            return float(self.train.lr_backbone)
+        return LR_BACKBONE_DEFAULTS.get(self.model.finetune, LR_BACKBONE_DEFAULTS["last_block"])
+
+    def resolved_lr_temperature(self) -> float:
+        if self.train.lr_temperature is not None:
+            return float(self.train.lr_temperature)
+        return LR_TEMPERATURE_DEFAULTS.get(self.model.temperature, LR_TEMPERATURE_DEFAULTS["mlp"])
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------
+
+
+def load_config(source: Config | Mapping[str, Any] | str | os.PathLike | None = None) -> Config:
+    """Build a validated :class:`Config` from a nested mapping, a YAML file or a Config.
+
+    Top-level keys other than the four sections raise :class:`ConfigError`, as do unknown
+    keys inside a section; values are coerced where lossless (``"1e-4"`` -> float, ``3.0`` ->
+    int) and checked (see :func:`validate`).
+    """
+    if source is None:
+        data: Mapping[str, Any] = {}
+    elif isinstance(source, Config):
+        data = source.to_dict()
+    elif isinstance(source, (str, os.PathLike)):
+        data = read_yaml(source)
+    elif isinstance(source, Mapping):
+        data = source
+    else:
+        raise ConfigError(f"config must be a mapping, a YAML path or a Config, got {type(source).__name__}")
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(
+            f"unknown config section {unknown[0]!r}; allowed sections: {', '.join(SECTIONS)}"
+        )
+    sections = {}
+    for name, cls in SECTIONS.items():
+        raw = data.get(name) or {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {type(raw).__name__}")
+        sections[name] = _build_section(name, cls, raw)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (model, data, train, eval), got {type(data).__name__}")
+    return data
+
+
+def _build_section(section: str, cls: type, raw: Mapping[str, Any]):
+    allowed = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown config key {section}.{key}; allowed keys in {section!r}: {', '.join(allowed)}"
+            )
+        kwargs[key] = _coerce(f"{section}.{key}", allowed[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    """Coerce ``value`` to the field's annotated type (annotations are strings here)."""
+    ann = str(f.type)
+    optional = "None" in ann
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: must not be null")
+    if ann.startswith("list"):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: must be a list of numbers, got {value!r}")
+        return [_to_float(name, v) for v in value]
+    if ann.startswith("bool |"):  # pretrained: bool or str
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "yes"):
+                return True
+            if low in ("false", "no", "none", ""):
+                return False
+            return value
+        raise ConfigError(f"{name}: must be true, false, a timm tag or a checkpoint path, got {value!r}")
+    if ann.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name}: must be true or false, got {value!r}")
+    if ann.startswith("int | str"):  # resolution: int or "original"
+        if isinstance(value, str) and not value.strip().isdigit():
+            return value.strip()
+        return _to_int(name, value)
+    if ann.startswith("int"):
+        return _to_int(name, value)
+    if ann.startswith("float"):
+        return _to_float(name, value)
+    if ann.startswith("str"):
+        if isinstance(value, (dict, list, tuple)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: must be a string, got {value!r}")
+        return str(value)
+    return value  # pragma: no cover - every field has one of the types above
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}: must be an integer, got {value!r}")
+
+
+def _to_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        out = float(value)
+    elif isinstance(value, str):
+        try:
+            out = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: must be a number, got {value!r}") from None
+    else:
+        raise ConfigError(f"{name}: must be a number, got {value!r}")
+    if not math.isfinite(out):
+        raise ConfigError(f"{name}: must be finite, got {value!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------
+
+
+def validate(cfg: Config) -> None:
+    """Check values; raise :class:`ConfigError` naming the first bad field."""
+    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+
+    def bad(name: str, msg: str, value: Any) -> None:
+        raise ConfigError(f"{name}: {msg}, got {value!r}")
+
+    if not m.backbone:
+        bad("model.backbone", "must be a backbone name", m.backbone)
+    if m.finetune not in FINETUNE_MODES:
+        bad("model.finetune", f"must be one of {list(FINETUNE_MODES)}", m.finetune)
+    try:
+        build_temperature(m.temperature, 1)
+    except ValueError as exc:
+        raise ConfigError(f"model.temperature: {exc}") from None
+    if m.ns < 1 or m.ns % 2 == 0:
+        bad("model.ns", "must be an odd integer >= 1", m.ns)
+    if m.nk < m.ns:
+        bad("model.nk", f"must be >= model.ns ({m.ns})", m.nk)
+    if not m.sigma > 0:
+        bad("model.sigma", "must be > 0", m.sigma)
+    if m.gamma < 0:
+        bad("model.gamma", "must be >= 0", m.gamma)
+    if not m.beta_thres > 0:
+        bad("model.beta_thres", "must be > 0", m.beta_thres)
+
+    if not d.dataset:
+        bad("data.dataset", "must name a dataset", d.dataset)
+    if d.resolution < 16:
+        bad("data.resolution", "must be an integer >= 16 (square training size)", d.resolution)
+    if d.batch_size < 1:
+        bad("data.batch_size", "must be >= 1", d.batch_size)
+    if d.workers < 0:
+        bad("data.workers", "must be >= 0", d.workers)
+
+    if t.epochs < 1:
+        bad("train.epochs", "must be >= 1", t.epochs)
+    if t.max_steps is not None and t.max_steps < 1:
+        bad("train.max_steps", "must be >= 1 or null", t.max_steps)
+    for name in ("lr_backbone", "lr_temperature"):
+        v = getattr(t, name)
+        if v is not None and not v > 0:
+            bad(f"train.{name}", "must be > 0 or null (paper default)", v)
+    if t.seed < 0:
+        bad("train.seed", "must be >= 0", t.seed)
+    if not t.out_dir:
+        bad("train.out_dir", "must be a folder path", t.out_dir)
+    if t.checkpoint_every_steps is not None and t.checkpoint_every_steps < 1:
+        bad("train.checkpoint_every_steps", "must be >= 1 or null", t.checkpoint_every_steps)
+    _check_alphas("train.alphas", t.alphas)
+    if t.best_alpha not in t.alphas:
+        bad("train.best_alpha", f"must be one of train.alphas {t.alphas}", t.best_alpha)
+    if t.val_max_pairs is not None and t.val_max_pairs < 1:
+        bad("train.val_max_pairs", "must be >= 1 or null", t.val_max_pairs)
+    if not (t.device in ("auto", "cpu") or t.device.startswith(("cuda", "mps"))):
+        bad("train.device", "must be 'auto', 'cpu', 'cuda[:N]' or 'mps'", t.device)
+    if t.num_threads is not None and t.num_threads < 1:
+        bad("train.num_threads", "must be >= 1 or null", t.num_threads)
+
+    if isinstance(e.resolution, str):
+        if e.resolution not in ("original", "ori", "ori."):
+            bad("eval.resolution", "must be a size in pixels or 'original'", e.resolution)
+        e.resolution = "original"
+    elif e.resolution < 16:
+        bad("eval.resolution", "must be >= 16 or 'original'", e.resolution)
+    if e.beta_eval is not None and not e.beta_eval > 0:
+        bad("eval.beta_eval", "must be > 0 or null (model default)", e.beta_eval)
+    if e.batch_size < 1:
+        bad("eval.batch_size", "must be >= 1", e.batch_size)
+    _check_alphas("eval.alphas", e.alphas)
+    if e.beta_sweep is not None:
+        if not e.beta_sweep or any(not b > 0 for b in e.beta_sweep):
+            bad("eval.beta_sweep", "must be a non-empty list of values > 0 or null", e.beta_sweep)
+
+
+def _check_alphas(name: str, alphas: Sequence[float]) -> None:
+    if not alphas or any(not 0 < a <= 1 for a in alphas):
+        raise ConfigError(f"{name}: must be a non-empty list of values in (0, 1], got {list(alphas)!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Overrides and serialisation
+# ----------------------------------------------------------------------------------------
+
+
+def allowed_keys() -> list[str]:
+    """Every ``section.key`` a config accepts."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested mapping (returns a new dict).
+
+    Values are parsed as YAML (``1e-4``, ``true``, ``null``, ``[0.05, 0.1]``); the result
+    still goes through :func:`load_config` for validation.
+    """
+    out = copy.deepcopy(dict(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(
+                f"--set {item!r}: unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}"
+            )
+        section, name = parts
+        if name not in {f.name for f in fields(SECTIONS[section])}:
+            raise ConfigError(
+                f"--set {item!r}: unknown key {key!r}; allowed keys in {section!r}: "
+                f"{', '.join(f.name for f in fields(SECTIONS[section]))}"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict,)):
+            value = raw
+        sec = out.get(section) or {}
+        if not isinstance(sec, Mapping):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        sec = dict(sec)
+        sec[name] = value
+        out[section] = sec
+    return out
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (the run directory's ``config.yaml``)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """``section.key`` names whose values differ between two plain config dicts."""
+    out = []
+    for section in SECTIONS:
+        sa, sb = a.get(section) or {}, b.get(section) or {}
+        for k in sorted(set(sa) | set(sb)):
+            if sa.get(k) != sb.get(k):
+                out.append(f"{section}.{k}")
+    return out

@@ -1,0 +1,152 @@
+"""Checkpoints: atomic writes, safe (``weights_only=True``) reads, RNG state capture.
+
+A training checkpoint (``<run>/checkpoints/last.pt``) is a plain dict that
+``torch.load(path, weights_only=True)`` reads (tensors, numbers, strings, lists, dicts only):
+
+===================  ==================================================================
+``format``           ``"simsc.checkpoint"``; ``version``: :data:`CHECKPOINT_VERSION`
+``kind``             ``"last"`` (full training state) or ``"best"`` (model + config only)
+``model``            ``SimSC.state_dict()`` (backbone + temperature module)
+``optimizer``        ``torch.optim.Adam.state_dict()`` (``last`` only)
+``step``             optimiser steps done (global)
+``epoch``            the epoch to continue in (0-based)
+``batch_in_epoch``   batches of that epoch already done (0 = start of the epoch)
+``rng``              ``python`` / ``numpy`` / ``torch`` generator states as tensors, and
+                     ``sampler``: the state of the epoch's data-order generator
+``config``           the run's :class:`~simsc.config.Config` as a plain nested dict
+``best``             ``{"metric", "epoch", "step"}`` of the best validation so far
+``metrics_offset``   size of ``metrics.jsonl`` when written (resume truncates it there)
+``finished``         the run reached its end (``epochs`` / ``max_steps``)
+===================  ==================================================================
+
+Files are written to a temporary file in the same folder, flushed, fsynced and moved into
+place with :func:`os.replace`, so a reader (or a crash) never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, load_config
+from ..io import atomic_write
+from ..model import SimSC
+
+CHECKPOINT_FORMAT = "simsc.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a simsc checkpoint."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, fsync, then ``os.replace``
+    (:func:`simsc.io.atomic_write` with ``durable=True``)."""
+    return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a simsc checkpoint safely (``weights_only=True``, on CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a simsc checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {ckpt.get('version')} is newer than this simsc "
+            f"(reads up to {CHECKPOINT_VERSION})"
+        )
+    return dict(ckpt)
+
+
+# ----------------------------------------------------------------------------------------
+# RNG states as plain tensors
+# ----------------------------------------------------------------------------------------
+
+
+def capture_rng_state(sampler_generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Python ``random``, NumPy's global generator, torch CPU and the data-order generator."""
+    version, py_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": gauss,
+        },
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if sampler_generator is not None:
+        state["sampler"] = sampler_generator.get_state()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the global generators captured by :func:`capture_rng_state` (not ``sampler``)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+
+
+# ----------------------------------------------------------------------------------------
+# Models from configs and checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, pretrained: bool | str | None = None) -> SimSC:
+    """The :class:`~simsc.model.SimSC` a config describes (``pretrained`` overrides the config)."""
+    m = cfg.model
+    return SimSC(
+        m.backbone,
+        m.temperature,
+        pretrained=m.pretrained if pretrained is None else pretrained,
+        finetune=m.finetune,
+        ns=m.ns,
+        nk=m.nk,
+        sigma=m.sigma,
+        gamma=m.gamma,
+        beta_thres=m.beta_thres,
+    )
+
+
+def load_model(path: str | os.PathLike) -> tuple[SimSC, Config, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (``last.pt`` or ``best.pt``) with its weights.
+
+    The backbone is built without downloading anything (``pretrained=False``): every weight
+    comes from the checkpoint. Returns ``(model in eval mode, config, checkpoint metadata)``.
+    """
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = load_config(ckpt["config"])
+    except (ConfigError, KeyError) as exc:
+        raise CheckpointError(f"{path}: stored config is invalid: {exc}") from None
+    model = build_model(cfg, pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the configured model: {exc}") from None
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}
+    return model, cfg, meta

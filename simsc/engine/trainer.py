@@ -1,0 +1,536 @@
+"""The training loop: Adam on the SimSC loss, validation PCK, checkpoints, exact resume.
+
+Run directory (``train.out_dir``)::
+
+    config.yaml            the resolved config of the run
+    metrics.jsonl          one JSON record a line: ``type: step`` after every optimiser step,
+                           ``type: epoch`` after every validation, ``type: diverged`` on NaN
+    checkpoints/last.pt    full training state (see :mod:`simsc.engine.checkpoint`), written
+                           at every epoch end and every ``checkpoint_every_steps`` steps
+    checkpoints/best.pt    model + config of the best validation PCK@``best_alpha`` (per image)
+    summary.json           written when the run finishes
+
+Exact resume: the data order of epoch ``e`` is ``torch.randperm`` from a generator seeded
+with :func:`epoch_seed` (``seed``, ``e``); its state, the position in the epoch, the global
+step, the optimiser state and the Python / NumPy / torch RNG states are checkpointed, and a
+resumed run skips the batches already done (without loading them). On CPU with the same
+thread count a killed-and-resumed run ends with bit-identical weights.
+
+The model stays in ``train()`` mode throughout (the backbone keeps its BatchNorm layers in
+eval mode by design, see :mod:`simsc.backbones`); validation runs under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config, dump_config, diff_configs, load_config
+from ..evaluate import alpha_key, evaluate
+from ..io import atomic_write_json
+from ..model import SimSC
+from .callbacks import CallbackList, CallbackProtocol
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    atomic_save,
+    build_model,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+
+#: Config keys that may change between a run and its resumption (the rest must match).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.epochs",
+        "train.max_steps",
+        "train.checkpoint_every_steps",
+        "train.progress",
+        "train.num_threads",
+        "train.log_grad_stats",
+        "train.val_max_pairs",
+        "train.device",
+        "train.out_dir",
+        "data.workers",
+        "data.cache_dir",
+        "data.root",
+        "eval.split",
+        "eval.resolution",
+        "eval.beta_eval",
+        "eval.batch_size",
+        "eval.alphas",
+        "eval.beta_sweep",
+    }
+)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or a gradient / weight) became non-finite. No checkpoint of the bad state is
+    written; ``last_checkpoint`` (if any) holds the last good state."""
+
+    def __init__(
+        self,
+        step: int,
+        epoch: int,
+        loss: float,
+        beta_a: Sequence[float],
+        beta_b: Sequence[float],
+        reason: str,
+        last_checkpoint: Path | None,
+    ) -> None:
+        self.step, self.epoch, self.loss = step, epoch, loss
+        self.beta_a, self.beta_b = list(beta_a), list(beta_b)
+        self.reason, self.last_checkpoint = reason, last_checkpoint
+        where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        super().__init__(
+            f"training diverged at step {step} (epoch {epoch}): {reason}; loss = {loss:.6g}, "
+            f"beta_a = {_fmt_betas(self.beta_a)}, beta_b = {_fmt_betas(self.beta_b)}; {where}"
+        )
+
+
+def _fmt_betas(values: Sequence[float]) -> str:
+    vals = [float(v) for v in values]
+    if not vals:
+        return "[]"
+    shown = ", ".join(f"{v:.4g}" for v in vals[:8]) + (", ..." if len(vals) > 8 else "")
+    finite = [v for v in vals if math.isfinite(v)]
+    mean = f"{sum(finite) / len(finite):.4g}" if finite else "nan"
+    return f"[{shown}] (mean {mean})"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the data-order generator of one epoch."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def param_groups(model: SimSC, cfg: Config) -> list[dict[str, Any]]:
+    """Adam parameter groups: trainable backbone weights at ``lr_backbone``, temperature
+    parameters at ``lr_temperature``; empty groups are left out."""
+    groups = []
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    if backbone:
+        groups.append({"name": "backbone", "params": backbone, "lr": cfg.resolved_lr_backbone()})
+    temperature = [p for p in model.temperature.parameters() if p.requires_grad]
+    if temperature:
+        groups.append({"name": "temperature", "params": temperature, "lr": cfg.resolved_lr_temperature()})
+    if not groups:
+        raise ValueError(
+            f"nothing to train: model.finetune={cfg.model.finetune!r} and temperature "
+            f"{cfg.model.temperature!r} has no parameters"
+        )
+    return groups
+
+
+def _grad_layers(model: SimSC) -> list[tuple[str, nn.Module]]:
+    """Conv / linear layers of the last backbone block, named relative to the timm model."""
+    names = {id(m): n for n, m in model.backbone.model.named_modules()}
+    out = []
+    for block in model.backbone.last_block():
+        for m in block.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                out.append((names.get(id(m), type(m).__name__), m))
+    return out
+
+
+def _mean_std(x: torch.Tensor) -> tuple[float, float]:
+    x = x.detach().double().flatten()
+    return float(x.mean()), float(x.std(unbiased=False)) if x.numel() > 1 else 0.0
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN/inf: non-finite numbers become ``null``."""
+    return x if math.isfinite(x) else None
+
+
+class Trainer:
+    """Train a :class:`~simsc.model.SimSC` model as a config describes.
+
+    Args:
+        config: a :class:`~simsc.config.Config`, a nested mapping or a YAML path.
+        callbacks: objects with ``on_step / on_epoch / on_checkpoint / on_end``.
+        train_dataset, val_dataset: pair datasets; built from ``config.data`` when omitted.
+        model: a prebuilt model; built from ``config.model`` (after seeding) when omitted.
+    """
+
+    def __init__(
+        self,
+        config: Config | dict | str | os.PathLike,
+        *,
+        callbacks: Iterable[CallbackProtocol] = (),
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+        model: SimSC | None = None,
+    ) -> None:
+        self.cfg = load_config(config)
+        self.callbacks = CallbackList(callbacks)
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.model = model
+        self.out_dir = Path(self.cfg.train.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.last_path = self.ckpt_dir / "last.pt"
+        self.best_path = self.ckpt_dir / "best.pt"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._metrics_fh = None
+
+    # -- public API ------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (``epochs`` or ``max_steps``); ``resume=True`` continues from
+        ``checkpoints/last.pt`` when it exists (else starts fresh). Returns the summary."""
+        t = self.cfg.train
+        old_threads = torch.get_num_threads()
+        old_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        try:
+            if t.num_threads is not None:
+                torch.set_num_threads(t.num_threads)
+            if t.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            return self._fit(resume)
+        finally:
+            torch.set_num_threads(old_threads)
+            torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
+            if self._metrics_fh is not None:
+                self._metrics_fh.close()
+                self._metrics_fh = None
+
+    # -- setup -----------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        if self.model is None:
+            self.model = build_model(cfg)
+        self.device = resolve_device(cfg.train.device)
+        self.model.to(self.device)
+        if self.train_dataset is None or self.val_dataset is None:
+            from ..data.registry import build_dataset
+
+            d = cfg.data
+            if self.train_dataset is None:
+                self.train_dataset = build_dataset(d.dataset, d.root, d.train_split, d.resolution, cache_dir=d.cache_dir)
+            if self.val_dataset is None:
+                self.val_dataset = build_dataset(d.dataset, d.root, d.val_split, d.resolution, cache_dir=d.cache_dir)
+        if len(self.train_dataset) == 0:
+            raise ValueError("the training split has no pairs")
+        self.optimizer = torch.optim.Adam(param_groups(self.model, cfg))
+        self.grad_layers = _grad_layers(self.model) if cfg.train.log_grad_stats else []
+
+    def _load_resume_state(self) -> dict[str, Any]:
+        ckpt = load_checkpoint(self.last_path)
+        if ckpt.get("kind") != "last":
+            raise CheckpointError(f"{self.last_path}: not a training checkpoint (kind={ckpt.get('kind')!r})")
+        changed = [k for k in diff_configs(ckpt["config"], self.cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise CheckpointError(
+                f"cannot resume {self.last_path}: the config differs in {', '.join(changed)} "
+                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change); start a new run instead"
+            )
+        self.model.load_state_dict(ckpt["model"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng_state(ckpt["rng"])
+        return ckpt
+
+    def _open_metrics(self, offset: int | None) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if offset is None:
+            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")
+            return
+        # Drop the records written after the checkpoint (by the interrupted run).
+        if self.metrics_path.exists() and self.metrics_path.stat().st_size > offset:
+            with open(self.metrics_path, "r+b") as f:
+                f.truncate(offset)
+        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self._metrics_fh.write(json.dumps(record) + "\n")
+        self._metrics_fh.flush()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _fit(self, resume: bool) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        self._build()
+        model, opt = self.model, self.optimizer
+        state = {
+            "epoch": 0, "batch_in_epoch": 0, "step": 0, "sampler": None,
+            "best": {"metric": None, "epoch": None, "step": None},
+            "epoch_loss": [0.0, 0], "train_time": 0.0, "finished": False,
+        }
+        if resume and self.last_path.exists():
+            ckpt = self._load_resume_state()
+            for k in ("epoch", "batch_in_epoch", "step", "best", "epoch_loss", "train_time", "finished"):
+                state[k] = ckpt[k]
+            state["sampler"] = ckpt["rng"].get("sampler")
+            self._open_metrics(int(ckpt["metrics_offset"]))
+            self._resumed_from = int(ckpt["step"])
+        else:
+            if self.last_path.exists():
+                raise CheckpointError(
+                    f"{self.out_dir} already holds a run ({self.last_path}); resume it (--resume / "
+                    "resume=True) or choose another output folder"
+                )
+            for p in (self.best_path, self.out_dir / "summary.json"):
+                if p.exists():
+                    p.unlink()
+            self._open_metrics(None)
+            self._resumed_from = None
+        dump_config(cfg, self.out_dir / "config.yaml")
+        self.state = state
+
+        n = len(self.train_dataset)
+        bs = cfg.data.batch_size
+        n_batches = math.ceil(n / bs)
+        worker_gen = torch.Generator()
+        model.train()
+
+        def done() -> bool:
+            return state["epoch"] >= t.epochs or (t.max_steps is not None and state["step"] >= t.max_steps)
+
+        while not done():
+            epoch = state["epoch"]
+            start = state["batch_in_epoch"]
+            g = torch.Generator()
+            if start > 0 and state["sampler"] is not None:
+                g.set_state(state["sampler"])
+            else:
+                g.manual_seed(epoch_seed(t.seed, epoch))
+                state["epoch_loss"] = [0.0, 0]
+            state["sampler"] = g.get_state()
+            order = torch.randperm(n, generator=g)[start * bs:].tolist()
+            worker_gen.manual_seed(epoch_seed(t.seed, epoch) + 1)
+            loader = DataLoader(
+                self.train_dataset, batch_size=bs, sampler=order, num_workers=cfg.data.workers,
+                collate_fn=_collate, generator=worker_gen, drop_last=False,
+                pin_memory=self.device.type == "cuda",
+            )
+            bar = self._bar(loader, epoch, start, n_batches)
+            batch_i = start
+            for batch in bar:
+                t0 = time.perf_counter()
+                record = self._train_step(batch, epoch)
+                state["train_time"] += time.perf_counter() - t0
+                batch_i += 1
+                state["batch_in_epoch"] = batch_i
+                state["epoch_loss"][0] += record["loss"]
+                state["epoch_loss"][1] += 1
+                self._log(record)
+                self.callbacks.on_step(record)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", beta_eff=f"{record['beta_eff_mean']:.3g}")
+                stop = t.max_steps is not None and state["step"] >= t.max_steps
+                if stop:
+                    break
+                if t.checkpoint_every_steps and state["step"] % t.checkpoint_every_steps == 0 and batch_i < n_batches:
+                    self._save_last()
+            if hasattr(bar, "close"):
+                bar.close()
+            partial = batch_i < n_batches
+            self._end_epoch(epoch, partial)
+            if not partial:
+                state["epoch"] = epoch + 1
+                state["batch_in_epoch"] = 0
+                state["sampler"] = None
+            state["finished"] = done()
+            self._save_last()
+
+        summary = self._summary()
+        atomic_write_json(self.out_dir / "summary.json", summary, indent=2)
+        self.callbacks.on_end(summary)
+        return summary
+
+    def _bar(self, loader, epoch, start, n_batches):
+        if not self.cfg.train.progress:
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, desc=f"epoch {epoch}", initial=start, total=n_batches, unit="step", leave=False)
+
+    def _train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+        model, opt, state = self.model, self.optimizer, self.state
+        batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        step = state["step"] + 1
+        opt.zero_grad(set_to_none=True)
+        try:
+            out = model.loss(batch)
+        except ValueError as exc:
+            msg = str(exc)
+            if "temperature" in msg or "beta" in msg or not self._params_finite():
+                self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({msg})")
+            raise
+        loss = out["loss"]
+        if not bool(torch.isfinite(loss)):
+            self._diverged(step, epoch, float(loss.detach()), batch, "non-finite loss", out)
+        loss.backward()
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(gr).all() for gr in grads]).all()):
+            self._diverged(step, epoch, float(loss.detach()), batch, "non-finite gradient", out)
+        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state["batch_in_epoch"]}
+        record["loss"] = float(loss.detach())
+        record["ce"] = float(out["ce"].detach())
+        record["reg"] = float(out["reg"].detach())
+        record["beta_a_mean"], record["beta_a_std"] = _mean_std(out["beta_a"])
+        record["beta_b_mean"], record["beta_b_std"] = _mean_std(out["beta_b"])
+        record["beta_eff_mean"] = _mean_std(out["beta_eff"])[0]
+        lrs = {g.get("name"): g["lr"] for g in opt.param_groups}
+        record["lr_backbone"] = lrs.get("backbone")
+        record["lr_temperature"] = lrs.get("temperature")
+        if self.grad_layers:
+            record["grad_abs_mean"] = {
+                name: float(m.weight.grad.abs().mean()) for name, m in self.grad_layers if m.weight.grad is not None
+            }
+        opt.step()
+        state["step"] = step
+        return record
+
+    def _params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    @torch.no_grad()
+    def _diverged(self, step, epoch, loss, batch, reason, out=None):
+        beta_a = beta_b = []
+        if out is not None:
+            beta_a, beta_b = out["beta_a"].tolist(), out["beta_b"].tolist()
+        else:
+            try:
+                m = self.model
+                beta_a = m.temperature(m.backbone(batch["src_img"])).tolist()
+                beta_b = m.temperature(m.backbone(batch["trg_img"])).tolist()
+            except Exception:  # the diagnosis must not mask the divergence
+                pass
+        last = self.last_path if self.last_path.exists() else None
+        err = TrainingDivergedError(step, epoch, loss, beta_a, beta_b, reason, last)
+        self._log({"type": "diverged", "step": step, "epoch": epoch, "loss": _finite(loss), "reason": reason,
+                   "beta_a": [_finite(float(b)) for b in beta_a], "beta_b": [_finite(float(b)) for b in beta_b],
+                   "last_checkpoint": str(last) if last else None})
+        self.callbacks.on_end({"status": "diverged", "step": step, "epoch": epoch, "message": str(err),
+                               "last_checkpoint": str(last) if last else None})
+        raise err
+
+    def _end_epoch(self, epoch: int, partial: bool) -> None:
+        cfg, t, state = self.cfg, self.cfg.train, self.state
+        rep = evaluate(
+            self.model, self.val_dataset, beta_eval=None, batch_size=cfg.data.batch_size, alphas=t.alphas,
+            workers=cfg.data.workers, max_pairs=t.val_max_pairs, device=self.device,
+        )
+        self.model.train()
+        key = alpha_key(t.best_alpha)
+        metric = rep["per_image"][key]
+        best = state["best"]
+        is_best = best["metric"] is None or metric > best["metric"]
+        if is_best:
+            state["best"] = {"metric": metric, "epoch": epoch, "step": state["step"]}
+        loss_sum, loss_n = state["epoch_loss"]
+        record = {
+            "type": "epoch", "epoch": epoch, "step": state["step"], "partial": partial,
+            "train_loss_mean": loss_sum / loss_n if loss_n else None,
+            "val": {k: rep[k] for k in ("per_image", "per_keypoint", "per_category", "n_pairs", "beta_eff", "beta_eval")},
+            **{f"val_pck@{a}": v for a, v in rep["per_image"].items()},
+            "val_beta_eff_mean": rep["beta_eff"]["mean"],
+            "best_metric": state["best"]["metric"], "is_best": is_best,
+        }
+        self._log(record)
+        self.callbacks.on_epoch(record)
+        if is_best:
+            self._check_finite_weights(epoch)
+            atomic_save(self._payload("best"), self.best_path)
+            self.callbacks.on_checkpoint(self.best_path, True)
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        if not self._params_finite():
+            nan = float("nan")
+            self._diverged(self.state["step"], epoch, nan, {}, "non-finite weights (checkpoint not written)")
+
+    def _save_last(self) -> None:
+        self._check_finite_weights(self.state["epoch"])
+        atomic_save(self._payload("last"), self.last_path)
+        self.callbacks.on_checkpoint(self.last_path, False)
+
+    def _payload(self, kind: str) -> dict[str, Any]:
+        s = self.state
+        payload: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "kind": kind,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "config": self.cfg.to_dict(),
+            "step": s["step"],
+            "epoch": s["epoch"],
+            "best": dict(s["best"]),
+            "torch_version": str(torch.__version__),
+        }
+        if kind == "last":
+            rng = capture_rng_state()
+            if s["sampler"] is not None and s["batch_in_epoch"] > 0:
+                rng["sampler"] = s["sampler"]
+            payload.update(
+                optimizer=self.optimizer.state_dict(),
+                batch_in_epoch=s["batch_in_epoch"],
+                rng=rng,
+                epoch_loss=list(s["epoch_loss"]),
+                train_time=float(s["train_time"]),
+                finished=bool(s["finished"]),
+                metrics_offset=self._metrics_fh.tell(),
+            )
+        return payload
+
+    def _summary(self) -> dict[str, Any]:
+        s = self.state
+        steps_run = s["step"]
+        return {
+            "status": "finished",
+            "step": s["step"],
+            "epoch": s["epoch"],
+            "best_metric": s["best"]["metric"],
+            "best_alpha": self.cfg.train.best_alpha,
+            "best_epoch": s["best"]["epoch"],
+            "best_step": s["best"]["step"],
+            "best_checkpoint": str(self.best_path) if self.best_path.exists() else None,
+            "last_checkpoint": str(self.last_path),
+            "train_time_s": s["train_time"],
+            "steps_per_s": steps_run / s["train_time"] if s["train_time"] > 0 else None,
+            "resumed_from_step": self._resumed_from,
+            "out_dir": str(self.out_dir),
+        }
+
+
+def _collate(records):
+    from ..data.records import collate_pairs
+
+    return collate_pairs(records)
+
+
+def train(
+    config: Config | dict | str | os.PathLike,
+    *,
+    resume: bool = False,
+    callbacks: Iterable[CallbackProtocol] = (),
+    train_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
+    model: SimSC | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` describes (see :class:`Trainer`); returns the run summary."""
+    trainer = Trainer(config, callbacks=callbacks, train_dataset=train_dataset, val_dataset=val_dataset, model=model)
+    return trainer.fit(resume=resume)

@@ -1,0 +1,258 @@
+"""Evaluation: PCK reports, per-pair predictions and the beta_eval sweep (paper Fig. 6).
+
+Predictions are made at the dataset's resolution (``256`` or ``"original"``) and compared
+in that resolution's pixels against each record's protocol ``threshold`` (theta_img,
+theta_kps or theta_bbox at the returned size), with alphas 0.05 / 0.1 / 0.15.
+
+Report layout (JSON, alphas as strings ``"0.05"``, PCK in %)::
+
+    {"per_image": {alpha: pck}, "per_keypoint": {...}, "per_category": {cat: {alpha: pck}},
+     "n_pairs", "n_keypoints", "dataset", "split", "resolution", "threshold_kind",
+     "beta_eval", "beta_eval_source": "model default" | "manual",
+     "beta_eff": {"mean", "std"}}
+
+The sweep computes the score maps of a pair once and applies the kernel soft-argmax at
+every ``beta_eval``; it returns one row per value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .coords import feature_to_image, image_to_feature
+from .matching import query_score_maps
+from .model import SimSC
+from .pck import DEFAULT_ALPHAS, PCKAccumulator
+from .soft_argmax import kernel_soft_argmax
+
+#: Default beta_eval values of the sweep: 13 values log-spaced from 0.005 to 1.
+DEFAULT_BETA_SWEEP: tuple[float, ...] = tuple(float(f"{v:.4g}") for v in np.logspace(math.log10(0.005), 0.0, 13))
+
+
+def alpha_key(alpha: float) -> str:
+    """JSON key of an alpha (``0.1`` -> ``"0.1"``)."""
+    return f"{alpha:g}"
+
+
+def collate_with_sizes(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`~simsc.data.records.collate_pairs` plus ``n_kps``: each record's own keypoint count."""
+    from .data.records import collate_pairs
+
+    batch = collate_pairs(records)
+    batch["n_kps"] = [int(r["valid"].shape[0]) for r in records]
+    return batch
+
+
+def pair_loader(dataset: Dataset, batch_size: int = 8, workers: int = 0, max_pairs: int | None = None) -> DataLoader:
+    """A sequential loader over ``dataset`` (the first ``max_pairs`` pairs when given).
+    Datasets at ``resolution="original"`` hold images of different sizes: batch size 1."""
+    if getattr(dataset, "resolution", None) == "original":
+        batch_size = 1
+    if max_pairs is not None and max_pairs < len(dataset):
+        dataset = Subset(dataset, range(max_pairs))
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_sizes
+    )
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Score maps ``[B, N, h, w]`` of the source keypoints, and the per-image betas.
+
+    The same computation as :meth:`SimSC.predict` up to the soft-argmax, so that several
+    ``beta_eval`` values can reuse it.
+    """
+    valid = batch["valid"].bool()
+    out = model(batch["src_img"], batch["trg_img"])
+    uv_a = image_to_feature(batch["src_kps"].to(out["feat_a"].dtype), model.stride)
+    uv_a = torch.where(valid.unsqueeze(-1), uv_a, uv_a.new_zeros(()))
+    scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
+    return {"scores": scores, "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
+
+
+def localise(model: SimSC, scores: torch.Tensor, beta_eval: float) -> torch.Tensor:
+    """Kernel soft-argmax of score maps -> target image pixels ``[B, N, 2]``."""
+    uv_b = kernel_soft_argmax(scores, sigma=model.sigma, beta=beta_eval)
+    return feature_to_image(uv_b, model.stride)
+
+
+def resolve_beta_eval(model: SimSC, beta_eval: float | None) -> tuple[float, str]:
+    if beta_eval is None:
+        return float(model.temperature.default_beta_eval), "model default"
+    beta_eval = float(beta_eval)
+    if not beta_eval > 0 or not math.isfinite(beta_eval):
+        raise ValueError(f"beta_eval must be a finite number > 0, got {beta_eval}")
+    return beta_eval, "manual"
+
+
+def _dataset_info(dataset: Dataset) -> dict[str, Any]:
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    res = getattr(base, "resolution", None)
+    return {
+        "dataset": getattr(base, "name", type(base).__name__),
+        "split": getattr(base, "split", None),
+        "resolution": res,
+        "threshold_kind": getattr(base, "threshold_kind", None),
+    }
+
+
+def _json_report(rep: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "per_image": {alpha_key(a): v for a, v in rep["per_image"].items()},
+        "per_keypoint": {alpha_key(a): v for a, v in rep["per_keypoint"].items()},
+        "per_category": {c: {alpha_key(a): v for a, v in d.items()} for c, d in rep["per_category"].items()},
+        "n_pairs": rep["n_pairs"],
+        "n_keypoints": rep["n_keypoints"],
+    }
+
+
+def _beta_stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "std": float("nan")}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def _progress(iterable, progress: bool, desc: str, total: int | None = None):
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False)
+
+
+def _prediction_rows(batch: dict[str, Any], pred: torch.Tensor, beta_eff: torch.Tensor) -> Iterable[dict[str, Any]]:
+    n_kps = batch.get("n_kps") or [pred.shape[1]] * pred.shape[0]
+    for b, n in enumerate(n_kps):
+        yield {
+            "pair_id": batch["pair_id"][b] if "pair_id" in batch else str(b),
+            "category": batch["category"][b] if "category" in batch else "all",
+            "pred": np.round(pred[b, :n].cpu().double().numpy(), 3).tolist(),
+            "gt": np.round(batch["trg_kps"][b, :n].cpu().double().numpy(), 3).tolist(),
+            "src": np.round(batch["src_kps"][b, :n].cpu().double().numpy(), 3).tolist(),
+            "valid": batch["valid"][b, :n].cpu().bool().tolist(),
+            "threshold": float(batch["threshold"][b]),
+            "beta_eff": float(beta_eff[b]),
+        }
+
+
+def evaluate(
+    model: SimSC,
+    dataset: Dataset,
+    *,
+    beta_eval: float | None = None,
+    batch_size: int = 8,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    workers: int = 0,
+    max_pairs: int | None = None,
+    predictions: str | os.PathLike | list | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """PCK report of ``model`` on ``dataset`` (see the module docstring for the layout).
+
+    ``beta_eval=None`` uses the model's default (1 for learned temperatures, 0.02 for the
+    ``fixed:1`` baseline / untrained backbones). ``predictions``: a JSON-lines path or a list
+    that receives one row per pair (pair_id, category, pred, gt, src, valid, threshold,
+    beta_eff). The model's train/eval mode is left as it was.
+    """
+    beta, source = resolve_beta_eval(model, beta_eval)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    acc = PCKAccumulator(alphas)
+    betas: list[float] = []
+    sink, fh = _open_sink(predictions)
+    try:
+        loader = pair_loader(dataset, batch_size, workers, max_pairs)
+        for batch in _progress(loader, progress, "evaluate", len(loader)):
+            batch = _to(batch, device)
+            out = score_maps(model, batch)
+            pred = localise(model, out["scores"], beta)
+            acc.update(pred, batch["trg_kps"], batch["threshold"], batch["valid"], batch.get("category"))
+            beta_eff = out["beta_a"] * out["beta_b"]
+            betas.extend(beta_eff.cpu().double().tolist())
+            if sink is not None:
+                for row in _prediction_rows(batch, pred, beta_eff):
+                    sink(row)
+    finally:
+        if fh is not None:
+            fh.close()
+    report = _json_report(acc.report())
+    report.update(_dataset_info(dataset))
+    report.update({"alphas": [float(a) for a in alphas], "beta_eval": beta, "beta_eval_source": source,
+                   "beta_eff": _beta_stats(betas), "temperature": getattr(model.temperature, "name", "")})
+    return report
+
+
+def _open_sink(predictions):
+    if predictions is None:
+        return None, None
+    if isinstance(predictions, list):
+        return predictions.append, None
+    path = Path(predictions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "w", encoding="utf-8")
+
+    def write(row):
+        fh.write(json.dumps(row) + "\n")
+
+    return write, fh
+
+
+def beta_sweep(
+    model: SimSC,
+    dataset: Dataset,
+    betas: Sequence[float] = DEFAULT_BETA_SWEEP,
+    *,
+    batch_size: int = 8,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    workers: int = 0,
+    max_pairs: int | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """PCK as a function of ``beta_eval`` (paper Fig. 6 as data), features computed once a pair.
+
+    Returns ``{"rows": [{"beta_eval", "per_image", "per_keypoint"}...], "best": row with the
+    highest per-image PCK@0.1 (or the middle alpha), "n_pairs", dataset info, "beta_eff"}``.
+    """
+    betas = [resolve_beta_eval(model, b)[0] for b in betas]
+    if not betas:
+        raise ValueError("beta_sweep: give at least one beta_eval value")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    accs = [PCKAccumulator(alphas) for _ in betas]
+    beta_effs: list[float] = []
+    loader = pair_loader(dataset, batch_size, workers, max_pairs)
+    for batch in _progress(loader, progress, "beta sweep", len(loader)):
+        batch = _to(batch, device)
+        out = score_maps(model, batch)
+        beta_effs.extend((out["beta_a"] * out["beta_b"]).cpu().double().tolist())
+        for acc, beta in zip(accs, betas):
+            pred = localise(model, out["scores"], beta)
+            acc.update(pred, batch["trg_kps"], batch["threshold"], batch["valid"], batch.get("category"))
+    rows = []
+    for acc, beta in zip(accs, betas):
+        rep = _json_report(acc.report())
+        rows.append({"beta_eval": beta, "per_image": rep["per_image"], "per_keypoint": rep["per_keypoint"]})
+    key = alpha_key(0.1 if 0.1 in alphas else alphas[len(alphas) // 2])
+    best = max(rows, key=lambda r: r["per_image"][key])
+    result = {"rows": rows, "best": {"alpha": key, **best}, "n_pairs": rows and accs[0].report()["n_pairs"]}
+    result.update(_dataset_info(dataset))
+    result.update({"alphas": [float(a) for a in alphas], "beta_eff": _beta_stats(beta_effs),
+                   "model_default_beta_eval": float(model.temperature.default_beta_eval)})
+    return result
+
+
+#: Alias for package-level export (``simsc.evaluate_model``) without shadowing this module.
+evaluate_model = evaluate

@@ -1,0 +1,159 @@
+"""Match pictures (paper Fig. 1): two images side by side, coloured lines between
+corresponding points.
+
+:func:`predict_matches` runs a model on two images at a chosen resolution and returns the
+predicted target points in the *original* pixels of image B; :func:`draw_matches` draws any
+set of correspondences. With no query points, :func:`grid_points` picks an ``n x n`` grid of
+interior points of the source image.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .coords import rescale_points
+from .data.images import load_image, resize_uint8, target_size
+from .data.records import image_to_tensor, parse_resolution
+from .model import SimSC
+
+
+def grid_points(height: int, width: int, n: int = 5) -> torch.Tensor:
+    """``n * n`` interior points ``(x, y)`` of an image, evenly spaced, row by row."""
+    if n < 1:
+        raise ValueError(f"grid size must be >= 1, got {n}")
+    xs = (torch.arange(1, n + 1, dtype=torch.float32) * width / (n + 1) - 0.5).round()
+    ys = (torch.arange(1, n + 1, dtype=torch.float32) * height / (n + 1) - 0.5).round()
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.flatten(), gy.flatten()], dim=-1)
+
+
+def match_colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct saturated colours (hues spread around the wheel)."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i / max(n, 1)) % 1.0, 0.9, 1.0)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+def _as_uint8(img) -> np.ndarray:
+    arr = _to_uint8(img)
+    return arr if arr.flags.writeable and arr.flags.c_contiguous else np.ascontiguousarray(arr).copy()
+
+
+def _to_uint8(img) -> np.ndarray:
+    if isinstance(img, Image.Image):
+        return np.array(img.convert("RGB"))
+    if isinstance(img, torch.Tensor):  # [3, H, W] in [0, 1]
+        return (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return arr
+
+
+@torch.no_grad()
+def predict_matches(
+    model: SimSC,
+    img_a,
+    img_b,
+    points: torch.Tensor | Sequence[Sequence[float]] | None = None,
+    resolution: int | str = 256,
+    beta_eval: float | None = None,
+    grid: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict where ``points`` (source pixels ``[N, 2]``; default: a ``grid x grid`` grid)
+    land in image B. Both images are resized to ``resolution`` (or kept at their size with
+    ``"original"``); the returned ``(points_a, points_b)`` are in original pixels."""
+    a, b = _as_uint8(img_a), _as_uint8(img_b)
+    res = parse_resolution(resolution)
+    size_a, size_b = a.shape[:2], b.shape[:2]
+    pts_a = grid_points(*size_a, n=grid) if points is None else torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
+    if pts_a.numel() == 0:
+        raise ValueError("no query points")
+    ha, wa = size_a
+    outside = (pts_a[:, 0] < -0.5) | (pts_a[:, 0] > wa - 0.5) | (pts_a[:, 1] < -0.5) | (pts_a[:, 1] > ha - 0.5)
+    if bool(outside.any()):
+        bad = pts_a[outside][0].tolist()
+        raise ValueError(f"query point {bad} lies outside the source image ({wa} x {ha} pixels)")
+    ra, rb = target_size(size_a, res), target_size(size_b, res)
+    ta = image_to_tensor(resize_uint8(a, ra) if ra != size_a else a)
+    tb = image_to_tensor(resize_uint8(b, rb) if rb != size_b else b)
+    q = rescale_points(pts_a, size_a, ra)
+    device = next(model.parameters()).device
+    pred = model.predict(ta[None].to(device), tb[None].to(device), q[None].to(device), beta_eval=beta_eval)[0].cpu()
+    return pts_a, rescale_points(pred, rb, size_b)
+
+
+def draw_matches(
+    img_a,
+    img_b,
+    pts_a: torch.Tensor | np.ndarray,
+    pts_b: torch.Tensor | np.ndarray,
+    *,
+    height: int | None = None,
+    line_width: int = 2,
+    radius: int = 4,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> Image.Image:
+    """Images A and B side by side (top-aligned, A on the left), a coloured line from each
+    point of A to its match in B and a dot at both ends.
+
+    The canvas is ``(W_A + W_B) x max(H_A, H_B)``; with ``height`` both images are first
+    scaled to that height (points scaled with them). The background is black.
+    """
+    a, b = _as_uint8(img_a), _as_uint8(img_b)
+    pa = torch.as_tensor(np.asarray(pts_a), dtype=torch.float32).reshape(-1, 2)
+    pb = torch.as_tensor(np.asarray(pts_b), dtype=torch.float32).reshape(-1, 2)
+    if pa.shape != pb.shape:
+        raise ValueError(f"need as many points in A as in B, got {tuple(pa.shape)} and {tuple(pb.shape)}")
+    if height is not None:
+        sa = (height, max(1, round(a.shape[1] * height / a.shape[0])))
+        sb = (height, max(1, round(b.shape[1] * height / b.shape[0])))
+        pa, pb = rescale_points(pa, a.shape[:2], sa), rescale_points(pb, b.shape[:2], sb)
+        a, b = resize_uint8(a, sa), resize_uint8(b, sb)
+    ha, wa = a.shape[:2]
+    hb, wb = b.shape[:2]
+    canvas = Image.new("RGB", (wa + wb, max(ha, hb)), (0, 0, 0))
+    canvas.paste(Image.fromarray(a), (0, 0))
+    canvas.paste(Image.fromarray(b), (wa, 0))
+    draw = ImageDraw.Draw(canvas)
+    cols = list(colors) if colors is not None else match_colors(len(pa))
+    for i, ((xa, ya), (xb, yb)) in enumerate(zip(pa.tolist(), pb.tolist())):
+        c = cols[i % len(cols)]
+        xb += wa
+        draw.line([(xa, ya), (xb, yb)], fill=c, width=line_width)
+        for x, y in ((xa, ya), (xb, yb)):
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=c, outline=(255, 255, 255))
+    return canvas
+
+
+def save_match_picture(
+    model: SimSC,
+    path_a: str | os.PathLike,
+    path_b: str | os.PathLike,
+    out: str | os.PathLike,
+    points=None,
+    resolution: int | str = 256,
+    beta_eval: float | None = None,
+    grid: int = 5,
+    height: int | None = None,
+) -> dict:
+    """Load two image files, predict matches and write the picture (PNG) to ``out``.
+    Returns ``{"points_a", "points_b", "size"}`` (original pixels, canvas ``(W, H)``)."""
+    a, b = load_image(path_a), load_image(path_b)
+    pa, pb = predict_matches(model, a, b, points, resolution=resolution, beta_eval=beta_eval, grid=grid)
+    pic = draw_matches(a, b, pa, pb, height=height)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pic.save(out, format="PNG")
+    return {"points_a": pa.tolist(), "points_b": pb.tolist(), "size": list(pic.size)}

@@ -1,0 +1,280 @@
+"""Checkpoints: atomic writes, safe loading, exact resume (also after SIGKILL), divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simsc.engine import (
+    Callback,
+    CheckpointError,
+    Trainer,
+    TrainingDivergedError,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    load_model,
+    restore_rng_state,
+)
+from simsc.engine.toy import ToyTranslationPairs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(out_dir, **train):
+    cfg = {
+        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
+        "data": {"batch_size": 2, "resolution": 64},
+        "train": {"epochs": 3, "lr_backbone": 1e-3, "out_dir": str(out_dir), "progress": False,
+                  "val_max_pairs": 2, "checkpoint_every_steps": 3, "num_threads": 1,
+                  "device": "cpu"},
+    }
+    cfg["train"].update(train)
+    return cfg
+
+
+def datasets():
+    return ToyTranslationPairs(10, 64, seed=0), ToyTranslationPairs(2, 64, seed=1, split="val")
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+def test_atomic_save_replaces_without_leftovers(tmp_path):
+    p = tmp_path / "ck" / "x.pt"
+    atomic_save({"a": torch.ones(3)}, p)
+    atomic_save({"a": torch.zeros(3)}, p)
+    assert torch.equal(torch.load(p, weights_only=True)["a"], torch.zeros(3))
+    assert sorted(os.listdir(p.parent)) == ["x.pt"]
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"a": Boom()}, p)
+    assert sorted(os.listdir(p.parent)) == ["x.pt"]  # the old file is intact, no temp file left
+    assert torch.equal(torch.load(p, weights_only=True)["a"], torch.zeros(3))
+
+
+def test_rng_state_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = capture_rng_state()
+    atomic_save({"rng": state}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a simsc checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_contents_are_weights_only(tmp_path):
+    trn, val = datasets()
+    Trainer(tiny_config(tmp_path, epochs=1), train_dataset=trn, val_dataset=val).fit()
+    ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["format"] == "simsc.checkpoint" and ck["kind"] == "last"
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"], ck["finished"]) == (5, 1, 0, True)
+    assert ck["config"]["train"]["checkpoint_every_steps"] == 3
+    assert set(ck["rng"]) >= {"python", "numpy", "torch"}
+    assert ck["optimizer"]["param_groups"][0]["name"] == "backbone"
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert best["kind"] == "best" and "optimizer" not in best
+    model, cfg, meta = load_model(tmp_path / "checkpoints" / "best.pt")
+    assert cfg.model.backbone == "resnet18" and not model.training and meta["best"]["step"] == 5
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, metrics):
+        if metrics["step"] == self.step:
+            raise Interrupt
+
+
+def test_resume_in_process_is_exact_and_metrics_are_not_duplicated(tmp_path):
+    trn, val = datasets()
+    ref = Trainer(tiny_config(tmp_path / "ref"), train_dataset=trn, val_dataset=val)
+    ref.fit()
+    run = tmp_path / "run"
+    with pytest.raises(Interrupt):  # dies at step 8: last.pt is from step 6 (epoch 1, batch 1)
+        Trainer(tiny_config(run), callbacks=[StopAt(8)], train_dataset=trn, val_dataset=val).fit()
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (6, 1, 1)
+    summary = Trainer(tiny_config(run), train_dataset=trn, val_dataset=val).fit(resume=True)
+    assert summary["resumed_from_step"] == 6 and summary["step"] == 15
+    assert max_abs_diff(weights(run / "checkpoints" / "last.pt"), weights(tmp_path / "ref" / "checkpoints" / "last.pt")) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["type"] == "step"]
+    assert steps == list(range(1, 16))
+    # resuming a finished run does nothing
+    again = Trainer(tiny_config(run), train_dataset=trn, val_dataset=val).fit(resume=True)
+    assert again["step"] == 15
+
+
+def test_resume_refuses_a_changed_config_and_fresh_start_refuses_a_used_folder(tmp_path):
+    trn, val = datasets()
+    Trainer(tiny_config(tmp_path, epochs=1), train_dataset=trn, val_dataset=val).fit()
+    with pytest.raises(CheckpointError, match="model.temperature"):
+        cfg = tiny_config(tmp_path, epochs=2)
+        cfg["model"]["temperature"] = "single"
+        Trainer(cfg, train_dataset=trn, val_dataset=val).fit(resume=True)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Trainer(tiny_config(tmp_path, epochs=2), train_dataset=trn, val_dataset=val).fit()
+    # more epochs is an allowed change: training continues
+    summary = Trainer(tiny_config(tmp_path, epochs=2), train_dataset=trn, val_dataset=val).fit(resume=True)
+    assert summary["step"] == 10
+
+
+_CHILD = """
+import json, sys, time
+from simsc.engine import Callback, Trainer
+from simsc.engine.toy import ToyTranslationPairs
+
+cfg = json.loads(open(sys.argv[1]).read())
+stall, marker, resume = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+
+
+class Stall(Callback):
+    def on_step(self, metrics):
+        if metrics["step"] == stall:
+            open(marker, "w").write(str(metrics["step"]))
+            time.sleep(600)
+
+
+trn, val = ToyTranslationPairs(10, 64, seed=0), ToyTranslationPairs(2, 64, seed=1, split="val")
+Trainer(cfg, callbacks=[Stall()], train_dataset=trn, val_dataset=val).fit(resume=resume)
+"""
+
+
+def _child(tmp_path, cfg, stall, resume):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, str(script), str(cfg_path), str(stall), str(tmp_path / "marker"), "1" if resume else "0"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(run)
+    proc = _child(tmp_path, cfg, stall=8, resume=False)
+    try:
+        # the reference run (same seed, never interrupted) runs here meanwhile
+        trn, val = datasets()
+        Trainer(tiny_config(tmp_path / "ref"), train_dataset=trn, val_dataset=val).fit()
+        deadline = time.time() + 120
+        while not (tmp_path / "marker").exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.time() < deadline, "the child never reached step 8"
+            time.sleep(0.05)
+        ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+        assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (6, 1, 1)  # mid-epoch checkpoint exists
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["type"] == "step"]
+    assert steps[-1] == 8  # the killed run had gone past its checkpoint
+
+    resumed = _child(tmp_path, cfg, stall=-1, resume=True)
+    out, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, out.decode()
+    final = weights(run / "checkpoints" / "last.pt")
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 15
+    assert max_abs_diff(final, weights(tmp_path / "ref" / "checkpoints" / "last.pt")) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["type"] == "step"]
+    assert steps == list(range(1, 16))
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_huge_learning_rate_diverges_and_keeps_the_last_good_checkpoint(tmp_path):
+    trn, val = datasets()
+    cfg = tiny_config(tmp_path, lr_backbone=1e6, lr_temperature=1e6, checkpoint_every_steps=1)
+    with pytest.raises(TrainingDivergedError) as e:
+        Trainer(cfg, train_dataset=trn, val_dataset=val).fit()
+    err = e.value
+    msg = str(err)
+    assert f"step {err.step}" in msg and "beta_a = [" in msg and "beta_b = [" in msg and "loss = " in msg
+    assert len(err.beta_a) == 2 and len(err.beta_b) == 2
+    ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == err.step - 1
+    assert all(bool(torch.isfinite(v).all()) for v in ck["model"].values() if v.is_floating_point())
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["type"] == "diverged" and lines[-1]["step"] == err.step
+
+
+def test_injected_nan_names_step_and_betas_and_writes_no_checkpoint(tmp_path):
+    trn, val = datasets()
+    trainer = Trainer(tiny_config(tmp_path, checkpoint_every_steps=2), train_dataset=trn, val_dataset=val)
+    trainer._build_orig = trainer._build
+
+    def build():
+        trainer._build_orig()
+        model = trainer.model
+        real = model.loss
+        calls = {"n": 0}
+
+        def loss(batch):
+            out = real(batch)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+        model.loss = loss
+
+    trainer._build = build
+    seen = []
+
+    class End(Callback):
+        def on_end(self, summary):
+            seen.append(summary)
+
+    trainer.callbacks.callbacks.append(End())
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step 3 \(epoch 0\): non-finite loss; loss = nan, "
+                                                    r"beta_a = \[0\.\d+, 0\.\d+\] \(mean 0\.\d+\), beta_b = \["):
+        trainer.fit()
+    assert seen and seen[0]["status"] == "diverged" and seen[0]["step"] == 3
+    ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 2
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))

@@ -1,0 +1,165 @@
+"""The trainer: loss goes down, the metrics stream, callbacks, parameter groups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from simsc.engine import Callback, HistoryCallback, Trainer, param_groups, train
+from simsc.engine.toy import ToyTranslationPairs
+from simsc.config import load_config
+
+STEP_FIELDS = {
+    "step", "epoch", "loss", "ce", "reg", "beta_a_mean", "beta_a_std", "beta_b_mean", "beta_b_std",
+    "beta_eff_mean", "lr_backbone", "lr_temperature",
+}
+
+
+def tiny_config(out_dir, **train):
+    cfg = {
+        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
+        "data": {"batch_size": 4, "resolution": 64},
+        "train": {"epochs": 2, "lr_backbone": 1e-3, "out_dir": str(out_dir), "progress": False, "val_max_pairs": 2,
+                  "device": "cpu"},
+    }
+    cfg["train"].update(train)
+    return cfg
+
+
+def datasets(n_train=8, n_val=4, size=64):
+    return ToyTranslationPairs(n_train, size, seed=0), ToyTranslationPairs(n_val, size, seed=1, split="val")
+
+
+def test_loss_decreases_on_translations(tmp_path):
+    trn, val = datasets(n_train=4)
+    hist = HistoryCallback()
+    train(tiny_config(tmp_path, epochs=10, val_max_pairs=1), callbacks=[hist], train_dataset=trn, val_dataset=val)
+    losses = [r["loss"] for r in hist.steps]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+
+def test_metrics_stream_and_run_folder(tmp_path):
+    trn, val = datasets()
+    summary = train(tiny_config(tmp_path, log_grad_stats=True), train_dataset=trn, val_dataset=val)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in steps] == [0, 0, 1, 1]
+    for r in steps:
+        assert STEP_FIELDS <= set(r)
+        assert r["lr_backbone"] == 1e-3 and r["lr_temperature"] == 1e-4
+        assert 0 < r["beta_eff_mean"] < 1
+        assert r["loss"] == pytest.approx(r["ce"] + 0.2 * r["reg"], rel=1e-6)
+        # supplement Fig. 2: the convolutions of the last block of layer3
+        assert set(r["grad_abs_mean"]) == {"layer3.1.conv1", "layer3.1.conv2"}
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for r in epochs:
+        assert set(r["val"]["per_image"]) == {"0.05", "0.1", "0.15"}
+        assert r["val"]["n_pairs"] == 2 and "val_pck@0.1" in r
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "summary.json").exists()
+    assert (tmp_path / "checkpoints" / "last.pt").exists() and (tmp_path / "checkpoints" / "best.pt").exists()
+    assert summary["status"] == "finished" and summary["step"] == 4 and summary["epoch"] == 2
+    assert json.loads((tmp_path / "summary.json").read_text())["best_metric"] == summary["best_metric"]
+
+
+def test_max_steps_stops_mid_epoch_and_validates(tmp_path):
+    trn, val = datasets(n_train=12)
+    hist = HistoryCallback()
+    summary = train(tiny_config(tmp_path, epochs=5, max_steps=4), callbacks=[hist], train_dataset=trn, val_dataset=val)
+    assert summary["step"] == 4 and len(hist.steps) == 4
+    assert [(e["epoch"], e["partial"]) for e in hist.epochs] == [(0, False), (1, True)]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["finished"]) == (4, 1, 1, True)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_step(self, metrics):
+        self.calls.append(("step", metrics["step"]))
+
+    def on_epoch(self, metrics):
+        self.calls.append(("epoch", metrics["epoch"]))
+
+    def on_checkpoint(self, path, is_best):
+        self.calls.append(("ckpt", path.name, is_best))
+
+    def on_end(self, summary):
+        self.calls.append(("end", summary["status"]))
+
+
+def test_callbacks_are_called_in_order(tmp_path):
+    trn, val = datasets()
+    rec = Recorder()
+    hist = HistoryCallback()
+    train(tiny_config(tmp_path, epochs=1, checkpoint_every_steps=1), callbacks=[rec, hist],
+          train_dataset=trn, val_dataset=val)
+    assert rec.calls == [
+        ("step", 1), ("ckpt", "last.pt", False), ("step", 2), ("epoch", 0), ("ckpt", "best.pt", True),
+        ("ckpt", "last.pt", False), ("end", "finished"),
+    ]
+    assert hist.summary["status"] == "finished" and len(hist.epochs) == 1
+
+
+def test_callback_without_hooks_is_rejected(tmp_path):
+    with pytest.raises(TypeError, match="on_step"):
+        Trainer(tiny_config(tmp_path), callbacks=[object()])
+
+
+def test_parameter_groups_and_learning_rates():
+    from simsc.engine import build_model
+
+    cfg = load_config(tiny_config("x") | {"model": {"backbone": "resnet18", "pretrained": False,
+                                                    "finetune": "last_block", "temperature": "single"},
+                                          "train": {"lr_backbone": None}})
+    model = build_model(cfg)
+    groups = param_groups(model, cfg)
+    assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 1e-4), ("temperature", 0.005)]
+    block = {id(p) for m in model.backbone.last_block() for p in m.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == block
+    # fixed temperatures have no parameters: the group is skipped
+    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "finetune": "all",
+                                 "temperature": "fixed:1"}})
+    groups = param_groups(build_model(cfg), cfg)
+    assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 2e-5)]
+    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "finetune": "none",
+                                 "temperature": "fixed:1"}})
+    with pytest.raises(ValueError, match="nothing to train"):
+        param_groups(build_model(cfg), cfg)
+
+
+def test_model_stays_in_train_mode_with_frozen_batchnorm(tmp_path):
+    trn, val = datasets()
+
+    class ModeCheck(Callback):
+        def __init__(self, trainer_ref):
+            self.ref = trainer_ref
+            self.modes = []
+
+        def on_step(self, metrics):
+            m = self.ref[0].model
+            bn = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)]
+            self.modes.append((m.training, any(b.training for b in bn)))
+
+    ref = []
+    check = ModeCheck(ref)
+    trainer = Trainer(tiny_config(tmp_path), callbacks=[check], train_dataset=trn, val_dataset=val)
+    ref.append(trainer)
+    trainer.fit()
+    assert check.modes and all(mode == (True, False) for mode in check.modes)
+
+
+def test_seeded_runs_are_identical(tmp_path):
+    trn, val = datasets()
+    a = Trainer(tiny_config(tmp_path / "a", epochs=1), train_dataset=trn, val_dataset=val)
+    a.fit()
+    b = Trainer(tiny_config(tmp_path / "b", epochs=1), train_dataset=trn, val_dataset=val)
+    b.fit()
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k

@@ -1,0 +1,74 @@
+"""Match pictures: grid points, the side-by-side drawing, predictions on image files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from simsc.model import SimSC
+from simsc.visualize import draw_matches, grid_points, match_colors, predict_matches, save_match_picture
+
+
+def test_grid_points_are_interior_and_row_major():
+    pts = grid_points(100, 200, n=5)
+    assert pts.shape == (25, 2)
+    assert float(pts[:, 0].min()) > 0 and float(pts[:, 0].max()) < 199
+    assert float(pts[:, 1].min()) > 0 and float(pts[:, 1].max()) < 99
+    assert torch.equal(pts[:5, 1], pts[0, 1].expand(5))  # first row shares y
+    assert pts[1, 0] > pts[0, 0]
+    with pytest.raises(ValueError):
+        grid_points(10, 10, n=0)
+
+
+def test_match_colors_are_distinct():
+    cols = match_colors(25)
+    assert len(set(cols)) == 25 and all(0 <= c <= 255 for col in cols for c in col)
+
+
+def test_draw_matches_side_by_side_with_coloured_lines():
+    a = np.full((40, 60, 3), 128, np.uint8)
+    b = np.full((50, 30, 3), 128, np.uint8)
+    pic = draw_matches(a, b, [[10, 20]], [[15, 25]], colors=[(255, 0, 0)], radius=2, line_width=3)
+    assert pic.size == (90, 50)
+    arr = np.asarray(pic)
+    assert (arr[45, 10] == 0).all()  # below image A: black padding
+    # midpoint of the line from (10, 20) to (60 + 15, 25)
+    assert tuple(arr[22, 42]) == (255, 0, 0)
+    assert tuple(arr[5, 5]) == (128, 128, 128)
+    scaled = draw_matches(a, b, [[10, 20]], [[15, 25]], height=100)
+    assert scaled.size == (150 + 60, 100)
+    with pytest.raises(ValueError, match="as many points"):
+        draw_matches(a, b, [[1, 2]], [[1, 2], [3, 4]])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SimSC("resnet18", "fixed:1", pretrained=False, finetune="none").eval()
+
+
+def test_predict_matches_on_identical_images(model):
+    rng = np.random.default_rng(0)
+    img = (rng.random((80, 120, 3)) * 255).astype(np.uint8)
+    img = np.asarray(Image.fromarray(img).resize((30, 20)).resize((120, 80), Image.BILINEAR))
+    pa, pb = predict_matches(model, img, img, resolution="original", beta_eval=1e-4,
+                             points=[[7.5, 7.5], [23.5, 39.5], [71.5, 55.5]])
+    assert torch.allclose(pa, pb, atol=1e-3)  # cell centres of identical images map onto themselves
+    pa, pb = predict_matches(model, img, img, resolution=64)
+    assert pa.shape == pb.shape == (25, 2)
+    assert float(pb[:, 0].min()) >= -0.5 and float(pb[:, 0].max()) <= 119.5
+    with pytest.raises(ValueError, match="outside the source image"):
+        predict_matches(model, img, img, points=[[500, 5]])
+
+
+def test_save_match_picture_png(model, tmp_path):
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray((rng.random((56, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
+    res = save_match_picture(model, tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "out" / "m.png",
+                             resolution=64, grid=3)
+    pic = Image.open(tmp_path / "out" / "m.png")
+    assert pic.format == "PNG" and pic.size == (64 + 40, 56) and res["size"] == [104, 56]
+    assert len(res["points_a"]) == 9
