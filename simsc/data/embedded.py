@@ -57,25 +57,6 @@ from scipy import ndimage
 
 GENERATOR_VERSION = "1"
 
-#: Photos used, each a category. All load from files inside the scikit-image package.
-#: ``cat`` is the same picture as ``chelsea`` and ``motorcycle_right`` the same scene as
-#: ``motorcycle_left``; each such group is used once.
-EMBEDDED_PHOTOS: tuple[str, ...] = (
-    "astronaut",
-    "camera",
-    "coins",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "grass",
-    "gravel",
-    "coffee",
-    "moon",
-    "chelsea",
-    "motorcycle",
-)
-
 #: Fixed assignment of photos to splits (SPair split names). Disjoint by construction.
 EMBEDDED_SPLITS: dict[str, tuple[str, ...]] = {
     "trn": (
@@ -94,6 +75,11 @@ EMBEDDED_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 SPLIT_ORDER: tuple[str, ...] = ("trn", "val", "test")
+
+#: Photos used, each a category (in split order). All load from files inside the
+#: scikit-image package. ``cat`` is the same picture as ``chelsea`` and ``motorcycle_right``
+#: the same scene as ``motorcycle_left``; each such group is used once.
+EMBEDDED_PHOTOS: tuple[str, ...] = tuple(p for split in SPLIT_ORDER for p in EMBEDDED_SPLITS[split])
 DEFAULT_IMAGE_SIZE: tuple[tuple[int, int], tuple[int, int]] = ((320, 240), (480, 360))
 
 JPEG_QUALITY = 90
