@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test repro clean
+.PHONY: install test repro clean bench
 
 install: $(STAMP)
 
@@ -26,3 +26,14 @@ clean:
 # dvc runs the stage commands through the shell: put the venv first on PATH.
 repro: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+# Performance benchmarks (bench/RESULTS.md): each prints a table and writes bench/results/*.json.
+# `make bench QUICK=1` runs smaller versions (no dino_vitb8, fewer repetitions) in a few minutes.
+COMMA := ,
+bench: install
+	$(PY) bench/bench_overhead.py $(if $(QUICK),--backbones resnet50$(COMMA)resnet101 --reps 2,--reps 3)
+	$(PY) bench/bench_loss_memory.py
+	$(PY) bench/bench_eval.py $(if $(QUICK),--pairs 16 --reps 2,--reps 3)
+	$(PY) bench/bench_data_vs_step.py $(if $(QUICK),--backbones resnet18 --reps 1,)
+	$(PY) bench/bench_scaling.py $(if $(QUICK),--backbone resnet18 --reps 2,)
+	$(PY) bench/bench_options.py $(if $(QUICK),--backbone resnet18 --reps 2,)

@@ -106,6 +106,10 @@ class TrainConfig:
     #: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
     device: str = "auto"
     progress: bool = True
+    #: keep the model's 4D weights and the image batches in ``torch.channels_last`` (NHWC) memory
+    #: format. Same results; helps GPU convolutions once they are compute-bound (large batches or
+    #: images, bf16), not CPU training (bench/RESULTS.md).
+    channels_last: bool = False
 
 
 @dataclass

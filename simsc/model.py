@@ -15,7 +15,7 @@ from torch import nn
 from .backbones import Backbone, build_backbone
 from .coords import feature_to_image, image_to_feature
 from .loss import gaussian_target, simsc_loss
-from .matching import l2_normalize, query_score_maps, scale_by_temperature
+from .matching import normalize_and_scale, query_score_maps
 from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
 
@@ -79,9 +79,7 @@ class SimSC(nn.Module):
         """Backbone features, L2-normalised and divided by their partial temperature; and beta ``[B]``."""
         feat = self.backbone(images)
         beta = self.temperature(feat)
-        if self.temperature.l2_normalize:
-            feat = l2_normalize(feat)
-        return scale_by_temperature(feat, beta), beta
+        return normalize_and_scale(feat, beta, l2=self.temperature.l2_normalize), beta
 
     def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor) -> dict[str, torch.Tensor]:
         if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:

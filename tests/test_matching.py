@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from simsc.matching import full_correlation, l2_normalize, query_score_maps, sample_features, scale_by_temperature
+from simsc.matching import (
+    full_correlation,
+    l2_normalize,
+    normalize_and_scale,
+    query_score_maps,
+    sample_features,
+    scale_by_temperature,
+)
 
 
 def test_l2_normalize_unit_norm_per_cell():
@@ -15,6 +22,20 @@ def test_scaled_scores_are_cosine_over_effective_temperature():
     corr = full_correlation(scale_by_temperature(l2_normalize(fa), ba), scale_by_temperature(l2_normalize(fb), bb))
     cos = torch.nn.functional.cosine_similarity(fa[0, :, 1, 2].view(8, 1, 1), fb[0], dim=0)
     assert torch.allclose(corr[0, 1 * 3 + 2].view(4, 5), cos / (0.2 * 0.3), atol=1e-5)
+
+
+def test_fused_normalize_and_scale_equals_the_two_steps_with_gradients():
+    f1 = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    f2 = f1.detach().clone().requires_grad_(True)
+    beta = torch.tensor([0.2, 0.7], dtype=torch.float64)
+    a = scale_by_temperature(l2_normalize(f1), beta)
+    b = normalize_and_scale(f2, beta)
+    assert torch.allclose(a, b)
+    w = torch.randn_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert torch.allclose(f1.grad, f2.grad)
+    assert torch.allclose(normalize_and_scale(f2, beta, l2=False), f2 / beta.view(-1, 1, 1, 1))
 
 
 def test_query_score_maps_equal_rows_of_the_full_correlation_at_cell_centres():

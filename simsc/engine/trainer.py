@@ -226,6 +226,8 @@ class Trainer:
             self.model = build_model(cfg)
         self.device = resolve_device(cfg.train.device)
         self.model.to(self.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if self.train_dataset is None or self.val_dataset is None:
             from ..data.registry import build_dataset
 
@@ -371,6 +373,9 @@ class Trainer:
     def _train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
         model, opt, state = self.model, self.optimizer, self.state
         batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if self.cfg.train.channels_last:
+            batch = {k: (v.contiguous(memory_format=torch.channels_last) if k in ("src_img", "trg_img") else v)
+                     for k, v in batch.items()}
         step = state["step"] + 1
         opt.zero_grad(set_to_none=True)
         try:

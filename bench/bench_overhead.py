@@ -1,0 +1,72 @@
+"""Train-step overhead: the full SimSC step (``model.loss`` + backward) vs the backbone alone.
+
+Same inputs on both sides: the 2B images of a pair batch concatenated (what ``SimSC.forward``
+feeds the backbone). The baseline is ``backbone(images)`` + a trivial loss (mean square of the
+feature map) + backward; the SimSC step adds the temperature MLP, L2 norm, query score maps,
+Gaussian targets, cross-entropy and the regulariser. ``finetune='last_block'`` (the paper's
+setting) on both sides, random weights (speed does not depend on them). No optimiser step on
+either side. Interleaved repetitions, medians; overhead = simsc / backbone - 1.
+
+    .venv/bin/python bench/bench_overhead.py [--backbones resnet50,resnet101,dino_vitb8] [--size 256]
+        [--batch 8] [--kps 16] [--reps 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, interleaved, machine, make_batch, med, table, write_json  # noqa: E402
+
+from simsc.model import SimSC  # noqa: E402
+
+
+def measure(backbone: str, size: int, batch: int, kps: int, reps: int, device: str, finetune: str = "last_block",
+            warmup: int = 1) -> dict:
+    torch.manual_seed(0)
+    model = SimSC(backbone, "mlp", pretrained=False, finetune=finetune).to(device).train()
+    data = make_batch(batch, size, kps, device)
+    images = torch.cat([data["src_img"], data["trg_img"]])
+
+    def simsc_step():
+        model.zero_grad(set_to_none=True)
+        model.loss(data)["loss"].backward()
+
+    def backbone_step():
+        model.zero_grad(set_to_none=True)
+        model.backbone(images).float().square().mean().backward()
+
+    t = interleaved({"simsc": simsc_step, "backbone": backbone_step}, reps, warmup, device)
+    a, b = med(t["simsc"]), med(t["backbone"])
+    return {"backbone": backbone, "size": size, "batch_pairs": batch, "kps": kps, "finetune": finetune,
+            "device": device, "reps": reps, "simsc_s": t["simsc"], "backbone_s": t["backbone"],
+            "simsc_median_s": a, "backbone_median_s": b, "overhead": a / b - 1.0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", default="resnet50,resnet101,dino_vitb8")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8, help="pairs (the backbone sees 2x as many images)")
+    ap.add_argument("--kps", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--finetune", default="last_block", choices=["last_block", "all", "none"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    args = ap.parse_args(argv)
+    rows = [measure(b, args.size, args.batch, args.kps, args.reps, args.device, args.finetune, args.warmup)
+            for b in args.backbones.split(",")]
+    print(table(["backbone", "size", "pairs", "kps", "finetune", "simsc s/step", "backbone s/step", "overhead"],
+                [[r["backbone"], r["size"], r["batch_pairs"], r["kps"], r["finetune"], f"{r['simsc_median_s']:.4f}",
+                  f"{r['backbone_median_s']:.4f}", f"{100 * r['overhead']:+.1f}%"] for r in rows]))
+    write_json(args.out, {"rows": rows, "machine": machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

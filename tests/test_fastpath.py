@@ -1,0 +1,83 @@
+"""The fast-path options and the batched training path (see bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from simsc.config import ConfigError, load_config
+from simsc.engine import HistoryCallback, Trainer
+from simsc.engine.toy import ToyTranslationPairs
+from simsc.loss import gaussian_target, simsc_loss
+from simsc.matching import l2_normalize, query_score_maps
+from simsc.soft_argmax import kernel_soft_argmax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def _cfg(out_dir, **train):
+    cfg = {
+        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
+        "data": {"batch_size": 4, "resolution": 64},
+        "train": {"epochs": 1, "out_dir": str(out_dir), "progress": False, "val_max_pairs": 2, "device": "cpu"},
+    }
+    cfg["train"].update(train)
+    return cfg
+
+
+def test_channels_last_option_parses_and_defaults_off():
+    assert load_config({}).train.channels_last is False
+    assert load_config({"train": {"channels_last": "true"}}).train.channels_last is True
+    with pytest.raises(ConfigError, match="train.channels_last"):
+        load_config({"train": {"channels_last": "sometimes"}})
+
+
+def test_channels_last_training_matches_default(tmp_path):
+    trn = ToyTranslationPairs(8, 64, seed=0)
+    val = ToyTranslationPairs(4, 64, seed=1, split="val")
+    losses = {}
+    for on in (False, True):
+        hist = HistoryCallback()
+        trainer = Trainer(_cfg(tmp_path / str(on), channels_last=on), callbacks=[hist], train_dataset=trn,
+                          val_dataset=val)
+        trainer.fit()
+        conv = trainer.model.backbone.model.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) is on
+        losses[on] = torch.tensor([r["loss"] for r in hist.steps])
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-4, atol=1e-5)
+
+
+def test_training_path_is_batched():
+    """Score maps, targets, loss and soft-argmax of a batch equal those of each pair alone."""
+    g = torch.Generator().manual_seed(0)
+    b, c, h, w, n = 3, 16, 6, 7, 5
+    fa = l2_normalize(torch.randn(b, c, h, w, generator=g))
+    fb = l2_normalize(torch.randn(b, c, h, w, generator=g))
+    uv_a = torch.rand(b, n, 2, generator=g) * torch.tensor([w - 1, h - 1])
+    uv_b = torch.rand(b, n, 2, generator=g) * torch.tensor([w - 1, h - 1])
+    scores = query_score_maps(fa, fb, uv_a)
+    target = gaussian_target(uv_b, (h, w))
+    valid = torch.ones(b, n, dtype=torch.bool)
+    uv = kernel_soft_argmax(scores)
+    ce = simsc_loss(scores, target, valid)["ce"]
+    per_pair = []
+    for i in range(b):
+        s_i = query_score_maps(fa[i : i + 1], fb[i : i + 1], uv_a[i : i + 1])
+        torch.testing.assert_close(s_i, scores[i : i + 1])
+        torch.testing.assert_close(gaussian_target(uv_b[i : i + 1], (h, w)), target[i : i + 1])
+        torch.testing.assert_close(kernel_soft_argmax(s_i), uv[i : i + 1])
+        per_pair.append(simsc_loss(s_i, target[i : i + 1], valid[i : i + 1])["ce"])
+    torch.testing.assert_close(ce, torch.stack(per_pair).mean())
+
+
+def test_full4d_baseline_of_the_memory_benchmark_gives_the_same_scores():
+    from bench_loss_memory import full4d_scores
+
+    g = torch.Generator().manual_seed(1)
+    fa = l2_normalize(torch.randn(2, 8, 5, 6, generator=g))
+    fb = l2_normalize(torch.randn(2, 8, 5, 6, generator=g))
+    uv_a = torch.rand(2, 4, 2, generator=g) * torch.tensor([5.0, 4.0])
+    torch.testing.assert_close(full4d_scores(fa, fb, uv_a), query_score_maps(fa, fb, uv_a), rtol=1e-5, atol=1e-5)
