@@ -38,8 +38,9 @@ def user_errors(command: str) -> Callable:
     return wrap
 
 
-def add_model_source(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--checkpoint C`` or ``--backbone NAME [--pretrained [P]]`` (no fine-tuning, fixed:1)."""
+def add_model_source(p: argparse.ArgumentParser, required: bool = True):
+    """``--checkpoint C`` or ``--backbone NAME [--pretrained [P]]`` (no fine-tuning, fixed:1).
+    Returns the mutually exclusive group (a command may add another source to it)."""
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--checkpoint", metavar="PATH", help="a simsc checkpoint (runs/<name>/checkpoints/best.pt)")
     g.add_argument("--backbone", metavar="NAME",
@@ -50,6 +51,7 @@ def add_model_source(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "randomly initialised (seeded by --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised --backbone (default: 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N] (default: auto)")
+    return g
 
 
 def load_model_from_args(args: argparse.Namespace):

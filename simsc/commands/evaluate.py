@@ -16,6 +16,7 @@ examples:
   simsc evaluate --checkpoint best.pt --dataset pfpascal --root data/PF-Pascal --resolution original --out r.json
   simsc evaluate --backbone resnet101 --pretrained --dataset pfpascal --root data/PF-Pascal --out r.json
   simsc evaluate --checkpoint best.pt --dataset embedded --root data/embedded --beta-sweep --out sweep.json
+  simsc evaluate --model models:/simsc-default/1 --out reports/registered_test.json
 
 The report (JSON) holds per_image / per_keypoint / per_category PCK in % at alpha 0.05/0.1/0.15,
 n_pairs, the beta_eval used and the learned effective temperature (mean, std) over the pairs.
@@ -31,7 +32,10 @@ def add_parser(sub) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_source(p)
+    g = add_model_source(p)
+    g.add_argument("--model", metavar="URI",
+                   help="a model registered in MLflow (models:/<name>/<version>, runs:/<id>/model): its "
+                        "checkpoint is downloaded (needs the pipeline extra: mlflow)")
     p.add_argument("--dataset", help="pfpascal, pfwillow, spair or embedded (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test)")
@@ -67,6 +71,21 @@ def _parse_betas(text: str) -> list[float]:
     return vals
 
 
+def _fetch_registered(uri: str) -> str:
+    """Download the checkpoint of an MLflow model; the MLflow code lives in ``pipeline``."""
+    try:
+        from pipeline.tracking import fetch_checkpoint
+    except ImportError as exc:
+        raise ValueError(f"--model {uri}: needs MLflow and the pipeline package "
+                         f"(pip install -e '.[pipeline]'): {exc}") from None
+    try:
+        return str(fetch_checkpoint(uri))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow's errors: unknown model, server down
+        raise ValueError(f"--model {uri}: cannot fetch the model from MLflow: {exc}") from None
+
+
 @user_errors("evaluate")
 def _run(args: argparse.Namespace) -> int:
     from ..config import EvalConfig
@@ -74,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..data.registry import build_dataset
     from ..evaluate import beta_sweep, evaluate
 
+    if getattr(args, "model", None):
+        args.checkpoint = _fetch_registered(args.model)
     model, cfg = load_model_from_args(args)
     ev = cfg.eval if cfg is not None else EvalConfig()
     dataset_name = args.dataset or (cfg.data.dataset if cfg is not None else None)
@@ -91,7 +112,8 @@ def _run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     common = dict(batch_size=batch_size, alphas=ev.alphas, workers=args.workers, max_pairs=args.max_pairs,
                   progress=not args.no_progress)
-    source = {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
+    source = {"model": args.model} if getattr(args, "model", None) else \
+        {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
                                                                       "pretrained": args.pretrained}
     if args.beta_sweep is not None:
         betas = _parse_betas(args.beta_sweep) if args.beta_sweep != "default" or ev.beta_sweep is None \

@@ -1,0 +1,266 @@
+"""The report stage: ``reports/report.md`` and ``reports/report.html``.
+
+PCK laid out like the paper's Table 1 (one row per evaluation resolution, one column group
+per data set, alphas 0.05 / 0.1 / 0.15) with the paper's numbers beside ours where the
+configuration matches (``pipeline/paper_numbers.yaml``), the beta trajectory, PCK against
+beta_eval, a few qualitative match pictures of test pairs and the run's metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+EVAL_DIR = Path("reports/eval")
+TRAIN_PLOTS = Path("reports/train")
+DATASET_TITLES = {"pfpascal": "PF-Pascal", "pfwillow": "PF-Willow", "spair": "SPair-71k", "embedded": "embedded"}
+
+
+def paper_column(dataset: str, train_dataset: str) -> str | None:
+    """The paper's column for an evaluation data set given the training data (SPEC section 2)."""
+    if dataset == "pfpascal" and train_dataset == "pfpascal":
+        return "pfpascal"
+    if dataset == "pfwillow" and train_dataset == "pfpascal":
+        return "pfwillow"
+    if dataset == "spair":
+        return {"pfpascal": "spair_T", "spair": "spair_F"}.get(train_dataset)
+    return None
+
+
+def paper_reference(cfg: Mapping[str, Any], dataset: str, resolution: str,
+                    numbers: Mapping[str, Any]) -> tuple[str, dict[str, float]] | None:
+    """``(paper model name, {alpha: PCK})`` when our configuration matches a paper row."""
+    col = paper_column(dataset, cfg["data"]["dataset"])
+    if col is None or not cfg["model"].get("pretrained"):
+        return None
+    for name, entry in numbers["models"].items():
+        if all(str(cfg["model"].get(k)) == str(v) for k, v in entry["match"].items()):
+            ref = (entry.get(str(resolution)) or {}).get(col)
+            if ref:
+                return name, ref
+    return None
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: (float(v) if v not in ("", None) else float("nan")) for k, v in row.items()}
+                for row in csv.DictReader(fh)]
+
+
+def _plot_beta(steps: list[dict[str, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = [r["step"] for r in steps]
+    for key in ("beta_a", "beta_b", "beta_eff"):
+        ax1.plot(x, [r[key] for r in steps], label=key, lw=1)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("temperature")
+    ax1.set_title("learned temperature (batch mean)")
+    ax1.legend()
+    ax2.plot(x, [r["loss"] for r in steps], lw=0.8, color="tab:gray")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("loss")
+    ax2.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _plot_sweep(sweeps: Mapping[str, list[dict[str, float]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, rows in sweeps.items():
+        if rows:
+            ax.plot([r["beta_eval"] for r in rows], [r["pck@0.1"] for r in rows], marker="o", ms=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("beta_eval")
+    ax.set_ylabel("PCK@0.1 (%)")
+    ax.set_title("PCK vs beta_eval (paper Fig. 6)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _pictures(params: Mapping[str, Any], cfg_ckpt: Path, reports: Mapping[str, Any], out_dir: Path) -> list[str]:
+    rep_cfg = params.get("report") or {}
+    n = int(rep_cfg.get("n_pictures", 3))
+    name = rep_cfg.get("picture_set") or next(iter(reports), None)
+    spec = (params.get("evaluate") or {}).get("sets", {}).get(name)
+    if n <= 0 or spec is None or not cfg_ckpt.exists():
+        return []
+    from simsc.data.registry import build_dataset
+    from simsc.engine.checkpoint import load_model
+    from simsc.visualize import save_match_picture
+
+    model, _, _ = load_model(cfg_ckpt)
+    ds = build_dataset(spec["dataset"], spec["root"], spec.get("split", "test"), 256)
+    paths = []
+    step = max(1, len(ds.pairs) // n)
+    for i in range(0, min(len(ds.pairs), step * n), step):
+        ann = ds.pairs[i]
+        pts = ann.src_kps[ann.valid][:8]
+        out = out_dir / f"match_{i:03d}.png"
+        res = spec.get("resolution", 256)
+        save_match_picture(model, Path(ds.root) / ann.src_path, Path(ds.root) / ann.trg_path, out,
+                           points=pts, resolution=res if res == "original" else int(res), height=240)
+        paths.append(out)
+    return [str(p) for p in paths]
+
+
+def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plots: Path = TRAIN_PLOTS) -> Path:
+    from .tracking import git_revision, load_reports, log_results, pck_table, table_markdown
+
+    rep_cfg = params.get("report") or {}
+    out_md = Path(rep_cfg.get("out", "reports/report.md"))
+    fig_dir = out_md.parent / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(params["train"]["out_dir"])
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    sets = (params.get("evaluate") or {}).get("sets", {})
+    reports = {k: v for k, v in load_reports(eval_dir).items() if k in sets}
+    numbers = yaml.safe_load(PAPER_NUMBERS.read_text())
+
+    steps = _read_csv(train_plots / "steps.csv")
+    figs = []
+    if steps:
+        _plot_beta(steps, fig_dir / "beta_trajectory.png")
+        figs.append(("Temperature trajectory and loss", "figures/beta_trajectory.png"))
+    sweeps = {}
+    for k in reports:
+        p = eval_dir / k / "pck_vs_beta.json"
+        if p.exists():
+            sweeps[k] = json.loads(p.read_text())
+    if any(sweeps.values()):
+        _plot_sweep(sweeps, fig_dir / "pck_vs_beta_eval.png")
+        figs.append(("PCK against beta_eval", "figures/pck_vs_beta_eval.png"))
+    pics = _pictures(params, run_dir / "checkpoints" / "best.pt", reports, fig_dir)
+
+    # Table 1 layout: rows = (model, resolution), column groups = data sets, alphas inside.
+    alphas = ["0.05", "0.1", "0.15"]
+    datasets = list(dict.fromkeys(r.get("dataset") for r in reports.values()))
+    header = ["model", "eval size"] + [f"{DATASET_TITLES.get(d, d)} {a}" for d in datasets for a in alphas]
+    rows: list[list[str]] = []
+    notes = []
+    resolutions = list(dict.fromkeys(str(r.get("resolution")) for r in reports.values()))
+    ours_name = f"ours: {cfg['model']['backbone']} {cfg['model']['temperature']} ({cfg['model']['finetune']})"
+    for res in resolutions:
+        ours, paper = [ours_name, res], None
+        paper_row = []
+        for d in datasets:
+            rep = next((r for r in reports.values() if r.get("dataset") == d and str(r.get("resolution")) == res), None)
+            ref = paper_reference(cfg, d, res, numbers) if rep else None
+            for a in alphas:
+                ours.append(f"{rep['per_image'][a]:.1f}" if rep and a in rep["per_image"] else "")
+                paper_row.append(f"{ref[1][a]:.1f}" if ref and a in ref[1] else "-")
+            if ref:
+                paper = ref[0]
+            elif rep:
+                notes.append(f"{DATASET_TITLES.get(d, d)} @ {res}: no paper number for this configuration"
+                             + (" (the embedded set is this project's own)" if d == "embedded" else ""))
+        rows.append(ours)
+        rows.append([f"paper: {paper}" if paper else "paper", res] + paper_row)
+
+    def md_table(head, body):
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+    state_p = run_dir / "tracking.json"
+    state = json.loads(state_p.read_text()) if state_p.exists() else {}
+    tracking = params.get("tracking") or {}
+    results_logged = None
+    if tracking.get("enabled") and state.get("run_id"):
+        results_logged = log_results(run_dir, reports, record=False)
+    summary_p = run_dir / "summary.json"
+    summary = json.loads(summary_p.read_text()) if summary_p.exists() else {}
+
+    md = ["# SimSC pipeline report", "",
+          "## PCK (per image, %), laid out like the paper's Table 1", "",
+          md_table(header, rows), ""]
+    md += [f"- {n}" for n in dict.fromkeys(notes)]
+    md += ["", "### Every evaluation set", "", table_markdown(pck_table(reports)), "## Figures", ""]
+    md += [f"![{t}]({p})" for t, p in figs]
+    if pics:
+        md += ["", "## Qualitative matches (test pairs; colours pair the points)", ""]
+        md += [f"![match]({Path(p).relative_to(out_md.parent)})" for p in pics]
+    meta = {
+        "git revision": git_revision(),
+        "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
+        "MLflow tracking URI": state.get("tracking_uri") or "-",
+        "final PCK logged to MLflow": {None: "-", True: "yes", False: "no (see the warning; "
+                                       "python -m pipeline.relog RUN_DIR --reports reports/eval)"}[results_logged],
+        "registered model": (f"{state.get('registered_model')} v{state['model_version']}"
+                             if state.get("model_version") else "-"),
+        "training steps": summary.get("step"), "best step": summary.get("best_step"),
+        "best val PCK@0.1": summary.get("best_metric"), "train time (s)": summary.get("train_time_s"),
+    }
+    md += ["", "## Run metadata", ""] + [f"- {k}: {v}" for k, v in meta.items()]
+    md += ["", "### Configuration", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
+    text = "\n".join(md)
+    out_md.write_text(text, encoding="utf-8")
+    out_md.with_suffix(".html").write_text(_html(text), encoding="utf-8")
+    return out_md
+
+
+def _html(md: str) -> str:
+    """A small Markdown subset (headings, tables, images, lists, code) to HTML."""
+    out, in_table, in_code, in_list = [], False, False, False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            continue
+        if in_table and not line.startswith("|"):
+            out.append("</table>")
+            in_table = False
+        if in_list and not line.startswith("- "):
+            out.append("</ul>")
+            in_list = False
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            tag = "td" if in_table else "th"
+            if not in_table:
+                out.append('<table border="1" cellspacing="0" cellpadding="3">')
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            out.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}"></p>')
+        elif line.startswith("- "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    if in_list:
+        out.append("</ul>")
+    return "<!doctype html>\n<html><head><meta charset='utf-8'><title>SimSC report</title></head><body>\n" \
+        + "\n".join(out) + "\n</body></html>\n"

@@ -1,0 +1,462 @@
+"""MLflow tracking for simsc runs: a training callback, result logging, re-logging, fetching.
+
+Tracking never costs a run: every MLflow call goes through :class:`SafeMlflow`, which turns
+any failure (server down, timeout, bad store) into one warning naming what was not logged
+and stops talking to the server after the first connection failure. The run folder keeps
+everything needed to log it later: ``python -m pipeline.relog RUN_DIR``.
+
+The store is MLflow's default (``sqlite:///mlflow.db`` in the working directory for
+MLflow 3) unless ``MLFLOW_TRACKING_URI`` says otherwise. Short HTTP timeouts and few
+retries are set unless the environment sets them (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``).
+
+``RUN_DIR/tracking.json`` records the tracking URI, experiment, run id, registered model
+version and which parts failed to log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from simsc.engine.callbacks import Callback
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+STATE_FILE = "tracking.json"
+STEP_METRICS = {"beta_a": "beta_a_mean", "beta_b": "beta_b_mean", "beta_eff": "beta_eff_mean", "loss": "loss",
+                "lr": "lr_backbone", "lr_temperature": "lr_temperature"}
+
+
+class TrackingWarning(UserWarning):
+    """MLflow could not be reached or failed: something was not logged (the run goes on)."""
+
+
+def _mlflow():
+    try:
+        import mlflow
+    except ImportError as exc:  # pragma: no cover - mlflow is a pipeline dependency
+        raise ImportError("MLflow tracking needs mlflow: pip install -e '.[pipeline]'") from exc
+    return mlflow
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        rev = out.stdout.strip()
+        if out.returncode != 0 or not rev:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def params_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+class SafeMlflow:
+    """Calls MLflow, never raises: a failure warns once per kind and is remembered.
+
+    After the first failure the tracker goes *offline*: later calls are skipped (no timeout
+    per training step against a dead server) and only counted in ``failed``.
+    """
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = None
+        self.offline = False
+        self.failed: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    def connect(self):
+        if self.client is None:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(self.tracking_uri)
+            self.tracking_uri = self.client.tracking_uri
+        return self.client
+
+    def call(self, what: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        if self.offline:
+            self.failed[what] = self.failed.get(what, 0) + 1
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a run
+            self.failed[what] = self.failed.get(what, 0) + 1
+            self.offline = True
+            if what not in self._warned:
+                self._warned.add(what)
+                warnings.warn(
+                    f"MLflow ({self.tracking_uri}) failed: {type(exc).__name__}: {str(exc)[:300]}; not logged: "
+                    f"{what} (and everything after it in this run); training goes on, local outputs are "
+                    "complete: re-log later with `python -m pipeline.relog RUN_DIR`",
+                    TrackingWarning, stacklevel=2,
+                )
+            return None
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / STATE_FILE
+    if p.exists():
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            return {}
+    return {}
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / STATE_FILE)
+
+
+def _metric(key: str, value: float, step: int, ts: int | None = None):
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), ts if ts is not None else int(time.time() * 1000), int(step))
+
+
+def step_metrics(record: Mapping[str, Any], ts: int | None = None) -> list:
+    return [_metric(name, record[src], record["step"], ts) for name, src in STEP_METRICS.items()
+            if record.get(src) is not None]
+
+
+def epoch_metrics(record: Mapping[str, Any], ts: int | None = None) -> list:
+    out = [_metric(f"val_pck_{a}", v, record["epoch"], ts) for a, v in record["val"]["per_image"].items()]
+    if record.get("train_loss_mean") is not None:
+        out.append(_metric("train_loss_epoch", record["train_loss_mean"], record["epoch"], ts))
+    if record.get("val_beta_eff_mean") is not None:
+        out.append(_metric("val_beta_eff", record["val_beta_eff_mean"], record["epoch"], ts))
+    return out
+
+
+class MlflowCallback(Callback):
+    """Logs a simsc training run to MLflow (a :class:`simsc.engine.Callback`).
+
+    params: the flattened config, plus tags git revision and params hash; per step:
+    ``beta_a``, ``beta_b``, ``beta_eff``, ``loss``, ``lr`` (backbone) and ``lr_temperature``;
+    per epoch: ``val_pck_<alpha>``; at the end: the best checkpoint as an MLflow model,
+    registered under ``registered_model``.
+    """
+
+    def __init__(self, config, run_dir: str | os.PathLike, *, experiment: str | None = "simsc",
+                 registered_model: str | None = None, tracking_uri: str | None = None,
+                 run_name: str | None = None) -> None:
+        self.cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        self.run_dir = Path(run_dir)
+        self.experiment = experiment
+        self.registered_model = registered_model
+        self.run_name = run_name or self.run_dir.name
+        self.ml = SafeMlflow(tracking_uri)
+        self.run_id: str | None = None
+        self.best: Path | None = None
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.ml.call("run creation", self._create_run)
+        self._save_state()
+
+    def _create_run(self) -> None:
+        self.run_id = start_run(self.ml.connect(), self.experiment, self.run_name, self.cfg,
+                                run_dir=self.run_dir)
+
+    def _save_state(self, **extra) -> None:
+        state = _read_state(self.run_dir)
+        state.update({"tracking_uri": self.ml.tracking_uri, "experiment": self.experiment,
+                      "run_id": self.run_id, "registered_model": self.registered_model,
+                      "failed": dict(self.ml.failed)})
+        state.update(extra)
+        _write_state(self.run_dir, state)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_step(self, metrics):
+        self._start()
+        if self.run_id:
+            self.ml.call(f"step metrics (from step {metrics['step']})", self.ml.client.log_batch, self.run_id,
+                         metrics=step_metrics(metrics))
+
+    def on_epoch(self, metrics):
+        self._start()
+        if self.run_id:
+            self.ml.call(f"validation PCK (from epoch {metrics['epoch']})", self.ml.client.log_batch,
+                         self.run_id, metrics=epoch_metrics(metrics))
+
+    def on_checkpoint(self, path, is_best):
+        if is_best:
+            self.best = Path(path)
+
+    def on_end(self, summary):
+        self._start()
+        extra: dict[str, Any] = {"status": summary.get("status")}
+        if self.run_id and summary.get("status") == "finished" and self.best is not None:
+            version = self.ml.call("the best checkpoint (model + registration)", log_checkpoint_model,
+                                   self.ml.client, self.run_id, self.best, self.registered_model, self.cfg)
+            if version is not None:
+                extra["model_version"] = version
+        if self.run_id:
+            self.ml.call("run status", self.ml.client.set_terminated, self.run_id,
+                         "FINISHED" if summary.get("status") == "finished" else "FAILED")
+        self._save_state(**extra)
+
+
+def start_run(client, experiment: str | None, run_name: str, cfg: Mapping[str, Any],
+              run_dir: Path | None = None) -> str:
+    exp_name = experiment or "Default"
+    exp = client.get_experiment_by_name(exp_name)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(exp_name)
+    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg), "mlflow.runName": run_name}
+    if run_dir is not None:
+        tags["run_dir"] = str(Path(run_dir).resolve())
+    run = client.create_run(exp_id, tags=tags, run_name=run_name)
+    run_id = run.info.run_id
+    from mlflow.entities import Param
+
+    params = [Param(k, v[:6000]) for k, v in flatten(cfg).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    return run_id
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class SimSCModel(mlflow.pyfunc.PythonModel):
+        """A simsc checkpoint as an MLflow model: ``artifacts/checkpoint`` is the ``best.pt``
+        file; ``predict`` takes a dict of tensors / arrays (``src_img``, ``trg_img``,
+        ``src_kps``) and returns target keypoints."""
+
+        def load_context(self, context):
+            from simsc.engine.checkpoint import load_model
+
+            self.model, self.cfg, _ = load_model(context.artifacts["checkpoint"])
+
+        def predict(self, context, model_input, params=None):
+            import torch
+
+            batch = {k: torch.as_tensor(model_input[k]) for k in ("src_img", "trg_img", "src_kps")}
+            return self.model.predict(batch["src_img"], batch["trg_img"], batch["src_kps"]).numpy()
+
+    return SimSCModel
+
+
+def log_checkpoint_model(client, run_id: str, checkpoint: Path, registered_model: str | None,
+                         cfg: Mapping[str, Any]) -> str | None:
+    """Log ``checkpoint`` as a pyfunc model of the run and register it; returns the version."""
+    mlflow = _mlflow()
+    import mlflow.pyfunc
+
+    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg)}
+    with _fluent_uri(client.tracking_uri):
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints.*")  # predict takes a dict of arrays
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=_pyfunc_class()(), artifacts={"checkpoint": str(checkpoint)},
+                pip_requirements=["simsc-pipeline", "torch", "timm"],
+            )
+        client.log_artifact(run_id, str(checkpoint), "checkpoint")
+        if not registered_model:
+            return None
+        mv = mlflow.register_model(info.model_uri, registered_model, tags=tags)
+    return str(mv.version)
+
+
+@contextlib.contextmanager
+def _fluent_uri(uri: str):
+    """Point MLflow's fluent API (needed by ``log_model``) at ``uri`` for a moment, then put
+    back both the process-wide URI and ``MLFLOW_TRACKING_URI`` exactly as they were."""
+    mlflow = _mlflow()
+    from mlflow.tracking._tracking_service import utils as tu
+
+    old_uri, old_env = getattr(tu, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if hasattr(tu, "_tracking_uri"):
+            tu._tracking_uri = old_uri
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+# ------------------------------------------------------------------------------------------
+# Results: final PCK, the PCK table
+# ------------------------------------------------------------------------------------------
+
+
+def pck_table(reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per evaluation set: dataset, split, resolution, n_pairs, PCK per alpha."""
+    rows = []
+    for name, rep in reports.items():
+        row = {"set": name, "dataset": rep.get("dataset"), "split": rep.get("split"),
+               "resolution": str(rep.get("resolution")), "n_pairs": rep.get("n_pairs"),
+               "beta_eval": rep.get("beta_eval")}
+        row.update({f"PCK@{a}": round(float(v), 2) for a, v in rep["per_image"].items()})
+        rows.append(row)
+    return rows
+
+
+def table_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no evaluation)\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def log_results(run_dir: str | os.PathLike, reports: Mapping[str, Mapping[str, Any]],
+                tracking_uri: str | None = None, record: bool = True) -> bool:
+    """Log final PCK per set/alpha and the PCK table (JSON, Markdown, ``log_table``) into the
+    run recorded in ``RUN_DIR/tracking.json``. Never raises; returns whether it all worked.
+    ``record=False`` leaves ``tracking.json`` untouched (the report stage: the run folder is
+    the train stage's output and must not change after it)."""
+    run_dir = Path(run_dir)
+    state = _read_state(run_dir)
+    run_id = state.get("run_id")
+    ml = SafeMlflow(tracking_uri or state.get("tracking_uri"))
+    if not run_id:
+        warnings.warn(f"{run_dir}: no MLflow run recorded; results not logged (run `python -m pipeline.relog "
+                      f"{run_dir}`)", TrackingWarning, stacklevel=2)
+        return False
+    rows = pck_table(reports)
+    ok = ml.call("final PCK and the PCK table", _log_results, ml, run_id, reports, rows) is not None
+    if record:
+        state.setdefault("failed", {}).update(ml.failed)
+        state["results_logged"] = ok
+        _write_state(run_dir, state)
+    return ok
+
+
+def _log_results(ml: SafeMlflow, run_id: str, reports, rows) -> bool:
+    import tempfile
+
+    client = ml.connect()
+    metrics = []
+    for name, rep in reports.items():
+        for a, v in rep["per_image"].items():
+            metrics.append(_metric(f"test_pck_{name}_{a}", v, 0))
+    client.log_batch(run_id, metrics=metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "pck_table.json").write_text(json.dumps(rows, indent=2) + "\n")
+        Path(tmp, "pck_table.md").write_text(table_markdown(rows))
+        client.log_artifact(run_id, str(Path(tmp, "pck_table.json")), "results")
+        client.log_artifact(run_id, str(Path(tmp, "pck_table.md")), "results")
+    columns = {k: [r.get(k) for r in rows] for k in (rows[0] if rows else {})}
+    client.log_table(run_id, columns, "results/pck_table_mlflow.json")
+    return True
+
+
+# ------------------------------------------------------------------------------------------
+# Re-logging a finished run, fetching a registered checkpoint
+# ------------------------------------------------------------------------------------------
+
+
+def relog(run_dir: str | os.PathLike, reports: Mapping[str, Mapping[str, Any]] | None = None,
+          tracking_uri: str | None = None, experiment: str | None = None,
+          registered_model: str | None = None) -> dict[str, Any]:
+    """Log a finished run from its local outputs: params, every step and epoch metric missing
+    on the server, the best checkpoint (model + registration unless already registered) and
+    the results. Reuses the recorded run when the server knows it, else creates one.
+    Raises on MLflow errors (this is the explicit, interactive path)."""
+    from simsc.config import load_config
+
+    run_dir = Path(run_dir)
+    state = _read_state(run_dir)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or state.get("tracking_uri")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    cfg = load_config(run_dir / "config.yaml").to_dict()
+    experiment = experiment or state.get("experiment") or "simsc"
+    registered_model = registered_model or state.get("registered_model")
+    run_id = state.get("run_id")
+    if run_id:
+        try:
+            client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - unknown to this server: make a new run
+            run_id = None
+    created = run_id is None
+    if created:
+        run_id = start_run(client, experiment, run_dir.name, cfg, run_dir=run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = []
+    for rec in records:
+        if rec.get("type") == "step":
+            metrics += step_metrics(rec)
+        elif rec.get("type") == "epoch":
+            metrics += epoch_metrics(rec)
+    have: dict[str, set[int]] = {}
+    for key in {m.key for m in metrics}:
+        have[key] = {m.step for m in client.get_metric_history(run_id, key)}
+    missing = [m for m in metrics if m.step not in have.get(m.key, set())]
+    for i in range(0, len(missing), 900):
+        client.log_batch(run_id, metrics=missing[i:i + 900])
+    version = state.get("model_version")
+    best = run_dir / "checkpoints" / "best.pt"
+    if (created or not version) and best.exists():
+        version = log_checkpoint_model(client, run_id, best, registered_model, cfg)
+    client.set_terminated(run_id, "FINISHED")
+    state.update({"tracking_uri": client.tracking_uri if hasattr(client, "tracking_uri") else uri,
+                  "experiment": experiment, "run_id": run_id, "registered_model": registered_model,
+                  "model_version": version, "failed": {}, "relogged": True})
+    _write_state(run_dir, state)
+    if reports:
+        ml = SafeMlflow(uri)
+        ml.client = client
+        _log_results(ml, run_id, reports, pck_table(reports))
+        state["results_logged"] = True
+        _write_state(run_dir, state)
+    return {"run_id": run_id, "created": created, "metrics_logged": len(missing), "model_version": version}
+
+
+def fetch_checkpoint(uri: str, dst: str | os.PathLike | None = None) -> Path:
+    """Download the simsc checkpoint of an MLflow model (``models:/<name>/<version>``,
+    ``runs:/<id>/model``, ...) and return the local ``.pt`` path."""
+    mlflow = _mlflow()
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
+    if local.is_file():
+        return local
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise FileNotFoundError(f"{uri}: no checkpoint (*.pt) in the downloaded model at {local}")
+    return found[0]
+
+
+def load_reports(eval_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{set name: report}`` from ``reports/eval/<name>/report.json``."""
+    out = {}
+    for p in sorted(Path(eval_dir).glob("*/report.json")):
+        out[p.parent.name] = json.loads(p.read_text(encoding="utf-8"))
+    return out
