@@ -19,14 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_embedded(tmp_path_factory):
-    embedded = pytest.importorskip("simsc.data.embedded")
-    root = tmp_path_factory.getbasetemp() / "embedded-tiny"
-    return embedded.build_embedded_dataset(root, n_train=8, n_val=4, n_test=4, progress=False,
-                                           image_size=((96, 72), (128, 96)))
-
-
-@pytest.fixture(scope="module")
 def trained_run(tiny_embedded, tmp_path_factory):
     """One short CLI training run shared by the evaluate / match tests."""
     tmp = tmp_path_factory.mktemp("cli-run")

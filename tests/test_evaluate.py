@@ -111,14 +111,6 @@ def test_original_resolution_uses_batch_size_1():
     assert pair_loader(ds, batch_size=8, max_pairs=2).dataset.__len__() == 2
 
 
-@pytest.fixture(scope="module")
-def tiny_embedded(tmp_path_factory):
-    embedded = pytest.importorskip("simsc.data.embedded")
-    root = tmp_path_factory.getbasetemp() / "embedded-tiny"
-    return embedded.build_embedded_dataset(root, n_train=8, n_val=4, n_test=4, progress=False,
-                                           image_size=((96, 72), (128, 96)))
-
-
 @pytest.mark.parametrize("resolution", [64, "original"])
 def test_embedded_test_split(untrained, tiny_embedded, resolution):
     from simsc.data.registry import build_dataset
