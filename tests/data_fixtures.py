@@ -14,9 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import scipy.io
+import torch
 from PIL import Image
 
 NAN = float("nan")
+
+
+def close(a, b, tol: float = 1e-4) -> bool:
+    """Element-wise equality of two point / box / threshold values within ``tol`` pixels."""
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol)
 
 
 def make_image(path: Path, width: int, height: int, seed: int = 0, mode: str = "RGB", quality: int = 90) -> Path:

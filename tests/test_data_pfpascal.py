@@ -13,14 +13,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
+from data_fixtures import close  # noqa: E402
 
 from simsc.data.images import DirectImages  # noqa: E402
 from simsc.data.pfpascal import PASCAL_CLASSES, PFPascalDataset  # noqa: E402
 from simsc.data.records import DatasetFormatError  # noqa: E402
-
-
-def close(a, b, tol=1e-4):
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
+from data_fixtures import close  # noqa: E402
 
 from simsc.data.pfwillow import PFWillowDataset  # noqa: E402
 from simsc.data.records import DatasetFormatError  # noqa: E402
@@ -18,10 +18,6 @@ from simsc.data.records import DatasetFormatError  # noqa: E402
 A, B = "PF-dataset/car(G)/Cars_006a.png", "PF-dataset/car(G)/Cars_007b.png"  # 300x200, 250x400 (WxH)
 SRC = np.stack([np.arange(10, 110, 10), np.arange(20, 120, 10)], 1).astype(float)  # (10,20) ... (100,110)
 TRG = np.stack([[10, 20, 30, 40, 50, 60, 70, 80, 90, 200], np.arange(100, 200, 10)], 1).astype(float)
-
-
-def close(a, b, tol=1e-4):
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol)
 
 
 def write(root, pairs=None, **kw):
