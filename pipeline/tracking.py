@@ -167,16 +167,25 @@ class MlflowCallback(Callback):
 
     def __init__(self, config, run_dir: str | os.PathLike, *, experiment: str | None = "simsc",
                  registered_model: str | None = None, tracking_uri: str | None = None,
-                 run_name: str | None = None) -> None:
+                 run_name: str | None = None, tags: Mapping[str, str] | None = None,
+                 reuse_tagged_run: bool = False, log_model: bool = True) -> None:
         self.cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         self.run_dir = Path(run_dir)
         self.experiment = experiment
         self.registered_model = registered_model
         self.run_name = run_name or self.run_dir.name
+        #: extra run tags, e.g. ``mlflow.parentRunId`` to nest the run under a sweep's run.
+        self.tags = dict(tags or {})
+        #: continue the run that carries exactly ``tags`` when one exists (a restarted sweep
+        #: trial): steps and epochs it already holds are not logged twice.
+        self.reuse_tagged_run = reuse_tagged_run
+        self.log_model = log_model
         self.ml = SafeMlflow(tracking_uri)
         self.run_id: str | None = None
         self.best: Path | None = None
         self._started = False
+        self._logged_step = 0
+        self._logged_epoch = -1
 
     # -- lifecycle -------------------------------------------------------------------------
     def _start(self) -> None:
@@ -187,8 +196,20 @@ class MlflowCallback(Callback):
         self._save_state()
 
     def _create_run(self) -> None:
-        self.run_id = start_run(self.ml.connect(), self.experiment, self.run_name, self.cfg,
-                                run_dir=self.run_dir)
+        client = self.ml.connect()
+        if self.reuse_tagged_run and self.tags:
+            run = find_tagged_run(client, self.experiment, self.tags)
+            if run is not None:
+                self.run_id = run.info.run_id
+                self._logged_step = _last_step(client, self.run_id, "beta_eff")
+                from simsc.evaluate import alpha_key
+
+                first_alpha = alpha_key(self.cfg["train"]["alphas"][0])
+                self._logged_epoch = _last_step(client, self.run_id, f"val_pck_{first_alpha}", default=-1)
+                client.update_run(self.run_id, status="RUNNING")
+                return
+        self.run_id = start_run(client, self.experiment, self.run_name, self.cfg, run_dir=self.run_dir,
+                                tags=self.tags)
 
     def _save_state(self, **extra) -> None:
         state = _read_state(self.run_dir)
@@ -201,13 +222,13 @@ class MlflowCallback(Callback):
     # -- hooks -----------------------------------------------------------------------------
     def on_step(self, metrics):
         self._start()
-        if self.run_id:
+        if self.run_id and metrics["step"] > self._logged_step:
             self.ml.call(f"step metrics (from step {metrics['step']})", self.ml.client.log_batch, self.run_id,
                          metrics=step_metrics(metrics))
 
     def on_epoch(self, metrics):
         self._start()
-        if self.run_id:
+        if self.run_id and metrics["epoch"] > self._logged_epoch:
             self.ml.call(f"validation PCK (from epoch {metrics['epoch']})", self.ml.client.log_batch,
                          self.run_id, metrics=epoch_metrics(metrics))
 
@@ -218,7 +239,7 @@ class MlflowCallback(Callback):
     def on_end(self, summary):
         self._start()
         extra: dict[str, Any] = {"status": summary.get("status")}
-        if self.run_id and summary.get("status") == "finished" and self.best is not None:
+        if self.run_id and self.log_model and summary.get("status") == "finished" and self.best is not None:
             version = self.ml.call("the best checkpoint (model + registration)", log_checkpoint_model,
                                    self.ml.client, self.run_id, self.best, self.registered_model, self.cfg)
             if version is not None:
@@ -229,12 +250,34 @@ class MlflowCallback(Callback):
         self._save_state(**extra)
 
 
-def start_run(client, experiment: str | None, run_name: str, cfg: Mapping[str, Any],
-              run_dir: Path | None = None) -> str:
+def experiment_id(client, experiment: str | None) -> str:
+    """The id of ``experiment`` (created when missing; ``None``: MLflow's ``Default``)."""
     exp_name = experiment or "Default"
     exp = client.get_experiment_by_name(exp_name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(exp_name)
-    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg), "mlflow.runName": run_name}
+    return exp.experiment_id if exp is not None else client.create_experiment(exp_name)
+
+
+def find_tagged_run(client, experiment: str | None, tags: Mapping[str, str]):
+    """The newest run of ``experiment`` carrying every tag of ``tags``, or ``None``."""
+    exp = client.get_experiment_by_name(experiment or "Default")
+    if exp is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def _last_step(client, run_id: str, key: str, default: int = 0) -> int:
+    history = client.get_metric_history(run_id, key)
+    return max((m.step for m in history), default=default)
+
+
+def start_run(client, experiment: str | None, run_name: str, cfg: Mapping[str, Any],
+              run_dir: Path | None = None, tags: Mapping[str, str] | None = None) -> str:
+    exp_id = experiment_id(client, experiment)
+    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg), "mlflow.runName": run_name,
+            **dict(tags or {})}
     if run_dir is not None:
         tags["run_dir"] = str(Path(run_dir).resolve())
     run = client.create_run(exp_id, tags=tags, run_name=run_name)

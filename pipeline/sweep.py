@@ -1,0 +1,368 @@
+"""Ray Tune sweeps over the SimSC engine, tracked in MLflow, that survive failures.
+
+    python -m pipeline.sweep configs/sweeps/manual_temperature.yaml            # toy profile, local Ray
+    python -m pipeline.sweep SPEC.yaml --profile full --address ray://head:10001
+    python -m pipeline.sweep SPEC.yaml --resume                                # after an interruption
+    python -m pipeline.sweep SPEC.yaml --dry-run                               # list the trials
+
+The spec format is documented in :mod:`pipeline.sweep_spec`. Every trial runs the engine's
+``Trainer`` (:mod:`pipeline.sweep_trial`), reports validation PCK every epoch with a
+checkpoint, and restarts from that checkpoint when its worker dies (``max_failures``).
+
+Outputs (``--out``, default ``sweeps/<name>``): ``sweep.json`` (state: spec digest, MLflow
+parent run, Ray experiment path), ``results.csv`` / ``results.md`` (one row per trial),
+``best_params.yaml`` (the best trial as a params file for ``dvc exp run``) and ``best.pt``
+(its best checkpoint). Ray's own results (trial checkpoints, experiment state) go to the
+storage (``--storage`` / spec ``storage``: a folder, shared NFS, or ``s3://...``), default
+``sweeps/ray_results``.
+
+MLflow: one parent run per sweep, one nested child run per trial (beta per step, PCK per
+epoch); the results table and best params are artifacts of the parent; the best checkpoint
+is logged as a model of the best trial's run (and registered when
+``tracking.registered_model`` is set). The store is ``tracking.uri``, else
+``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from simsc.io import atomic_write_json
+
+from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec, n_trials, param_space
+from .sweep_results import STATUS_COMPLETED, STATUS_ERROR, STATUS_STOPPED, best_row, public, rows_from_results, write_results
+
+STATE_FILE = "sweep.json"
+EXIT_TRIAL_ERRORS = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start or continue (the message says why and what to do)."""
+
+
+def tracking_uri(spec: SweepSpec) -> str:
+    uri = spec.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    # Trials run in their own folders (and on other nodes): never a relative sqlite path.
+    return f"sqlite:///{Path(spec.root, 'mlflow.db').absolute()}"
+
+
+def default_storage(spec: SweepSpec) -> str:
+    return str(Path(spec.root, "sweeps", "ray_results").absolute())
+
+
+def _experiment_path(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _read_state(out_dir: Path) -> dict[str, Any] | None:
+    p = out_dir / STATE_FILE
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise SweepError(f"{p}: not readable JSON ({exc}); delete the folder to start the sweep afresh") from None
+
+
+# ------------------------------------------------------------------------------------------
+# MLflow: the parent run and the end-of-sweep bookkeeping
+# ------------------------------------------------------------------------------------------
+
+
+def _start_parent(ml, spec: SweepSpec) -> str | None:
+    from .tracking import experiment_id, flatten, git_revision
+
+    def create():
+        client = ml.connect()
+        exp = experiment_id(client, spec.tracking.get("experiment"))
+        run = client.create_run(exp, run_name=spec.name, tags={
+            "mlflow.runName": spec.name, "sweep.name": spec.name, "sweep.role": "parent",
+            "sweep.spec": str(Path(spec.path).as_posix()), "sweep.spec_digest": spec.digest(),
+            "git_revision": git_revision(spec.root)})
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)[:6000]) for k, v in spec.summary().items()]
+        params += [Param(f"base.{k}", v[:6000]) for k, v in flatten(spec.engine_base()).items()
+                   if f"set.{k}" not in spec.summary()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run.info.run_id, params=params[i:i + 100])
+        return run.info.run_id
+
+    return ml.call("the sweep's parent run", create)
+
+
+def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]], paths: dict[str, Path],
+                   best_ckpt: Path | None) -> dict[str, Any]:
+    """Close the child runs (status, tags), log the results to the parent, the best model."""
+    from .tracking import _metric, find_tagged_run, log_checkpoint_model
+
+    out: dict[str, Any] = {"children": {}}
+    client = ml.connect() if not ml.offline else None
+    if client is None:
+        return out
+    experiment = spec.tracking.get("experiment")
+    for row in rows:
+        tags = {"mlflow.parentRunId": parent_run_id, "sweep.trial_id": row["trial_id"]}
+        run = ml.call(f"trial {row['trial_id']}'s run lookup", find_tagged_run, client, experiment, tags)
+        if run is None:
+            continue
+        rid = run.info.run_id
+        out["children"][row["trial_id"]] = rid
+        row["mlflow_run_id"] = rid
+        ml.call("trial status tags", client.set_tag, rid, "sweep.status", row["status"])
+        if row.get("best_val_pck") is not None:
+            ml.call("trial best PCK", client.log_batch, rid, metrics=[_metric("best_val_pck", row["best_val_pck"], 0)])
+        # ASHA-stopped trials never reach the trainer's on_end: close their runs here.
+        ml.call("trial run status", client.set_terminated, rid, "FAILED" if row["status"] == STATUS_ERROR else "FINISHED")
+    best = best_row(rows)
+    for key in ("csv", "md", "best_params"):
+        if key in paths:
+            ml.call(f"sweep {key}", client.log_artifact, parent_run_id, str(paths[key]), "results")
+    if best is not None:
+        ml.call("best result", client.log_batch, parent_run_id,
+                metrics=[_metric("best_val_pck", best["best_val_pck"], 0)])
+        ml.call("best trial tag", client.set_tag, parent_run_id, "sweep.best_trial", best["trial_id"])
+        rid = best.get("mlflow_run_id")
+        if rid and best_ckpt is not None:
+            from simsc.engine.checkpoint import load_checkpoint
+
+            cfg = load_checkpoint(best_ckpt).get("config") or {}
+            version = ml.call("the best checkpoint (model + registration)", log_checkpoint_model, client, rid,
+                              best_ckpt, spec.tracking.get("registered_model"), cfg)
+            out["model_version"] = version
+            out["best_run_id"] = rid
+    counts = {s: sum(r["status"] == s for r in rows) for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_ERROR)}
+    ml.call("trial counts", client.log_batch, parent_run_id,
+            metrics=[_metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()])
+    ml.call("parent run status", client.set_terminated, parent_run_id,
+            "FAILED" if counts[STATUS_ERROR] else "FINISHED")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The sweep
+# ------------------------------------------------------------------------------------------
+
+
+def _unfinished(exp_path: str, spec: SweepSpec) -> bool:
+    """Whether the sweep still has trials to run, from the experiment state Tune saved.
+
+    On Ctrl+C Tune saves its state (running trials as RUNNING, what resume continues) and
+    then returns normally; the returned grid alone does not tell an interrupted sweep."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(exp_path).trials
+    return len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from .sweep_trial import run_trial
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+    )
+    if restore_path is not None:
+        return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    if spec.scheduler["type"] == "asha":
+        scheduler = ASHAScheduler(time_attr="epochs_done", max_t=spec.max_epochs(),
+                                  grace_period=spec.scheduler["grace_period"],
+                                  reduction_factor=spec.scheduler["reduction_factor"])
+    else:
+        scheduler = FIFOScheduler()
+    search_alg = BasicVariantGenerator(random_state=spec.seed) if spec.search_alg == "random" else None
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=spec.num_samples,
+                                    max_concurrent_trials=spec.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+            verbose=1, log_to_file=True,
+        ),
+    )
+
+
+def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, storage: str | None = None,
+              address: str | None = None, resume: bool = False, tracking: bool | None = None) -> dict[str, Any]:
+    """Run (or ``resume``) a sweep; returns a summary with the rows and output paths.
+
+    Raises :class:`SweepError` when the sweep exists and ``resume`` is false, or when a
+    resumed spec no longer matches the one that started the sweep.
+    """
+    import ray
+    from ray import tune
+
+    from .sweep_trial import TrialContext
+    from .tracking import SafeMlflow
+
+    out = Path(out_dir) if out_dir is not None else Path(spec.root, "sweeps", spec.name)
+    storage = storage or spec.storage or default_storage(spec)
+    if "://" not in storage:
+        storage = str(Path(storage).absolute())
+    exp_path = _experiment_path(storage, spec.name)
+    state = _read_state(out)
+    if state is not None and not resume:
+        raise SweepError(f"{out} already holds sweep {state.get('name')!r} ({state.get('status')}); continue it "
+                         "with --resume, or pick another --name / --out")
+    if resume:
+        if state is None:
+            raise SweepError(f"--resume: {out / STATE_FILE} not found: nothing to resume (run without --resume)")
+        if state.get("spec_digest") != spec.digest():
+            raise SweepError(f"--resume: the spec changed since the sweep started (digest {state.get('spec_digest')} "
+                             f"-> {spec.digest()}); resume with the same spec and profile, or start a new --name")
+        exp_path = state.get("experiment_path", exp_path)
+    use_tracking = spec.tracking.get("enabled", True) if tracking is None else tracking
+    state = state or {"name": spec.name, "spec": spec.path, "profile": spec.profile, "spec_digest": spec.digest(),
+                      "experiment_path": exp_path, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    ml = SafeMlflow(tracking_uri(spec)) if use_tracking else None
+    if ml is not None and not state.get("parent_run_id"):
+        state["parent_run_id"] = _start_parent(ml, spec)
+        state["tracking_uri"] = ml.tracking_uri
+    elif ml is not None:
+        ml.call("the parent run (resumed)", lambda: ml.connect().update_run(state["parent_run_id"], status="RUNNING"))
+    state["status"] = "running"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STATE_FILE, state, indent=2)
+
+    parent = state.get("parent_run_id") if ml is not None and not ml.offline else None
+    from simsc.config import load_config
+
+    context = TrialContext(
+        spec_name=spec.name, engine_base=spec.engine_base(), search=spec.search,
+        best_alpha=load_config(spec.engine_base()).train.best_alpha, root=spec.root,
+        tracking={"uri": ml.tracking_uri, "experiment": spec.tracking.get("experiment"),
+                  "parent_run_id": parent} if parent else None,
+        cpus_per_trial=spec.resources["cpu"],
+    )
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    restore = None
+    if resume:
+        if tune.Tuner.can_restore(exp_path):
+            restore = exp_path
+        else:
+            print(f"sweep: no Ray experiment state at {exp_path} yet: starting the trials", file=sys.stderr)
+    tuner = _build_tuner(spec, storage, context, restore)
+    t0 = time.perf_counter()
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        results = None
+    wall = time.perf_counter() - t0
+    if results is None or _unfinished(exp_path, spec):
+        state["status"] = "interrupted"
+        atomic_write_json(out / STATE_FILE, state, indent=2)
+        raise KeyboardInterrupt
+    rows = rows_from_results(results, spec)
+    best = best_row(rows)
+    best_ckpt = None
+    if best is not None and best["_checkpoint"] is not None:
+        with best["_checkpoint"].as_directory() as d:
+            src = Path(d) / "checkpoints" / "best.pt"
+            if src.exists():
+                best_ckpt = out / "best.pt"
+                tmp = out / ".best.pt.tmp"
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, best_ckpt)
+    paths = write_results(out, spec, rows)
+    mlflow_out: dict[str, Any] = {}
+    if ml is not None and parent:
+        mlflow_out = _finish_mlflow(ml, spec, parent, rows, paths, best_ckpt)
+        paths = write_results(out, spec, rows)  # now with the child run ids
+        if ml.failed:
+            warnings.warn(f"MLflow: not logged: {', '.join(ml.failed)}", stacklevel=2)
+    errors = sum(r["status"] == STATUS_ERROR for r in rows)
+    state.update(status="finished" if not errors else "finished with errors", wall_s=round(wall, 1),
+                 n_trials=len(rows), best_trial=best["trial_id"] if best else None,
+                 best_val_pck=best["best_val_pck"] if best else None, model_version=mlflow_out.get("model_version"),
+                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write_json(out / STATE_FILE, state, indent=2)
+    return {"state": state, "rows": [public(r) for r in rows], "paths": {k: str(v) for k, v in paths.items()},
+            "best_checkpoint": str(best_ckpt) if best_ckpt else None, "mlflow": mlflow_out,
+            "experiment_path": exp_path, "wall_s": wall}
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", type=Path, help="the sweep spec (YAML), e.g. configs/sweeps/lr_beta1.yaml")
+    p.add_argument("--profile", help="a profile of the spec (e.g. toy, full; default: the spec's default_profile)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="add a fixed override to the spec's set: (repeatable), e.g. --set train.epochs=2")
+    p.add_argument("--name", help="the sweep's name (default: the spec's name)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--storage", help="Ray results storage: folder, NFS path or s3://bucket/prefix "
+                   "(default: the spec's storage, else sweeps/ray_results)")
+    p.add_argument("--out", type=Path, help="local outputs folder (default: sweeps/<name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep: finished trials are kept, unfinished ones resume from "
+                        "their last checkpoint, errored ones are retried")
+    p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = load_sweep_spec(args.spec, args.profile, overrides=args.overrides)
+        if args.name:
+            spec.name = args.name
+        if args.max_concurrent is not None:
+            if args.max_concurrent < 1:
+                raise SweepSpecError("--max-concurrent: expected an integer >= 1")
+            spec.max_concurrent_trials = args.max_concurrent
+        if args.dry_run:
+            trials = expand_grid(spec)
+            print(f"sweep {spec.name} (profile {spec.profile}): {n_trials(spec)} trials, "
+                  f"resources {spec.resources}, scheduler {spec.scheduler}")
+            for i, ov in enumerate(trials):
+                print(f"  {i:3d}  " + "  ".join(f"{k}={v}" for k, v in ov.items()))
+            return 0
+        summary = run_sweep(spec, out_dir=args.out, storage=args.storage, address=args.address,
+                            resume=args.resume, tracking=False if args.no_tracking else None)
+    except (SweepSpecError, SweepError) as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sweep: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(Path(summary["paths"]["md"]).read_text(encoding="utf-8"))
+    print(f"sweep {spec.name}: {summary['state']['status']} in {summary['wall_s']:.0f} s; outputs in "
+          f"{Path(summary['paths']['md']).parent}")
+    if summary["best_checkpoint"]:
+        print(f"best checkpoint: {summary['best_checkpoint']}")
+    errors = sum(r["status"] == STATUS_ERROR for r in summary["rows"])
+    return EXIT_TRIAL_ERRORS if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""A finished sweep's outputs: the results table (CSV + Markdown) and the best parameters.
+
+``rows_from_results`` turns Ray Tune's ``ResultGrid`` into one plain row per trial;
+``write_results`` writes ``results.csv`` / ``results.md``; ``best_params`` gives the best
+trial's configuration as a partial ``params.yaml`` (apply it with
+``python -m pipeline.paramset FILE --apply`` then ``dvc exp run``, or pass the printed
+``-S`` flags to ``dvc exp run``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from simsc.io import atomic_write_bytes
+
+from .sweep_spec import SweepSpec, _apply_dotted, sample_overrides, trial_label
+
+STATUS_COMPLETED = "completed"
+STATUS_STOPPED = "stopped early"
+STATUS_ERROR = "error"
+
+
+def _trial_epochs(spec: SweepSpec, overrides: Mapping[str, Any]) -> int:
+    from simsc.config import load_config
+
+    engine = _apply_dotted(spec.engine_base(), overrides)
+    return int(load_config(engine).train.epochs)
+
+
+def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
+    """One row per trial of a Ray ``ResultGrid`` (sorted best first by ``best_val_pck``)."""
+    rows = []
+    for res in results:
+        metrics = dict(res.metrics or {})
+        config = res.config or {}
+        overrides = sample_overrides(spec, config)
+        trial_id = metrics.get("trial_id") or Path(str(res.path)).name
+        epochs = _trial_epochs(spec, overrides)
+        done = int(metrics.get("epochs_done") or 0)
+        if res.error is not None:
+            status = STATUS_ERROR
+        elif done >= epochs:
+            status = STATUS_COMPLETED
+        else:
+            status = STATUS_STOPPED
+        history = res.metrics_dataframe
+        val_hist = [] if history is None or "val_pck" not in history else [float(v) for v in history["val_pck"]]
+        row: dict[str, Any] = {"trial_id": trial_id, "label": trial_label(spec, config), "status": status}
+        row.update({k: v for k, v in overrides.items()})
+        row.update({
+            "epochs_done": done,
+            "epochs": epochs,
+            "best_val_pck": metrics.get("best_val_pck"),
+            "val_pck_last": metrics.get("val_pck"),
+            **{k: v for k, v in metrics.items() if k.startswith("val_pck@")},
+            "val_beta_eff": metrics.get("val_beta_eff"),
+            "beta_eff_last_step": metrics.get("beta_eff"),
+            "val_pck_history": json.dumps([round(v, 3) for v in val_hist]),
+            "trial_starts": metrics.get("trial_starts"),
+            "error": (str(res.error).splitlines()[0][:200] if res.error is not None else ""),
+        })
+        row["_overrides"] = overrides
+        row["_checkpoint"] = res.checkpoint
+        row["_path"] = str(res.path)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["best_val_pck"] is None, -(r["best_val_pck"] or 0.0)))
+    return rows
+
+
+def public(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in public(r):
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-2 and v != 0 else f"{v:.2f}"
+    return str(v)
+
+
+def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = _columns(rows)
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in public(r).items()})
+    return buf.getvalue()
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_flags: str | None = None) -> str:
+    skip = {"val_pck_history", "error", "label"}
+    cols = [c for c in _columns(rows) if c not in skip]
+    lines = [f"# Sweep `{spec.name}`" + (f" (profile {spec.profile})" if spec.profile else ""), ""]
+    if spec.description:
+        lines += [spec.description.strip(), ""]
+    lines += [f"{len(rows)} trials; metric `{spec.metric}` = validation PCK@{_best_alpha(spec)} (per image), "
+              f"best over each trial's epochs.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(public(r).get(c)) for c in cols) + " |" for r in rows]
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        lines += ["", "Errors:", ""] + [f"- {r['trial_id']}: {r['error']}" for r in errors]
+    if best_flags:
+        lines += ["", "Best configuration as a DVC experiment:", "", "```", best_flags, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _best_alpha(spec: SweepSpec) -> float:
+    from simsc.config import load_config
+
+    return load_config(spec.engine_base()).train.best_alpha
+
+
+def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    ok = [r for r in rows if r["status"] != STATUS_ERROR and r["best_val_pck"] is not None]
+    return max(ok, key=lambda r: r["best_val_pck"]) if ok else None
+
+
+def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The best trial's parameters as a full params file: the spec's base files and ``set``
+    with the trial's sampled values, ``train.out_dir`` pointing at a fresh run folder."""
+    params = _apply_dotted(copy.deepcopy(spec.params_raw), row["_overrides"])
+    params.setdefault("train", {})["out_dir"] = f"runs/sweep-{spec.name}-best"
+    return params
+
+
+def dvc_flags(spec: SweepSpec, row: Mapping[str, Any]) -> str:
+    """``dvc exp run -S key=value ...`` for the keys the sweep set or searched."""
+    keys = {**spec.set, **row["_overrides"], "train.out_dir": f"runs/sweep-{spec.name}-best"}
+    flags = " ".join(f"-S '{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
+                     for k, v in keys.items())
+    return f"dvc exp run {flags}"
+
+
+def write_results(out_dir: Path, spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write results.csv, results.md and (when a trial succeeded) best_params.yaml atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md"}
+    best = best_row(rows)
+    flags = None
+    if best is not None:
+        params = best_params(spec, best)
+        header = (f"# Best trial {best['trial_id']} of sweep {spec.name} ({best['label']}): "
+                  f"best val PCK {best['best_val_pck']:.2f}\n"
+                  f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && dvc exp run\n")
+        paths["best_params"] = out_dir / "best_params.yaml"
+        atomic_write_bytes(paths["best_params"], (header + yaml.safe_dump(params, sort_keys=False)).encode())
+        flags = dvc_flags(spec, best)
+    atomic_write_bytes(paths["csv"], results_csv(rows).encode())
+    atomic_write_bytes(paths["md"], results_markdown(rows, spec, flags).encode())
+    return paths

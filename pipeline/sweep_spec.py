@@ -1,0 +1,509 @@
+"""Sweep specifications: a YAML file that names a search space over the engine config.
+
+A spec (see ``configs/sweeps/*.yaml``)::
+
+    name: lr_beta1                     # the sweep's name (Ray experiment, MLflow parent run)
+    description: supplement Tab. 1 ...
+    base: [params.yaml]                # partial params.yaml files, merged in order
+    set:                               # fixed dotted overrides on top of base
+      train.epochs: 4
+    search:                            # the search space
+      train.lr_backbone: {grid: [2.0e-6, 2.0e-5, 2.0e-4]}
+      model.temperature: {grid: [mlp, single, "fixed:0.03"]}
+      train.seed: {grid: [0, 1]}
+      train.lr_temperature: {loguniform: [1.0e-4, 1.0e-2]}     # random search only
+      dataset:                         # a bundle: one label sets several keys together
+        grid:
+          pfpascal: {data.dataset: pfpascal, data.root: data/pf-pascal}
+          spair: {data.dataset: spair, data.root: data/spair-71k/SPair-71k}
+    search_alg: grid                   # grid | random (random: num_samples draws, seeded)
+    num_samples: 1                     # repeats of the grid (grid), draws (random)
+    seed: 0                            # the random search's seed
+    metric: val_pck                    # validation PCK@train.best_alpha (per image), maximised
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: fifo}
+    resources: {cpu: 1, gpu: 0}        # per trial; gpu may be a fraction (0.5: two per GPU)
+    max_concurrent_trials: 2           # null: as many as the resources allow
+    max_failures: 3                    # restarts of a trial whose worker died
+    keep_checkpoints: 2                # newest checkpoints kept per trial
+    storage: null                      # Ray results storage: a folder (NFS) or s3://... URI
+    tracking: {enabled: true, experiment: simsc-sweeps, registered_model: null}
+    profiles:                          # named partial specs merged over the rest (--profile)
+      toy: {set: {...}}
+      full: {base: [...], set: {...}}
+    default_profile: toy
+
+Search keys are dotted engine keys (``section.key`` of :mod:`simsc.config`) or bundle labels
+(no dot) whose candidates are named mappings of dotted keys. Every candidate is composed into
+a full engine config and validated when the spec is loaded, so a typo fails before any
+worker starts, with the spec file and key in the message.
+
+This module does not import Ray; :func:`param_space` builds Ray Tune's search space lazily.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import yaml
+
+from simsc.config import SECTIONS, ConfigError, load_config
+
+from .paramset import merge
+
+ENGINE_SECTIONS = tuple(SECTIONS)
+SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")
+SCHEDULERS = ("asha", "fifo")
+#: Engine keys holding local paths, made absolute against the driver's folder (trials run
+#: in their own trial folders, possibly on other nodes).
+PATH_KEYS = ("data.root", "data.cache_dir", "model.pretrained")
+
+
+class SweepSpecError(ValueError):
+    """An invalid sweep spec: the message names the file and the key."""
+
+
+@dataclass
+class SearchEntry:
+    """One dimension of the search space."""
+
+    key: str  # "section.name" or a bundle label
+    sampler: str  # grid | choice | uniform | loguniform | randint
+    values: list[Any]  # candidates (grid, choice) or [low, high]
+    bundles: dict[str, dict[str, Any]] | None = None  # label -> {dotted key: value}
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.bundles is not None
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    path: str
+    description: str = ""
+    profile: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # merged base files + set, absolute paths
+    params_raw: dict[str, Any] = field(default_factory=dict)  # the same with paths as written
+    root: str = "."  # the folder relative paths are resolved against
+    set: dict[str, Any] = field(default_factory=dict)
+    search: list[SearchEntry] = field(default_factory=list)
+    search_alg: str = "grid"
+    num_samples: int = 1
+    seed: int = 0
+    metric: str = "val_pck"
+    mode: str = "max"
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1,
+                                                                "reduction_factor": 2})
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent_trials: int | None = None
+    max_failures: int = 3
+    keep_checkpoints: int = 2
+    storage: str | None = None
+    tracking: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "experiment": "simsc-sweeps",
+                                                               "registered_model": None})
+
+    # -- derived -------------------------------------------------------------------------
+    def engine_base(self) -> dict[str, Any]:
+        """The engine sections (model, data, train, eval) every trial starts from."""
+        return {k: copy.deepcopy(self.params[k]) for k in ENGINE_SECTIONS if k in self.params}
+
+    def max_epochs(self) -> int:
+        """The longest trial in epochs (ASHA's ``max_t``)."""
+        epochs = [int(load_config(self.engine_base()).train.epochs)]
+        for entry in self.search:
+            for overrides in _candidate_overrides(entry):
+                if "train.epochs" in overrides:
+                    epochs.append(int(overrides["train.epochs"]))
+        return max(epochs)
+
+    def digest(self) -> str:
+        """A short hash of everything that decides the trials (resume checks it)."""
+        blob = {"params": self.params, "search": [dataclasses.asdict(e) for e in self.search],
+                "search_alg": self.search_alg, "num_samples": self.num_samples, "seed": self.seed}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        """Flat description for the MLflow parent run's params."""
+        out: dict[str, Any] = {"sweep.name": self.name, "sweep.profile": self.profile,
+                               "sweep.search_alg": self.search_alg, "sweep.num_samples": self.num_samples,
+                               "sweep.metric": self.metric, "sweep.scheduler": json.dumps(self.scheduler),
+                               "sweep.resources": json.dumps(self.resources),
+                               "sweep.max_concurrent_trials": self.max_concurrent_trials,
+                               "sweep.n_trials": n_trials(self)}
+        for e in self.search:
+            vals = list(e.bundles) if e.is_bundle else e.values
+            out[f"search.{e.key}"] = f"{e.sampler}{json.dumps(vals, default=str)}"
+        for k, v in self.set.items():
+            out[f"set.{k}"] = v
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path", "params", "profile"} | {
+    "base", "profiles", "default_profile"}
+
+
+def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
+                    overrides: Sequence[str] = (), root: str | os.PathLike | None = None) -> SweepSpec:
+    """Read, merge (profile), compose and validate a sweep spec.
+
+    Args:
+        path: the spec's YAML file.
+        profile: a key of the spec's ``profiles`` (default: its ``default_profile``).
+        overrides: extra ``section.key=value`` strings added to ``set`` (the CLI's ``--set``).
+        root: folder that relative ``base`` files and data paths are resolved against
+            (default: the current folder, where ``params.yaml`` lives).
+    """
+    path = Path(path)
+    where = str(path)
+    raw = _read_yaml(path)
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise SweepSpecError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    profiles = raw.pop("profiles", None) or {}
+    default_profile = raw.pop("default_profile", None)
+    if not isinstance(profiles, Mapping):
+        raise SweepSpecError(f"{where}: profiles: expected a mapping of profile name -> partial spec")
+    profile = profile or default_profile
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(profiles) or "none"
+            raise SweepSpecError(f"{where}: no profile {profile!r} (profiles: {known})")
+        prof = profiles[profile] or {}
+        if not isinstance(prof, Mapping):
+            raise SweepSpecError(f"{where}: profiles.{profile}: expected a mapping")
+        bad = sorted(set(prof) - (_TOP_KEYS - {"profiles", "default_profile"}))
+        if bad:
+            raise SweepSpecError(f"{where}: profiles.{profile}: unknown key {bad[0]!r}")
+        raw = _merge_spec(raw, prof)
+    root = Path(root) if root is not None else Path.cwd()
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        raise SweepSpecError(f"{where}: name: expected a non-empty string without '/', '\\' or spaces, got {name!r}")
+    spec = SweepSpec(name=name, path=str(path), profile=profile, description=str(raw.get("description") or ""),
+                     root=str(root.absolute()))
+
+    # base files + set
+    base = raw.get("base") or []
+    if isinstance(base, str):
+        base = [base]
+    if not isinstance(base, list):
+        raise SweepSpecError(f"{where}: base: expected a list of params files")
+    params: dict[str, Any] = {}
+    for b in base:
+        bp = Path(b) if Path(b).is_absolute() else root / b
+        params = merge(params, _read_yaml(bp, f"{where}: base file"))
+    set_ = dict(raw.get("set") or {})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SweepSpecError(f"--set {item!r}: expected section.key=value")
+        set_[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    for key in set_:
+        _check_key(key, f"{where}: set.{key}")
+    params = _apply_dotted(params, set_)
+    spec.params_raw = copy.deepcopy(params)
+    spec.params, spec.set = _absolute_paths(params, root), set_
+    _validate_engine(spec.engine_base(), f"{where}: base + set")
+
+    # search space
+    search = raw.get("search") or {}
+    if not isinstance(search, Mapping):
+        raise SweepSpecError(f"{where}: search: expected a mapping of key -> {{grid|choice|...: values}}")
+    spec.search = [_parse_entry(k, v, f"{where}: search.{k}") for k, v in search.items()]
+    set_keys = set(set_)
+    for e in spec.search:
+        for overrides_ in _candidate_overrides(e):
+            clash = set_keys & set(overrides_)
+            if clash:
+                raise SweepSpecError(f"{where}: search.{e.key} and set both give {sorted(clash)[0]}")
+            _validate_engine(compose(spec.engine_base(), overrides_, root=root), f"{where}: search.{e.key}")
+
+    # the rest
+    spec.search_alg = _choice(raw.get("search_alg", "grid"), ("grid", "random"), f"{where}: search_alg")
+    if spec.search_alg == "grid":
+        rnd = [e.key for e in spec.search if e.sampler != "grid"]
+        if rnd:
+            raise SweepSpecError(f"{where}: search.{rnd[0]}: search_alg grid takes only grid entries "
+                                 "(choice and distributions need search_alg: random)")
+    spec.num_samples = _int(raw.get("num_samples", 1), f"{where}: num_samples", 1)
+    spec.seed = _int(raw.get("seed", 0), f"{where}: seed", 0)
+    spec.metric = str(raw.get("metric", "val_pck"))
+    spec.mode = _choice(raw.get("mode", "max"), ("max", "min"), f"{where}: mode")
+    sched = dict(raw.get("scheduler") or {"type": "fifo"})
+    sched["type"] = _choice(sched.get("type", "asha"), SCHEDULERS, f"{where}: scheduler.type")
+    if sched["type"] == "asha":
+        sched.setdefault("grace_period", 1)
+        sched.setdefault("reduction_factor", 2)
+        sched["grace_period"] = _int(sched["grace_period"], f"{where}: scheduler.grace_period", 1)
+        rf = sched["reduction_factor"]
+        if not isinstance(rf, (int, float)) or rf < 2:
+            raise SweepSpecError(f"{where}: scheduler.reduction_factor: expected a number >= 2, got {rf!r}")
+        extra = sorted(set(sched) - {"type", "grace_period", "reduction_factor"})
+    else:
+        extra = sorted(set(sched) - {"type"})
+    if extra:
+        raise SweepSpecError(f"{where}: scheduler: unknown key {extra[0]!r}")
+    spec.scheduler = sched
+    res = dict(raw.get("resources") or {})
+    bad_res = sorted(set(res) - {"cpu", "gpu"})
+    if bad_res:
+        raise SweepSpecError(f"{where}: resources: unknown key {bad_res[0]!r} (cpu, gpu)")
+    cpu, gpu = res.get("cpu", 1), res.get("gpu", 0)
+    if not isinstance(cpu, (int, float)) or cpu <= 0:
+        raise SweepSpecError(f"{where}: resources.cpu: expected a number > 0, got {cpu!r}")
+    if not isinstance(gpu, (int, float)) or gpu < 0 or (gpu > 1 and gpu != int(gpu)):
+        raise SweepSpecError(f"{where}: resources.gpu: expected 0, a fraction in (0, 1] or a whole number, got {gpu!r}")
+    spec.resources = {"cpu": float(cpu), "gpu": float(gpu)}
+    mct = raw.get("max_concurrent_trials")
+    spec.max_concurrent_trials = None if mct is None else _int(mct, f"{where}: max_concurrent_trials", 1)
+    spec.max_failures = _int(raw.get("max_failures", 3), f"{where}: max_failures", -1)
+    spec.keep_checkpoints = _int(raw.get("keep_checkpoints", 2), f"{where}: keep_checkpoints", 1)
+    storage = raw.get("storage")
+    if storage is not None and not isinstance(storage, str):
+        raise SweepSpecError(f"{where}: storage: expected a folder or a URI (s3://...), got {storage!r}")
+    spec.storage = storage
+    tr = dict(spec.tracking)
+    tr.update(raw.get("tracking") or {})
+    bad_tr = sorted(set(tr) - {"enabled", "experiment", "registered_model", "uri"})
+    if bad_tr:
+        raise SweepSpecError(f"{where}: tracking: unknown key {bad_tr[0]!r} (enabled, experiment, registered_model, uri)")
+    spec.tracking = tr
+    if spec.scheduler["type"] == "asha" and spec.metric not in ("val_pck", "best_val_pck") and not spec.metric.startswith("val_pck@"):
+        raise SweepSpecError(f"{where}: metric: expected val_pck, best_val_pck or val_pck@<alpha>, got {spec.metric!r}")
+    return spec
+
+
+def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Profile merge: ``set`` and ``search`` merge key by key, ``tracking``, ``scheduler`` and
+    ``resources`` too; everything else (``base`` included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        if k in ("set", "search", "tracking", "scheduler", "resources") and isinstance(v, Mapping):
+            out[k] = {**(out.get(k) or {}), **v}
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepSpecError(f"{what} not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise SweepSpecError(f"{what} {path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise SweepSpecError(f"{what} {path}: expected a mapping")
+    return data
+
+
+def _check_key(key: str, where: str) -> None:
+    section, _, name = key.partition(".")
+    if section in SECTIONS:
+        allowed = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        if name not in allowed:
+            raise SweepSpecError(f"{where}: unknown config key {key!r}; {section} has: {', '.join(sorted(allowed))}")
+    elif not name:
+        raise SweepSpecError(f"{where}: expected a dotted key such as train.lr_backbone, got {key!r}")
+    # other dotted keys (e.g. tracking.experiment, evaluate.max_pairs) belong to params.yaml sections
+
+
+def _apply_dotted(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(params))
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def _absolute_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    out = copy.deepcopy(params)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = (out.get(section) or {}).get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if key == "model.pretrained" and not (("/" in value) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+            continue  # a timm tag or "true"
+        if "://" in value or Path(value).is_absolute():
+            continue
+        out[section][name] = str((root / value).absolute())
+    return out
+
+
+def _validate_engine(engine: Mapping[str, Any], where: str) -> None:
+    try:
+        load_config({k: engine[k] for k in ENGINE_SECTIONS if k in engine})
+    except ConfigError as exc:
+        raise SweepSpecError(f"{where}: {exc}") from None
+
+
+def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
+    if not isinstance(value, Mapping) or len(value) != 1:
+        raise SweepSpecError(f"{where}: expected one of {{{' | '.join(SAMPLERS)}: ...}}, got {value!r} "
+                             "(fixed values go under set:)")
+    sampler, values = next(iter(value.items()))
+    if sampler not in SAMPLERS:
+        raise SweepSpecError(f"{where}: unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if "." not in key:  # a bundle
+        if key in SECTIONS:
+            raise SweepSpecError(f"{where}: a bundle label must not be a config section name")
+        if sampler not in ("grid", "choice") or not isinstance(values, Mapping) or not values:
+            raise SweepSpecError(f"{where}: a bundle (a label without a dot) needs grid or choice over named "
+                                 "mappings, e.g. {grid: {pfpascal: {data.dataset: pfpascal, data.root: ...}}}")
+        bundles = {}
+        for label, ov in values.items():
+            if not isinstance(ov, Mapping) or not ov:
+                raise SweepSpecError(f"{where}.{label}: expected a mapping of dotted keys to values")
+            for k in ov:
+                _check_key(k, f"{where}.{label}")
+            bundles[str(label)] = dict(ov)
+        return SearchEntry(key, sampler, list(bundles), bundles)
+    _check_key(key, where)
+    if not isinstance(values, list) or not values:
+        raise SweepSpecError(f"{where}: {sampler}: expected a non-empty list, got {values!r}")
+    if sampler in ("uniform", "loguniform", "randint"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
+                or not values[0] < values[1]:
+            raise SweepSpecError(f"{where}: {sampler}: expected [low, high] with low < high, got {values!r}")
+        if sampler == "loguniform" and values[0] <= 0:
+            raise SweepSpecError(f"{where}: loguniform: low must be > 0, got {values[0]!r}")
+    return SearchEntry(key, sampler, list(values))
+
+
+def _candidate_overrides(entry: SearchEntry) -> Iterator[dict[str, Any]]:
+    """Every candidate of one entry as dotted overrides (the two ends of a range)."""
+    if entry.is_bundle:
+        for ov in entry.bundles.values():
+            yield dict(ov)
+    elif entry.sampler == "randint":
+        yield {entry.key: entry.values[0]}
+        yield {entry.key: entry.values[1] - 1}  # Ray's randint excludes high
+    else:
+        for v in entry.values:
+            yield {entry.key: v}
+
+
+def _choice(value: Any, allowed: Sequence[str], where: str) -> str:
+    if value not in allowed:
+        raise SweepSpecError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _int(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SweepSpecError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------
+# Trials
+# ----------------------------------------------------------------------------------------
+
+
+def compose(engine_base: Mapping[str, Any], overrides: Mapping[str, Any], *,
+            root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``engine_base`` with dotted ``overrides`` applied (relative paths made absolute)."""
+    out = _apply_dotted(engine_base, overrides)
+    return _absolute_paths(out, Path(root)) if root is not None else out
+
+
+def sample_overrides(spec: SweepSpec, sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted overrides of one trial from its sampled values (Ray's ``config``): dotted keys
+    are nested ``{section: {name: value}}``, bundles are ``{label: name}``."""
+    out: dict[str, Any] = {}
+    for e in spec.search:
+        if e.is_bundle:
+            label = sample.get(e.key)
+            if label not in e.bundles:
+                raise KeyError(f"trial config lacks bundle {e.key!r} (got {label!r})")
+            out.update(e.bundles[label])
+        else:
+            section, name = e.key.split(".")
+            out[e.key] = sample[section][name]
+    return out
+
+
+def trial_label(spec: SweepSpec, sample: Mapping[str, Any]) -> str:
+    """``temperature=single lr_backbone=2e-05`` for run names and tables."""
+    parts = []
+    for e in spec.search:
+        if e.is_bundle:
+            parts.append(f"{e.key}={sample.get(e.key)}")
+        else:
+            section, name = e.key.split(".")
+            v = sample[section][name]
+            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
+    return " ".join(parts)
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """Ray Tune's ``param_space``: the search entries as ``tune.grid_search`` / samplers."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for e in spec.search:
+        values = list(e.bundles) if e.is_bundle else e.values
+        if e.sampler == "grid":
+            dom = tune.grid_search(values)
+        elif e.sampler == "choice":
+            dom = tune.choice(values)
+        elif e.sampler == "uniform":
+            dom = tune.uniform(*values)
+        elif e.sampler == "loguniform":
+            dom = tune.loguniform(*values)
+        else:
+            dom = tune.randint(*values)
+        if e.is_bundle:
+            space[e.key] = dom
+        else:
+            section, name = e.key.split(".")
+            space.setdefault(section, {})[name] = dom
+    return space
+
+
+def n_trials(spec: SweepSpec) -> int:
+    """Number of trials: product of the grid sizes times ``num_samples``."""
+    n = 1
+    for e in spec.search:
+        if e.sampler == "grid":
+            n *= len(e.values)
+    return n * spec.num_samples
+
+
+def expand_grid(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The grid trials' dotted overrides, in order (random entries shown as their sampler);
+    for ``--dry-run``."""
+    grids = [e for e in spec.search if e.sampler == "grid"]
+    others = {e.key: f"{e.sampler}{e.values}" for e in spec.search if e.sampler != "grid"}
+    out = []
+    for _ in range(spec.num_samples):
+        for combo in itertools.product(*[list(e.bundles.items()) if e.is_bundle else e.values for e in grids]):
+            ov: dict[str, Any] = {}
+            for e, v in zip(grids, combo):
+                if e.is_bundle:
+                    ov[e.key] = v[0]
+                    ov.update(v[1])
+                else:
+                    ov[e.key] = v
+            ov.update(others)
+            out.append(ov)
+    return out

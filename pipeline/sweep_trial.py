@@ -1,0 +1,206 @@
+"""One sweep trial: the engine's :class:`~simsc.engine.trainer.Trainer`, driven by Ray Tune.
+
+There is no second training loop: a trial composes its engine config (the sweep's base +
+the sampled values), trains with the same ``Trainer`` as ``simsc train``, and follows it
+through callbacks:
+
+- :class:`TuneReporter` calls ``tune.report(metrics, checkpoint=...)`` once per validated
+  epoch, right after the trainer wrote ``checkpoints/last.pt``; the checkpoint folder holds
+  ``last.pt`` (full training state), ``best.pt``, ``metrics.jsonl``, ``config.yaml`` and
+  ``trial_state.json`` (how many times the trial started).
+- :class:`~pipeline.tracking.MlflowCallback` logs a child run nested under the sweep's
+  parent run (tag ``mlflow.parentRunId``), with every step's beta and every epoch's PCK.
+
+A restarted trial (its worker died, or ``--resume``) gets its newest checkpoint from
+``tune.get_checkpoint()``, copies it into its run folder and resumes exactly where that
+checkpoint was taken (``Trainer.fit(resume=True)``); the MLflow child run is found again by
+its tags and only the steps it lacks are logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from simsc.engine.callbacks import Callback
+
+#: Files of the run folder that travel in every checkpoint.
+CHECKPOINT_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "config.yaml")
+TRIAL_STATE = "trial_state.json"
+
+
+@dataclass
+class TrialContext:
+    """What every trial needs besides its sampled values (sent once through the object store)."""
+
+    spec_name: str
+    engine_base: dict[str, Any]
+    search: list[Any]  # SearchEntry list
+    best_alpha: float
+    root: str  # the driver's folder: relative paths of sampled values resolve against it
+    tracking: dict[str, Any] | None = None  # {uri, experiment, parent_run_id}
+    cpus_per_trial: float = 1.0
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def _copy_into(src_dir: Path, dst_dir: Path, names) -> None:
+    for name in names:
+        src = src_dir / name
+        if src.exists():
+            dst = dst_dir / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.restore")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+
+
+@contextlib.contextmanager
+def checkpoint_folder(run_dir: Path, trial_state: dict[str, Any]) -> Iterator[Path]:
+    """A temporary folder with hard links (copies across file systems) to the run folder's
+    checkpoint files; the trainer replaces files atomically, so the links stay consistent."""
+    tmp = Path(tempfile.mkdtemp(prefix="simsc-ckpt-"))
+    try:
+        for name in CHECKPOINT_FILES:
+            src = run_dir / name
+            if not src.exists():
+                continue
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        (tmp / TRIAL_STATE).write_text(json.dumps(trial_state) + "\n", encoding="utf-8")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TuneReporter(Callback):
+    """Reports each validated epoch to Ray Tune with the checkpoint written right after it."""
+
+    def __init__(self, run_dir: Path, best_alpha: float, trial_state: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> None:
+        from simsc.evaluate import alpha_key
+
+        self.run_dir = Path(run_dir)
+        self.key = alpha_key(best_alpha)
+        self.trial_state = trial_state
+        self.extra = dict(extra or {})
+        self.pending: dict[str, Any] | None = None
+        self.last_step: dict[str, Any] = {}
+
+    def on_step(self, metrics):
+        self.last_step = metrics
+
+    def on_epoch(self, metrics):
+        self.pending = metrics
+
+    def on_checkpoint(self, path, is_best):
+        # The trainer writes last.pt after every validation: report then, with that state.
+        if is_best or self.pending is None:
+            return
+        rec, self.pending = self.pending, None
+        metrics = {
+            "epochs_done": rec["epoch"] + 1,
+            "step": rec["step"],
+            "partial_epoch": bool(rec["partial"]),
+            "val_pck": rec["val"]["per_image"][self.key],
+            "best_val_pck": rec["best_metric"],
+            **{k: v for k, v in rec.items() if k.startswith("val_pck@")},
+            "val_beta_eff": rec.get("val_beta_eff_mean"),
+            "train_loss": rec.get("train_loss_mean"),
+            "beta_eff": self.last_step.get("beta_eff_mean"),
+            "trial_starts": self.trial_state["starts"],
+            **self.extra,
+        }
+        from ray import tune
+
+        self.trial_state["epochs_done"] = metrics["epochs_done"]
+        with checkpoint_folder(self.run_dir, self.trial_state) as folder:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+
+def _restore(run_dir: Path) -> tuple[bool, dict[str, Any]]:
+    """Put the newest Tune checkpoint (if any) into ``run_dir``; returns (resumed, trial_state)."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        # A first start, or a restart before the first checkpoint: begin afresh.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return False, {"starts": 1}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.as_directory() as d:
+        d = Path(d)
+        _copy_into(d, run_dir, CHECKPOINT_FILES)
+        state = json.loads((d / TRIAL_STATE).read_text(encoding="utf-8")) if (d / TRIAL_STATE).exists() else {}
+    state["starts"] = int(state.get("starts", 1)) + 1
+    return True, state
+
+
+def _ensure_data(engine: dict[str, Any]) -> None:
+    """Build the embedded data set on this node if it is missing (once per node: a file lock)."""
+    data = engine.get("data") or {}
+    if data.get("dataset") != "embedded":
+        return
+    root = Path(data["root"])
+    if (root / "manifest.json").exists():
+        return
+    import fcntl
+
+    from simsc.data.embedded import build_embedded_dataset
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "manifest.json").exists():
+            build_embedded_dataset(root, progress=False)
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """The Ray Tune function trainable (wrapped with ``tune.with_parameters(context=...)``)."""
+    import ray
+    from ray import tune
+
+    from simsc.config import load_config
+    from simsc.engine.trainer import Trainer
+
+    from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
+
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    run_dir = Path(tctx.get_trial_dir()) / "run"
+    shim = SweepSpec(name=context.spec_name, path="", search=context.search)
+    overrides = sample_overrides(shim, config)
+    engine = compose(context.engine_base, overrides, root=context.root)
+    engine.setdefault("train", {})
+    engine["train"]["out_dir"] = str(run_dir)
+    engine["train"]["progress"] = False
+    if engine["train"].get("num_threads") is None:
+        engine["train"]["num_threads"] = max(1, int(context.cpus_per_trial))
+    cfg = load_config(engine)
+    resumed, trial_state = _restore(run_dir)
+    _ensure_data(engine)
+
+    node_id = ray.get_runtime_context().get_node_id()
+    callbacks: list[Any] = []
+    tr = context.tracking
+    if tr:
+        from .tracking import MlflowCallback
+
+        tags = {"mlflow.parentRunId": tr["parent_run_id"], "sweep.name": context.spec_name,
+                "sweep.trial_id": trial_id, **context.extra_tags}
+        callbacks.append(MlflowCallback(
+            cfg, run_dir, experiment=tr["experiment"], tracking_uri=tr["uri"],
+            run_name=f"{context.spec_name}/{trial_id} {trial_label(shim, config)}", tags=tags,
+            reuse_tagged_run=True, log_model=False))
+    callbacks.append(TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra={"node_id": node_id}))
+    Trainer(cfg, callbacks=callbacks).fit(resume=resumed)

@@ -1,0 +1,266 @@
+"""Sweeps on a real multi-node Ray cluster (``ray start`` head + worker on 127.0.0.1), tracked
+by a real ``mlflow server``, driven through the command line as a user would:
+
+- a 4-trial sweep: 4 nested child runs under one parent, each with its beta history;
+- the worker node is killed mid-sweep: every trial still completes, from its checkpoints;
+- the driver is interrupted (Ctrl+C) mid-sweep: ``--resume`` finishes the rest and does not
+  rerun the finished trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+
+from mlflow_server import MlflowServer, free_port  # noqa: E402
+from ray_cluster import LocalRayCluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalRayCluster(tmp_path_factory.mktemp("ray-logs"))
+    try:
+        c.start_head(num_cpus=1)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port())
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def worker(cluster):
+    node = cluster.add_worker(num_cpus=1)
+    yield node
+    cluster.kill_node(node)
+
+
+def write_spec(path: Path, data_root: Path, name: str, *, epochs: int, resolution: int = 64,
+               batch_size: int = 4, max_concurrent: int = 2, scheduler: str = "fifo") -> Path:
+    spec = {
+        "name": name,
+        "base": [],
+        "set": {
+            "model.backbone": "resnet18", "model.pretrained": False, "model.finetune": "all",
+            "data.dataset": "embedded", "data.root": str(data_root), "data.resolution": resolution,
+            "data.batch_size": batch_size, "train.epochs": epochs, "train.lr_backbone": 1e-3,
+            "train.val_max_pairs": 4, "train.device": "cpu", "eval.resolution": resolution,
+        },
+        "search": {"model.temperature": {"grid": ["mlp", "fixed:0.05"]}, "train.seed": {"grid": [0, 1]}},
+        "scheduler": {"type": scheduler},
+        "resources": {"cpu": 1},
+        "max_concurrent_trials": max_concurrent,
+        "max_failures": 3,
+        "tracking": {"enabled": True, "experiment": f"sweep-{name}"},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def sweep_cmd(spec: Path, cluster: LocalRayCluster, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.sweep", str(spec), "--address", cluster.address, *extra]
+
+
+def env_for(cluster: LocalRayCluster, server: MlflowServer) -> dict[str, str]:
+    return dict(cluster.env, MLFLOW_TRACKING_URI=server.uri, PYTHONPATH=str(REPO))
+
+
+def run(cmd, cwd, env, timeout=600) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return out
+
+
+def trial_dirs(storage: Path, name: str) -> list[Path]:
+    return sorted(p for p in (storage / name).glob("run_trial_*") if p.is_dir())
+
+
+def read_results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    if not f.exists():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return rows
+
+
+def child_runs(server: MlflowServer, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def check_beta_histories(client, children, steps_per_trial: int) -> None:
+    for r in children:
+        hist = client.get_metric_history(r.info.run_id, "beta_eff")
+        steps = sorted(m.step for m in hist)
+        # every step once: nothing lost, nothing logged twice by a restarted trial
+        assert steps == list(range(1, steps_per_trial + 1)), (r.info.run_name, steps)
+        assert all(m.value > 0 for m in hist)
+
+
+def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, tiny_embedded, tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "four", epochs=2)
+    out = run(sweep_cmd(spec, cluster), tmp_path, env_for(cluster, mlflow_server))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+
+    # both nodes ran trials
+    worker_id = cluster.node_ids[worker.pid]
+    nodes = [read_results(d)[-1]["node_id"] for d in trial_dirs(tmp_path / "sweeps" / "ray_results", "four")]
+    assert 1 <= nodes.count(worker_id) <= 3, (nodes, worker_id)
+
+    client, parents, children = child_runs(mlflow_server, "sweep-four")
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents[0].info.run_id
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    # 8 training pairs, batch 4: 2 steps an epoch, 2 epochs
+    check_beta_histories(client, children, steps_per_trial=4)
+    for c in children:
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_pck_0.1")] == [0, 1]
+    temps = sorted(c.data.params["model.temperature"] for c in children)
+    assert temps == ["fixed:0.05", "fixed:0.05", "mlp", "mlp"]
+
+    # results table, best params, best checkpoint
+    sweep_dir = tmp_path / "sweeps" / "four"
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert len(rows) == 4 and all(r["status"] == "completed" and r["epochs_done"] == "2" for r in rows)
+    assert {r["mlflow_run_id"] for r in rows} == {c.info.run_id for c in children}
+    best = max(rows, key=lambda r: float(r["best_val_pck"]))
+    assert (sweep_dir / "results.md").read_text().count("| completed |") == 4
+    params = yaml.safe_load((sweep_dir / "best_params.yaml").read_text())
+    assert params["model"]["temperature"] == best["model.temperature"]
+    assert params["train"]["seed"] == int(best["train.seed"])
+    from simsc.config import load_config
+    from simsc.engine.checkpoint import load_checkpoint
+
+    load_config({k: params[k] for k in ("model", "data", "train", "eval")})
+    ckpt = load_checkpoint(sweep_dir / "best.pt")
+    assert ckpt["config"]["model"]["temperature"] == best["model.temperature"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "results")}
+    assert {"results/results.csv", "results/results.md", "results/best_params.yaml"} <= artifacts
+    assert parents[0].data.tags["sweep.best_trial"] == best["trial_id"]
+
+
+def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before {what}: rc {proc.returncode}\n"
+                                 + proc.stdout.read()[-4000:])
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_worker_node_killed_mid_sweep(cluster, worker, mlflow_server, tiny_embedded, tmp_path):
+    # 4 epochs of 4 steps: long enough to kill the worker between two checkpoints
+    spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "fault", epochs=4, resolution=96, batch_size=2)
+    storage = tmp_path / "sweeps" / "ray_results"
+    proc = subprocess.Popen(sweep_cmd(spec, cluster), cwd=tmp_path, env=env_for(cluster, mlflow_server),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        worker_id = cluster.node_ids[worker.pid]
+
+        def trial_on_worker_checkpointed():
+            for d in trial_dirs(storage, "fault"):
+                res = read_results(d)
+                if res and res[-1]["node_id"] == worker_id and 1 <= res[-1]["epochs_done"] < 4 \
+                        and list(d.glob("checkpoint_*")):
+                    return d
+            return None
+
+        victim = _wait_for(trial_on_worker_checkpointed, 240, "a checkpoint of a trial on the worker", proc)
+        epochs_before = read_results(victim)[-1]["epochs_done"]
+        cluster.kill_node(worker)
+        stdout, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stdout[-5000:]
+
+    rows = {r["trial_id"]: r for r in csv.DictReader(open(tmp_path / "sweeps" / "fault" / "results.csv"))}
+    assert len(rows) == 4 and all(r["status"] == "completed" and r["epochs_done"] == "4" for r in rows.values())
+    # the victim restarted from its checkpoint: a second start, resumed at the checkpointed epoch
+    res = read_results(victim)
+    victim_id = res[-1]["trial_id"]
+    assert int(rows[victim_id]["trial_starts"]) >= 2
+    assert [r["epochs_done"] for r in res if r["trial_starts"] == 1][-1] >= epochs_before
+    restarted = [r for r in res if r["trial_starts"] >= 2]
+    assert restarted and restarted[0]["epochs_done"] > 1  # it did not start over from epoch 1
+    assert len(json.loads(rows[victim_id]["val_pck_history"])) >= 4
+    summary = json.loads((victim / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["type"] == "epoch" and summary["epoch"] == 3
+    client, parents, children = child_runs(mlflow_server, "sweep-fault")
+    assert len(parents) == 1 and len(children) == 4  # the restarted trial kept its run
+    check_beta_histories(client, children, steps_per_trial=16)
+
+
+def test_interrupted_driver_resumes_without_rerunning_finished_trials(cluster, mlflow_server, tiny_embedded,
+                                                                       tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "resume", epochs=3, max_concurrent=1)
+    storage = tmp_path / "sweeps" / "ray_results"
+    env = env_for(cluster, mlflow_server)
+    proc = subprocess.Popen(sweep_cmd(spec, cluster), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        def one_finished_one_running():
+            dirs = trial_dirs(storage, "resume")
+            done = [d for d in dirs if (read_results(d) or [{}])[-1].get("epochs_done") == 3]
+            running = [d for d in dirs if d not in done and read_results(d)]
+            return (done, running) if done and running else None
+
+        done, _ = _wait_for(one_finished_one_running, 240, "one finished trial and one running", proc)
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl+C
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stdout[-5000:]
+    state = json.loads((tmp_path / "sweeps" / "resume" / "sweep.json").read_text())
+    assert state["status"] == "interrupted"
+    finished = {d.name: (d / "result.json").read_bytes() for d in done}
+    finished_metrics = {d.name: (d / "run" / "metrics.jsonl").read_bytes() for d in done}
+
+    out = run(sweep_cmd(spec, cluster, "--resume"), tmp_path, env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    rows = list(csv.DictReader(open(tmp_path / "sweeps" / "resume" / "results.csv")))
+    assert len(rows) == 4 and all(r["status"] == "completed" and r["epochs_done"] == "3" for r in rows)
+    for name, data in finished.items():  # finished trials: not one more report, not one more step
+        assert (storage / "resume" / name / "result.json").read_bytes() == data
+        assert (storage / "resume" / name / "run" / "metrics.jsonl").read_bytes() == finished_metrics[name]
+    client, parents, children = child_runs(mlflow_server, "sweep-resume")
+    assert len(parents) == 1 and len(children) == 4
+    check_beta_histories(client, children, steps_per_trial=6)
+    assert parents[0].info.status == "FINISHED"
