@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test repro clean bench
+.PHONY: install test repro clean bench sweep
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ clean:
 # dvc runs the stage commands through the shell: put the venv first on PATH.
 repro: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+# A Ray Tune sweep: make sweep SPEC=configs/sweeps/single_vs_mlp.yaml [ARGS="--profile full --resume"]
+SPEC ?= configs/sweeps/single_vs_mlp.yaml
+sweep: install
+	$(PY) -m pipeline.sweep $(SPEC) $(ARGS)
 
 # Performance benchmarks (bench/RESULTS.md): each prints a table and writes bench/results/*.json.
 # `make bench QUICK=1` runs smaller versions (no dino_vitb8, fewer repetitions) in a few minutes.

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
 from simsc.loss import cross_entropy, gaussian_target  # noqa: E402
-from simsc.matching import full_correlation, l2_normalize, query_score_maps  # noqa: E402
+from simsc.matching import full_correlation, query_score_maps  # noqa: E402
 
 # (label, image H, image W, stride, channels): ResNet layer3 (stride 16, C=1024), ViT-B/8 (stride 8, C=768)
 CASES = [

@@ -38,7 +38,16 @@ from typing import Any, Sequence
 from simsc.io import atomic_write_json
 
 from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec, n_trials, param_space
-from .sweep_results import STATUS_COMPLETED, STATUS_ERROR, STATUS_STOPPED, best_row, public, rows_from_results, write_results
+from .sweep_results import (
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_ERROR,
+    STATUS_STOPPED,
+    best_row,
+    public,
+    rows_from_results,
+    write_results,
+)
 
 STATE_FILE = "sweep.json"
 EXIT_TRIAL_ERRORS = 1
@@ -125,7 +134,8 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
         if row.get("best_val_pck") is not None:
             ml.call("trial best PCK", client.log_batch, rid, metrics=[_metric("best_val_pck", row["best_val_pck"], 0)])
         # ASHA-stopped trials never reach the trainer's on_end: close their runs here.
-        ml.call("trial run status", client.set_terminated, rid, "FAILED" if row["status"] == STATUS_ERROR else "FINISHED")
+        failed = row["status"] in (STATUS_ERROR, STATUS_DIVERGED)
+        ml.call("trial run status", client.set_terminated, rid, "FAILED" if failed else "FINISHED")
     best = best_row(rows)
     for key in ("csv", "md", "best_params"):
         if key in paths:
@@ -143,7 +153,8 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
                               best_ckpt, spec.tracking.get("registered_model"), cfg)
             out["model_version"] = version
             out["best_run_id"] = rid
-    counts = {s: sum(r["status"] == s for r in rows) for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_ERROR)}
+    counts = {s: sum(r["status"] == s for r in rows)
+              for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_ERROR)}
     ml.call("trial counts", client.log_batch, parent_run_id,
             metrics=[_metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()])
     ml.call("parent run status", client.set_terminated, parent_run_id,
@@ -193,7 +204,8 @@ def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | Non
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     search_alg=search_alg, num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials),
+                                    max_concurrent_trials=spec.max_concurrent_trials,
+                                    reuse_actors=spec.reuse_actors),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -25,6 +25,7 @@ from .sweep_spec import SweepSpec, _apply_dotted, sample_overrides, trial_label
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped early"
 STATUS_ERROR = "error"
+STATUS_DIVERGED = "diverged"
 
 
 def _trial_epochs(spec: SweepSpec, overrides: Mapping[str, Any]) -> int:
@@ -46,12 +47,18 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
         done = int(metrics.get("epochs_done") or 0)
         if res.error is not None:
             status = STATUS_ERROR
+        elif metrics.get("diverged"):
+            status = STATUS_DIVERGED
         elif done >= epochs:
             status = STATUS_COMPLETED
         else:
             status = STATUS_STOPPED
         history = res.metrics_dataframe
-        val_hist = [] if history is None or "val_pck" not in history else [float(v) for v in history["val_pck"]]
+        val_hist = []
+        if history is not None and "val_pck" in history:
+            # the divergence report repeats the last validation: one value per epoch
+            flags = history["diverged"] if "diverged" in history else [False] * len(history)
+            val_hist = [float(v) for v, d in zip(history["val_pck"], flags) if not _is_true(d)]
         row: dict[str, Any] = {"trial_id": trial_id, "label": trial_label(spec, config), "status": status}
         row.update({k: v for k, v in overrides.items()})
         row.update({
@@ -64,7 +71,8 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
             "beta_eff_last_step": metrics.get("beta_eff"),
             "val_pck_history": json.dumps([round(v, 3) for v in val_hist]),
             "trial_starts": metrics.get("trial_starts"),
-            "error": (str(res.error).splitlines()[0][:200] if res.error is not None else ""),
+            "error": (_error_line(res.error) if res.error is not None
+                      else str(metrics.get("diverged_reason") or "")),
         })
         row["_overrides"] = overrides
         row["_checkpoint"] = res.checkpoint
@@ -72,6 +80,17 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
         rows.append(row)
     rows.sort(key=lambda r: (r["best_val_pck"] is None, -(r["best_val_pck"] or 0.0)))
     return rows
+
+
+def _error_line(error: BaseException) -> str:
+    """The exception's own line (Ray wraps it: the first lines name the actor, not the cause)."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _is_true(value: Any) -> bool:
+    """True for ``True`` / ``numpy.True_``; False for False, NaN (a column absent in a report)."""
+    return value is True or (hasattr(value, "item") and value.item() is True)
 
 
 def public(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +117,7 @@ def _fmt(v: Any) -> str:
 def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     cols = _columns(rows)
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in public(r).items()})

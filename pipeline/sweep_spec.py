@@ -25,6 +25,7 @@ A spec (see ``configs/sweeps/*.yaml``)::
     max_concurrent_trials: 2           # null: as many as the resources allow
     max_failures: 3                    # restarts of a trial whose worker died
     keep_checkpoints: 2                # newest checkpoints kept per trial
+    reuse_actors: true                 # run the next trial in the same worker process (no re-import)
     storage: null                      # Ray results storage: a folder (NFS) or s3://... URI
     tracking: {enabled: true, experiment: simsc-sweeps, registered_model: null}
     profiles:                          # named partial specs merged over the rest (--profile)
@@ -48,6 +49,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -106,6 +108,7 @@ class SweepSpec:
     max_concurrent_trials: int | None = None
     max_failures: int = 3
     keep_checkpoints: int = 2
+    reuse_actors: bool = True
     storage: str | None = None
     tracking: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "experiment": "simsc-sweeps",
                                                                "registered_model": None})
@@ -211,6 +214,7 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
         if not sep:
             raise SweepSpecError(f"--set {item!r}: expected section.key=value")
         set_[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    set_ = {k: _number(v) for k, v in set_.items()}
     for key in set_:
         _check_key(key, f"{where}: set.{key}")
     params = _apply_dotted(params, set_)
@@ -271,6 +275,10 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
     spec.max_concurrent_trials = None if mct is None else _int(mct, f"{where}: max_concurrent_trials", 1)
     spec.max_failures = _int(raw.get("max_failures", 3), f"{where}: max_failures", -1)
     spec.keep_checkpoints = _int(raw.get("keep_checkpoints", 2), f"{where}: keep_checkpoints", 1)
+    reuse = raw.get("reuse_actors", True)
+    if not isinstance(reuse, bool):
+        raise SweepSpecError(f"{where}: reuse_actors: expected true or false, got {reuse!r}")
+    spec.reuse_actors = reuse
     storage = raw.get("storage")
     if storage is not None and not isinstance(storage, str):
         raise SweepSpecError(f"{where}: storage: expected a folder or a URI (s3://...), got {storage!r}")
@@ -375,18 +383,29 @@ def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
                 raise SweepSpecError(f"{where}.{label}: expected a mapping of dotted keys to values")
             for k in ov:
                 _check_key(k, f"{where}.{label}")
-            bundles[str(label)] = dict(ov)
+            bundles[str(label)] = {k: _number(v) for k, v in ov.items()}
         return SearchEntry(key, sampler, list(bundles), bundles)
     _check_key(key, where)
     if not isinstance(values, list) or not values:
         raise SweepSpecError(f"{where}: {sampler}: expected a non-empty list, got {values!r}")
     if sampler in ("uniform", "loguniform", "randint"):
+        values = [_number(v) for v in values]
         if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
                 or not values[0] < values[1]:
             raise SweepSpecError(f"{where}: {sampler}: expected [low, high] with low < high, got {values!r}")
         if sampler == "loguniform" and values[0] <= 0:
             raise SweepSpecError(f"{where}: loguniform: low must be > 0, got {values[0]!r}")
-    return SearchEntry(key, sampler, list(values))
+    return SearchEntry(key, sampler, [_number(v) for v in values])
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(value: Any) -> Any:
+    """``"1e-4"`` -> ``1e-4``: YAML 1.1 reads exponents without a dot as strings."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    return value
 
 
 def _candidate_overrides(entry: SearchEntry) -> Iterator[dict[str, Any]]:

@@ -15,6 +15,9 @@ A restarted trial (its worker died, or ``--resume``) gets its newest checkpoint 
 ``tune.get_checkpoint()``, copies it into its run folder and resumes exactly where that
 checkpoint was taken (``Trainer.fit(resume=True)``); the MLflow child run is found again by
 its tags and only the steps it lacks are logged.
+
+The run folder is node-local scratch (:func:`scratch_dir`), removed when the trial ends; a
+trial's outputs live in the storage: ``<storage>/<sweep>/<trial>/checkpoint_<n>/``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class TuneReporter(Callback):
         self.extra = dict(extra or {})
         self.pending: dict[str, Any] | None = None
         self.last_step: dict[str, Any] = {}
+        self.last_report: dict[str, Any] = {}
 
     def on_step(self, metrics):
         self.last_step = metrics
@@ -123,8 +127,19 @@ class TuneReporter(Callback):
         from ray import tune
 
         self.trial_state["epochs_done"] = metrics["epochs_done"]
+        self.last_report = metrics
         with checkpoint_folder(self.run_dir, self.trial_state) as folder:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    def report_diverged(self, exc: Exception) -> None:
+        """A diverged trial ends as a result, not an error: retrying would diverge again
+        (supp. Fig. 3: beta_trn = 0.004 gives NaN). Its last validated numbers stay."""
+        from ray import tune
+
+        metrics = dict(self.last_report) or {"epochs_done": 0, "val_pck": float("nan"), "best_val_pck": None,
+                                             "trial_starts": self.trial_state["starts"], **self.extra}
+        metrics.update(diverged=True, diverged_step=getattr(exc, "step", None), diverged_reason=str(exc)[:300])
+        tune.report(metrics)
 
 
 def _restore(run_dir: Path) -> tuple[bool, dict[str, Any]]:
@@ -171,13 +186,13 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     from ray import tune
 
     from simsc.config import load_config
-    from simsc.engine.trainer import Trainer
+    from simsc.engine.trainer import Trainer, TrainingDivergedError
 
     from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
-    run_dir = Path(tctx.get_trial_dir()) / "run"
+    run_dir = scratch_dir(context.spec_name, trial_id)
     shim = SweepSpec(name=context.spec_name, path="", search=context.search)
     overrides = sample_overrides(shim, config)
     engine = compose(context.engine_base, overrides, root=context.root)
@@ -202,5 +217,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             cfg, run_dir, experiment=tr["experiment"], tracking_uri=tr["uri"],
             run_name=f"{context.spec_name}/{trial_id} {trial_label(shim, config)}", tags=tags,
             reuse_tagged_run=True, log_model=False))
-    callbacks.append(TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra={"node_id": node_id}))
-    Trainer(cfg, callbacks=callbacks).fit(resume=resumed)
+    reporter = TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra={"node_id": node_id})
+    callbacks.append(reporter)
+    try:
+        Trainer(cfg, callbacks=callbacks).fit(resume=resumed)
+    except TrainingDivergedError as exc:
+        reporter.report_diverged(exc)
+    finally:
+        # Everything worth keeping went to the storage with the last report.
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def scratch_dir(spec_name: str, trial_id: str) -> Path:
+    """The trial's node-local run folder (``SIMSC_SWEEP_SCRATCH``, default the temp folder).
+
+    Not Ray's trial folder: its location differs between a fresh worker and a reused one.
+    The run folder only stages checkpoints; the storage keeps them."""
+    base = Path(os.environ.get("SIMSC_SWEEP_SCRATCH") or tempfile.gettempdir())
+    return base / "simsc-sweeps" / f"{spec_name}-{trial_id}" / "run"

@@ -70,9 +70,16 @@ class LocalRayCluster:
         before = self.alive_nodes()
         proc = self._start([f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0"],
                            f"worker{len(self.nodes)}")
-        after = self.wait_nodes(len(before) + 1)
-        self.node_ids[proc.pid] = sorted(after - before)[0]
-        return proc
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            new = self.alive_nodes() - before
+            if new:
+                self.node_ids[proc.pid] = sorted(new)[0]
+                return proc
+            if proc.poll() is not None:
+                raise RuntimeError("ray worker exited:\n" + (self.log_dir / f"worker{len(self.nodes) - 1}.log").read_text()[-3000:])
+            time.sleep(0.5)
+        raise RuntimeError("the worker node did not join in 90 s")
 
     def alive_nodes(self) -> set[str]:
         """Ids of the alive nodes, as ``ray status`` lists them."""
@@ -103,6 +110,14 @@ class LocalRayCluster:
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+
+    def remove_node(self, node: subprocess.Popen, timeout: float = 60.0) -> None:
+        """Kill a node and wait until the head no longer lists it (the next test starts clean)."""
+        self.kill_node(node)
+        node_id = self.node_ids.get(node.pid)
+        deadline = time.time() + timeout
+        while node_id and node_id in self.alive_nodes() and time.time() < deadline:
+            time.sleep(0.5)
 
     def kill_node(self, node: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         for p in reversed(self.processes(node)):

@@ -4,7 +4,6 @@ ground truth, the SPair-71k layout and the atomic, idempotent build."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 

@@ -4,7 +4,6 @@ dies mid-training (warning, complete local outputs), re-logged after a restart."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

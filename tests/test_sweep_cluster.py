@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -53,7 +54,7 @@ def mlflow_server(tmp_path_factory):
 def worker(cluster):
     node = cluster.add_worker(num_cpus=1)
     yield node
-    cluster.kill_node(node)
+    cluster.remove_node(node)
 
 
 def write_spec(path: Path, data_root: Path, name: str, *, epochs: int, resolution: int = 64,
@@ -106,6 +107,10 @@ def read_results(trial_dir: Path) -> list[dict]:
         except ValueError:  # a line being written
             pass
     return rows
+
+
+def latest_checkpoint(trial_dir: Path) -> Path:
+    return max(trial_dir.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
 def child_runs(server: MlflowServer, experiment: str):
@@ -220,8 +225,10 @@ def test_worker_node_killed_mid_sweep(cluster, worker, mlflow_server, tiny_embed
     restarted = [r for r in res if r["trial_starts"] >= 2]
     assert restarted and restarted[0]["epochs_done"] > 1  # it did not start over from epoch 1
     assert len(json.loads(rows[victim_id]["val_pck_history"])) >= 4
-    summary = json.loads((victim / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert summary["type"] == "epoch" and summary["epoch"] == 3
+    # the newest checkpoint holds the whole run: a step record for every step, once
+    records = [json.loads(x) for x in (latest_checkpoint(victim) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 17))
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1, 2, 3]
     client, parents, children = child_runs(mlflow_server, "sweep-fault")
     assert len(parents) == 1 and len(children) == 4  # the restarted trial kept its run
     check_beta_histories(client, children, steps_per_trial=16)
@@ -251,7 +258,7 @@ def test_interrupted_driver_resumes_without_rerunning_finished_trials(cluster, m
     state = json.loads((tmp_path / "sweeps" / "resume" / "sweep.json").read_text())
     assert state["status"] == "interrupted"
     finished = {d.name: (d / "result.json").read_bytes() for d in done}
-    finished_metrics = {d.name: (d / "run" / "metrics.jsonl").read_bytes() for d in done}
+    finished_ckpt = {d.name: latest_checkpoint(d).name for d in done}
 
     out = run(sweep_cmd(spec, cluster, "--resume"), tmp_path, env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
@@ -259,8 +266,43 @@ def test_interrupted_driver_resumes_without_rerunning_finished_trials(cluster, m
     assert len(rows) == 4 and all(r["status"] == "completed" and r["epochs_done"] == "3" for r in rows)
     for name, data in finished.items():  # finished trials: not one more report, not one more step
         assert (storage / "resume" / name / "result.json").read_bytes() == data
-        assert (storage / "resume" / name / "run" / "metrics.jsonl").read_bytes() == finished_metrics[name]
+        assert latest_checkpoint(storage / "resume" / name).name == finished_ckpt[name]
     client, parents, children = child_runs(mlflow_server, "sweep-resume")
     assert len(parents) == 1 and len(children) == 4
     check_beta_histories(client, children, steps_per_trial=6)
     assert parents[0].info.status == "FINISHED"
+
+
+def test_random_search_with_asha_stops_trials_below_the_rung_median(cluster, mlflow_server, tiny_embedded,
+                                                                     tmp_path):
+    spec_path = write_spec(tmp_path / "spec.yaml", tiny_embedded, "asha", epochs=4, max_concurrent=1,
+                           scheduler="asha")
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["set"].pop("train.lr_backbone")
+    spec["search"] = {"train.lr_backbone": {"loguniform": [1e-6, 1e-1]}, "model.temperature": {"choice": ["mlp"]}}
+    spec.update(search_alg="random", num_samples=6, seed=3)
+    spec["scheduler"].update(grace_period=1, reduction_factor=2)
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = run(sweep_cmd(spec_path, cluster), tmp_path, env_for(cluster, mlflow_server))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    rows = list(csv.DictReader(open(tmp_path / "sweeps" / "asha" / "results.csv")))
+    assert len(rows) == 6 and len({r["train.lr_backbone"] for r in rows}) == 6  # 6 distinct draws
+    assert all(1e-6 <= float(r["train.lr_backbone"]) <= 1e-1 for r in rows)
+    stopped = [r for r in rows if r["status"] == "stopped early"]
+    assert stopped and all(r["status"] in ("completed", "stopped early", "diverged") for r in rows)
+    # ASHA's rungs for grace 1, reduction 2, max_t 4: epochs 1 and 2
+    assert all(r["epochs_done"] in ("1", "2") for r in stopped)
+    assert all(r["epochs_done"] == "4" for r in rows if r["status"] == "completed")
+    # each stopped trial scored below the median of the values recorded before it at its rung
+    storage = tmp_path / "sweeps" / "ray_results" / "asha"
+    history = [read_results(d) for d in trial_dirs(storage, "asha")]  # in trial order: one at a time
+    for i, hist in enumerate(history):
+        last = hist[-1]
+        if last["epochs_done"] < 4 and not last.get("diverged"):
+            rung = last["epochs_done"]
+            before = [r["val_pck"] for h in history[:i] for r in h if r["epochs_done"] == rung]
+            assert before and last["val_pck"] < float(np.percentile(before, 50)), (last, before)
+    client, parents, children = child_runs(mlflow_server, "sweep-asha")
+    assert len(children) == 6
+    statuses = sorted(client.get_run(c.info.run_id).data.tags["sweep.status"] for c in children)
+    assert statuses.count("stopped early") == len(stopped)

@@ -275,7 +275,7 @@ class Trainer:
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         self._build()
-        model, opt = self.model, self.optimizer
+        model = self.model
         state = {
             "epoch": 0, "batch_in_epoch": 0, "step": 0, "sampler": None,
             "best": {"metric": None, "epoch": None, "step": None},
