@@ -42,3 +42,4 @@ bench: install
 	$(PY) bench/bench_data_vs_step.py $(if $(QUICK),--backbones resnet18 --reps 1,)
 	$(PY) bench/bench_scaling.py $(if $(QUICK),--backbone resnet18 --reps 2,)
 	$(PY) bench/bench_options.py $(if $(QUICK),--backbone resnet18 --reps 2,)
+	$(PY) bench/bench_ray_overhead.py

@@ -102,9 +102,10 @@ def _start_parent(ml, spec: SweepSpec) -> str | None:
             "git_revision": git_revision(spec.root)})
         from mlflow.entities import Param
 
-        params = [Param(k, str(v)[:6000]) for k, v in spec.summary().items()]
+        summary = spec.summary()
+        params = [Param(k, str(v)[:6000]) for k, v in summary.items()]
         params += [Param(f"base.{k}", v[:6000]) for k, v in flatten(spec.engine_base()).items()
-                   if f"set.{k}" not in spec.summary()]
+                   if f"set.{k}" not in summary]
         for i in range(0, len(params), 100):
             client.log_batch(run.info.run_id, params=params[i:i + 100])
         return run.info.run_id

@@ -1,12 +1,11 @@
 """A real ``mlflow server`` process on 127.0.0.1 for tests (sqlite store, local artifacts).
 
-    srv = MlflowServer(tmp_path, free_port()); srv.start(); ... srv.uri ...; srv.stop()
+    srv = MlflowServer(tmp_path, unused_port()); srv.start(); ... srv.uri ...; srv.stop()   # unused_port: http_server
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,6 @@ from pathlib import Path
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:

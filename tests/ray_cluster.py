@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,10 @@ import time
 from pathlib import Path
 
 import psutil
+from http_server import unused_port
 
 RAY = Path(sys.executable).with_name("ray")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalRayCluster:
@@ -41,7 +36,7 @@ class LocalRayCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Ray puts unix sockets under its temp dir: keep the path short.
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        self.port = free_port()
+        self.port = unused_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []
         self.node_ids: dict[int, str] = {}

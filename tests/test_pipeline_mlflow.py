@@ -16,13 +16,14 @@ pytest.importorskip("mlflow")
 
 from simsc.data.embedded import build_embedded_dataset  # noqa: E402
 
-from mlflow_server import MlflowServer as Server, free_port  # noqa: E402
+from http_server import unused_port  # noqa: E402
+from mlflow_server import MlflowServer as Server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    srv = Server(root, free_port())
+    srv = Server(root, unused_port())
     srv.start()
     yield srv
     srv.stop()
@@ -116,7 +117,7 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
     from pipeline.relog import main as relog_main
 
     root = tmp_path_factory.mktemp("mlflow_dead")
-    srv = Server(root, free_port())
+    srv = Server(root, unused_port())
     srv.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -25,7 +25,8 @@ import yaml
 pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
-from mlflow_server import MlflowServer, free_port  # noqa: E402
+from http_server import unused_port  # noqa: E402
+from mlflow_server import MlflowServer  # noqa: E402
 from ray_cluster import LocalRayCluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port())
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow"), unused_port())
     srv.start()
     yield srv
     srv.stop()
