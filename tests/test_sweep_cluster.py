@@ -235,40 +235,45 @@ def test_worker_node_killed_mid_sweep(cluster, worker, mlflow_server, tiny_embed
     check_beta_histories(client, children, steps_per_trial=16)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_interrupted_driver_resumes_without_rerunning_finished_trials(cluster, mlflow_server, tiny_embedded,
-                                                                       tmp_path):
-    spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "resume", epochs=3, max_concurrent=1)
+                                                                       tmp_path, sig):
+    name = f"resume-{sig.name.lower()}"  # own MLflow experiment per variant (one server for the module)
+    spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, name, epochs=3, max_concurrent=1)
     storage = tmp_path / "sweeps" / "ray_results"
     env = env_for(cluster, mlflow_server)
     proc = subprocess.Popen(sweep_cmd(spec, cluster), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         def one_finished_one_running():
-            dirs = trial_dirs(storage, "resume")
+            dirs = trial_dirs(storage, name)
             done = [d for d in dirs if (read_results(d) or [{}])[-1].get("epochs_done") == 3]
             running = [d for d in dirs if d not in done and read_results(d)]
             return (done, running) if done and running else None
 
         done, _ = _wait_for(one_finished_one_running, 240, "one finished trial and one running", proc)
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl+C
+        os.kill(proc.pid, sig)  # Ctrl+C, or a driver that dies at once (Tune saves no final state)
         stdout, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, stdout[-5000:]
-    state = json.loads((tmp_path / "sweeps" / "resume" / "sweep.json").read_text())
-    assert state["status"] == "interrupted"
+    state = json.loads((tmp_path / "sweeps" / name / "sweep.json").read_text())
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stdout[-5000:]
+        assert state["status"] == "interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL and state["status"] == "running"
     finished = {d.name: (d / "result.json").read_bytes() for d in done}
     finished_ckpt = {d.name: latest_checkpoint(d).name for d in done}
 
     out = run(sweep_cmd(spec, cluster, "--resume"), tmp_path, env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    rows = list(csv.DictReader(open(tmp_path / "sweeps" / "resume" / "results.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "sweeps" / name / "results.csv")))
     assert len(rows) == 4 and all(r["status"] == "completed" and r["epochs_done"] == "3" for r in rows)
-    for name, data in finished.items():  # finished trials: not one more report, not one more step
-        assert (storage / "resume" / name / "result.json").read_bytes() == data
-        assert latest_checkpoint(storage / "resume" / name).name == finished_ckpt[name]
-    client, parents, children = child_runs(mlflow_server, "sweep-resume")
+    for trial, data in finished.items():  # finished trials: not one more report, not one more step
+        assert (storage / name / trial / "result.json").read_bytes() == data
+        assert latest_checkpoint(storage / name / trial).name == finished_ckpt[trial]
+    client, parents, children = child_runs(mlflow_server, f"sweep-{name}")
     assert len(parents) == 1 and len(children) == 4
     check_beta_histories(client, children, steps_per_trial=6)
     assert parents[0].info.status == "FINISHED"
