@@ -99,6 +99,9 @@ class TrainConfig:
     best_alpha: float = 0.1
     #: validate on at most this many pairs (``null``: the whole validation split).
     val_max_pairs: int | None = None
+    #: beta_eval of the validation PCK (``null``: the model's default, 1 for learned and
+    #: fixed:<beta> temperatures, 0.02 for fixed:1). Supp. Fig. 3 validates fixed:1 at 1.
+    val_beta_eval: float | None = None
     #: ``torch.set_num_threads`` during training (``null``: leave torch's setting).
     num_threads: int | None = None
     #: ``torch.use_deterministic_algorithms(True, warn_only=True)`` during training.
@@ -358,6 +361,8 @@ def validate(cfg: Config) -> None:
         bad("train.best_alpha", f"must be one of train.alphas {t.alphas}", t.best_alpha)
     if t.val_max_pairs is not None and t.val_max_pairs < 1:
         bad("train.val_max_pairs", "must be >= 1 or null", t.val_max_pairs)
+    if t.val_beta_eval is not None and not (math.isfinite(t.val_beta_eval) and t.val_beta_eval > 0):
+        bad("train.val_beta_eval", "must be a finite number > 0 or null", t.val_beta_eval)
     if not (t.device in ("auto", "cpu") or t.device.startswith(("cuda", "mps"))):
         bad("train.device", "must be 'auto', 'cpu', 'cuda[:N]' or 'mps'", t.device)
     if t.num_threads is not None and t.num_threads < 1:

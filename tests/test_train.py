@@ -163,3 +163,19 @@ def test_seeded_runs_are_identical(tmp_path):
     b.fit()
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("val_beta_eval, expected", [(None, 0.02), (1.0, 1.0)])
+def test_validation_beta_eval(tmp_path, val_beta_eval, expected):
+    # fixed:1 validates at the baseline's 0.02 by default; supp. Fig. 3 sets beta_eval = beta_trn = 1
+    trn, val = datasets(n_train=4)
+    hist = HistoryCallback()
+    cfg = tiny_config(tmp_path, epochs=1, val_beta_eval=val_beta_eval)
+    cfg["model"]["temperature"] = "fixed:1"
+    train(cfg, callbacks=[hist], train_dataset=trn, val_dataset=val)
+    assert hist.epochs[0]["val"]["beta_eval"] == expected
+
+
+def test_validation_beta_eval_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.val_beta_eval: must be a finite number > 0"):
+        load_config(tiny_config(tmp_path, val_beta_eval=0))

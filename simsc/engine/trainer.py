@@ -437,7 +437,7 @@ class Trainer:
     def _end_epoch(self, epoch: int, partial: bool) -> None:
         cfg, t, state = self.cfg, self.cfg.train, self.state
         rep = evaluate(
-            self.model, self.val_dataset, beta_eval=None, batch_size=cfg.data.batch_size, alphas=t.alphas,
+            self.model, self.val_dataset, beta_eval=t.val_beta_eval, batch_size=cfg.data.batch_size, alphas=t.alphas,
             workers=cfg.data.workers, max_pairs=t.val_max_pairs, device=self.device,
         )
         self.model.train()
