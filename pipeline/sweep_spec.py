@@ -153,8 +153,8 @@ class SweepSpec:
 # Loading
 # ----------------------------------------------------------------------------------------
 
-_TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path", "params", "profile"} | {
-    "base", "profiles", "default_profile"}
+_DERIVED = {"path", "params", "params_raw", "root", "profile"}  # SweepSpec fields a spec file does not set
+_TOP_KEYS = ({f.name for f in dataclasses.fields(SweepSpec)} - _DERIVED) | {"base", "profiles", "default_profile"}
 
 
 def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,

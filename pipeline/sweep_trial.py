@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,7 +49,6 @@ class TrialContext:
     root: str  # the driver's folder: relative paths of sampled values resolve against it
     tracking: dict[str, Any] | None = None  # {uri, experiment, parent_run_id}
     cpus_per_trial: float = 1.0
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
 
 def _copy_into(src_dir: Path, dst_dir: Path, names) -> None:
@@ -212,7 +211,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         from .tracking import MlflowCallback
 
         tags = {"mlflow.parentRunId": tr["parent_run_id"], "sweep.name": context.spec_name,
-                "sweep.trial_id": trial_id, **context.extra_tags}
+                "sweep.trial_id": trial_id}
         callbacks.append(MlflowCallback(
             cfg, run_dir, experiment=tr["experiment"], tracking_uri=tr["uri"],
             run_name=f"{context.spec_name}/{trial_id} {trial_label(shim, config)}", tags=tags,

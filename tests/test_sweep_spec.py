@@ -128,6 +128,7 @@ def test_max_epochs_sees_epochs_set_by_bundles(tmp_path, base_file):
     ({"max_concurrent_trials": 0}, r"max_concurrent_trials: expected an integer >= 1"),
     ({"name": "a/b"}, r"name: expected a non-empty string"),
     ({"serach": {}}, r"unknown key 'serach'"),
+    ({"root": "/elsewhere"}, r"unknown key 'root'"),
     ({"base": ["missing.yaml"]}, r"base file not found: .*missing\.yaml"),
     ({"tracking": {"experimnt": "x"}}, r"tracking: unknown key 'experimnt'"),
     ({"metric": "loss", "scheduler": {"type": "asha"}}, r"metric: expected val_pck"),
