@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from simsc.io import atomic_write_json
+from simsc.io import atomic_copy, atomic_write_json
 
 from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec, n_trials, param_space
 from .sweep_results import (
@@ -259,11 +258,9 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
     atomic_write_json(out / STATE_FILE, state, indent=2)
 
     parent = state.get("parent_run_id") if ml is not None and not ml.offline else None
-    from simsc.config import load_config
-
     context = TrialContext(
         spec_name=spec.name, engine_base=spec.engine_base(), search=spec.search,
-        best_alpha=load_config(spec.engine_base()).train.best_alpha, root=spec.root,
+        best_alpha=spec.engine_config().train.best_alpha, root=spec.root,
         tracking={"uri": ml.tracking_uri, "experiment": spec.tracking.get("experiment"),
                   "parent_run_id": parent} if parent else None,
         cpus_per_trial=spec.resources["cpu"],
@@ -294,10 +291,7 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
         with best["_checkpoint"].as_directory() as d:
             src = Path(d) / "checkpoints" / "best.pt"
             if src.exists():
-                best_ckpt = out / "best.pt"
-                tmp = out / ".best.pt.tmp"
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, best_ckpt)
+                best_ckpt = atomic_copy(src, out / "best.pt")
     paths = write_results(out, spec, rows)
     mlflow_out: dict[str, Any] = {}
     if ml is not None and parent:

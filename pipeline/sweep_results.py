@@ -9,7 +9,6 @@ trial's configuration as a partial ``params.yaml`` (apply it with
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -20,7 +19,7 @@ import yaml
 
 from simsc.io import atomic_write_bytes
 
-from .sweep_spec import SweepSpec, _apply_dotted, sample_overrides, trial_label
+from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped early"
@@ -31,8 +30,7 @@ STATUS_DIVERGED = "diverged"
 def _trial_epochs(spec: SweepSpec, overrides: Mapping[str, Any]) -> int:
     from simsc.config import load_config
 
-    engine = _apply_dotted(spec.engine_base(), overrides)
-    return int(load_config(engine).train.epochs)
+    return int(load_config(compose(spec.engine_base(), overrides)).train.epochs)
 
 
 def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
@@ -130,7 +128,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_fl
     lines = [f"# Sweep `{spec.name}`" + (f" (profile {spec.profile})" if spec.profile else ""), ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
-    lines += [f"{len(rows)} trials; metric `{spec.metric}` = validation PCK@{_best_alpha(spec)} (per image), "
+    lines += [f"{len(rows)} trials; metric `{spec.metric}` = validation PCK@{spec.engine_config().train.best_alpha} (per image), "
               f"best over each trial's epochs.", ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(public(r).get(c)) for c in cols) + " |" for r in rows]
@@ -142,12 +140,6 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_fl
     return "\n".join(lines) + "\n"
 
 
-def _best_alpha(spec: SweepSpec) -> float:
-    from simsc.config import load_config
-
-    return load_config(spec.engine_base()).train.best_alpha
-
-
 def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     ok = [r for r in rows if r["status"] != STATUS_ERROR and r["best_val_pck"] is not None]
     return max(ok, key=lambda r: r["best_val_pck"]) if ok else None
@@ -156,7 +148,7 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
     """The best trial's parameters as a full params file: the spec's base files and ``set``
     with the trial's sampled values, ``train.out_dir`` pointing at a fresh run folder."""
-    params = _apply_dotted(copy.deepcopy(spec.params_raw), row["_overrides"])
+    params = compose(spec.params_raw, row["_overrides"])
     params.setdefault("train", {})["out_dir"] = f"runs/sweep-{spec.name}-best"
     return params
 

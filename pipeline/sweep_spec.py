@@ -118,9 +118,13 @@ class SweepSpec:
         """The engine sections (model, data, train, eval) every trial starts from."""
         return {k: copy.deepcopy(self.params[k]) for k in ENGINE_SECTIONS if k in self.params}
 
+    def engine_config(self):
+        """The base engine config as a validated :class:`simsc.config.Config`."""
+        return load_config(self.engine_base())
+
     def max_epochs(self) -> int:
         """The longest trial in epochs (ASHA's ``max_t``)."""
-        epochs = [int(load_config(self.engine_base()).train.epochs)]
+        epochs = [int(self.engine_config().train.epochs)]
         for entry in self.search:
             for overrides in _candidate_overrides(entry):
                 if "train.epochs" in overrides:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from simsc.engine.callbacks import Callback
+from simsc.io import atomic_copy
 
 #: Files of the run folder that travel in every checkpoint.
 CHECKPOINT_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "config.yaml")
@@ -55,11 +56,7 @@ def _copy_into(src_dir: Path, dst_dir: Path, names) -> None:
     for name in names:
         src = src_dir / name
         if src.exists():
-            dst = dst_dir / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.restore")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            atomic_copy(src, dst_dir / name)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically (``dst`` is whole or absent)."""
+    import shutil
+
+    with open(src, "rb") as fin:
+        return atomic_write(dst, lambda f: shutil.copyfileobj(fin, f))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
     """Write ``obj`` as JSON (UTF-8, trailing newline) atomically."""
     text = json.dumps(obj, **dumps_kwargs) + "\n"
