@@ -5,6 +5,9 @@
 Images are normalised with the weights' mean/std and zero-padded at the bottom/right
 to a multiple of the stride ``s``, so the coordinate convention of
 :mod:`simsc.coords` holds exactly at any input size (256 x 256 or original sizes).
+Each backbone declares where its cells sit: :attr:`Backbone.cell_origin` is the pixel of
+cell 0's centre (ResNet layer3: its receptive-field centre, 0; ViT: the patch centre,
+``(s - 1) / 2``), checked against a measured receptive field in ``tests/test_backbones.py``.
 
 BatchNorm layers always run in eval mode (frozen running statistics): the paper's
 batches are 8 pairs of one dataset, too few for stable batch statistics, and the
@@ -25,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .coords import patch_centre_origin
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,19 +47,24 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     kwargs: Mapping[str, object] = field(default_factory=dict)
+    #: pixel of cell 0's centre; ``None`` = the patch centre for ViTs, 0 for CNNs (see ``cell_origin``).
+    cell_origin: float | None = None
 
 
 _VIT_KWARGS = {"dynamic_img_size": True}
 
 BACKBONES: dict[str, BackboneSpec] = {
     # ResNets truncated after layer3 (index 3 of act1, layer1..layer4): stride 16.
-    "resnet18": BackboneSpec("resnet18", 3, "resnet18.tv_in1k"),
-    "resnet50": BackboneSpec("resnet50", 3, "resnet50.tv_in1k"),
-    "resnet101": BackboneSpec("resnet101", 3, "resnet101.tv_in1k"),
-    # ViTs: patch tokens of the last block (after the final LayerNorm) as a C x h x w map.
-    "dino_vitb8": BackboneSpec("vit_base_patch8_224", None, "vit_base_patch8_224.dino", kwargs=_VIT_KWARGS),
+    # Their centred stride-2 convs put cell u's receptive-field centre on pixel 16 u.
+    "resnet18": BackboneSpec("resnet18", 3, "resnet18.tv_in1k", cell_origin=0.0),
+    "resnet34": BackboneSpec("resnet34", 3, "resnet34.tv_in1k", cell_origin=0.0),
+    "resnet50": BackboneSpec("resnet50", 3, "resnet50.tv_in1k", cell_origin=0.0),
+    "resnet101": BackboneSpec("resnet101", 3, "resnet101.tv_in1k", cell_origin=0.0),
+    # ViTs: patch tokens of the last block (after the final LayerNorm) as a C x h x w map;
+    # a token sits at its patch centre, (s - 1) / 2 + s u.
+    "dino_vitb8": BackboneSpec("vit_base_patch8_224", None, "vit_base_patch8_224.dino", kwargs=_VIT_KWARGS, cell_origin=3.5),
     # timm ships no iBOT weights: pass the iBOT release checkpoint as a local path.
-    "ibot_vitb16": BackboneSpec("vit_base_patch16_224", None, None, kwargs=_VIT_KWARGS),
+    "ibot_vitb16": BackboneSpec("vit_base_patch16_224", None, None, kwargs=_VIT_KWARGS, cell_origin=7.5),
 }
 
 
@@ -65,7 +75,9 @@ class BackboneCheckpointError(ValueError):
 class Backbone(nn.Module):
     """A timm model used as a dense feature extractor at one intermediate output."""
 
-    def __init__(self, name: str, model: nn.Module, feature_index: int, mean, std) -> None:
+    def __init__(
+        self, name: str, model: nn.Module, feature_index: int, mean, std, cell_origin: float | None = None
+    ) -> None:
         super().__init__()
         self.name = name
         self.model = model
@@ -77,6 +89,8 @@ class Backbone(nn.Module):
         self.is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        #: Pixel (x and y) of the centre of cell 0; cell ``u`` is at ``cell_origin + u * stride``.
+        self.cell_origin: float = float(cell_origin) if cell_origin is not None else default_cell_origin(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -126,6 +140,64 @@ class Backbone(nn.Module):
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
+
+
+def default_cell_origin(backbone: "Backbone") -> float:
+    """Where cell 0's centre lies in input pixels when the registry does not say.
+
+    A ViT patch ``u`` covers pixels ``[u*s, (u+1)*s)``: its centre is ``(s - 1) / 2``. A CNN
+    is either built from centred stride-2 convolutions and poolings (odd kernel ``k``, padding
+    ``k // 2``, as in ResNets: output ``i`` sits on input ``2 i`` at every stage, so cell ``u``
+    is centred on pixel ``u * s``, origin 0) or from patchifying ones (kernel = stride, as in
+    ConvNeXt: origin ``(s - 1) / 2``). Which one is measured (:func:`measure_cell_origin`)
+    and snapped to the nearer of the two, since the measurement is good to a few tenths of a
+    pixel and the two conventions are ``(s - 1) / 2`` apart.
+    """
+    patch = patch_centre_origin(backbone.stride)
+    if backbone.is_vit:
+        return patch
+    measured = sum(measure_cell_origin(backbone)) / 2
+    snapped = min((0.0, patch), key=lambda o: abs(o - measured))
+    if abs(snapped - measured) > 1.0:
+        snapped = round(measured * 2) / 2
+        log.warning("%s: cell centre measured at %.2f px, neither 0 nor %.1f; using %.1f", backbone.name, measured, patch, snapped)
+    log.info("%s: cell 0 centred at pixel %.1f (measured %.2f)", backbone.name, snapped, measured)
+    return snapped
+
+
+def measure_cell_origin(
+    backbone: "Backbone", size: tuple[int, int] | None = None, reps: int = 16, seed: int = 0
+) -> tuple[float, float]:
+    """Measure where cell 0's centre lies in input pixels, ``(x, y)``, from the gradients.
+
+    For ``reps`` cells near the middle of a ``size`` input (default ``16 s x 20 s``), the
+    receptive-field centre of a cell is the centroid of ``sum_c (d feature_c / d input)^2``
+    (estimated with one random channel mix per cell, Hutchinson-style); squaring keeps the
+    centroid on the cell's own support rather than on the diffuse global mixing of a ViT's
+    attention. The cell's grid offset ``u * s`` is subtracted and the result averaged.
+    """
+    s = backbone.stride
+    height, width = size if size is not None else (16 * s, 20 * s)
+    h, w = -(-height // s), -(-width // s)
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randint(h // 2 - 1, h // 2 + 1, (reps,), generator=gen)
+    cols = torch.randint(w // 2 - 1, w // 2 + 1, (reps,), generator=gen)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.enable_grad():
+            images = torch.rand(1, 3, height, width, generator=gen).repeat(reps, 1, 1, 1).requires_grad_(True)
+            feat = backbone(images)
+            mix = torch.randn(reps, feat.shape[1], generator=gen)
+            (feat[torch.arange(reps), :, rows, cols] * mix).sum().backward()
+    finally:
+        backbone.train(was_training)
+        backbone.zero_grad(set_to_none=True)
+    energy = images.grad.pow(2).sum(1)  # [reps, H, W]
+    total = energy.sum((1, 2))
+    cx = (energy.sum(1) * torch.arange(width)).sum(1) / total
+    cy = (energy.sum(2) * torch.arange(height)).sum(1) / total
+    return float((cx - cols * s).mean()), float((cy - rows * s).mean())
 
 
 def _auto_feature_index(model: nn.Module) -> int:
@@ -213,7 +285,7 @@ def build_backbone(
     _prune(model, index)
     if local_path is not None:
         load_backbone_checkpoint(model, local_path)
-    backbone = Backbone(name, model, index, mean, std)
+    backbone = Backbone(name, model, index, mean, std, cell_origin=spec.cell_origin)
     backbone.set_finetune(finetune)
     return backbone
 

@@ -2,7 +2,8 @@
 
 A configuration has four sections, each a dataclass::
 
-    model:  backbone, pretrained, finetune, temperature, ns, nk, sigma, gamma, beta_thres
+    model:  backbone, pretrained, finetune, temperature, ns, nk, sigma, gamma, beta_thres,
+            ce_interpolation, reg_over_images, cell_centre
     data:   dataset, root, resolution, batch_size, workers, cache_dir, train_split, val_split
     train:  epochs, max_steps, lr_backbone, lr_temperature, seed, ... (see :class:`TrainConfig`)
     eval:   split, resolution, beta_eval, batch_size, alphas, beta_sweep
@@ -33,6 +34,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .backbones import FINETUNE_MODES
+from .coords import CELL_CENTRES
+from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
 from .pck import DEFAULT_ALPHAS
 from .temperature import build_temperature
 
@@ -60,6 +63,12 @@ class ModelConfig:
     sigma: float = 7.0
     gamma: float = 0.2
     beta_thres: float = 0.1
+    #: sub-pixel cross-entropy: "prob" (paper Eq. 3: log of the interpolated probability) | "logprob"
+    ce_interpolation: str = "prob"
+    #: L_reg over the pair's two images: "sum" (L_reg(beta_A) + L_reg(beta_B)) | "mean"
+    reg_over_images: str = "sum"
+    #: where feature cells sit in the image: "backbone" (its declared centre) | "patch" ((s-1)/2 for all)
+    cell_centre: str = "backbone"
 
 
 @dataclass
@@ -332,6 +341,12 @@ def validate(cfg: Config) -> None:
         bad("model.gamma", "must be >= 0", m.gamma)
     if not m.beta_thres > 0:
         bad("model.beta_thres", "must be > 0", m.beta_thres)
+    if m.ce_interpolation not in CE_INTERPOLATIONS:
+        bad("model.ce_interpolation", f"must be one of {sorted(CE_INTERPOLATIONS)}", m.ce_interpolation)
+    if m.reg_over_images not in REG_OVER_IMAGES:
+        bad("model.reg_over_images", f"must be one of {list(REG_OVER_IMAGES)}", m.reg_over_images)
+    if m.cell_centre not in CELL_CENTRES:
+        bad("model.cell_centre", f"must be one of {list(CELL_CENTRES)}", m.cell_centre)
 
     if not d.dataset:
         bad("data.dataset", "must name a dataset", d.dataset)

@@ -1,15 +1,21 @@
 """The one coordinate convention used everywhere in simsc.
 
 Points are ``(x, y)`` in pixels, 0-based, with integer values at pixel *centres*
-(pixel ``(i, j)`` covers ``[j - 0.5, j + 0.5) x [i - 0.5, i + 0.5)``). A feature map
-of stride ``s`` has cell ``(k, l)`` covering image pixels ``[l*s, (l+1)*s)`` in x, so
-its centre sits at ``x = (l + 0.5) * s - 0.5``. This is the ``align_corners=False``
-convention of :func:`torch.nn.functional.grid_sample` and ``interpolate``, which is
-why resizing, feature sampling and the feature -> image mapping all agree.
+(pixel ``(i, j)`` covers ``[j - 0.5, j + 0.5) x [i - 0.5, i + 0.5)``).
 
-Backbones pad their input at the bottom/right to a multiple of the stride, so the
-stride is always an exact integer and the mapping stays affine even for odd
-original sizes (e.g. 500 x 375).
+A feature map of stride ``s`` places the centre of cell ``u`` at pixel
+``x = origin + u * s``, where ``origin`` (the pixel of cell 0's centre) is a property of
+the backbone (:attr:`simsc.backbones.Backbone.cell_origin`): the patch centre
+``(s - 1) / 2`` for a ViT (patch ``u`` covers pixels ``[u*s, (u+1)*s)``), and the
+receptive-field centre ``0`` for a ResNet layer3 cell, whose stride-2 convolutions and
+pooling are centred (kernel ``k``, padding ``k // 2``). The two differ by 7.5 px at stride
+16; the difference cancels when both images are at the same scale, but not when they are
+not (original-size evaluation).
+
+Resizing is about pixel edges (``x' = (x + 0.5) * W'/W - 0.5``, the ``align_corners=False``
+rule of :func:`torch.nn.functional.interpolate`), so it never moves an image's content.
+Backbones pad their input at the bottom/right to a multiple of the stride, so the mapping
+stays affine even for odd original sizes (e.g. 500 x 375).
 """
 
 from __future__ import annotations
@@ -20,15 +26,30 @@ import torch
 
 Size = Sequence[int] | torch.Tensor  # (H, W)
 
+#: Where a model puts its cells: "backbone" (the backbone's declared ``cell_origin``) or
+#: "patch" (the patch centre ``(s - 1) / 2`` for every backbone, the mapping before per-backbone centres).
+CELL_CENTRES = ("backbone", "patch")
 
-def image_to_feature(xy: torch.Tensor, stride: float) -> torch.Tensor:
-    """Map image pixel coordinates to feature-cell coordinates (``u = (x + 0.5) / s - 0.5``)."""
-    return (xy + 0.5) / stride - 0.5
+
+def patch_centre_origin(stride: float) -> float:
+    """Pixel of cell 0's centre when cell ``u`` covers pixels ``[u*s, (u+1)*s)``: ``(s - 1) / 2``."""
+    return (stride - 1.0) / 2.0
 
 
-def feature_to_image(uv: torch.Tensor, stride: float) -> torch.Tensor:
-    """Map feature-cell coordinates back to image pixels (``x = (u + 0.5) * s - 0.5``)."""
-    return (uv + 0.5) * stride - 0.5
+def image_to_feature(xy: torch.Tensor, stride: float, origin: float | None = None) -> torch.Tensor:
+    """Image pixels -> feature cells: ``u = (x - origin) / s``.
+
+    ``origin`` is the pixel of cell 0's centre (see the module docstring); ``None`` takes
+    the patch centre ``(s - 1) / 2``, i.e. ``u = (x + 0.5) / s - 0.5``.
+    """
+    origin = patch_centre_origin(stride) if origin is None else origin
+    return (xy - origin) / stride
+
+
+def feature_to_image(uv: torch.Tensor, stride: float, origin: float | None = None) -> torch.Tensor:
+    """Feature cells -> image pixels: ``x = origin + u * s`` (the inverse of :func:`image_to_feature`)."""
+    origin = patch_centre_origin(stride) if origin is None else origin
+    return uv * stride + origin
 
 
 def rescale_points(xy: torch.Tensor, from_size: Size, to_size: Size) -> torch.Tensor:
@@ -53,7 +74,8 @@ def normalize_for_grid_sample(xy: torch.Tensor, size: Size) -> torch.Tensor:
     """Map image pixel coordinates to ``[-1, 1]`` for ``grid_sample(align_corners=False)``.
 
     Because the normalised coordinate only depends on the fraction of the image, the same
-    grid samples a stride-``s`` feature map of that image at :func:`image_to_feature`.
+    grid samples a stride-``s`` feature map of that image at :func:`image_to_feature` with
+    the patch-centre origin (``origin=None``).
     """
     h, w = (float(v) for v in size)
     scale = xy.new_tensor([2.0 / w, 2.0 / h])

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .coords import feature_to_image, image_to_feature
 from .matching import query_score_maps
 from .model import SimSC
 from .pck import DEFAULT_ALPHAS, PCKAccumulator
@@ -76,8 +75,7 @@ def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """
     valid = batch["valid"].bool()
     out = model(batch["src_img"], batch["trg_img"])
-    uv_a = image_to_feature(batch["src_kps"].to(out["feat_a"].dtype), model.stride)
-    uv_a = torch.where(valid.unsqueeze(-1), uv_a, uv_a.new_zeros(()))
+    uv_a = model.to_feature(batch["src_kps"].to(out["feat_a"].dtype), valid)
     scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
     return {"scores": scores, "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
 
@@ -85,7 +83,7 @@ def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
 def localise(model: SimSC, scores: torch.Tensor, beta_eval: float) -> torch.Tensor:
     """Kernel soft-argmax of score maps -> target image pixels ``[B, N, 2]``."""
     uv_b = kernel_soft_argmax(scores, sigma=model.sigma, beta=beta_eval)
-    return feature_to_image(uv_b, model.stride)
+    return model.to_image(uv_b)
 
 
 def resolve_beta_eval(model: SimSC, beta_eval: float | None) -> tuple[float, str]:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, build_backbone
-from .coords import feature_to_image, image_to_feature
-from .loss import gaussian_target, simsc_loss
+from .coords import CELL_CENTRES, feature_to_image, image_to_feature, patch_centre_origin
+from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES, simsc_loss
 from .matching import normalize_and_scale, query_score_maps
 from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
@@ -46,6 +46,12 @@ class SimSC(nn.Module):
         ns, nk: ground-truth region and Gaussian kernel sizes (paper: 3 and 5).
         sigma: kernel soft-argmax std in feature cells (paper: 7).
         gamma, beta_thres: weight and threshold of the temperature regulariser (0.2, 0.1).
+        ce_interpolation: ``"prob"`` (the paper's log of the interpolated probability) or
+            ``"logprob"`` (the interpolated log-probability); see :mod:`simsc.loss`.
+        reg_over_images: ``"sum"`` (``L_reg(beta_A) + L_reg(beta_B)``) or ``"mean"``.
+        cell_centre: ``"backbone"`` (cell centres where the backbone declares them,
+            :attr:`~simsc.backbones.Backbone.cell_origin`) or ``"patch"`` (the patch centre
+            ``(s - 1) / 2`` for every backbone: the mapping before cell centres per backbone).
     """
 
     def __init__(
@@ -60,6 +66,9 @@ class SimSC(nn.Module):
         sigma: float = 7.0,
         gamma: float = 0.2,
         beta_thres: float = 0.1,
+        ce_interpolation: str = "prob",
+        reg_over_images: str = "sum",
+        cell_centre: str = "backbone",
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
@@ -70,10 +79,45 @@ class SimSC(nn.Module):
         self.temperature = temperature
         self.ns, self.nk, self.sigma = ns, nk, sigma
         self.gamma, self.beta_thres = gamma, beta_thres
+        if ce_interpolation not in CE_INTERPOLATIONS:
+            raise ValueError(f"ce_interpolation must be one of {sorted(CE_INTERPOLATIONS)}, got {ce_interpolation!r}")
+        if reg_over_images not in REG_OVER_IMAGES:
+            raise ValueError(f"reg_over_images must be one of {REG_OVER_IMAGES}, got {reg_over_images!r}")
+        self.ce_interpolation, self.reg_over_images = ce_interpolation, reg_over_images
+        self.cell_centre = cell_centre
 
     @property
     def stride(self) -> int:
         return self.backbone.stride
+
+    @property
+    def cell_centre(self) -> str:
+        return self._cell_centre
+
+    @cell_centre.setter
+    def cell_centre(self, value: str) -> None:
+        if value not in CELL_CENTRES:
+            raise ValueError(f"cell_centre must be one of {CELL_CENTRES}, got {value!r}")
+        self._cell_centre = value
+
+    @property
+    def cell_origin(self) -> float:
+        """Pixel of cell 0's centre under the model's ``cell_centre`` rule."""
+        if self.cell_centre == "patch":
+            return patch_centre_origin(self.stride)
+        return self.backbone.cell_origin
+
+    def to_feature(self, xy: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Image pixels ``[B, N, 2]`` -> feature cells of this backbone (invalid rows set to 0)."""
+        uv = image_to_feature(xy, self.stride, self.cell_origin)
+        if valid is None:
+            return uv
+        # Padded rows may hold any value; zero them so they cannot produce NaN.
+        return torch.where(valid.unsqueeze(-1), uv, uv.new_zeros(()))
+
+    def to_image(self, uv: torch.Tensor) -> torch.Tensor:
+        """Feature cells ``[B, N, 2]`` -> image pixels of this backbone."""
+        return feature_to_image(uv, self.stride, self.cell_origin)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features, L2-normalised and divided by their partial temperature; and beta ``[B]``."""
@@ -102,23 +146,22 @@ class SimSC(nn.Module):
         _check_keypoints(batch["trg_kps"], valid, "trg_kps")
         out = self(batch["src_img"], batch["trg_img"])
         feat_a, feat_b = out["feat_a"], out["feat_b"]
-        uv_a = image_to_feature(batch["src_kps"].to(feat_a.dtype), self.stride)
-        uv_b = image_to_feature(batch["trg_kps"].to(feat_b.dtype), self.stride)
-        # Padded rows may hold any value; zero them so they cannot produce NaN.
-        uv_a = torch.where(valid.unsqueeze(-1), uv_a, uv_a.new_zeros(()))
-        uv_b = torch.where(valid.unsqueeze(-1), uv_b, uv_b.new_zeros(()))
+        uv_a = self.to_feature(batch["src_kps"].to(feat_a.dtype), valid)
+        uv_b = self.to_feature(batch["trg_kps"].to(feat_b.dtype), valid)
         scores = query_score_maps(feat_a, feat_b, uv_a)
-        target = gaussian_target(uv_b, tuple(feat_b.shape[-2:]), self.ns, self.nk)
-        valid = valid & (target.flatten(2).sum(-1) > 0)  # targets entirely off the map
         learned = self.temperature.learnable
         losses = simsc_loss(
             scores,
-            target,
+            uv_b,
             valid,
             out["beta_a"] if learned else None,
             out["beta_b"] if learned else None,
             gamma=self.gamma,
             beta_thres=self.beta_thres,
+            ns=self.ns,
+            nk=self.nk,
+            ce_interpolation=self.ce_interpolation,
+            reg_over_images=self.reg_over_images,
         )
         losses["beta_a"] = out["beta_a"].detach()
         losses["beta_b"] = out["beta_b"].detach()
@@ -143,8 +186,7 @@ class SimSC(nn.Module):
         valid = _check_keypoints(src_kps, valid, "src_kps")
         beta_eval = self.temperature.default_beta_eval if beta_eval is None else float(beta_eval)
         out = self(src_img, trg_img)
-        uv_a = image_to_feature(src_kps.to(out["feat_a"].dtype), self.stride)
-        uv_a = torch.where(valid.unsqueeze(-1), uv_a, uv_a.new_zeros(()))
+        uv_a = self.to_feature(src_kps.to(out["feat_a"].dtype), valid)
         scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
         uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval)
-        return feature_to_image(uv_b, self.stride)
+        return self.to_image(uv_b)

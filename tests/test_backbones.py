@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from simsc.backbones import BackboneCheckpointError, build_backbone, read_state_dict
+from simsc.backbones import BACKBONES, BackboneCheckpointError, build_backbone, measure_cell_origin, read_state_dict
 
 
 @pytest.mark.parametrize(
@@ -127,3 +127,37 @@ def test_untrusted_pickles_are_refused(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": object()}, path)
     with pytest.raises(BackboneCheckpointError, match="cannot read checkpoint"):
         read_state_dict(path)
+
+
+# Sizes: a square and a non-square input, both several cells from the border at the measured cells.
+_CELL_CASES = [
+    (name, size)
+    for name in BACKBONES
+    for size in (((128, 128), (96, 160)) if BACKBONES[name].kwargs else ((256, 256), (192, 320)))
+]
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        pytest.param(n, s, marks=pytest.mark.slow) if n in ("dino_vitb8", "ibot_vitb16", "resnet101") else (n, s)
+        for n, s in _CELL_CASES
+    ],
+)
+def test_declared_cell_centre_matches_the_measured_receptive_field(name, size):
+    """Each registered backbone's declared cell_origin is where its cells' receptive fields are centred."""
+    torch.manual_seed(0)
+    bb = build_backbone(name, pretrained=False, finetune="none")
+    assert BACKBONES[name].cell_origin == bb.cell_origin  # declared, not measured at build time
+    mx, my = measure_cell_origin(bb, size=size, reps=16, seed=0)
+    assert abs(mx - bb.cell_origin) < 0.5 and abs(my - bb.cell_origin) < 0.5, (mx, my, bb.cell_origin)
+
+
+def test_cell_centres_of_the_two_conventions():
+    # ResNet layer3: centred stride-2 convs -> pixel 16 u; ViT patch u covers [s u, s (u + 1)) -> (s - 1) / 2 + s u
+    assert build_backbone("resnet18").cell_origin == 0.0
+    assert build_backbone("vit_tiny_patch16_224").cell_origin == 7.5
+    # an unregistered patchifying CNN (ConvNeXt stem 4x4/4, downsamplers 2x2/2) is measured and snapped
+    assert build_backbone("convnext_atto", finetune="none").cell_origin == 7.5
+    # an unregistered centred-conv CNN
+    assert build_backbone("regnetx_002", finetune="none").cell_origin == 0.0

@@ -38,3 +38,17 @@ def test_grid_sample_normalisation_matches_feature_cells():
     grid = normalize_for_grid_sample(xy, (24, 20)).view(1, 1, 1, 2)
     val = torch.nn.functional.grid_sample(feat, grid, align_corners=False)
     assert val.item() == feat[0, 0, 2, 3].item()
+
+
+def test_cell_origin_moves_the_grid_and_round_trips():
+    # ResNet layer3 convention: cell u centred on pixel 16 u (origin 0); patch convention: 16 u + 7.5
+    uv = torch.tensor([[0.0, 0.0], [3.0, 2.0]])
+    assert torch.equal(feature_to_image(uv, 16, origin=0.0), torch.tensor([[0.0, 0.0], [48.0, 32.0]]))
+    assert torch.equal(feature_to_image(uv, 16), feature_to_image(uv, 16, origin=7.5))
+    xy = torch.rand(10, 2) * 500
+    for origin in (0.0, 3.5, 7.5):
+        assert torch.allclose(feature_to_image(image_to_feature(xy, 16, origin), 16, origin), xy, atol=1e-4)
+    # reading a cell found with one convention back with the other moves the point by the origin difference
+    x = torch.tensor([[100.0, 100.0]])
+    shift = feature_to_image(image_to_feature(x, 16, 0.0), 16, 7.5) - x
+    assert torch.allclose(shift, torch.tensor([[7.5, 7.5]]))

@@ -62,15 +62,17 @@ def test_training_path_is_batched():
     target = gaussian_target(uv_b, (h, w))
     valid = torch.ones(b, n, dtype=torch.bool)
     uv = kernel_soft_argmax(scores)
-    ce = simsc_loss(scores, target, valid)["ce"]
-    per_pair = []
+    ce = {form: simsc_loss(scores, uv_b, valid, ce_interpolation=form)["ce"] for form in ("prob", "logprob")}
+    per_pair = {"prob": [], "logprob": []}
     for i in range(b):
         s_i = query_score_maps(fa[i : i + 1], fb[i : i + 1], uv_a[i : i + 1])
         torch.testing.assert_close(s_i, scores[i : i + 1])
         torch.testing.assert_close(gaussian_target(uv_b[i : i + 1], (h, w)), target[i : i + 1])
         torch.testing.assert_close(kernel_soft_argmax(s_i), uv[i : i + 1])
-        per_pair.append(simsc_loss(s_i, target[i : i + 1], valid[i : i + 1])["ce"])
-    torch.testing.assert_close(ce, torch.stack(per_pair).mean())
+        for form, values in per_pair.items():
+            values.append(simsc_loss(s_i, uv_b[i : i + 1], valid[i : i + 1], ce_interpolation=form)["ce"])
+    for form, values in per_pair.items():
+        torch.testing.assert_close(ce[form], torch.stack(values).mean())
 
 
 def test_full4d_baseline_of_the_memory_benchmark_gives_the_same_scores():

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from simsc.loss import cross_entropy, gaussian_kernel_1d, gaussian_target, simsc_loss, temperature_regularizer
+from simsc.loss import (
+    cross_entropy,
+    cross_entropy_logprob,
+    cross_entropy_prob,
+    gaussian_kernel_1d,
+    gaussian_point_weights,
+    gaussian_target,
+    simsc_loss,
+    temperature_regularizer,
+)
 
 
 def test_kernel_taps_hand_computed():
@@ -83,10 +92,146 @@ def test_regularizer_zero_above_threshold_and_slope_minus_one_over_beta_below():
 
 def test_total_loss_is_ce_plus_gamma_reg():
     s = torch.randn(1, 2, 4, 4)
-    t = gaussian_target(torch.rand(1, 2, 2) * 3, (4, 4))
+    uv = torch.rand(1, 2, 2) * 3
     v = torch.ones(1, 2, dtype=torch.bool)
-    out = simsc_loss(s, t, v, torch.tensor([0.05]), torch.tensor([0.02]), gamma=0.2, beta_thres=0.1)
+    out = simsc_loss(s, uv, v, torch.tensor([0.05]), torch.tensor([0.02]), gamma=0.2, beta_thres=0.1)
     expected_reg = math.log(0.1 / 0.05) + math.log(0.1 / 0.02)
     assert out["reg"].item() == pytest.approx(expected_reg, rel=1e-5)
     assert out["loss"].item() == pytest.approx(out["ce"].item() + 0.2 * expected_reg, rel=1e-5)
-    assert simsc_loss(s, t, v)["reg"].item() == 0.0
+    assert out["ce"].item() == pytest.approx(cross_entropy_prob(s, uv, v).item())  # the default form
+    assert simsc_loss(s, uv, v)["reg"].item() == 0.0
+    # reg_over_images="mean": Eq. 7's one L_reg as the average over the pair's two images
+    mean = simsc_loss(s, uv, v, torch.tensor([0.05]), torch.tensor([0.02]), reg_over_images="mean")
+    assert mean["reg"].item() == pytest.approx(expected_reg / 2, rel=1e-5)
+    logprob = simsc_loss(s, uv, v, ce_interpolation="logprob")["ce"]
+    assert logprob.item() == pytest.approx(cross_entropy_logprob(s, uv, v).item())
+    with pytest.raises(ValueError, match="ce_interpolation must be one of"):
+        simsc_loss(s, uv, v, ce_interpolation="splat")
+    with pytest.raises(ValueError, match="reg_over_images must be one of"):
+        simsc_loss(s, uv, v, reg_over_images="max")
+
+
+# --- the two sub-pixel forms of the cross-entropy ---------------------------------------
+
+
+def reference_ce_prob(scores, uv_b, ns=3, nk=5):
+    """From scratch, one query at a time: -sum_ij w_ij log(bilinear(softmax(M), x_B + (j, i))),
+    with the documented border rule (in-map corners renormalised; points with none dropped)."""
+    b, n, h, w = scores.shape
+    e = math.exp(-1 / (2 * (nk // 2) ** 2))
+    taps = {-1: e, 0: 1.0, 1: e} if ns == 3 else None
+    out = torch.zeros(b, n, dtype=torch.float64)
+    for bi in range(b):
+        for q in range(n):
+            prob = torch.softmax(scores[bi, q].double().flatten(), 0).view(h, w)
+            num, den = 0.0, 0.0
+            for i in (-1, 0, 1):
+                for j in (-1, 0, 1):
+                    x, y = float(uv_b[bi, q, 0]) + j, float(uv_b[bi, q, 1]) + i
+                    x0, y0 = math.floor(x), math.floor(y)
+                    corners = [
+                        (yy, xx, (1 - abs(y - yy)) * (1 - abs(x - xx)))
+                        for yy in (y0, y0 + 1)
+                        for xx in (x0, x0 + 1)
+                    ]
+                    wx = sum((1 - abs(x - xx)) for xx in (x0, x0 + 1) if 0 <= xx < w)
+                    wy = sum((1 - abs(y - yy)) for yy in (y0, y0 + 1) if 0 <= yy < h)
+                    if wx <= 0 or wy <= 0:
+                        continue  # no corner on the map: the point is dropped
+                    p = sum(c * float(prob[yy, xx]) for yy, xx, c in corners if 0 <= yy < h and 0 <= xx < w)
+                    weight = taps[i] * taps[j]
+                    num += weight * math.log(p / (wx * wy))
+                    den += weight
+            out[bi, q] = -num / den
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prob_form_equals_a_from_scratch_reference_at_sub_pixel_targets(seed):
+    g = torch.Generator().manual_seed(seed)
+    h, w = 6, 7
+    scores = torch.randn(2, 4, h, w, generator=g, dtype=torch.float64) * 3
+    # interior, near-border and between-border-and-edge targets
+    uv = torch.rand(2, 4, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h], dtype=torch.float64) - 0.5
+    uv[0, 0] = torch.tensor([-0.4, 5.3], dtype=torch.float64)
+    uv[1, 3] = torch.tensor([6.45, -0.2], dtype=torch.float64)
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    ref = reference_ce_prob(scores, uv).mean()
+    assert cross_entropy_prob(scores, uv, valid).item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def test_both_forms_agree_at_integer_targets_border_included():
+    g = torch.Generator().manual_seed(3)
+    h, w = 5, 6
+    scores = torch.randn(1, 5, h, w, generator=g) * 4
+    uv = torch.tensor([[[2.0, 2.0], [0.0, 0.0], [5.0, 4.0], [0.0, 3.0], [4.0, 1.0]]])
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    for q in range(5):
+        one = (scores[:, q : q + 1], uv[:, q : q + 1], valid[:, q : q + 1])
+        assert cross_entropy_prob(*one).item() == pytest.approx(cross_entropy_logprob(*one).item(), rel=1e-5)
+    # at a cell centre the prob form is the plain weighted log-likelihood of the ns x ns cells
+    logp = torch.log_softmax(scores[0, 0].flatten(), 0).view(h, w)
+    expected = -(gaussian_point_weights() * logp[1:4, 1:4]).sum()
+    assert cross_entropy_prob(*(t[:, :1] for t in (scores, uv, valid))).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_prob_form_is_below_logprob_between_cells_jensen():
+    # log of an average >= average of logs, so -log(bilinear p) <= -bilinear(log p), equal only at cell centres
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, 6, 8, 8, generator=g) * 5
+    uv = torch.rand(3, 6, 2, generator=g) * 5 + 1.2
+    valid = torch.ones(3, 6, dtype=torch.bool)
+    for q in range(6):
+        one = (scores[:, q : q + 1], uv[:, q : q + 1], valid[:, q : q + 1])
+        assert cross_entropy_prob(*one).item() < cross_entropy_logprob(*one).item()
+
+
+def test_prob_form_gradcheck_float64():
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    uv = torch.tensor(
+        [[[1.3, 2.6], [-0.3, 0.4], [4.2, 3.1]], [[2.5, 1.5], [0.0, 3.0], [3.7, -0.45]]], dtype=torch.float64
+    )
+    valid = torch.tensor([[True, True, True], [True, False, True]])
+
+    # float64 scores are computed in float64 end to end (lower precisions in float32)
+    assert torch.autograd.gradcheck(lambda s: cross_entropy_prob(s, uv, valid), (scores,), eps=1e-6, atol=1e-6)
+    # and the float32 path's gradient matches the float64 one
+    s32 = scores.detach().float().requires_grad_(True)
+    cross_entropy_prob(s32, uv.float(), valid).backward()
+    s64 = scores.detach().clone().requires_grad_(True)
+    cross_entropy_prob(s64, uv, valid).backward()
+    torch.testing.assert_close(s32.grad.double(), s64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_prob_form_stays_finite_when_the_target_probability_underflows():
+    scores = torch.zeros(1, 1, 6, 6)
+    scores[0, 0, 0, 0] = 1e4  # all mass on one far cell: exp(-1e4) underflows at the target
+    scores.requires_grad_(True)
+    uv = torch.tensor([[[3.4, 3.6]]])
+    ce = cross_entropy_prob(scores, uv, torch.ones(1, 1, dtype=torch.bool))
+    assert torch.isfinite(ce) and ce.item() > 1e3
+    ce.backward()
+    assert torch.isfinite(scores.grad).all()
+    # the gradient still pulls the mass from the wrong cell towards the target
+    assert scores.grad[0, 0, 0, 0] > 0 and scores.grad[0, 0, 3, 3] < 0
+
+
+def test_prob_form_drops_points_off_the_map_and_ignores_queries_entirely_off():
+    g = torch.Generator().manual_seed(6)
+    scores = torch.randn(1, 2, 5, 5, generator=g)
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    # a target a full cell outside: its only in-map points are the x = 0 column
+    off = torch.tensor([[[-1.0, 2.0], [2.0, 2.0]]])
+    logp = torch.log_softmax(scores[0, 0].flatten(), 0).view(5, 5)
+    taps = gaussian_kernel_1d()
+    expected = -(taps * logp[1:4, 0]).sum() / taps.sum()
+    got = cross_entropy_prob(scores[:, :1], off[:, :1], valid[:, :1])
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # entirely off the map: ignored, the batch loss is the other query's
+    far = torch.tensor([[[-3.0, 2.0], [2.0, 2.0]]])
+    assert cross_entropy_prob(scores, far, valid).item() == pytest.approx(
+        cross_entropy_prob(scores[:, 1:], far[:, 1:], valid[:, 1:]).item(), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="no valid keypoint"):
+        cross_entropy_prob(scores[:, :1], far[:, :1], valid[:, :1])

@@ -3,7 +3,6 @@ import torch
 import torch.nn.functional as F
 
 from simsc import SimSC
-from simsc.coords import feature_to_image
 from simsc.matching import query_score_maps
 
 
@@ -109,7 +108,7 @@ def test_predict_recovers_a_translation_in_image_pixels():
     big = torch.rand(1, 3, 320, 320)
     a, b = big[..., :256, :256], big[..., 16:272, 32:288]
     cells = torch.tensor([[[6.0, 5.0], [8.0, 9.0], [10.0, 7.0], [7.0, 12.0]]])
-    src = feature_to_image(cells, 16)
+    src = m.to_image(cells)  # cell centres in pixels, at the backbone's declared origin
     pred = m.predict(a, b, src, beta_eval=1.0)
     assert torch.allclose(pred, src - torch.tensor([32.0, 16.0]), atol=0.5)
 

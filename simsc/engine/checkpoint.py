@@ -128,6 +128,9 @@ def build_model(cfg: Config, pretrained: bool | str | None = None) -> SimSC:
         sigma=m.sigma,
         gamma=m.gamma,
         beta_thres=m.beta_thres,
+        ce_interpolation=m.ce_interpolation,
+        reg_over_images=m.reg_over_images,
+        cell_centre=m.cell_centre,
     )
 
 
