@@ -1,8 +1,10 @@
 """Miniature of the paper's central claim (Tab. 3 / supp. Tab. 3 in spirit) on the embedded data set.
 
 Trains a random-init ResNet-18 (no pretrained weights exist offline) with the whole backbone
-fine-tuned, at 160 x 160, batch 8, the same seed and the same step budget for every
-temperature variant, then evaluates test PCK@0.05/0.1/0.15 at 160 px:
+fine-tuned, at 160 x 160, batch 8, the same step budget for every temperature variant, under
+both readings of the sub-pixel cross-entropy (``model.ce_interpolation``: ``prob``, the
+paper's log of the interpolated probability, and ``logprob``, the interpolated
+log-probability) and several seeds, then evaluates test PCK@0.05/0.1/0.15:
 
     mlp        learned temperature (SimSC)
     single     one learned scalar (supp. Sec. 6)
@@ -10,10 +12,16 @@ temperature variant, then evaluates test PCK@0.05/0.1/0.15 at 160 px:
     no-l2      NoL2Norm baseline
     untrained  the random-init backbone, no training, fixed:1, beta_eval 0.02
 
-Writes ``experiments/results/miniature.json`` and ``miniature.md``. Runs resume from their
-checkpoints, so re-running after an interruption continues (and a finished run is reused).
+Every model is trained with the backbone's own cell centres (``model.cell_centre:
+backbone``) and evaluated at 160 px and at the original size twice: with those centres and
+with the previous mapping (``patch``: the patch centre ``(s - 1) / 2`` for every backbone).
 
-    .venv/bin/python experiments/miniature.py --data-dir data/embedded
+Writes ``miniature.json``, ``miniature.md`` and ``miniature_beta_eff.png`` (the learned
+beta_eff during training) to ``--results``. Runs resume from their checkpoints and keep
+their evaluation in the run folder, so re-running after an interruption continues and a
+finished run is reused. ``--jobs 2`` trains two runs at a time (one thread each).
+
+    .venv/bin/python experiments/miniature.py --jobs 2
 """
 
 from __future__ import annotations
@@ -21,9 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,9 +47,14 @@ from simsc.data.embedded import build_embedded_dataset  # noqa: E402
 from simsc.data.registry import build_dataset  # noqa: E402
 from simsc.engine import load_model, train  # noqa: E402
 from simsc.evaluate import evaluate  # noqa: E402
+from simsc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from simsc.model import SimSC  # noqa: E402
 
 VARIANTS = ("mlp", "single", "fixed:1", "no-l2")
+FORMS = ("prob", "logprob")
+EVAL_SETS = ("160", "original")
+MAPPINGS = ("backbone", "patch")
+PAPER_BETA_EFF = 0.03  # supp. Tab. 4, ResNet101*
 
 
 def main(argv=None) -> int:
@@ -50,89 +67,242 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate, all variants (default: 1e-4)")
     ap.add_argument("--resolution", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--forms", default=",".join(FORMS), help="ce_interpolation forms (default: prob,logprob)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split over --jobs)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
     t_start = time.time()
     data_dir = build_embedded_dataset(args.data_dir, progress=not args.no_progress)
-    test = build_dataset("embedded", data_dir, "test", args.resolution)
-    base = read_yaml(args.config)
-    rows = []
-    for variant in [v for v in args.variants.split(",") if v]:
-        name = variant.replace(":", "")
-        cfg = load_config(apply_overrides(base, [
-            f"model.temperature={variant}", "model.finetune=all", "model.pretrained=false",
-            f"data.root={data_dir}", f"data.resolution={args.resolution}", f"data.batch_size={args.batch_size}",
-            f"train.max_steps={args.steps}", "train.epochs=1000", f"train.lr_backbone={args.lr}",
-            f"train.seed={args.seed}", f"train.out_dir={Path(args.runs_dir) / name}",
-            f"train.num_threads={args.threads}", f"train.progress={not args.no_progress}",
-            f"eval.resolution={args.resolution}",
-        ]))
-        print(f"== {variant}: training {args.steps} steps (lr_backbone {cfg.resolved_lr_backbone():g}, "
-              f"lr_temperature {cfg.resolved_lr_temperature():g}) -> {cfg.train.out_dir}", flush=True)
-        summary = train(cfg, resume=True)
-        model, _, meta = load_model(Path(cfg.train.out_dir) / "checkpoints" / "best.pt")
-        rep = evaluate(model, test, batch_size=args.batch_size, progress=not args.no_progress)
-        last_model, _, _ = load_model(Path(cfg.train.out_dir) / "checkpoints" / "last.pt")
-        rep_last = evaluate(last_model, test, batch_size=args.batch_size)
-        rows.append({
-            "variant": variant, "trained": True, "test": rep, "test_last": rep_last,
-            "best_step": meta["best"]["step"], "best_val_pck@0.1": meta["best"]["metric"],
-            "steps": summary["step"], "train_time_s": summary["train_time_s"], "steps_per_s": summary["steps_per_s"],
-            "lr_backbone": cfg.resolved_lr_backbone(), "lr_temperature": cfg.resolved_lr_temperature(),
-        })
-        print(f"   test PCK {rep['per_image']}  beta_eval {rep['beta_eval']}  beta_eff {rep['beta_eff']}", flush=True)
-
-    torch.manual_seed(args.seed)
-    untrained = SimSC("resnet18", "fixed:1", pretrained=False, finetune="none")
-    rep = evaluate(untrained, test, beta_eval=0.02, batch_size=args.batch_size)
-    rows.append({"variant": "untrained", "trained": False, "test": rep, "steps": 0})
-    print(f"== untrained: test PCK {rep['per_image']}", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    forms = [f for f in args.forms.split(",") if f]
+    variants = [v for v in args.variants.split(",") if v]
+    threads = max(1, args.threads // max(1, args.jobs))
+    tasks = [
+        dict(vars(args), data_dir=str(data_dir), variant=v, form=f, seed=s, threads=threads)
+        for s in seeds
+        for v in variants
+        for f in forms
+    ]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            runs = list(pool.map(run_one, tasks))
+    else:
+        runs = [run_one(t) for t in tasks]
+    torch.set_num_threads(args.threads)
+    runs += [untrained(str(data_dir), s, args) for s in seeds]
 
     out = {
         "setup": {
-            "data": str(data_dir), "split": "test", "n_test_pairs": len(test), "backbone": "resnet18",
-            "pretrained": False, "finetune": "all", "resolution": args.resolution, "batch_size": args.batch_size,
-            "steps": args.steps, "lr_backbone": args.lr, "seed": args.seed, "threads": args.threads,
-            "checkpoint": "best validation PCK@0.1 (val split, per image)",
+            "data": str(data_dir), "split": "test", "backbone": "resnet18", "pretrained": False, "finetune": "all",
+            "resolution": args.resolution, "batch_size": args.batch_size, "steps": args.steps,
+            "lr_backbone": args.lr, "seeds": seeds, "forms": forms, "threads_per_run": threads, "jobs": args.jobs,
+            "train_cell_centre": "backbone", "eval_sets": list(EVAL_SETS), "eval_mappings": list(MAPPINGS),
+            "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python experiments/miniature.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
         },
-        "rows": rows,
+        "runs": runs,
+        "summary": summarise(runs, forms),
     }
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    (res / "miniature.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    (res / "miniature.md").write_text(markdown(out), encoding="utf-8")
+    atomic_write_json(res / "miniature.json", out, indent=1)
+    atomic_write_bytes(res / "miniature.md", markdown(out).encode("utf-8"))
+    plot_beta_eff(runs, forms, res / "miniature_beta_eff.png")
     print(markdown(out))
     return 0
 
 
+def _test_sets(data_dir: str, resolution: int) -> dict[str, Any]:
+    return {
+        "160": build_dataset("embedded", data_dir, "test", resolution),
+        "original": build_dataset("embedded", data_dir, "test", "original"),
+    }
+
+
+def _evaluate_all(model: SimSC, sets: dict[str, Any], batch_size: int, beta_eval: float | None = None) -> dict:
+    """PCK of ``model`` on every test set under both cell-centre mappings (the model is left as given)."""
+    reports: dict[str, dict] = {}
+    keep = model.cell_centre
+    try:
+        for mapping in MAPPINGS:
+            model.cell_centre = mapping
+            for name, ds in sets.items():
+                rep = evaluate(model, ds, batch_size=batch_size, beta_eval=beta_eval)
+                reports[f"{name}/{mapping}"] = {k: rep[k] for k in ("per_image", "per_keypoint", "beta_eval", "beta_eff", "n_pairs")}
+    finally:
+        model.cell_centre = keep
+    return reports
+
+
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Train (or resume) one (variant, form, seed) run and evaluate it; the result is cached in the run folder."""
+    torch.set_num_threads(task["threads"])
+    variant, form, seed = task["variant"], task["form"], task["seed"]
+    out_dir = Path(task["runs_dir"]) / f"{form}_{variant.replace(':', '')}_s{seed}"
+    cached = out_dir / "miniature_eval.json"
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    res = task["resolution"]
+    cfg = load_config(apply_overrides(read_yaml(task["config"]), [
+        f"model.temperature={variant}", "model.finetune=all", "model.pretrained=false",
+        f"model.ce_interpolation={form}", "model.cell_centre=backbone",
+        f"data.root={task['data_dir']}", f"data.resolution={res}", f"data.batch_size={task['batch_size']}",
+        f"train.max_steps={task['steps']}", "train.epochs=1000", f"train.lr_backbone={task['lr']}",
+        f"train.seed={seed}", f"train.out_dir={out_dir}", f"train.num_threads={task['threads']}",
+        f"train.progress={not task['no_progress'] and task['jobs'] == 1}", f"eval.resolution={res}",
+    ]))
+    print(f"== {form} {variant} seed {seed}: {task['steps']} steps -> {out_dir}", flush=True)
+    summary = train(cfg, resume=True)
+    model, _, meta = load_model(out_dir / "checkpoints" / "best.pt")
+    sets = _test_sets(task["data_dir"], res)
+    last, _, _ = load_model(out_dir / "checkpoints" / "last.pt")
+    row = {
+        "variant": variant, "form": form, "seed": seed, "trained": True,
+        "test": _evaluate_all(model, sets, task["batch_size"]),
+        "test_last_160": evaluate(last, sets["160"], batch_size=task["batch_size"])["per_image"],
+        "best_step": meta["best"]["step"], "best_val_pck@0.1": meta["best"]["metric"],
+        "steps": summary["step"], "train_time_s": summary["train_time_s"], "steps_per_s": summary["steps_per_s"],
+        "beta_eff_trajectory": _trajectory(out_dir / "metrics.jsonl"),
+    }
+    atomic_write_json(cached, row)
+    pck = row["test"]["160/backbone"]["per_image"]["0.1"]
+    print(f"   {form} {variant} seed {seed}: test PCK@0.1 {pck:.1f}, beta_eff {row['test']['160/backbone']['beta_eff']}", flush=True)
+    return row
+
+
+def untrained(data_dir: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The random-init backbone of ``seed``, no training, WithL2Norm inference (beta_eval 0.02)."""
+    torch.manual_seed(seed)
+    model = SimSC("resnet18", "fixed:1", pretrained=False, finetune="none").eval()
+    test = _evaluate_all(model, _test_sets(data_dir, args.resolution), args.batch_size, beta_eval=0.02)
+    return {"variant": "untrained", "form": None, "seed": seed, "trained": False, "test": test, "steps": 0}
+
+
+def _trajectory(metrics: Path, every: int = 10) -> list[list[float]]:
+    """``[step, beta_eff]`` every ``every`` steps from a run's metrics.jsonl."""
+    points = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "step" and (rec["step"] % every == 0 or rec["step"] == 1):
+            points.append([rec["step"], rec["beta_eff_mean"]])
+    return points
+
+
+def _mean_spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values), "max": max(values), "n": len(values),
+    }
+
+
+def summarise(runs: list[dict], forms: list[str]) -> dict[str, dict]:
+    """Mean and spread over seeds of every PCK cell and of the test beta_eff, per (variant, form)."""
+    out: dict[str, dict] = {}
+    for variant in [*VARIANTS, "untrained"]:
+        for form in forms:
+            rows = [r for r in runs if r["variant"] == variant and (r["form"] == form or not r["trained"])]
+            if not rows:
+                continue
+            cell: dict[str, Any] = {}
+            for key in rows[0]["test"]:
+                for alpha in ("0.05", "0.1", "0.15"):
+                    cell[f"{key}@{alpha}"] = _mean_spread([r["test"][key]["per_image"][alpha] for r in rows])
+            cell["beta_eff"] = _mean_spread([r["test"]["160/backbone"]["beta_eff"]["mean"] for r in rows])
+            cell["beta_eval"] = rows[0]["test"]["160/backbone"]["beta_eval"]
+            out[f"{variant}|{form}"] = cell
+    return out
+
+
+def _fmt(s: dict[str, float], digits: int = 1) -> str:
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
 def markdown(out: dict) -> str:
-    s = out["setup"]
+    s, summ = out["setup"], out["summary"]
+    forms = s["forms"]
+    n = len(s["seeds"])
     lines = [
-        f"Embedded test split ({s['n_test_pairs']} pairs), {s['backbone']} random init, finetune {s['finetune']}, "
-        f"{s['resolution']} px, batch {s['batch_size']}, {s['steps']} steps, lr_backbone {s['lr_backbone']:g}, "
-        f"seed {s['seed']}; checkpoint: {s['checkpoint']}. PCK in % (per image).",
+        f"Embedded test split, {s['backbone']} random init, finetune {s['finetune']}, trained at {s['resolution']} px, "
+        f"batch {s['batch_size']}, {s['steps']} steps, lr_backbone {s['lr_backbone']:g}, seeds {s['seeds']} "
+        f"(mean ± standard deviation over the {n} seeds); checkpoint: {s['checkpoint']}. "
+        "Trained with the backbone's cell centres (ResNet layer3: pixel 16 u). PCK in % (per image).",
         "",
-        "| variant | beta_eval | PCK@0.05 | PCK@0.1 | PCK@0.15 | PCK@0.1 (last) | beta_eff (test) | best step | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['jobs']} job(s) x {s['threads_per_run']} thread(s)).",
+        "",
+        "### Test PCK at 160 px and the learned temperature",
+        "",
+        "| variant | beta_eval | " + " | ".join(f"{f}: PCK@0.05 | {f}: PCK@0.1 | {f}: PCK@0.15 | {f}: beta_eff (test)" for f in forms) + " |",
+        "|---|---|" + "---|---|---|---|" * len(forms),
     ]
-    for r in out["rows"]:
-        p = r["test"]["per_image"]
-        be = r["test"]["beta_eff"]
-        last = f"{r['test_last']['per_image']['0.1']:.1f}" if "test_last" in r else "-"
-        sps = f"{r['steps_per_s']:.2f}" if r.get("steps_per_s") else "-"
-        lines.append(
-            f"| {r['variant']} | {r['test']['beta_eval']:g} | {p['0.05']:.1f} | {p['0.1']:.1f} | {p['0.15']:.1f} | "
-            f"{last} | {be['mean']:.4f} ± {be['std']:.4f} | {r.get('best_step', '-')} | {sps} |"
-        )
+    for variant in [*VARIANTS, "untrained"]:
+        cells = [summ.get(f"{variant}|{f}") for f in forms]
+        if not any(cells):
+            continue
+        beta_eval = next(c for c in cells if c)["beta_eval"]
+        parts = []
+        for c in cells:
+            if c is None:
+                parts += ["-"] * 4
+                continue
+            parts += [_fmt(c[f"160/backbone@{a}"]) for a in ("0.05", "0.1", "0.15")]
+            parts.append(_fmt(c["beta_eff"], 4))
+        lines.append(f"| {variant} | {beta_eval:g} | " + " | ".join(parts) + " |")
+    lines += [
+        "",
+        f"Paper (supp. Tab. 4): learned beta_eff about {PAPER_BETA_EFF} for ResNet101* on PF-Pascal.",
+        "",
+        "### Cell centres: the backbone's (new) vs the patch centre (old mapping), PCK@0.1",
+        "",
+        "| variant | form | 160 px new | 160 px old | original size new | original size old |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant in [*VARIANTS, "untrained"]:
+        for f in forms:
+            c = summ.get(f"{variant}|{f}")
+            if c is None or (variant == "untrained" and f != forms[0]):
+                continue
+            lines.append(
+                f"| {variant} | {f if variant != 'untrained' else '-'} | "
+                + " | ".join(_fmt(c[f"{k}@0.1"]) for k in ("160/backbone", "160/patch", "original/backbone", "original/patch"))
+                + " |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def plot_beta_eff(runs: list[dict], forms: list[str], path: Path) -> None:
+    """The learned beta_eff during training, one panel per form, log scale, the paper's value dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(forms), figsize=(5.5 * len(forms), 4), sharey=True, squeeze=False)
+    colours = {"mlp": "tab:blue", "single": "tab:orange"}
+    for ax, form in zip(axes[0], forms):
+        for r in runs:
+            if r["trained"] and r["form"] == form and r["variant"] in colours:
+                steps, beta = zip(*r["beta_eff_trajectory"])
+                ax.plot(steps, beta, color=colours[r["variant"]], alpha=0.85, lw=1.2,
+                        ls="-" if r["seed"] == 0 else "--", label=f"{r['variant']} seed {r['seed']}")
+        ax.axhline(PAPER_BETA_EFF, color="grey", ls=":", lw=1, label=f"paper ~{PAPER_BETA_EFF}")
+        ax.set_yscale("log")
+        ax.set_title(f"ce_interpolation = {form}")
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("beta_eff = beta_A * beta_B (batch mean)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,14 @@
 
 from .backbones import BACKBONES, Backbone, BackboneCheckpointError, build_backbone
 from .coords import feature_to_image, image_to_feature, rescale_box, rescale_points
-from .loss import cross_entropy, gaussian_target, simsc_loss, temperature_regularizer
+from .loss import (
+    cross_entropy,
+    cross_entropy_logprob,
+    cross_entropy_prob,
+    gaussian_target,
+    simsc_loss,
+    temperature_regularizer,
+)
 from .matching import full_correlation, l2_normalize, query_score_maps, scale_by_temperature
 from .model import SimSC
 from .pck import PCKAccumulator, pck, pck_per_image, theta_bbox, theta_img, theta_kps
@@ -45,6 +52,8 @@ __all__ = [
     "build_model",
     "build_temperature",
     "cross_entropy",
+    "cross_entropy_logprob",
+    "cross_entropy_prob",
     "draw_matches",
     "effective_temperature",
     "evaluate_model",

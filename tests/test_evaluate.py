@@ -15,11 +15,12 @@ ALPHAS = ["0.05", "0.1", "0.15"]
 
 
 class CellCentres(ToyTranslationPairs):
-    """Identical images (``max_shift=0``) with keypoints at the centres of the stride-16 cells."""
+    """Identical images (``max_shift=0``) with keypoints at the centres of the stride-16 cells of a
+    ResNet layer3 (its receptive-field centres: pixel 16 u, ``Backbone.cell_origin`` 0)."""
 
     def __getitem__(self, i):
         rec = super().__getitem__(i)
-        c = torch.arange(self.size // 16, dtype=torch.float32) * 16 + 7.5
+        c = torch.arange(self.size // 16, dtype=torch.float32) * 16
         ys, xs = torch.meshgrid(c, c, indexing="ij")
         kps = torch.stack([xs.flatten(), ys.flatten()], dim=-1)
         rec.update(src_kps=kps, trg_kps=kps.clone(), valid=torch.ones(len(kps), dtype=torch.bool))

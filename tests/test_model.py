@@ -139,3 +139,26 @@ def test_bad_input(model):
         model.loss({**batch, "valid": torch.zeros_like(batch["valid"])})
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model.predict(torch.rand(3, 64, 64), batch["trg_img"], batch["src_kps"])
+
+
+def test_loss_and_predict_use_the_backbones_cell_centres():
+    # model.cell_centre="patch" puts ResNet cell u at 16 u + 7.5 instead of 16 u: every pixel <-> cell
+    # mapping (queries, targets, predictions) moves by exactly 7.5 px, and nothing else changes.
+    torch.manual_seed(0)
+    m = SimSC("resnet18", "mlp", finetune="none").eval()
+    assert m.cell_origin == 0.0 and m.to_image(torch.zeros(1, 1, 2)).abs().max() == 0
+    batch = _batch(b=2, n=4, size=96)
+    shift = torch.tensor([7.5, 7.5])
+    moved = {**batch, "src_kps": batch["src_kps"] - shift, "trg_kps": batch["trg_kps"] - shift}
+    with torch.no_grad():
+        ref = m.loss(moved)
+        m.cell_centre = "patch"
+        assert m.cell_origin == 7.5
+        patch = m.loss(batch)
+        torch.testing.assert_close(patch["loss"], ref["loss"])
+        pred_patch = m.predict(batch["src_img"], batch["trg_img"], batch["src_kps"])
+        m.cell_centre = "backbone"
+        pred_ref = m.predict(batch["src_img"], batch["trg_img"], batch["src_kps"] - shift) + shift
+    torch.testing.assert_close(pred_patch, pred_ref)
+    with pytest.raises(ValueError, match="cell_centre must be one of"):
+        m.cell_centre = "corner"
