@@ -55,16 +55,27 @@ def normalize_and_scale(feat: torch.Tensor, beta: torch.Tensor, l2: bool = True,
 def sample_features(feat: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample ``feat [B, C, h, w]`` at sub-cell positions ``uv [B, N, 2]`` -> ``[B, N, C]``.
 
-    ``uv`` is in feature-cell units (x, y); positions beyond the border take the border value.
+    ``uv`` is in feature-cell units (x, y); positions beyond the border take the border value
+    (``grid_sample(..., padding_mode="border", align_corners=False)`` at the same cells).
+    Implemented as a gather of the 4 corners from the flattened ``[B, C, h*w]`` map: its
+    backward adds into those 4 cells per query, where ``grid_sample``'s backward is a slow
+    scatter over the whole map on GPUs.
     """
     _check_map(feat, "feat")
     if uv.dim() != 3 or uv.shape[-1] != 2 or uv.shape[0] != feat.shape[0]:
         raise ValueError(f"uv must be [B, N, 2] with B={feat.shape[0]}, got {tuple(uv.shape)}")
-    h, w = feat.shape[-2:]
-    scale = uv.new_tensor([2.0 / w, 2.0 / h])
-    grid = ((uv + 0.5) * scale - 1.0).unsqueeze(2)  # [B, N, 1, 2], align_corners=False
-    sampled = F.grid_sample(feat, grid.to(feat.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    return sampled.squeeze(-1).transpose(1, 2)
+    b, c, h, w = feat.shape
+    n = uv.shape[1]
+    x = uv[..., 0].to(feat.dtype).clamp(0, w - 1)
+    y = uv[..., 1].to(feat.dtype).clamp(0, h - 1)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp_max(w - 1), (y0 + 1).clamp_max(h - 1)
+    index = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1)  # [B, N, 4]
+    weight = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)
+    corners = feat.flatten(2).gather(2, index.view(b, 1, n * 4).expand(b, c, n * 4))  # [B, C, N*4]
+    return (corners.view(b, c, n, 4) * weight.unsqueeze(1)).sum(-1).transpose(1, 2)
 
 
 def query_score_maps(feat_a: torch.Tensor, feat_b: torch.Tensor, uv_a: torch.Tensor) -> torch.Tensor:

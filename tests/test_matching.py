@@ -69,3 +69,28 @@ def test_bad_input():
         scale_by_temperature(torch.randn(1, 2, 3, 3), torch.tensor([0.0]))
     with pytest.raises(ValueError, match=r"uv must be \[B, N, 2\]"):
         sample_features(torch.randn(1, 2, 3, 3), torch.zeros(1, 3))
+
+
+def _grid_sample_reference(feat, uv):
+    """The previous implementation: grid_sample at the same cells, border padding."""
+    h, w = feat.shape[-2:]
+    grid = ((uv + 0.5) * uv.new_tensor([2.0 / w, 2.0 / h]) - 1.0).unsqueeze(2)
+    out = torch.nn.functional.grid_sample(feat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.squeeze(-1).transpose(1, 2)
+
+
+def test_gather_sampling_equals_grid_sample_values_and_gradients_float64():
+    g = torch.Generator().manual_seed(0)
+    f1 = torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    f2 = f1.detach().clone().requires_grad_(True)
+    uv = torch.rand(2, 9, 2, generator=g, dtype=torch.float64) * torch.tensor([8.0, 7.0], dtype=torch.float64) - 0.7
+    uv[0, 0] = torch.tensor([6.0, 5.0], dtype=torch.float64)  # the last cell exactly
+    uv[0, 1] = torch.tensor([-2.0, 9.0], dtype=torch.float64)  # beyond two borders
+    uv[1, 0] = torch.tensor([3.0, 2.0], dtype=torch.float64)  # a cell centre
+    a, b = sample_features(f1, uv), _grid_sample_reference(f2, uv)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    wts = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    (a * wts).sum().backward()
+    (b * wts).sum().backward()
+    torch.testing.assert_close(f1.grad, f2.grad, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda f: sample_features(f, uv), (f1.detach().requires_grad_(True),))
