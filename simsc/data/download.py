@@ -656,22 +656,30 @@ def _list(names: list[str], root: Path, mirror: str | None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from simsc.errors import run_main
+
+    # A download that cannot be completed is something the user fixes (network, mirror,
+    # a file placed by hand), so it exits 2 like every other user error.
+    return run_main("simsc download", lambda: _download(args), debug=bool(getattr(args, "debug", False)),
+                    user_errors=(DownloadError,))
+
+
+def _download(args: argparse.Namespace) -> int:
     names = list(DATASETS) if args.dataset == "all" else [args.dataset]
     mirror = args.mirror if args.mirror is not None else (os.environ.get(MIRROR_ENV) or None)
     if args.list:
         _list(names, Path(args.root).expanduser().absolute(), mirror)
         return 0
     if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-        print("simsc download: error: --retries and --backoff must be >= 0, --timeout > 0", file=sys.stderr)
-        return 2
+        raise ValueError("--retries and --backoff must be >= 0, --timeout > 0, got "
+                         f"--retries {args.retries} --backoff {args.backoff} --timeout {args.timeout}")
+    root = Path(args.root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--root {root}: is a file; expected a folder (it is created if missing)")
     for name in names:
-        try:
-            path = download_dataset(name, args.root, mirror=mirror, retries=args.retries, backoff=args.backoff,
-                                    timeout=args.timeout, progress=not args.no_progress,
-                                    keep_archives=args.keep_archives)
-        except DownloadError as exc:
-            print(f"simsc download: error: {exc}", file=sys.stderr)
-            return 1
+        path = download_dataset(name, args.root, mirror=mirror, retries=args.retries, backoff=args.backoff,
+                                timeout=args.timeout, progress=not args.no_progress,
+                                keep_archives=args.keep_archives)
         print(path)
     return 0
 

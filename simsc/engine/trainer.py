@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, dump_config, diff_configs, load_config
+from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
 from ..model import SimSC
@@ -76,7 +77,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(DivergedError):
     """The loss (or a gradient / weight) became non-finite. No checkpoint of the bad state is
     written; ``last_checkpoint`` (if any) holds the last good state."""
 
