@@ -68,7 +68,7 @@ def load_model_from_args(args: argparse.Namespace):
     from ..engine.trainer import resolve_device
     from ..model import SimSC
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.checkpoint:
         if args.pretrained is not None:
             raise ValueError("--pretrained only applies to --backbone")
