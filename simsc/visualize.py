@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from .coords import rescale_points
 from .data.images import load_image, resize_uint8, target_size
 from .data.records import image_to_tensor, parse_resolution
+from .io import atomic_write
 from .model import SimSC
 
 
@@ -199,6 +200,7 @@ def save_match_picture(
     pa, pb = predict_matches(model, a, b, points, resolution=resolution, beta_eval=beta_eval, grid=grid)
     pic = draw_matches(a, b, pa, pb, height=height)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(out, format="PNG")
+    if out.exists() and not out.is_file():
+        raise ValueError(f"{out}: exists and is not a regular file; expected a path for the PNG picture")
+    atomic_write(out, lambda f: pic.save(f, format="PNG"))
     return {"points_a": pa.tolist(), "points_b": pb.tolist(), "size": list(pic.size)}

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..io import atomic_write_json
 from . import add_model_source, load_model_from_args, positive_int, user_errors
 
 _EPILOG = """\
@@ -124,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
             else list(ev.beta_sweep)
         result = beta_sweep(model, dataset, betas, **common)
         result["model"] = source
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(out, result, indent=2)
         print(f"{'beta_eval':>10} " + " ".join(f"{'PCK@' + a:>9}" for a in result["rows"][0]["per_image"]))
         for row in result["rows"]:
             print(f"{row['beta_eval']:>10.4g} " + " ".join(f"{v:>9.2f}" for v in row["per_image"].values()))
@@ -134,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     report = evaluate(model, dataset, beta_eval=beta_eval, predictions=preds, **common)
     report["model"] = source
     report["predictions"] = str(preds)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out, report, indent=2)
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
     print(f"{report['dataset']} {report['split']} @{report['resolution']} ({report['n_pairs']} pairs, "
           f"beta_eval {report['beta_eval']:g}): {pck}")

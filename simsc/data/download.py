@@ -373,7 +373,7 @@ def _member_dest(name: str, target: Path, archive: Path) -> Path | None:
 
 
 def _archive_kind(archive: Path) -> str:
-    name = archive.name.lower()
+    name = archive.name.lower().removesuffix(".part")  # a download is checked before its rename
     if name.endswith(".zip"):
         return "zip"
     if name.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
