@@ -38,7 +38,6 @@ software stack the same seed gives byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
