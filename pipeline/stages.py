@@ -112,9 +112,10 @@ def engine_config(params: dict[str, Any]):
 
 def stage_train(params: dict[str, Any]) -> None:
     """Train with the MLflow callback (when ``tracking.enabled``) and export the plot data."""
-    from simsc.engine.trainer import train
+    from simsc.engine.trainer import resolve_device, train
 
     cfg = engine_config(params)
+    resolve_device(cfg.train.device, "params.yaml: train.device")  # before anything is built
     callbacks = []
     tracking = tracking_section(params)
     if tracking.get("enabled", False):

@@ -20,7 +20,8 @@ step and per validation), checkpoints/last.pt (every epoch, and every train.chec
 steps), checkpoints/best.pt (best validation PCK) and summary.json. The folder is locked while a
 run trains in it (.simsc-run.lock names the holder); a folder with outputs of an earlier run is
 refused unless --resume continues it or --overwrite replaces it. Exit status: 0 done,
-1 training diverged (non-finite loss; the last good checkpoint is kept), 2 user error.
+1 training diverged (non-finite loss; the last good checkpoint is kept), 2 user error (one line
+naming the file, key or flag), 3 internal error; --debug prints tracebacks.
 """
 
 
