@@ -401,6 +401,21 @@ def _(d: Path):
     yield Case(["-m", "pipeline.stages", "train"], 2, ("tracking.enabled must be true or false", "'yes'"))
 
 
+@case("stages_train_device_cuda_99")
+def _(d: Path):
+    params_file(d, {"enabled": False})
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["train"]["device"] = "cuda:99"
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    yield Case(["-m", "pipeline.stages", "train"], 2, ("params.yaml: train.device cuda:99",))
+
+
+@case("stages_evaluate_unknown_set")
+def _(d: Path):
+    (d / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"sets": {"test": {"dataset": "spair"}}}}))
+    yield Case(["-m", "pipeline.stages", "evaluate", "val"], 2, ("evaluate.sets has no entry 'val'", "test"))
+
+
 # -- failure 6: simsc match --height 0 / negative
 
 
