@@ -19,7 +19,7 @@ import argparse
 import errno
 import sys
 import traceback
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -123,7 +123,3 @@ def add_debug_flag(parser: argparse.ArgumentParser, *, sub: bool = False) -> Non
                         default=argparse.SUPPRESS if sub else False,
                         help="print the traceback of an error (for bug reports)")
 
-
-def wants_debug(argv: Sequence[str] | None) -> bool:
-    """``--debug`` seen before parsing (so that a parse-time failure can honour it too)."""
-    return "--debug" in (sys.argv[1:] if argv is None else list(argv))
