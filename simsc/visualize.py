@@ -90,7 +90,7 @@ def predict_matches(
         raise ValueError(f"query point {bad} lies outside the source image ({wa} x {ha} pixels)")
     ra, rb = target_size(size_a, res), target_size(size_b, res)
     device = next(model.parameters()).device
-    check_inference_memory((ra, rb), device)
+    check_inference_memory(getattr(model.backbone, "name", ""), (ra, rb), device)
     ta = image_to_tensor(resize_uint8(a, ra) if ra != size_a else a)
     tb = image_to_tensor(resize_uint8(b, rb) if rb != size_b else b)
     q = rescale_points(pts_a, size_a, ra)
@@ -104,10 +104,18 @@ def predict_matches(
     return pts_a, pred
 
 
-#: Peak memory of a pair's inference per pixel of the larger input: measured on CPU under
-#: ``no_grad`` (peak RSS growth of ``SimSC.predict`` on two square images: resnet18 318,
-#: resnet101 501 bytes a pixel), with a margin. ViTs are not covered by it.
-BYTES_PER_PIXEL = 600
+#: Peak memory of a pair's inference per pixel of the larger input, by backbone: measured on
+#: CPU under ``no_grad`` (peak RSS growth of ``SimSC.predict`` on two square random images:
+#: resnet18 318, resnet50 and resnet101 501 bytes a pixel at 1000-2000 px), with a small margin. Basic-block
+#: ResNets share resnet18's figure; every other backbone gets the bottleneck figure. ViTs are
+#: not modelled (their attention grows with the square of the token count).
+BYTES_PER_PIXEL = {"resnet18": 330, "resnet34": 330}
+DEFAULT_BYTES_PER_PIXEL = 520
+
+
+def inference_bytes(backbone: str, sizes: Sequence[tuple[int, int]]) -> int:
+    """Estimated peak memory (bytes) of predicting one pair of images of ``sizes`` ``(H, W)``."""
+    return max(h * w for h, w in sizes) * BYTES_PER_PIXEL.get(backbone, DEFAULT_BYTES_PER_PIXEL)
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -127,10 +135,11 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_inference_memory(sizes: Sequence[tuple[int, int]], device: torch.device) -> None:
-    """Refuse, before any allocation, inputs whose estimated inference memory exceeds what
-    ``device`` has free, with the fix (a smaller ``--resolution``)."""
-    need = max(h * w for h, w in sizes) * BYTES_PER_PIXEL
+def check_inference_memory(backbone: str, sizes: Sequence[tuple[int, int]], device: torch.device) -> None:
+    """Refuse, before any allocation, inputs whose estimated inference memory
+    (:func:`inference_bytes`) exceeds what ``device`` has free, with the fix (a smaller
+    ``--resolution``)."""
+    need = inference_bytes(backbone, sizes)
     free = available_memory(device)
     if free is not None and need > free:
         (h, w) = max(sizes, key=lambda hw: hw[0] * hw[1])

@@ -613,14 +613,14 @@ def _(d: Path):
 
 @case("match_original_size_too_large_for_memory")
 def _(d: Path):
-    from simsc.visualize import BYTES_PER_PIXEL
+    from simsc.visualize import inference_bytes
 
     side = 7900  # 62.4 MP: under the 64 MP decoding limit
-    if side * side * BYTES_PER_PIXEL <= mem_available():
+    if inference_bytes("resnet50", [(side, side)]) <= mem_available():
         pytest.skip("this host has the memory for it")
     Image.new("RGB", (side, side), (90, 120, 30)).save(d / "big.png", compress_level=1)
     make_image(d / "a.png", 60, 45, seed=1)
-    yield Case(SIMSC + ["match", "a.png", "big.png", "--backbone", "resnet18", "--resolution", "original",
+    yield Case(SIMSC + ["match", "a.png", "big.png", "--backbone", "resnet50", "--resolution", "original",
                         "--out", "m.png"], 2, ("7900 x 7900", "GiB", "--resolution"))
 
 
