@@ -799,3 +799,33 @@ def test_train_lock_is_released_and_overwrite_replaces_outputs(tmp_path):
     over = subprocess.run(cmd + ["--overwrite"], cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT)
     assert over.returncode == 0
     assert "earlier run" not in (tmp_path / "run" / "metrics.jsonl").read_text()  # a new run's records
+
+
+def test_two_concurrent_trainings_the_second_refuses_naming_the_first(tmp_path):
+    """The issue's case: `simsc train --out R` twice at once, different seeds. B refuses while
+    A trains; A's metrics stay whole (no spliced lines)."""
+    import time
+
+    spair(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run"]
+    a = subprocess.Popen(cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"], cwd=tmp_path,
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = tmp_path / "run" / ".simsc-run.lock"
+        deadline = time.monotonic() + TIMEOUT
+        while not (lock.exists() and f"pid {a.pid} " in lock.read_text()):
+            assert a.poll() is None and time.monotonic() < deadline, "training A did not start"
+            time.sleep(0.2)
+        b = subprocess.run(cmd + ["--set", "train.seed=1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        assert b.returncode == 2, b.stderr
+        assert f"pid {a.pid} on host {socket.gethostname()}" in b.stderr and "Traceback" not in b.stderr
+        assert a.poll() is None  # A carries on
+    finally:
+        a.terminate()
+        a.wait(timeout=60)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["train"]["seed"] == 0  # A's run folder, not B's
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
