@@ -19,7 +19,8 @@ What it does, and what it leaves on disk (``DIR`` is the data root):
   digest is recorded (trust on first use) once the data set is installed.
 * The data set folder ``DIR/<folder>`` is built in ``DIR/.tmp-extract-XXXX`` (archives
   extracted with member checks: no absolute paths, no ``..``, no links or devices, at most
-  the data set's known size (``Dataset.max_bytes``) and the free disk space; pair lists copied), a completion marker ``.simsc-complete.json`` is written into it, and the
+  the data set's known size (``Dataset.max_bytes``) and the free disk space; pair lists
+  copied), a completion marker ``.simsc-complete.json`` is written into it, and the
   folder is moved into place with one ``os.replace``: it either exists complete or not at
   all. The downloads are then deleted (``keep_archives=True`` keeps them).
 * A second run finds the marker and does no network work.

@@ -139,7 +139,7 @@ class RunLock:
         fh = open(self.path, "a+", encoding="utf-8")  # not "w": the holder's line must survive a refusal
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by another process; other errors (no locks on this FS) propagate
             fh.seek(0)
             holder = fh.read().strip() or "an unknown process"
             fh.close()
