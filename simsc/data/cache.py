@@ -13,8 +13,8 @@ another resolution, gives a new key and so a fresh decode. Entries are written a
 (temporary file + :func:`os.replace`, ``.npy`` before ``.json``; an entry counts only once its
 ``.json`` exists), so concurrent DataLoader workers and interrupted runs are safe. The
 ``.json`` holds the SHA-256 of the pixels; an entry whose pixels do not match it (a flipped
-byte, same size) or that is otherwise corrupt is treated as a miss and rewritten. For ``resolution="original"`` the decoded original
-image is cached.
+byte, same size) or that is otherwise corrupt is treated as a miss and rewritten. For
+``resolution="original"`` the decoded original image is cached.
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ index into :data:`PASCAL_CLASSES`.
   pixels); the target box from the target's ``.mat``.
 
 Errors (:class:`DatasetFormatError`, naming file and row): missing list / image / ``.mat``,
-wrong column count, an image path that leaves the root (absolute or ``..``), unknown class, non-numeric coordinate, unequal ``XA/YA/XB/YB`` lengths,
-``.mat`` without ``kps`` / ``bbox`` (or a box of zero size) or with a different keypoint count between source and
-target, an empty split. Reported skips: NaN in a test-CSV coordinate and keypoints outside
+wrong column count, an image path that leaves the root (absolute or ``..``), unknown class,
+non-numeric coordinate, unequal ``XA/YA/XB/YB`` lengths, ``.mat`` without ``kps`` / ``bbox``
+(or a box of zero size) or with a different keypoint count between source and target, an
+empty split. Reported skips: NaN in a test-CSV coordinate and keypoints outside
 their image are marked invalid; pairs left without a valid keypoint are dropped (see
 :class:`~simsc.data.records.PairDataset`).
 """
