@@ -29,19 +29,15 @@ def user_errors(command: str) -> Callable:
     return wrap
 
 
-def positive_int(flag: str) -> Callable[[str], int]:
-    """argparse ``type=`` for a flag that must be an integer >= 1 (the message names the flag)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: expected an integer >= 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag}: expected an integer >= 1, got {value}")
-        return value
-
-    return parse
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for an integer >= 1 (argparse prefixes the error with the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def add_model_source(p: argparse.ArgumentParser, required: bool = True):

@@ -49,11 +49,11 @@ def add_parser(sub) -> None:
                         "13 log-spaced from 0.005 to 1)")
     p.add_argument("--out", required=True, metavar="FILE", help="report JSON")
     p.add_argument("--predictions", metavar="FILE", help="per-pair predictions (JSON lines)")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="pairs per batch (default: 8; 1 at original size)")
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
-    p.add_argument("--max-pairs", type=positive_int("--max-pairs"), default=None,
+    p.add_argument("--max-pairs", type=positive_int, default=None,
                    help="evaluate only the first N pairs (N >= 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

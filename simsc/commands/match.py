@@ -31,11 +31,11 @@ def add_parser(sub) -> None:
     p.add_argument("img_b", metavar="IMG_B", help="target image")
     add_model_source(p)
     p.add_argument("--points", nargs="+", type=_point, metavar="X,Y", help="query points on IMG_A")
-    p.add_argument("--grid", type=positive_int("--grid"), default=5,
+    p.add_argument("--grid", type=positive_int, default=5,
                    help="grid size when no --points are given (default: 5)")
     p.add_argument("--resolution", default="256", help="model input size: 256 or original (default: 256)")
     p.add_argument("--beta-eval", type=float, default=None, help="soft-argmax temperature (default: the model's)")
-    p.add_argument("--height", type=positive_int("--height"), default=None,
+    p.add_argument("--height", type=positive_int, default=None,
                    help="scale both images to this height in the picture (pixels, >= 1)")
     p.add_argument("--out", required=True, metavar="PNG", help="output picture")
     p.set_defaults(func=_run)
