@@ -14,19 +14,26 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.relog", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Exit status as :mod:`simsc.errors` says: 0 logged, 2 user error, 3 internal error."""
+    p = ArgumentParser(prog="python -m pipeline.relog", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--reports", type=Path, default=None, help="evaluation folder (reports/eval)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default=None)
     p.add_argument("--registered-model", default=None)
+    add_debug_flag(p)
     args = p.parse_args(argv)
+    return run_main("pipeline.relog", lambda: _relog(args), debug=args.debug)
+
+
+def _relog(args: argparse.Namespace) -> int:
     if not (args.run_dir / "metrics.jsonl").exists():
-        print(f"pipeline.relog: error: {args.run_dir} holds no metrics.jsonl", file=sys.stderr)
-        return 2
+        raise UserError(f"{args.run_dir} holds no metrics.jsonl; expected a simsc run folder")
     from .tracking import load_reports, relog
 
     reports = load_reports(args.reports) if args.reports else None

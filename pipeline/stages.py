@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,27 +13,53 @@ from typing import Any, Sequence
 
 import yaml
 
+from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
+
 PARAMS = Path("params.yaml")
 
 
 def load_params(path: Path = PARAMS) -> dict[str, Any]:
+    """``params.yaml`` as a mapping; :class:`UserError` naming the file when it is not one."""
     try:
-        params = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SystemExit(f"{path}: not found (run the stages from the project root)") from None
+        raise UserError(f"{path}: not found (run the stages from the project root)") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(params, dict):
-        raise SystemExit(f"{path}: expected a mapping of stage sections")
+        raise UserError(f"{path}: expected a mapping of stage sections")
     return params
 
 
 def _section(params: dict[str, Any], name: str, keys: Sequence[str]) -> dict[str, Any]:
     sec = params.get(name)
     if not isinstance(sec, dict):
-        raise SystemExit(f"params.yaml: missing section {name!r}")
+        raise UserError(f"params.yaml: missing section {name!r}")
     missing = [k for k in keys if k not in sec]
     if missing:
-        raise SystemExit(f"params.yaml: section {name!r} lacks {missing}")
+        raise UserError(f"params.yaml: section {name!r} lacks {missing}")
     return sec
+
+
+def tracking_section(params: dict[str, Any]) -> dict[str, Any]:
+    """The ``tracking`` section, checked: a mapping whose ``enabled`` is a YAML boolean."""
+    tracking = params.get("tracking")
+    if tracking is None:
+        return {}
+    if not isinstance(tracking, dict):
+        raise UserError(f"params.yaml: tracking must be a mapping (enabled, experiment, registered_model), "
+                        f"got {tracking!r}")
+    enabled = tracking.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise UserError(f"params.yaml: tracking.enabled must be true or false, got {enabled!r}")
+    for key in ("experiment", "registered_model"):
+        if tracking.get(key) is not None and not isinstance(tracking[key], str):
+            raise UserError(f"params.yaml: tracking.{key} must be a string or null, got {tracking[key]!r}")
+    return tracking
 
 
 def stage_download(params: dict[str, Any]) -> None:
@@ -87,11 +112,12 @@ def engine_config(params: dict[str, Any]):
 
 def stage_train(params: dict[str, Any]) -> None:
     """Train with the MLflow callback (when ``tracking.enabled``) and export the plot data."""
-    from simsc.engine.trainer import train
+    from simsc.engine.trainer import resolve_device, train
 
     cfg = engine_config(params)
+    resolve_device(cfg.train.device, "params.yaml: train.device")  # before anything is built
     callbacks = []
-    tracking = params.get("tracking") or {}
+    tracking = tracking_section(params)
     if tracking.get("enabled", False):
         from .tracking import MlflowCallback
 
@@ -142,7 +168,7 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     ev_sec = _section(params, "evaluate", ["sets"])
     sets = ev_sec["sets"]
     if name not in sets:
-        raise SystemExit(f"params.yaml: evaluate.sets has no entry {name!r} (known: {', '.join(sets)})")
+        raise UserError(f"params.yaml: evaluate.sets has no entry {name!r} (known: {', '.join(sets)})")
     spec = sets[name]
     ev: EvalConfig = load_config({"eval": params.get("eval") or {}}).eval
     train_sec = _section(params, "train", ["out_dir"])
@@ -194,19 +220,32 @@ STAGES = {"download": stage_download, "preprocess": stage_preprocess, "train": s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stages", description=__doc__)
+    """Run one stage under the error contract of :mod:`simsc.errors` (user error: exit 2)."""
+    parser = ArgumentParser(prog="python -m pipeline.stages", description=__doc__)
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument("name", nargs="?", help="evaluate: the entry of evaluate.sets")
     parser.add_argument("--params", type=Path, default=PARAMS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    if args.stage == "evaluate":
-        if not args.name:
-            parser.error("evaluate needs the name of an evaluate.sets entry")
-        stage_evaluate(params, args.name)
-    else:
-        STAGES[args.stage](params)
-    return 0
+    if args.stage == "evaluate" and not args.name:
+        parser.error("evaluate needs the name of an evaluate.sets entry")
+
+    def body() -> int:
+        params = load_params(args.params)
+        if args.stage == "evaluate":
+            stage_evaluate(params, args.name)
+        else:
+            STAGES[args.stage](params)
+        return 0
+
+    return run_main(f"pipeline.stages {args.stage}", body, debug=args.debug, user_errors=_user_error_types())
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    # A failed download is fixed by the user (network, mirror, a file placed by hand).
+    from simsc.data.download import DownloadError
+
+    return (DownloadError,)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from simsc.errors import ArgumentParser, add_debug_flag, run_main
 from simsc.io import atomic_copy, atomic_write_json
 
 from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec, n_trials, param_space
@@ -316,7 +317,7 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
+    p = ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", type=Path, help="the sweep spec (YAML), e.g. configs/sweeps/lr_beta1.yaml")
     p.add_argument("--profile", help="a profile of the spec (e.g. toy, full; default: the spec's default_profile)")
@@ -334,31 +335,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 1 some trials errored, 2 user error, 3 internal error, 130 interrupted
+    (the contract of :mod:`simsc.errors`)."""
     args = build_parser().parse_args(argv)
+    return run_main("sweep", lambda: _main(args), debug=args.debug, user_errors=(SweepSpecError, SweepError))
+
+
+def _main(args: argparse.Namespace) -> int:
+    spec = load_sweep_spec(args.spec, args.profile, overrides=args.overrides)
+    if args.name:
+        spec.name = args.name
+    if args.max_concurrent is not None:
+        if args.max_concurrent < 1:
+            raise SweepSpecError("--max-concurrent: expected an integer >= 1")
+        spec.max_concurrent_trials = args.max_concurrent
+    if args.dry_run:
+        trials = expand_grid(spec)
+        print(f"sweep {spec.name} (profile {spec.profile}): {n_trials(spec)} trials, "
+              f"resources {spec.resources}, scheduler {spec.scheduler}")
+        for i, ov in enumerate(trials):
+            print(f"  {i:3d}  " + "  ".join(f"{k}={v}" for k, v in ov.items()))
+        return 0
     try:
-        spec = load_sweep_spec(args.spec, args.profile, overrides=args.overrides)
-        if args.name:
-            spec.name = args.name
-        if args.max_concurrent is not None:
-            if args.max_concurrent < 1:
-                raise SweepSpecError("--max-concurrent: expected an integer >= 1")
-            spec.max_concurrent_trials = args.max_concurrent
-        if args.dry_run:
-            trials = expand_grid(spec)
-            print(f"sweep {spec.name} (profile {spec.profile}): {n_trials(spec)} trials, "
-                  f"resources {spec.resources}, scheduler {spec.scheduler}")
-            for i, ov in enumerate(trials):
-                print(f"  {i:3d}  " + "  ".join(f"{k}={v}" for k, v in ov.items()))
-            return 0
         summary = run_sweep(spec, out_dir=args.out, storage=args.storage, address=args.address,
                             resume=args.resume, tracking=False if args.no_tracking else None)
-    except (SweepSpecError, SweepError) as exc:
-        print(f"sweep: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sweep: interrupted; continue with the same command and --resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -317,6 +317,8 @@ def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
         raise SweepSpecError(f"{what} not found: {path}") from None
     except (OSError, yaml.YAMLError) as exc:
         raise SweepSpecError(f"{what} {path}: cannot read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SweepSpecError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if not isinstance(data, dict):
         raise SweepSpecError(f"{what} {path}: expected a mapping")
     return data

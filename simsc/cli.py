@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from .errors import ArgumentParser, add_debug_flag, run_main
+
 # Each subcommand module exposes ``add_parser(subparsers) -> None`` and sets
 # ``func`` on its parser; the list is the single place where commands are registered.
 _COMMANDS: list[str] = [
@@ -17,27 +19,29 @@ _COMMANDS: list[str] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="simsc",
         description="SimSC semantic correspondence: data, training, evaluation and matching.",
+        epilog="exit status: 0 done, 1 training diverged, 2 user error (one line naming the file or flag), "
+               "3 internal error; --debug prints tracebacks",
     )
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     import importlib
 
     for mod_name in _COMMANDS:
         importlib.import_module(mod_name).add_parser(sub)
+    for choice in sub.choices.values():
+        add_debug_flag(choice, sub=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``simsc``; returns the exit status of :mod:`simsc.errors`' contract."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] = args.func
-    try:
-        return int(func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_main(f"simsc {args.command}", lambda: func(args), debug=bool(getattr(args, "debug", False)))
 
 
 if __name__ == "__main__":

@@ -210,6 +210,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {p}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); expected a YAML config") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

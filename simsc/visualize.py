@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from .coords import rescale_points
 from .data.images import load_image, resize_uint8, target_size
 from .data.records import image_to_tensor, parse_resolution
+from .io import atomic_write
 from .model import SimSC
 
 
@@ -73,7 +74,9 @@ def predict_matches(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict where ``points`` (source pixels ``[N, 2]``; default: a ``grid x grid`` grid)
     land in image B. Both images are resized to ``resolution`` (or kept at their size with
-    ``"original"``); the returned ``(points_a, points_b)`` are in original pixels."""
+    ``"original"``); the returned ``(points_a, points_b)`` are in original pixels, the
+    predictions clamped to image B. Inputs too large for the device's free memory are
+    refused up front (:func:`check_inference_memory`)."""
     a, b = _as_uint8(img_a), _as_uint8(img_b)
     res = parse_resolution(resolution)
     size_a, size_b = a.shape[:2], b.shape[:2]
@@ -86,12 +89,64 @@ def predict_matches(
         bad = pts_a[outside][0].tolist()
         raise ValueError(f"query point {bad} lies outside the source image ({wa} x {ha} pixels)")
     ra, rb = target_size(size_a, res), target_size(size_b, res)
+    device = next(model.parameters()).device
+    check_inference_memory(getattr(model.backbone, "name", ""), (ra, rb), device)
     ta = image_to_tensor(resize_uint8(a, ra) if ra != size_a else a)
     tb = image_to_tensor(resize_uint8(b, rb) if rb != size_b else b)
     q = rescale_points(pts_a, size_a, ra)
-    device = next(model.parameters()).device
     pred = model.predict(ta[None].to(device), tb[None].to(device), q[None].to(device), beta_eval=beta_eval)[0].cpu()
-    return pts_a, rescale_points(pred, rb, size_b)
+    pred = rescale_points(pred, rb, size_b)
+    # The backbone pads B to a multiple of its stride, so the soft-argmax can land in the
+    # padding (a 1 x 1 image predicts the centre of a 16 x 16 cell); a match lies in the image.
+    hb, wb = size_b
+    pred[:, 0] = pred[:, 0].clamp(0, wb - 1)
+    pred[:, 1] = pred[:, 1].clamp(0, hb - 1)
+    return pts_a, pred
+
+
+#: Peak memory of a pair's inference per pixel of the larger input, by backbone: measured on
+#: CPU under ``no_grad`` (peak RSS growth of ``SimSC.predict`` on two square random images:
+#: resnet18 318, resnet50 and resnet101 501 bytes a pixel at 1000-2000 px), with a small margin. Basic-block
+#: ResNets share resnet18's figure; every other backbone gets the bottleneck figure. ViTs are
+#: not modelled (their attention grows with the square of the token count).
+BYTES_PER_PIXEL = {"resnet18": 330, "resnet34": 330}
+DEFAULT_BYTES_PER_PIXEL = 520
+
+
+def inference_bytes(backbone: str, sizes: Sequence[tuple[int, int]]) -> int:
+    """Estimated peak memory (bytes) of predicting one pair of images of ``sizes`` ``(H, W)``."""
+    return max(h * w for h, w in sizes) * BYTES_PER_PIXEL.get(backbone, DEFAULT_BYTES_PER_PIXEL)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes (``MemAvailable`` on CPU), ``None`` when unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001 - no estimate is better than a failure here
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_inference_memory(backbone: str, sizes: Sequence[tuple[int, int]], device: torch.device) -> None:
+    """Refuse, before any allocation, inputs whose estimated inference memory
+    (:func:`inference_bytes`) exceeds what ``device`` has free, with the fix (a smaller
+    ``--resolution``)."""
+    need = inference_bytes(backbone, sizes)
+    free = available_memory(device)
+    if free is not None and need > free:
+        (h, w) = max(sizes, key=lambda hw: hw[0] * hw[1])
+        raise ValueError(
+            f"an input of {w} x {h} pixels needs about {need / 2**30:.1f} GiB for inference but {device} has "
+            f"{free / 2**30:.1f} GiB free; use a smaller --resolution (e.g. --resolution 256) instead of original"
+        )
 
 
 def draw_matches(
@@ -154,6 +209,7 @@ def save_match_picture(
     pa, pb = predict_matches(model, a, b, points, resolution=resolution, beta_eval=beta_eval, grid=grid)
     pic = draw_matches(a, b, pa, pb, height=height)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pic.save(out, format="PNG")
+    if out.exists() and not out.is_file():
+        raise ValueError(f"{out}: exists and is not a regular file; expected a path for the PNG picture")
+    atomic_write(out, lambda f: pic.save(f, format="PNG"))
     return {"points_a": pa.tolist(), "points_b": pb.tolist(), "size": list(pic.size)}

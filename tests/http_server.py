@@ -8,7 +8,8 @@
         server.requests  # [Request(method, path, range), ...] in arrival order
 
 ``Range: bytes=N-`` (and ``bytes=N-M``) is answered with 206 + ``Content-Range``, or 416 when
-N is past the end; ``honor_range = False`` makes the server ignore it (always 200).
+N is past the end; ``honor_range = False`` makes the server ignore it (always 200); ``send_length = False``
+sends 200 replies without ``Content-Length`` (the body ends when the connection closes).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LocalHTTPServer:
         self.files: dict[str, bytes] = dict(files or {})
         self.requests: list[Request] = []
         self.honor_range = True
+        self.send_length = True
         self._cuts: dict[str, list[int]] = {p: [k] for p, k in (cut_first or {}).items()}
         self._failures: dict[str, list[int]] = {}
         self._lock = threading.Lock()
@@ -77,6 +79,7 @@ class LocalHTTPServer:
                     cuts = server._cuts.get(path)
                     cut = cuts.pop(0) if (cuts and body and data is not None) else None
                     honor = server.honor_range
+                    send_length = server.send_length
                 if status_fail is not None:
                     self.send_response(status_fail)
                     self.send_header("Content-Length", "0")
@@ -101,8 +104,10 @@ class LocalHTTPServer:
                         status = 206
                 self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(end - start))
-                self.send_header("Accept-Ranges", "bytes")
+                if send_length or status == 206:
+                    self.send_header("Content-Length", str(end - start))
+                if honor:
+                    self.send_header("Accept-Ranges", "bytes")
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
                 self.end_headers()

@@ -1,41 +1,43 @@
 """``simsc`` subcommands (train, evaluate, match): thin argparse wrappers over the library.
 
-Each module exposes ``add_parser(subparsers)``. User errors (bad config, missing file,
-unreadable checkpoint, malformed data) are printed as ``simsc <command>: error: ...``
-without a traceback and exit with status 2; a diverged training run exits with 1.
+Each module exposes ``add_parser(subparsers)``. Errors follow :mod:`simsc.errors`: user
+errors (bad config or flag, missing / malformed file, read-only or full disk, missing
+device) are printed as one line ``simsc <command>: error: ...`` and exit with status 2; a
+diverged training run exits with 1; tracebacks only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from typing import Callable
 
-EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 1
+from ..errors import EXIT_DIVERGED, EXIT_USER_ERROR, run_main  # noqa: F401 - re-exported
 
 
 def user_errors(command: str) -> Callable:
-    """Decorator for a subcommand's ``func``: turn user errors into a message and exit 2."""
+    """Decorator for a subcommand's ``func``: the error contract of :mod:`simsc.errors`
+    also when the function is called directly (tests), not through :func:`simsc.cli.main`."""
 
     def wrap(func: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(func)
         def run(args: argparse.Namespace) -> int:
-            from ..engine.trainer import TrainingDivergedError
-
-            try:
-                return int(func(args) or 0)
-            except TrainingDivergedError as exc:
-                print(f"simsc {command}: error: {exc}", file=sys.stderr)
-                return EXIT_DIVERGED
-            except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-                print(f"simsc {command}: error: {exc}", file=sys.stderr)
-                return EXIT_USER_ERROR
+            return run_main(f"simsc {command}", lambda: func(args), debug=bool(getattr(args, "debug", False)))
 
         return run
 
     return wrap
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for an integer >= 1 (argparse prefixes the error with the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def add_model_source(p: argparse.ArgumentParser, required: bool = True):
@@ -62,7 +64,7 @@ def load_model_from_args(args: argparse.Namespace):
     from ..engine.trainer import resolve_device
     from ..model import SimSC
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.checkpoint:
         if args.pretrained is not None:
             raise ValueError("--pretrained only applies to --backbone")

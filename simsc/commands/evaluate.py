@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from . import add_model_source, load_model_from_args, user_errors
+from ..io import atomic_write_json
+from . import add_model_source, load_model_from_args, positive_int, user_errors
 
 _EPILOG = """\
 examples:
@@ -49,10 +49,12 @@ def add_parser(sub) -> None:
                         "13 log-spaced from 0.005 to 1)")
     p.add_argument("--out", required=True, metavar="FILE", help="report JSON")
     p.add_argument("--predictions", metavar="FILE", help="per-pair predictions (JSON lines)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per batch (default: 8; 1 at original size)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="pairs per batch (default: 8; 1 at original size)")
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
-    p.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N pairs")
+    p.add_argument("--max-pairs", type=positive_int, default=None,
+                   help="evaluate only the first N pairs (N >= 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -103,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--dataset and --root are required with --backbone")
     resolution = parse_resolution(args.resolution if args.resolution is not None else ev.resolution)
     split = args.split or ev.split
-    batch_size = args.batch_size or ev.batch_size
+    batch_size = args.batch_size if args.batch_size is not None else ev.batch_size
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     beta_eval = args.beta_eval if args.beta_eval is not None else ev.beta_eval
@@ -120,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
             else list(ev.beta_sweep)
         result = beta_sweep(model, dataset, betas, **common)
         result["model"] = source
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(out, result, indent=2)
         print(f"{'beta_eval':>10} " + " ".join(f"{'PCK@' + a:>9}" for a in result["rows"][0]["per_image"]))
         for row in result["rows"]:
             print(f"{row['beta_eval']:>10.4g} " + " ".join(f"{v:>9.2f}" for v in row["per_image"].values()))
@@ -130,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     report = evaluate(model, dataset, beta_eval=beta_eval, predictions=preds, **common)
     report["model"] = source
     report["predictions"] = str(preds)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out, report, indent=2)
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
     print(f"{report['dataset']} {report['split']} @{report['resolution']} ({report['n_pairs']} pairs, "
           f"beta_eval {report['beta_eval']:g}): {pck}")

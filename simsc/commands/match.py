@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import add_model_source, load_model_from_args, user_errors
+from . import add_model_source, load_model_from_args, positive_int, user_errors
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -31,10 +31,12 @@ def add_parser(sub) -> None:
     p.add_argument("img_b", metavar="IMG_B", help="target image")
     add_model_source(p)
     p.add_argument("--points", nargs="+", type=_point, metavar="X,Y", help="query points on IMG_A")
-    p.add_argument("--grid", type=int, default=5, help="grid size when no --points are given (default: 5)")
+    p.add_argument("--grid", type=positive_int, default=5,
+                   help="grid size when no --points are given (default: 5)")
     p.add_argument("--resolution", default="256", help="model input size: 256 or original (default: 256)")
     p.add_argument("--beta-eval", type=float, default=None, help="soft-argmax temperature (default: the model's)")
-    p.add_argument("--height", type=int, default=None, help="scale both images to this height in the picture")
+    p.add_argument("--height", type=positive_int, default=None,
+                   help="scale both images to this height in the picture (pixels, >= 1)")
     p.add_argument("--out", required=True, metavar="PNG", help="output picture")
     p.set_defaults(func=_run)
 
@@ -43,8 +45,14 @@ def add_parser(sub) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..visualize import save_match_picture
 
-    if args.grid < 1:
-        raise ValueError(f"--grid must be >= 1, got {args.grid}")
+    from ..data.records import parse_resolution
+
+    try:
+        parse_resolution(args.resolution)
+    except ValueError:
+        raise ValueError(f"--resolution: expected a positive integer or 'original', got {args.resolution!r}") from None
+    if args.beta_eval is not None and not args.beta_eval > 0:
+        raise ValueError(f"--beta-eval must be > 0, got {args.beta_eval}")
     model, _ = load_model_from_args(args)
     res = save_match_picture(model, args.img_a, args.img_b, args.out, points=args.points,
                              resolution=args.resolution, beta_eval=args.beta_eval, grid=args.grid,

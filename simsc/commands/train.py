@@ -17,8 +17,11 @@ examples:
 
 The run folder (--out, or train.out_dir) receives config.yaml, metrics.jsonl (one JSON record per
 step and per validation), checkpoints/last.pt (every epoch, and every train.checkpoint_every_steps
-steps), checkpoints/best.pt (best validation PCK) and summary.json. Exit status: 0 done,
-1 training diverged (non-finite loss; the last good checkpoint is kept), 2 user error.
+steps), checkpoints/best.pt (best validation PCK) and summary.json. The folder is locked while a
+run trains in it (.simsc-run.lock names the holder); a folder with outputs of an earlier run is
+refused unless --resume continues it or --overwrite replaces it. Exit status: 0 done,
+1 training diverged (non-finite loss; the last good checkpoint is kept), 2 user error (one line
+naming the file, key or flag), 3 internal error; --debug prints tracebacks.
 """
 
 
@@ -37,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (overrides train.out_dir)")
     p.add_argument("--resume", action="store_true",
                    help="continue from DIR/checkpoints/last.pt if it exists (exactly where it stopped)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run in DIR (without it such a folder is refused "
+                        "unless --resume can continue it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -44,7 +50,7 @@ def add_parser(sub) -> None:
 @user_errors("train")
 def _run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, load_config, read_yaml
-    from ..engine.trainer import train
+    from ..engine.trainer import resolve_device, train
 
     data = read_yaml(args.config) if args.config else {}
     overrides = list(args.overrides)
@@ -53,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("train.progress=false")
     cfg = load_config(apply_overrides(data, overrides))
+    resolve_device(cfg.train.device, "train.device")  # up front: before any model or data is built
     print(f"simsc train: run folder {cfg.train.out_dir}", file=sys.stderr)
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0

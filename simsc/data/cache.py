@@ -4,16 +4,17 @@ Layout (one folder per dataset name and resolution)::
 
     <cache_dir>/<dataset>/<resolution>/<key>.npy    uint8 H x W x 3 at the resolution
     <cache_dir>/<dataset>/<resolution>/<key>.json   {"source", "size", "mtime_ns", "resolution",
-                                                     "orig_size": [H, W], "shape"}
+                                                     "orig_size": [H, W], "shape", "sha256"}
     <cache_dir>/<dataset>/<resolution>/manifest.json  index written by :func:`build_cache`
 
 ``key`` hashes (cache format version, source path relative to the dataset root, source file
 size, source mtime in ns, resolution): editing or replacing a source file, or asking for
 another resolution, gives a new key and so a fresh decode. Entries are written atomically
 (temporary file + :func:`os.replace`, ``.npy`` before ``.json``; an entry counts only once its
-``.json`` exists), so concurrent DataLoader workers and interrupted runs are safe. A corrupt
-entry is treated as a miss and rewritten. For ``resolution="original"`` the decoded original
-image is cached.
+``.json`` exists), so concurrent DataLoader workers and interrupted runs are safe. The
+``.json`` holds the SHA-256 of the pixels; an entry whose pixels do not match it (a flipped
+byte, same size) or that is otherwise corrupt is treated as a miss and rewritten. For
+``resolution="original"`` the decoded original image is cached.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ from simsc.data import images
 from simsc.io import atomic_write, atomic_write_json
 from simsc.data.records import DatasetFormatError, Resolution, parse_resolution, resolution_tag
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry the SHA-256 of their pixels
 MANIFEST = "manifest.json"
+
+
+def pixel_digest(arr: np.ndarray) -> str:
+    """SHA-256 of an image array's bytes (C order)."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
 
 
 class CachedImages:
@@ -75,6 +81,8 @@ class CachedImages:
         orig = tuple(int(v) for v in meta.get("orig_size", ()))
         if arr.dtype != np.uint8 or arr.ndim != 3 or list(arr.shape) != meta.get("shape") or len(orig) != 2:
             return None
+        if meta.get("sha256") != pixel_digest(arr):
+            return None  # corrupted in place (same size): decoded again by the caller
         return arr, orig  # type: ignore[return-value]
 
     def get(self, relpath: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -100,6 +108,7 @@ class CachedImages:
             "resolution": self.resolution,
             "orig_size": list(orig),
             "shape": list(arr.shape),
+            "sha256": pixel_digest(arr),
         }
         atomic_write_json(self.dir / f"{key}.json", meta)
 

@@ -6,7 +6,10 @@ What it does, and what it leaves on disk (``DIR`` is the data root):
   ``DIR/.downloads/<filename>.part`` (progress bar, chunked writes), then renamed to
   ``DIR/.downloads/<filename>`` once complete and verified. An interrupted download
   resumes with ``Range: bytes=<size of .part>-`` (a 206 reply is appended, a 200 reply
-  restarts from zero). Connection errors, timeouts, 5xx/408/429 replies and a stream cut
+  restarts from zero). A file is complete only when proven: the size the server states, a
+  known digest, a range request past the end (servers that send no ``Content-Length``) or,
+  for an archive, a full integrity read; otherwise nothing is installed or recorded.
+  Connection errors, timeouts, 5xx/408/429 replies and a stream cut
   short of its ``Content-Length`` are retried with exponential backoff, each retry
   resuming from the current ``.part`` size; an attempt that received bytes does not
   count against the retry budget.
@@ -15,8 +18,9 @@ What it does, and what it leaves on disk (``DIR`` is the data root):
   is deleted and a :class:`ChecksumError` names the file and both digests. Otherwise the
   digest is recorded (trust on first use) once the data set is installed.
 * The data set folder ``DIR/<folder>`` is built in ``DIR/.tmp-extract-XXXX`` (archives
-  extracted with member checks: no absolute paths, no ``..``, no links or devices; pair
-  lists copied), a completion marker ``.simsc-complete.json`` is written into it, and the
+  extracted with member checks: no absolute paths, no ``..``, no links or devices, at most
+  the data set's known size (``Dataset.max_bytes``) and the free disk space; pair lists
+  copied), a completion marker ``.simsc-complete.json`` is written into it, and the
   folder is moved into place with one ``os.replace``: it either exists complete or not at
   all. The downloads are then deleted (``keep_archives=True`` keeps them).
 * A second run finds the marker and does no network work.
@@ -63,6 +67,7 @@ __all__ = [
     "LOCK_NAME",
     "UnsafeArchiveError",
     "add_parser",
+    "check_archive",
     "download_dataset",
     "extract_archive",
     "fetch",
@@ -193,8 +198,12 @@ def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
                 desc=desc, disable=None if enabled else True, dynamic_ncols=True)  # None: only on a TTY
 
 
-def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str, counter: list[int]) -> None:
-    """One request: append to / rewrite ``part``. Raises _Transient or DownloadError."""
+def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str, counter: list[int]) -> bool:
+    """One request: append to / rewrite ``part``. Raises _Transient or DownloadError.
+
+    Returns whether the server stated the file's total size (``Content-Length``,
+    ``Content-Range``) and ``part`` has exactly that size now. Without a stated size a
+    connection closed half-way looks like a complete file."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
@@ -207,8 +216,8 @@ def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str,
         exc.close()
         if code == 416 and offset:
             _, total = _parse_content_range(content_range)
-            if total == offset:  # the .part was already complete
-                return
+            if total == offset:  # the .part was already complete, and the server says so
+                return True
             part.unlink(missing_ok=True)
             counter[0] += 1  # a state change, not a failure: restart from zero
             raise _Transient(f"the server refused to resume at byte {offset} (HTTP 416); restarting") from None
@@ -253,6 +262,7 @@ def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str,
     if total is not None and have > total:
         part.unlink(missing_ok=True)
         raise _Transient(f"received {have} bytes, more than the announced {total}; restarting")
+    return total is not None
 
 
 def fetch(
@@ -267,6 +277,7 @@ def fetch(
     progress: bool = True,
     hint: str | None = None,
     log: Log | None = None,
+    verify: Callable[[Path], None] | None = None,
 ) -> FetchResult:
     """Download ``url`` to ``dest`` through ``dest + ".part"`` (resumable), with retries.
 
@@ -274,18 +285,42 @@ def fetch(
     given, verified. Raises :class:`ChecksumError` (the bad download is deleted) or
     :class:`DownloadError` (network failure after ``retries`` retries; the ``.part`` stays
     so that a later call resumes; the message includes ``hint``).
+
+    Completeness must be proven, not assumed: by the size the server states, by
+    ``expected_sha256``, or, when the server sends no size, by asking for the bytes past the
+    end (``Range``: a 416 reply states the size, a 206 reply delivers the missing rest) and
+    else by ``verify(part)`` (an archive integrity check that raises :class:`DownloadError`).
+    A file whose completeness cannot be proven is not installed (:class:`DownloadError`).
     """
     log = log or _stderr
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    failures = attempts = 0
+    failures = attempts = probes = 0
     while True:
         attempts += 1
         counter = [0]
         try:
-            _attempt(url, part, timeout=timeout, progress=progress, desc=dest.name, counter=counter)
-            break
+            sized = _attempt(url, part, timeout=timeout, progress=progress, desc=dest.name, counter=counter)
+            if sized or expected_sha256:
+                break
+            if probes == 0 and part.exists():
+                # No stated size: a connection closed half-way reads like the end of the file.
+                probes += 1
+                log(f"{dest.name}: the server sent no size; asking it for the bytes past {part.stat().st_size}")
+                continue
+            if verify is not None:
+                try:
+                    verify(part)
+                except DownloadError:
+                    part.unlink(missing_ok=True)
+                    raise
+                break
+            raise DownloadError(
+                f"could not download {url}: the server sent no Content-Length and does not answer range "
+                f"requests, so a complete {dest.name} cannot be told from a truncated one (no known SHA-256 "
+                f"either); nothing was installed. Use a server or --mirror that sends Content-Length, or place "
+                f"the file by hand as {dest}.", url=url, path=dest)
         except _Transient as exc:
             if counter[0] == 0:  # no progress at all: this one counts
                 failures += 1
@@ -339,7 +374,7 @@ def _member_dest(name: str, target: Path, archive: Path) -> Path | None:
 
 
 def _archive_kind(archive: Path) -> str:
-    name = archive.name.lower()
+    name = archive.name.lower().removesuffix(".part")  # a download is checked before its rename
     if name.endswith(".zip"):
         return "zip"
     if name.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
@@ -349,18 +384,26 @@ def _archive_kind(archive: Path) -> str:
     return "tar"
 
 
-def _write_member(src, dest: Path, executable: bool) -> None:
+def _write_member(src, dest: Path, executable: bool, budget: "_Budget") -> None:
     if dest.is_dir() and not dest.is_symlink():
         raise DownloadError(f"archive member {dest.name!r} clashes with a folder of the same name", path=dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, CHUNK)
+        # Counted as written, not as declared: headers can lie about sizes.
+        while chunk := src.read(CHUNK):
+            budget.take(len(chunk))
+            out.write(chunk)
     os.chmod(dest, (0o777 if executable else 0o666) & ~current_umask())
 
 
-def _extract_zip(archive: Path, target: Path) -> int:
+def _extract_zip(archive: Path, target: Path, budget: "_Budget") -> int:
     n = 0
     with zipfile.ZipFile(archive) as zf:
+        declared = sum(info.file_size for info in zf.infolist())
+        if declared > budget.left:
+            raise DownloadError(
+                f"refusing to extract {archive.name}: its members declare {declared} bytes, more than "
+                f"{budget.left} ({budget.why}); nothing was extracted", path=archive)
         for info in zf.infolist():
             dest = _member_dest(info.filename, target, archive)
             mode = info.external_attr >> 16
@@ -375,12 +418,12 @@ def _extract_zip(archive: Path, target: Path) -> int:
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
             with zf.open(info) as src:  # checks the CRC at the end
-                _write_member(src, dest, bool(mode & 0o111))
+                _write_member(src, dest, bool(mode & 0o111), budget)
             n += 1
     return n
 
 
-def _extract_tar(archive: Path, target: Path) -> int:
+def _extract_tar(archive: Path, target: Path, budget: "_Budget") -> int:
     n = 0
     with tarfile.open(archive, "r:*") as tf:
         for member in tf:
@@ -401,18 +444,66 @@ def _extract_tar(archive: Path, target: Path) -> int:
             src = tf.extractfile(member)
             assert src is not None
             with src:
-                _write_member(src, dest, bool(member.mode & 0o111))
+                _write_member(src, dest, bool(member.mode & 0o111), budget)
             n += 1
     return n
 
 
-def _extract_into(archive: Path, target: Path) -> int:
-    """Extract every member of ``archive`` under the existing folder ``target``; returns the file count."""
+def check_archive(archive: Path) -> None:
+    """Read every member of a zip / tar[.gz] to its end (CRC and gzip trailer checked):
+    :class:`DownloadError` when the archive is truncated or corrupt."""
     archive = Path(archive)
     try:
         if _archive_kind(archive) == "zip":
-            return _extract_zip(archive, target)
-        return _extract_tar(archive, target)
+            with zipfile.ZipFile(archive) as zf:
+                bad = zf.testzip()
+            if bad is not None:
+                raise DownloadError(f"{archive.name}: member {bad!r} fails its CRC check", path=archive)
+            return
+        with tarfile.open(archive, "r:*") as tf:
+            for member in tf:
+                if member.isfile():
+                    src = tf.extractfile(member)
+                    if src is not None:
+                        with src:
+                            while src.read(CHUNK):
+                                pass
+    except DownloadError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DownloadError(f"{archive.name} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                            "it was not installed", path=archive) from None
+
+
+class _Budget:
+    """Bytes an extraction may still write: the data set's known size and the free disk."""
+
+    def __init__(self, archive: Path, target: Path, max_bytes: int | None) -> None:
+        free = shutil.disk_usage(target).free
+        # Keep a margin on the disk: a full disk breaks more than this download.
+        limits = {"free disk space (less 64 MiB)": max(free - (64 << 20), 0)}
+        if max_bytes is not None:
+            limits["the data set's known size"] = int(max_bytes)
+        self.why, self.left = min(limits.items(), key=lambda kv: kv[1])
+        self.limit = self.left
+        self.archive = archive
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise DownloadError(
+                f"refusing to extract {self.archive.name}: it expands beyond {self.limit} bytes ({self.why}); "
+                "an archive bomb or the wrong file; nothing was extracted", path=self.archive)
+
+
+def _extract_into(archive: Path, target: Path, max_bytes: int | None = None) -> int:
+    """Extract every member of ``archive`` under the existing folder ``target``; returns the file count."""
+    archive = Path(archive)
+    budget = _Budget(archive, target, max_bytes)
+    try:
+        if _archive_kind(archive) == "zip":
+            return _extract_zip(archive, target, budget)
+        return _extract_tar(archive, target, budget)
     except DownloadError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error,
@@ -430,7 +521,7 @@ def _make_tmp_dir(parent: Path) -> Path:
 
 
 def extract_archive(archive: str | os.PathLike[str], target_dir: str | os.PathLike[str], *,
-                    tmp_parent: str | os.PathLike[str] | None = None) -> Path:
+                    tmp_parent: str | os.PathLike[str] | None = None, max_bytes: int | None = None) -> Path:
     """Extract ``archive`` (zip or tar[.gz]) so that its members appear under ``target_dir``.
 
     ``target_dir`` must not exist yet. Members are extracted into a temporary folder
@@ -438,14 +529,14 @@ def extract_archive(archive: str | os.PathLike[str], target_dir: str | os.PathLi
     renamed to ``target_dir``; on any failure the temporary folder is removed and
     ``target_dir`` does not exist. Refuses (:class:`UnsafeArchiveError`, naming the member)
     absolute paths, ``..`` components, names resolving outside the folder, and links or
-    devices.
+    devices, and archives that expand beyond ``max_bytes`` or the free disk space.
     """
     archive, target = Path(archive), Path(target_dir)
     if target.exists():
         raise DownloadError(f"{target} already exists; remove it first", path=target)
     tmp = _make_tmp_dir(Path(tmp_parent) if tmp_parent is not None else target.parent)
     try:
-        _extract_into(archive, tmp)
+        _extract_into(archive, tmp, max_bytes)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -576,7 +667,8 @@ def download_dataset(
                 log(f"{src.filename}: downloading {url}")
                 res = fetch(url, path, expected_sha256=expected, checksum_source=source, retries=retries,
                             backoff=backoff, timeout=timeout, progress=progress,
-                            hint=_manual_hint(ds, src, root), log=log)
+                            hint=_manual_hint(ds, src, root), log=log,
+                            verify=check_archive if src.kind == "archive" else None)
                 digest, size, origin = res.sha256, res.size, url
             if src.filename not in lock or src.sha256:
                 new_entries[src.filename] = {"url": origin, "sha256": digest, "size": size}
@@ -590,7 +682,7 @@ def download_dataset(
                     log(f"{src.filename}: extracting")
                     dest.mkdir(parents=True, exist_ok=True)
                     try:
-                        _extract_into(path, dest)
+                        _extract_into(path, dest, ds.max_bytes)
                     except DownloadError:
                         path.unlink(missing_ok=True)  # unusable: a rerun downloads it again
                         raise
@@ -656,22 +748,30 @@ def _list(names: list[str], root: Path, mirror: str | None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from simsc.errors import run_main
+
+    # A download that cannot be completed is something the user fixes (network, mirror,
+    # a file placed by hand), so it exits 2 like every other user error.
+    return run_main("simsc download", lambda: _download(args), debug=bool(getattr(args, "debug", False)),
+                    user_errors=(DownloadError,))
+
+
+def _download(args: argparse.Namespace) -> int:
     names = list(DATASETS) if args.dataset == "all" else [args.dataset]
     mirror = args.mirror if args.mirror is not None else (os.environ.get(MIRROR_ENV) or None)
     if args.list:
         _list(names, Path(args.root).expanduser().absolute(), mirror)
         return 0
     if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-        print("simsc download: error: --retries and --backoff must be >= 0, --timeout > 0", file=sys.stderr)
-        return 2
+        raise ValueError("--retries and --backoff must be >= 0, --timeout > 0, got "
+                         f"--retries {args.retries} --backoff {args.backoff} --timeout {args.timeout}")
+    root = Path(args.root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--root {root}: is a file; expected a folder (it is created if missing)")
     for name in names:
-        try:
-            path = download_dataset(name, args.root, mirror=mirror, retries=args.retries, backoff=args.backoff,
-                                    timeout=args.timeout, progress=not args.no_progress,
-                                    keep_archives=args.keep_archives)
-        except DownloadError as exc:
-            print(f"simsc download: error: {exc}", file=sys.stderr)
-            return 1
+        path = download_dataset(name, args.root, mirror=mirror, retries=args.retries, backoff=args.backoff,
+                                timeout=args.timeout, progress=not args.no_progress,
+                                keep_archives=args.keep_archives)
         print(path)
     return 0
 

@@ -38,7 +38,6 @@ software stack the same seed gives byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -663,8 +662,10 @@ def build_embedded_dataset(
         raise ValueError(f"pair counts must be >= 0, got {counts}")
     image_size = _normalise_image_size(image_size)
     manifest = _manifest(seed, counts, image_size)
-    if _matches(_read_manifest(root), manifest):
+    existing = _read_manifest(root)
+    if _matches(existing, manifest):
         return root
+    _refuse_foreign(root, existing)  # up front: not after minutes of generating
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -692,6 +693,20 @@ def build_embedded_dataset(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _refuse_foreign(root: Path, existing: dict[str, Any] | None) -> None:
+    """``FileExistsError`` naming ``root`` unless it is absent, an empty folder or a set made here."""
+    if not root.exists() and not root.is_symlink():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} exists and is a file, not a folder; expected a folder for the embedded "
+                              "data set (move the file or choose another root)")
+    if not any(root.iterdir()):
+        return
+    if existing is None or existing.get("generator") != "simsc.data.embedded":
+        raise FileExistsError(f"{root} exists and is not an embedded data set made by simsc; refusing to "
+                              "replace it (choose another root or empty the folder)")
 
 
 def _install(tmp: Path, root: Path, manifest: dict[str, Any]) -> None:
@@ -733,7 +748,12 @@ def dataset_digest(root: str | os.PathLike) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Build the embedded offline data set (SPair-71k layout).")
+    """``python -m simsc.data.embedded ROOT``; errors as :mod:`simsc.errors` says (user error: 2)."""
+    from simsc.errors import ArgumentParser, add_debug_flag, run_main
+
+    ap = ArgumentParser(prog="python -m simsc.data.embedded",
+                        description="Build the embedded offline data set (SPair-71k layout).")
+    add_debug_flag(ap)
     ap.add_argument("root")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=500)
@@ -741,17 +761,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    root = build_embedded_dataset(
-        args.root,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_test=args.n_test,
-        progress=not args.no_progress,
-    )
-    print(f"{root} ready in {time.perf_counter() - t0:.1f} s")
-    return 0
+
+    def body() -> int:
+        t0 = time.perf_counter()
+        root = build_embedded_dataset(
+            args.root,
+            seed=args.seed,
+            n_train=args.n_train,
+            n_val=args.n_val,
+            n_test=args.n_test,
+            progress=not args.no_progress,
+        )
+        print(f"{root} ready in {time.perf_counter() - t0:.1f} s")
+        return 0
+
+    return run_main("simsc.data.embedded", body, debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

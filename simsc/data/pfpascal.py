@@ -18,9 +18,10 @@ index into :data:`PASCAL_CLASSES`.
   pixels); the target box from the target's ``.mat``.
 
 Errors (:class:`DatasetFormatError`, naming file and row): missing list / image / ``.mat``,
-wrong column count, unknown class, non-numeric coordinate, unequal ``XA/YA/XB/YB`` lengths,
-``.mat`` without ``kps`` / ``bbox`` or with a different keypoint count between source and
-target, an empty split. Reported skips: NaN in a test-CSV coordinate and keypoints outside
+wrong column count, an image path that leaves the root (absolute or ``..``), unknown class,
+non-numeric coordinate, unequal ``XA/YA/XB/YB`` lengths, ``.mat`` without ``kps`` / ``bbox``
+(or a box of zero size) or with a different keypoint count between source and target, an
+empty split. Reported skips: NaN in a test-CSV coordinate and keypoints outside
 their image are marked invalid; pairs left without a valid keypoint are dropped (see
 :class:`~simsc.data.records.PairDataset`).
 """
@@ -40,6 +41,7 @@ from simsc.data.records import (
     PairAnnotation,
     PairDataset,
     Resolution,
+    inside_root,
     parse_float,
 )
 
@@ -120,7 +122,8 @@ class PFPascalDataset(PairDataset):
         return pairs
 
     def _parse_row(self, row: list[str], col: dict[str, int], where: str, line: int, index: int) -> PairAnnotation:
-        src, trg = row[col["source_image"]].strip(), row[col["target_image"]].strip()
+        src = inside_root(row[col["source_image"]].strip(), where, "source_image")
+        trg = inside_root(row[col["target_image"]].strip(), where, "target_image")
         cls_text = row[col["class"]].strip()
         if not cls_text.isdigit() or not 1 <= int(cls_text) <= len(PASCAL_CLASSES):
             raise DatasetFormatError(f"{where}: class must be an integer 1..{len(PASCAL_CLASSES)}, got {cls_text!r}")
@@ -205,7 +208,8 @@ class PFPascalDataset(PairDataset):
             raise DatasetFormatError(f"{path}: 'kps' / 'bbox' are not numeric arrays ({e})") from e
         if kps.ndim != 2 or kps.shape[1] != 2:
             raise DatasetFormatError(f"{path}: field 'kps' has shape {kps.shape}; expected N x 2 (x, y)")
-        if bbox.shape != (4,) or not np.isfinite(bbox).all() or bbox[2] < bbox[0] or bbox[3] < bbox[1]:
-            raise DatasetFormatError(f"{path}: field 'bbox' is {bbox.tolist()}; expected finite (x1, y1, x2, y2), x1<=x2, y1<=y2")
+        if bbox.shape != (4,) or not np.isfinite(bbox).all() or not (bbox[2] > bbox[0] and bbox[3] > bbox[1]):
+            raise DatasetFormatError(f"{path}: field 'bbox' is {bbox.tolist()}; expected finite (x1, y1, x2, y2) "
+                                     "with x1 < x2 and y1 < y2 (a box of non-zero size)")
         self._mats[path] = (kps, bbox)
         return kps, bbox

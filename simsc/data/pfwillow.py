@@ -14,7 +14,7 @@ PF-Willow has no object box: ``trg_bbox`` is the bounding box of the *valid* tar
 keypoints, so ``thresholds["bbox"] == thresholds["kps"]`` for this dataset.
 
 Errors (:class:`DatasetFormatError` naming file and row): missing CSV or image, a row without
-42 columns, a non-numeric coordinate, an empty list. Reported skips: NaN coordinates and
+42 columns, an image path that leaves the root (absolute or ``..``), a non-numeric coordinate, an empty list. Reported skips: NaN coordinates and
 keypoints outside their image are marked invalid; pairs left with no valid keypoint or with
 ``theta_kps = 0`` are dropped.
 """
@@ -33,6 +33,7 @@ from simsc.data.records import (
     PairAnnotation,
     PairDataset,
     Resolution,
+    inside_root,
     parse_float,
 )
 
@@ -98,7 +99,8 @@ class PFWillowDataset(PairDataset):
             nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
             for i in np.flatnonzero(nan):
                 self.invalid_keypoints.append(Issue(str(path), line, f"keypoint {i} has a NaN coordinate; marked invalid"))
-            src, trg = row[0].strip(), row[1].strip()
+            src = inside_root(row[0].strip(), where, "imageA")
+            trg = inside_root(row[1].strip(), where, "imageB")
             pairs.append(
                 PairAnnotation(
                     pair_id=f"{len(pairs):04d}-{Path(src).stem}-{Path(trg).stem}",

@@ -380,6 +380,25 @@ def read_text_lines(path: Path) -> list[str]:
         raise DatasetFormatError(f"{path}: cannot read text file ({e})") from e
 
 
+def inside_root(relpath: str, where: str, field: str) -> str:
+    """``relpath`` (read from an annotation) if it stays inside the data root, else
+    :class:`DatasetFormatError` naming ``where`` (file, row) and ``field``.
+
+    Absolute paths, drive letters and ``..`` components are refused: annotation text must
+    not choose files outside the root. The check is lexical on purpose: a symlink inside
+    the root was put there by whoever owns the root, not by the annotation.
+    """
+    text = str(relpath)
+    norm = text.replace("\\", "/")
+    parts = [p for p in norm.split("/") if p not in ("", ".")]
+    if "\x00" in text or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in parts or not parts:
+        raise DatasetFormatError(
+            f"{where}: field {field!r} is {text!r}; expected a path relative to the data root that stays "
+            "inside it (no absolute path, no '..')"
+        )
+    return text
+
+
 def parse_float(value: str, where: str, what: str) -> float:
     """``float(value)`` with a message naming the file/row/field on failure (NaN allowed)."""
     try:

@@ -77,6 +77,10 @@ class Dataset:
     loader_root: str = ""
     """Relative to ``folder``: the folder a loader reads (``""``: ``folder`` itself)."""
     description: str = ""
+    max_bytes: int | None = None
+    """Most bytes its archives may expand to (an upper bound of the known size with a
+    margin); extraction stops beyond it (or beyond the free disk space). ``None``: only
+    the free disk space limits it."""
 
 
 DATASETS: dict[str, Dataset] = {
@@ -91,6 +95,7 @@ DATASETS: dict[str, Dataset] = {
             SourceFile(_NCNET_PAIRS + "test_pairs.csv", "test_pairs.csv", "file", "test_pairs.csv"),
         ),
         expect=("PF-dataset-PASCAL",),
+        max_bytes=2 << 30,  # a generous upper bound: refuses bombs, not the real archive
     ),
     "pfwillow": Dataset(
         name="pfwillow",
@@ -101,6 +106,7 @@ DATASETS: dict[str, Dataset] = {
             SourceFile(_CNNGEOMETRIC + "test_pairs_pf.csv", "test_pairs_pf.csv", "file", "test_pairs_pf.csv"),
         ),
         expect=("PF-dataset",),
+        max_bytes=1 << 30,  # a generous upper bound: refuses bombs, not the real archive
     ),
     "spair": Dataset(
         name="spair",
@@ -109,6 +115,7 @@ DATASETS: dict[str, Dataset] = {
         files=(SourceFile(_SPAIR + "SPair-71k.tar.gz", "SPair-71k.tar.gz", "archive", ""),),
         expect=("SPair-71k",),
         loader_root="SPair-71k",
+        max_bytes=4 << 30,  # the archive is about 217 MiB; a generous upper bound of its contents
     ),
 }
 

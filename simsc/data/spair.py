@@ -14,7 +14,8 @@ layout line. Declared image sizes are checked against the decoded images.
 
 Errors (:class:`DatasetFormatError` naming the file and field): missing layout / JSON /
 image, invalid JSON, a missing or malformed field, ``src_kps`` and ``trg_kps`` of different
-lengths, a box with ``x2 < x1`` or ``y2 < y1``, an empty split. Reported skips: ``null``
+lengths, a box without positive width and height, an image path (``src_imname``,
+``trg_imname``, ``category``, layout line) that leaves the root, an empty split. Reported skips: ``null``
 keypoints and keypoints outside their image are marked invalid; pairs left without a valid
 keypoint are dropped.
 """
@@ -34,6 +35,7 @@ from simsc.data.records import (
     PairAnnotation,
     PairDataset,
     Resolution,
+    inside_root,
     read_text_lines,
 )
 
@@ -73,6 +75,7 @@ class SPairDataset(PairDataset):
             entry = line.strip()
             if not entry:
                 continue
+            inside_root(entry, f"{self.pairs_file}, row {lineno}", "pair name")
             jpath = self.root / "PairAnnotation" / self.split / f"{entry}.json"
             try:
                 data = json.loads(jpath.read_text(encoding="utf-8"))
@@ -97,14 +100,16 @@ class SPairDataset(PairDataset):
     def _parse_pair(self, data: Any, jpath: Path, entry: str) -> PairAnnotation:
         if not isinstance(data, dict):
             raise DatasetFormatError(f"{jpath}: expected a JSON object, got {type(data).__name__}")
-        category = _field(data, "category", jpath, str)
-        src_name = _field(data, "src_imname", jpath, str)
-        trg_name = _field(data, "trg_imname", jpath, str)
+        category = inside_root(_field(data, "category", jpath, str), str(jpath), "category")
+        src_name = inside_root(_field(data, "src_imname", jpath, str), str(jpath), "src_imname")
+        trg_name = inside_root(_field(data, "trg_imname", jpath, str), str(jpath), "trg_imname")
         src_size = _imsize(data, "src_imsize", jpath)
         trg_size = _imsize(data, "trg_imsize", jpath)
         bbox = _numbers(_field(data, "trg_bndbox", jpath, list), 4, jpath, "trg_bndbox", allow_null=False)
-        if bbox[2] < bbox[0] or bbox[3] < bbox[1]:
-            raise DatasetFormatError(f"{jpath}: field 'trg_bndbox' {bbox.tolist()}; expected [x1, y1, x2, y2] with x1<=x2, y1<=y2")
+        if not (bbox[2] > bbox[0] and bbox[3] > bbox[1]):
+            # A zero-size box gives theta_bbox = 0 (or a box with no area), so PCK would be undefined.
+            raise DatasetFormatError(f"{jpath}: field 'trg_bndbox' {bbox.tolist()}; expected [x1, y1, x2, y2] "
+                                     "with x1 < x2 and y1 < y2 (a box of non-zero size)")
         src_kps = self._kps(data, "src_kps", jpath)
         trg_kps = self._kps(data, "trg_kps", jpath)
         if len(src_kps) != len(trg_kps):

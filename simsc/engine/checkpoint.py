@@ -17,6 +17,9 @@ A training checkpoint (``<run>/checkpoints/last.pt``) is a plain dict that
 ``best``             ``{"metric", "epoch", "step"}`` of the best validation so far
 ``metrics_offset``   size of ``metrics.jsonl`` when written (resume truncates it there)
 ``finished``         the run reached its end (``epochs`` / ``max_steps``)
+``digest``           ``"sha256:<hex>"`` of the content (every other entry, tensors as
+                     dtype, shape and bytes): :func:`load_checkpoint` recomputes it, so a
+                     flipped byte in a weight is an error, not a silently different model
 ===================  ==================================================================
 
 Files are written to a temporary file in the same folder, flushed, fsynced and moved into
@@ -25,6 +28,7 @@ place with :func:`os.replace`, so a reader (or a crash) never sees a partial fil
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -45,21 +49,77 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a simsc checkpoint."""
 
 
+DIGEST_KEY = "digest"
+
+#: Entries every simsc checkpoint has (``load_model`` needs them); ``last`` adds :data:`LAST_KEYS`.
+REQUIRED_KEYS = ("model", "config")
+LAST_KEYS = ("optimizer", "rng", "step", "epoch", "batch_in_epoch", "best", "epoch_loss", "train_time",
+             "finished", "metrics_offset")
+
+
+def _feed(h: "hashlib._Hash", obj: Any) -> None:
+    # A canonical walk: the same content hashes the same after a save/load round trip
+    # (tuples may come back as lists, dict order may differ).
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, Mapping):
+        h.update(b"{")
+        for k in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            h.update(repr(k).encode() + b":")
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _feed(h, v)
+            h.update(b",")
+        h.update(b"]")
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode())
+        h.update(memoryview(np.ascontiguousarray(obj)).cast("B"))
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(ckpt: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's content, the ``digest`` entry itself excluded."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != DIGEST_KEY})
+    return "sha256:" + h.hexdigest()
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file next to ``path``, fsync, then ``os.replace``
-    (:func:`simsc.io.atomic_write` with ``durable=True``)."""
+    (:func:`simsc.io.atomic_write` with ``durable=True``). A simsc checkpoint gets its
+    content digest (``digest``), which :func:`load_checkpoint` verifies."""
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        obj = {**obj, DIGEST_KEY: content_digest(obj)}
     return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a simsc checkpoint safely (``weights_only=True``, on CPU)."""
+    """Read a simsc checkpoint safely (``weights_only=True``, on CPU) and verify its digest.
+
+    Raises :class:`CheckpointError` naming the file: missing, empty, unreadable, not a simsc
+    checkpoint, newer than this code, a missing ``model`` / ``config`` entry, or content that
+    does not match its stored digest (a corrupted file). Checkpoints written before digests
+    were stored (no ``digest`` entry) load unverified.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes; an interrupted "
+                              "copy or a full disk?); use another checkpoint or rerun the training")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} ({size} bytes): {reason}; the file is damaged "
+                              "or not a torch checkpoint") from None
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a simsc checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
     if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
@@ -67,6 +127,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: checkpoint version {ckpt.get('version')} is newer than this simsc "
             f"(reads up to {CHECKPOINT_VERSION})"
         )
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if ckpt.get("kind") == "last":
+        missing += [k for k in LAST_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: simsc checkpoint without its {', '.join(repr(k) for k in missing)} "
+                              f"entr{'y' if len(missing) == 1 else 'ies'}; the file is incomplete or was "
+                              "edited, use another checkpoint")
+    stored = ckpt.get(DIGEST_KEY)
+    if stored is not None:
+        actual = content_digest(ckpt)
+        if stored != actual:
+            raise CheckpointError(f"{path}: content digest mismatch (stored {stored}, computed {actual}): "
+                                  "the file is corrupted; use another checkpoint (e.g. best.pt / an earlier copy)")
     return dict(ckpt)
 
 
@@ -151,5 +224,5 @@ def load_model(path: str | os.PathLike) -> tuple[SimSC, Config, dict[str, Any]]:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the configured model: {exc}") from None
     model.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng", DIGEST_KEY)}
     return model, cfg, meta

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, dump_config, diff_configs, load_config
+from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
 from ..model import SimSC
@@ -76,7 +77,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(DivergedError):
     """The loss (or a gradient / weight) became non-finite. No checkpoint of the bad state is
     written; ``last_checkpoint`` (if any) holds the last good state."""
 
@@ -110,15 +111,84 @@ def _fmt_betas(values: Sequence[float]) -> str:
     return f"[{shown}] (mean {mean})"
 
 
+class RunFolderError(CheckpointError):
+    """The run folder holds outputs that starting a run would destroy."""
+
+
+class RunFolderBusyError(RunFolderError):
+    """Another process trains in the same run folder (it holds :data:`RUN_LOCK`)."""
+
+
+#: Lock file in the run folder; ``fcntl.flock`` on it is held for the whole run and released
+#: by the kernel when the process ends, however it ends (no stale locks after SIGKILL).
+RUN_LOCK = ".simsc-run.lock"
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder; the file names its holder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / RUN_LOCK
+        self._fh = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # not "w": the holder's line must survive a refusal
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by another process; other errors (no locks on this FS) propagate
+            fh.seek(0)
+            holder = fh.read().strip() or "an unknown process"
+            fh.close()
+            raise RunFolderBusyError(
+                f"{self.path.parent} is in use by another training run ({holder}; lock file {self.path}); "
+                "wait for it to finish or choose another output folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of the data-order generator of one epoch."""
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda[:N]``, ``mps``: a device this
+    host has, or ``ValueError`` naming ``what`` (the flag or config key) and what exists."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what}: unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {name}: CUDA is not available on this host (torch.cuda.is_available() is "
+                             "False); use cpu or auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{what} {name}: this host has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{what} {name}: MPS is not available on this host; use cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{what}: device type {dev.type!r} is not supported; expected auto, cpu, cuda[:N] or mps")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -199,24 +269,33 @@ class Trainer:
         self._metrics_fh = None
 
     # -- public API ------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """Train to the end (``epochs`` or ``max_steps``); ``resume=True`` continues from
-        ``checkpoints/last.pt`` when it exists (else starts fresh). Returns the summary."""
+        ``checkpoints/last.pt`` when it exists. Returns the summary.
+
+        The run folder is locked for the whole run (:class:`RunFolderBusyError` when another
+        process trains in it). A folder that holds outputs of an earlier run is refused
+        (:class:`RunFolderError`) unless it can be resumed (``resume=True`` and ``last.pt``) or
+        ``overwrite=True`` asks to replace them.
+        """
         t = self.cfg.train
         old_threads = torch.get_num_threads()
         old_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        lock = RunLock(self.out_dir)
         try:
+            lock.acquire()
             if t.num_threads is not None:
                 torch.set_num_threads(t.num_threads)
             if t.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
-            return self._fit(resume)
+            return self._fit(resume, overwrite)
         finally:
             torch.set_num_threads(old_threads)
             torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
             if self._metrics_fh is not None:
                 self._metrics_fh.close()
                 self._metrics_fh = None
+            lock.release()
 
     # -- setup -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -224,7 +303,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         if self.model is None:
             self.model = build_model(cfg)
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, "train.device")
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -272,8 +351,34 @@ class Trainer:
         self._metrics_fh.flush()
 
     # -- the loop --------------------------------------------------------------------------
-    def _fit(self, resume: bool) -> dict[str, Any]:
+    def _check_fresh_folder(self, overwrite: bool) -> None:
+        """Refuse to start over a folder with outputs of an earlier run unless ``overwrite``."""
+        existing = [p for p in self._outputs() if p.exists()]
+        if not existing:
+            return
+        if not overwrite:
+            names = ", ".join(str(p.relative_to(self.out_dir)) for p in existing)
+            if self.last_path.exists():
+                raise RunFolderError(
+                    f"{self.out_dir} already holds a run ({self.last_path}); resume it (--resume / resume=True), "
+                    "replace it (--overwrite / overwrite=True) or choose another output folder"
+                )
+            raise RunFolderError(
+                f"{self.out_dir} holds outputs of an earlier run ({names}) but no {self.last_path.name} to resume "
+                "from; pass --overwrite (overwrite=True) to replace them, or choose another output folder"
+            )
+        for p in (self.last_path, self.best_path, self.out_dir / "summary.json"):
+            p.unlink(missing_ok=True)
+
+    def _outputs(self) -> list[Path]:
+        return [self.last_path, self.best_path, self.metrics_path, self.out_dir / "summary.json",
+                self.out_dir / "config.yaml"]
+
+    def _fit(self, resume: bool, overwrite: bool = False) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
+        # Before the model and data are built: a refused folder costs nothing.
+        if not (resume and self.last_path.exists()):
+            self._check_fresh_folder(overwrite)
         self._build()
         model = self.model
         state = {
@@ -289,14 +394,6 @@ class Trainer:
             self._open_metrics(int(ckpt["metrics_offset"]))
             self._resumed_from = int(ckpt["step"])
         else:
-            if self.last_path.exists():
-                raise CheckpointError(
-                    f"{self.out_dir} already holds a run ({self.last_path}); resume it (--resume / "
-                    "resume=True) or choose another output folder"
-                )
-            for p in (self.best_path, self.out_dir / "summary.json"):
-                if p.exists():
-                    p.unlink()
             self._open_metrics(None)
             self._resumed_from = None
         dump_config(cfg, self.out_dir / "config.yaml")
@@ -535,7 +632,8 @@ def train(
     train_dataset: Dataset | None = None,
     val_dataset: Dataset | None = None,
     model: SimSC | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train as ``config`` describes (see :class:`Trainer`); returns the run summary."""
     trainer = Trainer(config, callbacks=callbacks, train_dataset=train_dataset, val_dataset=val_dataset, model=model)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)
