@@ -1,6 +1,6 @@
 """Cost of the content digests (issue 14): checkpoint save/load and cache-entry reads.
 
-    PYTHONPATH=. python tools/digest_cost.py [resnet18 resnet101]
+    .venv/bin/python bench/bench_digest.py [resnet18 resnet101]
 
 For each backbone: a ``last.pt``-like payload (model + Adam state), the time of
 ``content_digest`` alone, of ``load_checkpoint`` (which verifies it) and of a bare
