@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, interleaved, machine, make_batch, med, table, write_json  # noqa: E402
 
+from simsc.loss import simsc_loss  # noqa: E402
 from simsc.model import SimSC  # noqa: E402
 
 
@@ -55,7 +57,29 @@ def measure(backbone: str, size: int, batch: int, kps: int, reps: int, device: s
         row[form] = {"simsc_s": t[f"simsc_{form}"], "simsc_median_s": a, "overhead": a / b - 1.0}
     # The first form is the headline (the default, prob): keep the flat keys other benchmarks read.
     row.update({k: row[forms[0]][k] for k in ("simsc_s", "simsc_median_s", "overhead")})
+    if device == "cpu":
+        row["loss_head_s"] = loss_head(model, size, batch, kps, forms)
     return row
+
+
+def loss_head(model: SimSC, size: int, batch: int, kps: int, forms: tuple[str, ...], reps: int = 200) -> dict:
+    """The loss head alone (score maps -> cross-entropy, forward + backward) per form: the part
+    that differs between the forms, timed precisely enough to state as a fraction of the step."""
+    h = w = -(-size // model.stride)
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randn(batch, kps, h, w, generator=g) * 10).requires_grad_(True)
+    uv_b = torch.rand(batch, kps, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+    valid = torch.ones(batch, kps, dtype=torch.bool)
+    out = {}
+    for form in forms:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            scores.grad = None
+            simsc_loss(scores, uv_b, valid, ce_interpolation=form)["loss"].backward()
+            times.append(time.perf_counter() - t0)
+        out[form] = med(times)
+    return out
 
 
 def main(argv=None) -> int:
@@ -86,6 +110,12 @@ def main(argv=None) -> int:
             line.append(f"{100 * (r[forms[0]]['simsc_median_s'] / r[forms[1]]['simsc_median_s'] - 1):+.2f}%")
         lines.append(line)
     print(table(headers, lines))
+    for r in rows:
+        if "loss_head_s" in r:
+            heads = r["loss_head_s"]
+            print(f"{r['backbone']}: loss head alone (fwd + bwd, median of 200): "
+                  + ", ".join(f"{f} {1e3 * t:.2f} ms ({100 * t / r['backbone_median_s']:.2f}% of the backbone step)"
+                              for f, t in heads.items()))
     write_json(args.out, {"rows": rows, "machine": machine()})
     return 0
 
