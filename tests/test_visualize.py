@@ -53,9 +53,12 @@ def test_predict_matches_on_identical_images(model):
     rng = np.random.default_rng(0)
     img = (rng.random((80, 120, 3)) * 255).astype(np.uint8)
     img = np.asarray(Image.fromarray(img).resize((30, 20)).resize((120, 80), Image.BILINEAR))
-    pa, pb = predict_matches(model, img, img, resolution="original", beta_eval=1e-4,
-                             points=[[7.5, 7.5], [23.5, 39.5], [71.5, 55.5]])
-    assert torch.allclose(pa, pb, atol=1e-3)  # cell centres of identical images map onto themselves
+    # ResNet layer3 cell centres (pixel 16 u: the backbone's cell_origin is 0) of identical
+    # images map onto themselves
+    cells = model.to_image(torch.tensor([[1.0, 1.0], [2.0, 3.0], [6.0, 4.0]]))
+    assert torch.equal(cells, torch.tensor([[16.0, 16.0], [32.0, 48.0], [96.0, 64.0]]))
+    pa, pb = predict_matches(model, img, img, resolution="original", beta_eval=1e-4, points=cells)
+    assert torch.allclose(pa, pb, atol=1e-3)
     pa, pb = predict_matches(model, img, img, resolution=64)
     assert pa.shape == pb.shape == (25, 2)
     assert float(pb[:, 0].min()) >= -0.5 and float(pb[:, 0].max()) <= 119.5
