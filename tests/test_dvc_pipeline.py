@@ -1,6 +1,9 @@
 """The DVC pipeline end to end, shrunk: a real ``dvc repro`` in a temporary git repository
 holding the project's files, then a no-op second repro, then a learning-rate change that
-reruns exactly train, evaluate and report."""
+reruns exactly train, evaluate and report, then a code change in ``simsc/soft_argmax.py``
+that ``dvc status`` reports for exactly the stages whose import closure holds it
+(``tests/test_dvc_deps.py``): evaluate, report and train (which validates with the
+evaluator), not download or preprocess."""
 
 from __future__ import annotations
 
@@ -99,3 +102,17 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "train:" in status and "download:" not in status and "preprocess:" not in status
     third = run([str(DVC), "repro"], work, env)
     assert set(ran_stages(third)) == {"train", "evaluate@test_64", "report"}
+
+    # deps cannot go stale: one changed line of library code
+    soft = work / "simsc/soft_argmax.py"
+    lines = soft.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].rstrip("\n") + "  \n"  # any byte counts: DVC hashes the content
+    soft.write_text("".join(lines))
+    stale = set(json.loads(run([str(DVC), "status", "--json"], work, env)))
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_dvc_deps import closure
+
+    expected = {"download", "preprocess", "train", "evaluate@test_64", "report"}
+    expected = {s for s in expected if "simsc/soft_argmax.py" in closure(f"pipeline.stage_{s.split('@')[0]}")}
+    assert expected == {"train", "evaluate@test_64", "report"}
+    assert stale == expected, stale

@@ -53,7 +53,7 @@ def params_for(root: Path, out_dir: Path, max_steps: int, registered: str) -> di
 def run_training(params, callbacks_extra=()):
     from simsc.engine.trainer import train
 
-    from pipeline.stages import engine_config
+    from pipeline.stage_train import engine_config
     from pipeline.tracking import MlflowCallback
 
     cfg = engine_config(params)
@@ -66,7 +66,7 @@ def run_training(params, callbacks_extra=()):
 def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.stages import stage_evaluate
+    from pipeline.stage_evaluate import stage_evaluate
     from pipeline.tracking import load_reports, log_results
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)

@@ -1,22 +1,47 @@
 """Data sets: official layouts (PF-Pascal, PF-Willow, SPair-71k), the embedded offline set,
 pair records and their collate function, the preprocessing cache and the downloader."""
 
-from .records import (
-    THRESHOLD_KINDS,
-    DatasetFormatError,
-    PairDataset,
-    collate_pairs,
-    compute_thresholds,
-    parse_resolution,
-)
-from .images import MAX_PIXELS, load_image
-from .cache import CachedImages, build_cache
-from .pfpascal import PASCAL_CLASSES, PFPascalDataset
-from .pfwillow import PFWillowDataset
-from .spair import SPairDataset
-from .registry import DATASETS, THRESHOLD_KIND, build_dataset
-from .embedded import EMBEDDED_PHOTOS, EMBEDDED_SPLITS, build_embedded_dataset
-from .download import DownloadError, download_dataset
+import importlib
+
+# name -> the submodule that defines it, imported on first use (PEP 562), so that importing
+# one submodule does not run the whole package: each DVC stage's dependencies are the
+# modules it imports (tests/test_dvc_deps.py reads this table).
+_LAZY = {
+    'THRESHOLD_KINDS': 'records',
+    'DatasetFormatError': 'records',
+    'PairDataset': 'records',
+    'collate_pairs': 'records',
+    'compute_thresholds': 'records',
+    'parse_resolution': 'records',
+    'MAX_PIXELS': 'images',
+    'load_image': 'images',
+    'CachedImages': 'cache',
+    'build_cache': 'cache',
+    'PASCAL_CLASSES': 'pfpascal',
+    'PFPascalDataset': 'pfpascal',
+    'PFWillowDataset': 'pfwillow',
+    'SPairDataset': 'spair',
+    'DATASETS': 'registry',
+    'THRESHOLD_KIND': 'registry',
+    'build_dataset': 'registry',
+    'EMBEDDED_PHOTOS': 'embedded',
+    'EMBEDDED_SPLITS': 'embedded',
+    'build_embedded_dataset': 'embedded',
+    'DownloadError': 'download',
+    'download_dataset': 'download',
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "CachedImages",

@@ -1,16 +1,40 @@
 """Training engine: the trainer, checkpoints and the callback interface."""
 
-from .callbacks import Callback, CallbackList, CallbackProtocol, HistoryCallback
-from .checkpoint import (
-    CheckpointError,
-    atomic_save,
-    build_model,
-    capture_rng_state,
-    load_checkpoint,
-    load_model,
-    restore_rng_state,
-)
-from .trainer import Trainer, TrainingDivergedError, epoch_seed, param_groups, train
+import importlib
+
+# name -> the submodule that defines it, imported on first use (PEP 562), so that importing
+# one submodule does not run the whole package: each DVC stage's dependencies are the
+# modules it imports (tests/test_dvc_deps.py reads this table).
+_LAZY = {
+    'Callback': 'callbacks',
+    'CallbackList': 'callbacks',
+    'CallbackProtocol': 'callbacks',
+    'HistoryCallback': 'callbacks',
+    'CheckpointError': 'checkpoint',
+    'atomic_save': 'checkpoint',
+    'build_model': 'checkpoint',
+    'capture_rng_state': 'checkpoint',
+    'load_checkpoint': 'checkpoint',
+    'load_model': 'checkpoint',
+    'restore_rng_state': 'checkpoint',
+    'Trainer': 'trainer',
+    'TrainingDivergedError': 'trainer',
+    'epoch_seed': 'trainer',
+    'param_groups': 'trainer',
+    'train': 'trainer',
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "Callback",

@@ -1,0 +1,121 @@
+"""What every DVC stage entry module shares: reading ``params.yaml`` and the command line.
+
+Each stage is one small module, ``pipeline/stage_<name>.py`` (``python -m pipeline.stage_train``),
+so that its transitive import closure inside ``simsc/`` and ``pipeline/`` is exactly the code
+it runs: ``tests/test_dvc_deps.py`` computes that closure with ``ast`` and checks it against
+the stage's ``deps`` in ``dvc.yaml``. Keep this module small and its imports few: it is in
+every stage's closure.
+
+Each stage module declares the ``params.yaml`` keys it reads in one constant, ``PARAMS``
+(``"section"`` or ``"section.key"``). :func:`run_stage` hands the stage only those keys
+(:func:`select`), so a read of an undeclared key finds nothing, and the test compares
+``PARAMS`` with the stage's ``params:`` in ``dvc.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """``params.yaml`` as a mapping; :class:`UserError` naming the file when it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the stages from the project root)") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: expected a mapping of stage sections")
+    return params
+
+
+def section(params: dict[str, Any], name: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The mapping ``params[name]``, checked to hold ``keys``; :class:`UserError` naming what is missing."""
+    sec = params.get(name)
+    if not isinstance(sec, dict):
+        raise UserError(f"params.yaml: missing section {name!r}")
+    missing = [k for k in keys if k not in sec]
+    if missing:
+        raise UserError(f"params.yaml: section {name!r} lacks {missing}")
+    return sec
+
+
+def tracking_section(params: dict[str, Any]) -> dict[str, Any]:
+    """The ``tracking`` section, checked: a mapping whose ``enabled`` is a YAML boolean."""
+    tracking = params.get("tracking")
+    if tracking is None:
+        return {}
+    if not isinstance(tracking, dict):
+        raise UserError(f"params.yaml: tracking must be a mapping (enabled, experiment, registered_model), "
+                        f"got {tracking!r}")
+    enabled = tracking.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise UserError(f"params.yaml: tracking.enabled must be true or false, got {enabled!r}")
+    for key in ("experiment", "registered_model"):
+        if tracking.get(key) is not None and not isinstance(tracking[key], str):
+            raise UserError(f"params.yaml: tracking.{key} must be a string or null, got {tracking[key]!r}")
+    return tracking
+
+
+def select(params: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """Only the declared ``keys`` of ``params`` (``"section"`` or ``"section.key"``).
+
+    A section that is not a mapping is passed on as it is, so the stage's own check names it.
+    """
+    out: dict[str, Any] = {}
+    for key in keys:
+        sec, _, sub = key.partition(".")
+        if sec not in params:
+            continue
+        if not sub:
+            out[sec] = params[sec]
+        elif isinstance(params[sec], dict):
+            if sub in params[sec]:
+                out.setdefault(sec, {})[sub] = params[sec][sub]
+        else:
+            out[sec] = params[sec]
+    return out
+
+
+def add_stage_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    add_debug_flag(parser)
+
+
+def run_stage(stage: str, func: Callable[..., None], keys: Sequence[str], params_path: Path,
+              *args: str, debug: bool = False, user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run ``func(params, *args)`` on the declared ``keys`` of ``params_path`` under the error
+    contract of :mod:`simsc.errors` (user error: exit 2; ``user_errors``: the stage's own
+    exception types that count as user errors)."""
+
+    def body() -> int:
+        func(select(load_params(params_path), keys), *args)
+        return 0
+
+    return run_main(f"pipeline.stages {stage}", body, debug=debug, user_errors=tuple(user_errors))
+
+
+def stage_main(stage: str, func: Callable[..., None], keys: Sequence[str], argv: Sequence[str] | None = None,
+               *, with_name: bool = False, doc: str | None = None,
+               user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """The command line of one stage module (``python -m pipeline.stage_<name>``)."""
+    parser = ArgumentParser(prog=f"python -m pipeline.stage_{stage}", description=doc)
+    if with_name:
+        parser.add_argument("name", help="the entry of evaluate.sets")
+    add_stage_arguments(parser)
+    args = parser.parse_args(argv)
+    extra = (args.name,) if with_name else ()
+    return run_stage(stage, func, keys, args.params, *extra, debug=args.debug, user_errors=user_errors)
+

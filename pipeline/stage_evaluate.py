@@ -1,0 +1,81 @@
+"""DVC stage ``evaluate@<set>``: evaluate the best checkpoint on one entry of ``evaluate.sets``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from simsc.errors import UserError
+
+from pipeline.stage_common import section, stage_main
+
+# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
+PARAMS = ("eval", "evaluate", "train.out_dir", "preprocess.cache_dir")
+EVAL_DIR = Path("reports/eval")
+
+
+def stage_evaluate(params: dict[str, Any], name: str) -> None:
+    """Evaluate the best checkpoint on one evaluation set of ``evaluate.sets``.
+
+    Writes ``reports/eval/<name>/``: ``report.json`` (the full PCK report),
+    ``pck.json`` (the DVC metrics), ``pck_vs_alpha.json`` and ``pck_vs_beta.json`` (plots),
+    ``predictions.jsonl``.
+    """
+    from simsc.config import EvalConfig, load_config
+    from simsc.data.records import parse_resolution
+    from simsc.data.registry import build_dataset
+    from simsc.engine.checkpoint import load_model
+    from simsc.evaluate import beta_sweep, evaluate
+
+    ev_sec = section(params, "evaluate", ["sets"])
+    sets = ev_sec["sets"]
+    if name not in sets:
+        raise UserError(f"params.yaml: evaluate.sets has no entry {name!r} (known: {', '.join(sets)})")
+    spec = sets[name]
+    ev: EvalConfig = load_config({"eval": params.get("eval") or {}}).eval
+    train_sec = section(params, "train", ["out_dir"])
+    ckpt = Path(train_sec["out_dir"]) / "checkpoints" / "best.pt"
+    model, _, _ = load_model(ckpt)
+    cache_dir = (params.get("preprocess") or {}).get("cache_dir")
+    resolution = parse_resolution(spec.get("resolution", ev.resolution))
+    dataset = build_dataset(spec["dataset"], spec["root"], spec.get("split", ev.split), resolution,
+                            cache_dir=cache_dir)
+    out = EVAL_DIR / name
+    out.mkdir(parents=True, exist_ok=True)
+    max_pairs = ev_sec.get("max_pairs")
+    report = evaluate(model, dataset, beta_eval=ev.beta_eval, batch_size=ev.batch_size, alphas=ev.alphas,
+                      max_pairs=max_pairs, predictions=out / "predictions.jsonl")
+    report["name"] = name
+    report["checkpoint"] = str(ckpt)
+    _write_json(out / "report.json", report)
+    _write_json(out / "pck.json", {"pck": report["per_image"], "pck_keypoint": report["per_keypoint"],
+                                   "n_pairs": report["n_pairs"], "beta_eval": report["beta_eval"],
+                                   "beta_eff_mean": report["beta_eff"]["mean"]})
+    _write_json(out / "pck_vs_alpha.json",
+                [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
+    rows = []
+    sweep_on = ev_sec.get("sweep", True)
+    if sweep_on is True or (isinstance(sweep_on, list) and name in sweep_on):
+        from simsc.evaluate import DEFAULT_BETA_SWEEP
+
+        betas = ev.beta_sweep or list(DEFAULT_BETA_SWEEP)
+        sweep = beta_sweep(model, dataset, betas, batch_size=ev.batch_size, alphas=ev.alphas, max_pairs=max_pairs)
+        rows = [{"beta_eval": r["beta_eval"], **{f"pck@{a}": v for a, v in r["per_image"].items()}}
+                for r in sweep["rows"]]
+    _write_json(out / "pck_vs_beta.json", rows)
+    pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
+    print(f"{name}: {report['n_pairs']} pairs, {pck}")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main("evaluate", stage_evaluate, PARAMS, argv, with_name=True, doc=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""DVC stage ``train``: train with the MLflow callback and export the plot data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.stage_common import stage_main, tracking_section
+
+# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
+PARAMS = ("model", "data", "train", "tracking")
+
+
+ENGINE_SECTIONS = ("model", "data", "train")
+PLOTS_DIR = Path("reports/train")
+
+
+def engine_config(params: dict[str, Any]):
+    """The training config: the ``model``, ``data`` and ``train`` sections of params.yaml.
+
+    ``eval`` is left to its defaults here on purpose, so that evaluation settings do not
+    invalidate the trained model (the evaluate stage reads ``eval`` and ``evaluate``).
+    """
+    from simsc.config import load_config
+
+    return load_config({k: params[k] for k in ENGINE_SECTIONS if k in params})
+
+
+def stage_train(params: dict[str, Any]) -> None:
+    """Train with the MLflow callback (when ``tracking.enabled``) and export the plot data."""
+    from simsc.engine.trainer import resolve_device, train
+
+    cfg = engine_config(params)
+    resolve_device(cfg.train.device, "params.yaml: train.device")  # before anything is built
+    callbacks = []
+    tracking = tracking_section(params)
+    if tracking.get("enabled", False):
+        from .tracking import MlflowCallback
+
+        callbacks.append(MlflowCallback(cfg, cfg.train.out_dir, experiment=tracking.get("experiment"),
+                                        registered_model=tracking.get("registered_model")))
+    summary = train(cfg, callbacks=callbacks)
+    export_train_plots(Path(cfg.train.out_dir) / "metrics.jsonl", PLOTS_DIR)
+    print(json.dumps(summary, indent=2))
+
+
+def export_train_plots(metrics: Path, out_dir: Path) -> None:
+    """metrics.jsonl -> ``steps.csv`` (loss, betas, lr per step) and ``val_pck.csv`` (per epoch)."""
+    import csv
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps, epochs = [], []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "step":
+            steps.append({"step": rec["step"], "loss": rec["loss"], "beta_a": rec["beta_a_mean"],
+                          "beta_b": rec["beta_b_mean"], "beta_eff": rec["beta_eff_mean"],
+                          "lr_backbone": rec.get("lr_backbone")})
+        elif rec.get("type") == "epoch":
+            row = {"epoch": rec["epoch"], "step": rec["step"]}
+            row.update({f"pck@{a}": v for a, v in rec["val"]["per_image"].items()})
+            epochs.append(row)
+    for name, rows in (("steps.csv", steps), ("val_pck.csv", epochs)):
+        with open(out_dir / name, "w", newline="", encoding="utf-8") as fh:
+            fields = list(rows[0]) if rows else ["step"]
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main("train", stage_train, PARAMS, argv, doc=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
