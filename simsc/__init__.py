@@ -1,6 +1,6 @@
 """SimSC: semantic correspondence by fine-tuning a backbone with a learned softmax temperature."""
 
-import importlib
+from ._lazy import lazy_attributes
 
 # name -> the submodule that defines it, imported on first use (PEP 562), so that importing
 # one submodule does not run the whole package: each DVC stage's dependencies are the
@@ -57,16 +57,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __version__ = "0.1.0"
 
