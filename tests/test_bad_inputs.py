@@ -183,28 +183,13 @@ def run_folder_with_outputs(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def read_only_mount(path: Path) -> Iterator[bool]:
-    """A read-only tmpfs at ``path`` (needs mount rights); yields False when unavailable."""
+def tmpfs_mount(path: Path, options: str) -> Iterator[bool]:
+    """A tmpfs mounted at ``path`` with ``options`` (needs mount rights); yields False when unavailable."""
     path.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None:
         yield False
         return
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", str(path)], capture_output=True)
-    try:
-        yield res.returncode == 0
-    finally:
-        if res.returncode == 0:
-            subprocess.run(["umount", str(path)], capture_output=True)
-
-
-@contextlib.contextmanager
-def small_mount(path: Path) -> Iterator[bool]:
-    """A 64 KiB tmpfs at ``path`` (needs mount rights); yields False when unavailable."""
-    path.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None:
-        yield False
-        return
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "none", str(path)], capture_output=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "none", str(path)], capture_output=True)
     try:
         yield res.returncode == 0
     finally:
@@ -486,7 +471,7 @@ def _(d: Path):
 @case("disk_full_enospc")
 def _(d: Path):
     two_images(d)
-    with small_mount(d / "small") as mounted:
+    with tmpfs_mount(d / "small", "size=64k") as mounted:
         if not mounted:
             pytest.skip("cannot mount a small file system here")
         filler = d / "small" / "filler"
@@ -499,7 +484,7 @@ def _(d: Path):
 @case("read_only_file_system_erofs")
 def _(d: Path):
     spair(d)
-    with read_only_mount(d / "ro") as mounted:
+    with tmpfs_mount(d / "ro", "ro,size=1m") as mounted:
         if not mounted:
             pytest.skip("cannot mount a read-only file system here")
         yield Case(SIMSC + TRAIN_SPAIR + ["--out", "ro/run"], 2, ("ro/run", "Read-only file system"))
