@@ -119,3 +119,9 @@ def stage_main(stage: str, func: Callable[..., None], keys: Sequence[str], argv:
     extra = (args.name,) if with_name else ()
     return run_stage(stage, func, keys, args.params, *extra, debug=args.debug, user_errors=user_errors)
 
+
+
+def round_metric(x: float | None, digits: int = 5) -> float | None:
+    """``digits`` significant digits for a DVC metric: PCK in % keeps 3 decimals, a beta of
+    0.0123 keeps 5, so ``dvc metrics diff`` shows changes, not float noise."""
+    return None if x is None else float(f"{x:.{digits}g}")
