@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
+from simsc.io import yaml_load
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -33,7 +34,7 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        params = yaml.safe_load(text)
+        params = yaml_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(params, dict):
