@@ -45,7 +45,21 @@ def stage_train(params: dict[str, Any]) -> None:
     metrics = Path(cfg.train.out_dir) / "metrics.jsonl"
     export_train_plots(metrics, PLOTS_DIR)
     train_metrics = export_train_metrics(metrics, PLOTS_DIR / "metrics.json")
-    print(json.dumps({**summary, "metrics": train_metrics}, indent=2))
+    print(summary_line(summary, train_metrics))
+
+
+def summary_line(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """One line for the log (the full summary is ``<out_dir>/summary.json``)."""
+    best = metrics.get("best") or {}
+    final = metrics.get("final") or {}
+    alpha = summary.get("best_alpha", 0.1)
+    parts = [f"train: {summary.get('step')} steps in {summary.get('train_time_s', 0):.0f} s"]
+    if best:
+        parts.append(f"best val PCK@{alpha} {summary.get('best_metric', float('nan')):.1f} at step {best.get('step')}")
+    if final:
+        parts.append(f"final beta_eff {final.get('beta_eff'):.3g}")
+    parts.append(f"checkpoint {summary.get('best_checkpoint') or summary.get('last_checkpoint')}")
+    return "; ".join(parts)
 
 
 def export_train_plots(metrics: Path, out_dir: Path) -> None:
