@@ -1,20 +1,49 @@
-"""DVC stage ``report``: the Markdown/HTML report and its figures."""
+"""DVC stage ``report``: the Markdown/HTML report and its figures; with tracking, the report
+goes to the training run's MLflow artifacts and the registered version gets its PCK tags and
+the champion decision (``tracking.champion_set`` / ``tracking.champion_metric``)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.stage_common import stage_main
+from simsc.errors import UserError
+
+from pipeline.stage_common import stage_main, tracking_section
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("report", "evaluate", "tracking", "train.out_dir")
 
 
 def stage_report(params: dict[str, Any]) -> None:
-    from .report import build_report
+    from .report import EVAL_DIR, build_report
 
-    build_report(params)
+    tracking = tracking_section(params)
+    sets = list((params.get("evaluate") or {}).get("sets") or {})
+    rule = None
+    if tracking.get("enabled", False):
+        from .tracking import champion_rule
+
+        try:  # a bad key fails before the report is built, naming itself
+            rule = champion_rule(tracking, sets)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    out_md = build_report(params)
+    if rule is None:
+        return
+    from .tracking import load_reports, log_report
+
+    reports = {k: v for k, v in load_reports(EVAL_DIR).items() if k in sets}
+    run_dir = Path(params["train"]["out_dir"])
+    try:
+        decision = log_report(run_dir, out_md, reports, rule)
+    except ValueError as exc:  # the rule names a set or alpha the evaluations lack
+        raise UserError(f"params.yaml: {exc}") from None
+    if decision:
+        where = "moved to" if decision["moved"] else "stays on"
+        print(f"champion: {decision['key']} = {decision['value']:.2f} for v{decision['version']}; alias "
+              f"{where} v{decision['champion']} ({decision['reason']})", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,7 +40,8 @@ def stage_train(params: dict[str, Any]) -> None:
         from .tracking import MlflowCallback
 
         callbacks.append(MlflowCallback(cfg, cfg.train.out_dir, experiment=tracking.get("experiment"),
-                                        registered_model=tracking.get("registered_model")))
+                                        registered_model=tracking.get("registered_model"),
+                                        tags={"dvc.stage": "train"}))
     summary = train(cfg, callbacks=callbacks)
     metrics = Path(cfg.train.out_dir) / "metrics.jsonl"
     export_train_plots(metrics, PLOTS_DIR)

@@ -132,6 +132,8 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
         out["children"][row["trial_id"]] = rid
         row["mlflow_run_id"] = rid
         ml.call("trial status tags", client.set_tag, rid, "sweep.status", row["status"])
+        if row.get("_path"):  # the trial's folder in the storage (its run folder was scratch)
+            ml.call("trial folder tag", client.set_tag, rid, "run_dir", str(row["_path"]))
         if row.get("best_val_pck") is not None:
             ml.call("trial best PCK", client.log_batch, rid, metrics=[_metric("best_val_pck", row["best_val_pck"], 0)])
         # ASHA-stopped trials never reach the trainer's on_end: close their runs here.
@@ -227,7 +229,7 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
     from ray import tune
 
     from .sweep_trial import TrialContext
-    from .tracking import SafeMlflow
+    from .tracking import SafeMlflow, git_revision
 
     out = Path(out_dir) if out_dir is not None else Path(spec.root, "sweeps", spec.name)
     storage = storage or spec.storage or default_storage(spec)
@@ -262,8 +264,9 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
     context = TrialContext(
         spec_name=spec.name, engine_base=spec.engine_base(), search=spec.search,
         best_alpha=spec.engine_config().train.best_alpha, root=spec.root,
+        # the trials run in scratch folders outside the checkout: they get its revision from here
         tracking={"uri": ml.tracking_uri, "experiment": spec.tracking.get("experiment"),
-                  "parent_run_id": parent} if parent else None,
+                  "parent_run_id": parent, "git_revision": git_revision(spec.root)} if parent else None,
         cpus_per_trial=spec.resources["cpu"],
     )
     if not ray.is_initialized():

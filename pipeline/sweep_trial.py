@@ -209,10 +209,13 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
         tags = {"mlflow.parentRunId": tr["parent_run_id"], "sweep.name": context.spec_name,
                 "sweep.trial_id": trial_id}
+        from .tracking import describe_run
+
         callbacks.append(MlflowCallback(
             cfg, run_dir, experiment=tr["experiment"], tracking_uri=tr["uri"],
-            run_name=f"{context.spec_name}/{trial_id} {trial_label(shim, config)}", tags=tags,
-            reuse_tagged_run=True, log_model=False))
+            run_name=f"{context.spec_name}/{trial_id} {describe_run(cfg.to_dict())} {trial_label(shim, config)}",
+            tags=tags, reuse_tagged_run=True, log_model=False, run_dir_tag=False,
+            extra_tags={"git_revision": tr.get("git_revision") or "unknown"}))
     reporter = TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra={"node_id": node_id})
     callbacks.append(reporter)
     try:

@@ -12,6 +12,11 @@ retries are set unless the environment sets them (``MLFLOW_HTTP_REQUEST_TIMEOUT`
 
 ``RUN_DIR/tracking.json`` records the tracking URI, experiment, run id, registered model
 version and which parts failed to log.
+
+The registered model's alias ``champion`` (:data:`CHAMPION_ALIAS`) names the best version so
+far: :func:`promote_champion` moves it only when a new version beats the champion on the same
+comparison key (evaluation set + metric, tag ``champion.key``), so ``models:/NAME@champion``
+is always the best model measured one way.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -33,6 +39,17 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 STATE_FILE = "tracking.json"
+#: The project checkout: where the git revision comes from when the working directory is
+#: outside any repository.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The experiment tag the MLflow UI reads to open an experiment on its training runs
+#: (``custom_model_development``) rather than on GenAI traces (``genai_development``).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+CHAMPION_ALIAS = "champion"
+#: Seconds between two samples of system metrics (CPU, memory, disk, network; GPU with
+#: nvidia-ml-py installed); ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it.
+SYSTEM_METRICS_INTERVAL_S = 10.0
 STEP_METRICS = {"beta_a": "beta_a_mean", "beta_b": "beta_b_mean", "beta_eff": "beta_eff_mean", "loss": "loss",
                 "lr": "lr_backbone", "lr_temperature": "lr_temperature"}
 
@@ -46,10 +63,36 @@ def _mlflow():
         import mlflow
     except ImportError as exc:  # pragma: no cover - mlflow is a pipeline dependency
         raise ImportError("MLflow tracking needs mlflow: pip install -e '.[pipeline]'") from exc
+    quiet_mlflow_logging()
     return mlflow
 
 
+#: Loggers whose INFO lines are bookkeeping, not news: the system-metrics thread starting and
+#: stopping, the SQL store creating its tables (alembic migrations) on first use.
+_CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.store.db.utils", "alembic", "mlflow.pyfunc",
+                   "mlflow.store.model_registry.abstract_store", "mlflow.tracking._model_registry.client")
+
+
+def quiet_mlflow_logging() -> None:
+    """Raise MLflow's bookkeeping loggers to WARNING: a clean run prints nothing from MLflow."""
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's SQL store (the default sqlite:///mlflow.db) uses a SQLAlchemy option SQLAlchemy
+    # deprecates: MLflow's to fix, nothing a user of this project can act on.
+    warnings.filterwarnings("ignore", message=r"(?s).*``noload`` loader strategy is deprecated",
+                            module=r"mlflow\.store")
+
+
 def git_revision(cwd: str | os.PathLike | None = None) -> str:
+    """``HEAD`` of the repository at ``cwd`` (default: the working directory), ``-dirty`` when
+    tracked files changed. Outside any repository (a Ray worker's scratch folder, a sweep
+    driven from a plain folder): this project's checkout, the code that runs; ``unknown``
+    when that is not a git checkout either (an installed wheel)."""
+    rev = _git_revision(cwd)
+    return rev if rev != "unknown" else _git_revision(PROJECT_ROOT)
+
+
+def _git_revision(cwd: str | os.PathLike | None) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         rev = out.stdout.strip()
@@ -93,6 +136,7 @@ class SafeMlflow:
 
     def connect(self):
         if self.client is None:
+            _mlflow()
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(self.tracking_uri)
@@ -161,21 +205,34 @@ class MlflowCallback(Callback):
 
     params: the flattened config, plus tags git revision and params hash; per step:
     ``beta_a``, ``beta_b``, ``beta_eff``, ``loss``, ``lr`` (backbone) and ``lr_temperature``;
-    per epoch: ``val_pck_<alpha>``; at the end: the best checkpoint as an MLflow model,
-    registered under ``registered_model``.
+    per epoch: ``val_pck_<alpha>``; in the background: system metrics (``system/...``,
+    every ``system_metrics_interval`` seconds, and once more at the end); at the end: the
+    best checkpoint as an MLflow model, registered under ``registered_model``.
+
+    ``run_dir_tag=False`` leaves out the ``run_dir`` tag (a sweep trial's run folder is
+    scratch, removed when the trial ends).
     """
 
     def __init__(self, config, run_dir: str | os.PathLike, *, experiment: str | None = "simsc",
                  registered_model: str | None = None, tracking_uri: str | None = None,
                  run_name: str | None = None, tags: Mapping[str, str] | None = None,
-                 reuse_tagged_run: bool = False, log_model: bool = True) -> None:
+                 reuse_tagged_run: bool = False, log_model: bool = True, run_dir_tag: bool = True,
+                 extra_tags: Mapping[str, str] | None = None,
+                 system_metrics: bool = True,
+                 system_metrics_interval: float = SYSTEM_METRICS_INTERVAL_S) -> None:
         self.cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         self.run_dir = Path(run_dir)
         self.experiment = experiment
         self.registered_model = registered_model
-        self.run_name = run_name or self.run_dir.name
+        self.run_name = run_name or describe_run(self.cfg)
+        self.run_dir_tag = run_dir_tag
+        self.system_metrics = system_metrics
+        self.system_metrics_interval = system_metrics_interval
+        self._monitor = None
         #: extra run tags, e.g. ``mlflow.parentRunId`` to nest the run under a sweep's run.
         self.tags = dict(tags or {})
+        #: tags set when the run is created, not used to find it again (``git_revision``).
+        self.extra_tags = dict(extra_tags or {})
         #: continue the run that carries exactly ``tags`` when one exists (a restarted sweep
         #: trial): steps and epochs it already holds are not logged twice.
         self.reuse_tagged_run = reuse_tagged_run
@@ -207,9 +264,33 @@ class MlflowCallback(Callback):
                 first_alpha = alpha_key(self.cfg["train"]["alphas"][0])
                 self._logged_epoch = _last_step(client, self.run_id, f"val_pck_{first_alpha}", default=-1)
                 client.update_run(self.run_id, status="RUNNING")
+                self._start_monitor(resume=True)
                 return
-        self.run_id = start_run(client, self.experiment, self.run_name, self.cfg, run_dir=self.run_dir,
-                                tags=self.tags)
+        self.run_id = start_run(client, self.experiment, self.run_name, self.cfg,
+                                run_dir=self.run_dir if self.run_dir_tag else None,
+                                tags={**self.extra_tags, **self.tags})
+        self._start_monitor(resume=False)
+
+    def _start_monitor(self, resume: bool) -> None:
+        if not self.system_metrics:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_interval,
+                                             resume_logging=resume, tracking_uri=self.ml.tracking_uri)
+        self._monitor.start()
+
+    def _stop_monitor(self) -> None:
+        """Stop the sampling thread and log one last sample: a run shorter than the interval
+        still has its system metrics."""
+        mon, self._monitor = self._monitor, None
+        if mon is None:
+            return
+        mon.finish()
+        if not self.ml.offline:
+            mon.collect_metrics()
+            mon.publish_metrics(mon.aggregate_metrics())
+            mon.mlflow_logger.flush()
 
     def _save_state(self, **extra) -> None:
         state = _read_state(self.run_dir)
@@ -239,6 +320,11 @@ class MlflowCallback(Callback):
     def on_end(self, summary):
         self._start()
         extra: dict[str, Any] = {"status": summary.get("status")}
+        try:  # not through self.ml: a lost sample must not stop the model from being logged
+            self._stop_monitor()
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a run
+            warnings.warn(f"MLflow ({self.ml.tracking_uri}): the last system-metrics sample was not logged: "
+                          f"{type(exc).__name__}: {str(exc)[:200]}", TrackingWarning, stacklevel=2)
         if self.run_id and self.log_model and summary.get("status") == "finished" and self.best is not None:
             version = self.ml.call("the best checkpoint (model + registration)", log_checkpoint_model,
                                    self.ml.client, self.run_id, self.best, self.registered_model, self.cfg)
@@ -250,11 +336,24 @@ class MlflowCallback(Callback):
         self._save_state(**extra)
 
 
+def describe_run(cfg: Mapping[str, Any]) -> str:
+    """What ran, as a run name: ``resnet18 T=mlp embedded@160``."""
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    return f"{model.get('backbone', '?')} T={model.get('temperature', '?')} " \
+           f"{data.get('dataset', '?')}@{data.get('resolution', '?')}"
+
+
 def experiment_id(client, experiment: str | None) -> str:
-    """The id of ``experiment`` (created when missing; ``None``: MLflow's ``Default``)."""
+    """The id of ``experiment`` (``None``: MLflow's ``Default``), created when missing as a
+    model-training experiment: tag ``mlflow.experimentKind``, unless the experiment already
+    has a kind (someone chose it in the UI)."""
     exp_name = experiment or "Default"
     exp = client.get_experiment_by_name(exp_name)
-    return exp.experiment_id if exp is not None else client.create_experiment(exp_name)
+    if exp is None:
+        return client.create_experiment(exp_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def find_tagged_run(client, experiment: str | None, tags: Mapping[str, str]):
@@ -290,43 +389,62 @@ def start_run(client, experiment: str | None, run_name: str, cfg: Mapping[str, A
     return run_id
 
 
-def _pyfunc_class():
-    import mlflow.pyfunc
+#: What loading the model imports besides ``simsc`` (shipped as code) and mlflow: pinned to
+#: the versions installed here, so the model installs the way it was trained.
+MODEL_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pillow", "pyyaml")
 
-    class SimSCModel(mlflow.pyfunc.PythonModel):
-        """A simsc checkpoint as an MLflow model: ``artifacts/checkpoint`` is the ``best.pt``
-        file; ``predict`` takes a dict of tensors / arrays (``src_img``, ``trg_img``,
-        ``src_kps``) and returns target keypoints."""
 
-        def load_context(self, context):
-            from simsc.engine.checkpoint import load_model
+def model_requirements() -> list[str]:
+    """``name==version`` for each of :data:`MODEL_REQUIREMENTS`, from this environment."""
+    from importlib.metadata import version
 
-            self.model, self.cfg, _ = load_model(context.artifacts["checkpoint"])
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
 
-        def predict(self, context, model_input, params=None):
-            import torch
 
-            batch = {k: torch.as_tensor(model_input[k]) for k in ("src_img", "trg_img", "src_kps")}
-            return self.model.predict(batch["src_img"], batch["trg_img"], batch["src_kps"]).numpy()
+def model_example(n_points: int = 4, size: int = 64) -> dict[str, Any]:
+    """A small input pair for the model's input example: two normalised random images of
+    ``size`` pixels (seeded) and ``n_points`` source keypoints inside them."""
+    import numpy as np
 
-    return SimSCModel
+    rng = np.random.default_rng(0)
+    img = lambda: rng.standard_normal((1, 3, size, size)).astype(np.float32)  # noqa: E731
+    kps = rng.uniform(0, size - 1, (1, n_points, 2)).astype(np.float32)
+    return {"src_img": img(), "trg_img": img(), "src_kps": kps}
+
+
+def model_signature():
+    """Tensor signature with free batch, image size and point count (any resolution works;
+    a signature inferred from the example would pin them to the example's)."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    inputs = Schema([TensorSpec(f32, (-1, 3, -1, -1), "src_img"), TensorSpec(f32, (-1, 3, -1, -1), "trg_img"),
+                     TensorSpec(f32, (-1, -1, 2), "src_kps")])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(f32, (-1, -1, 2))]))
 
 
 def log_checkpoint_model(client, run_id: str, checkpoint: Path, registered_model: str | None,
                          cfg: Mapping[str, Any]) -> str | None:
-    """Log ``checkpoint`` as a pyfunc model of the run and register it; returns the version."""
+    """Log ``checkpoint`` as a pyfunc model of the run (once: the checkpoint is the model's
+    artifact; signature, input example, pinned requirements, ``simsc`` shipped as code) and
+    register it; returns the version."""
     mlflow = _mlflow()
     import mlflow.pyfunc
 
+    from simsc import config as simsc_config  # its folder is the package shipped with the model
+
+    from . import mlflow_model
+
     tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg)}
     with _fluent_uri(client.tracking_uri):
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hints.*")  # predict takes a dict of arrays
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=_pyfunc_class()(), artifacts={"checkpoint": str(checkpoint)},
-                pip_requirements=["simsc-pipeline", "torch", "timm"],
+                name="model", python_model=mlflow_model.__file__, artifacts={"checkpoint": str(checkpoint)},
+                code_paths=[str(Path(simsc_config.__file__).parent)], pip_requirements=model_requirements(),
+                signature=model_signature(), input_example=model_example(),
             )
-        client.log_artifact(run_id, str(checkpoint), "checkpoint")
         if not registered_model:
             return None
         mv = mlflow.register_model(info.model_uri, registered_model, tags=tags)
@@ -422,6 +540,148 @@ def _log_results(ml: SafeMlflow, run_id: str, reports, rows) -> bool:
 
 
 # ------------------------------------------------------------------------------------------
+# The registry: PCK tags on a version, the champion alias, the report as an artifact
+# ------------------------------------------------------------------------------------------
+
+
+class ChampionWarning(UserWarning):
+    """The champion alias could not be decided (versions measured differently): it stays."""
+
+
+def champion_rule(tracking: Mapping[str, Any], sets: list[str]) -> tuple[str, str]:
+    """``(set name, metric)`` the champion is chosen on, from params.yaml ``tracking``:
+    ``champion_set`` (default: the first of ``evaluate.sets``) and ``champion_metric``
+    (``pck@<alpha>``, per-image PCK; default ``pck@0.1``). ValueError naming the key when
+    the set is not evaluated or the metric is not of that form."""
+    metric = tracking.get("champion_metric") or "pck@0.1"
+    try:  # one spelling per metric: pck@0.10 and pck@0.1 are the same comparison key
+        metric = f"pck@{float(metric.removeprefix('pck@')):g}" if metric.startswith("pck@") else None
+    except (AttributeError, ValueError):
+        metric = None
+    if metric is None:
+        raise ValueError(f"params.yaml: tracking.champion_metric must be 'pck@<alpha>' (e.g. pck@0.1), "
+                         f"got {tracking.get('champion_metric')!r}")
+    name = tracking.get("champion_set") or (sets[0] if sets else None)
+    if name not in sets:
+        raise ValueError(f"params.yaml: tracking.champion_set {name!r} is not one of evaluate.sets {sets}")
+    return name, metric
+
+
+def metric_value(report: Mapping[str, Any], metric: str) -> float:
+    """The value of ``pck@<alpha>`` in an evaluation report (per-image PCK, %)."""
+    alpha = metric.removeprefix("pck@")
+    per_image = report.get("per_image") or {}
+    for key, value in per_image.items():
+        if key == alpha or _same_number(key, alpha):
+            return float(value)
+    raise ValueError(f"tracking.champion_metric {metric!r}: the report has PCK at alphas {list(per_image)} only")
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def champion_key(set_name: str, report: Mapping[str, Any], metric: str) -> str:
+    """What makes two versions comparable: the evaluation set (name, data set, split, size,
+    number of pairs) and the metric, e.g. ``test_160=embedded/test@160/n100:pck@0.1``."""
+    return (f"{set_name}={report.get('dataset')}/{report.get('split')}@{report.get('resolution')}"
+            f"/n{report.get('n_pairs')}:{metric}")
+
+
+def champion_measure(reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, str]) -> tuple[str, float]:
+    """``(champion.key, value)`` of the evaluation ``reports`` under ``rule`` (set, metric);
+    the value is rounded as the tag stores it, so a re-read tag compares equal. ValueError
+    when the set was not evaluated or lacks the metric."""
+    set_name, metric = rule
+    if set_name not in reports:
+        raise ValueError(f"tracking.champion_set {set_name!r}: no evaluation report (have {sorted(reports)})")
+    return champion_key(set_name, reports[set_name], metric), round(metric_value(reports[set_name], metric), 4)
+
+
+def promote_champion(client, name: str, version: str, reports: Mapping[str, Mapping[str, Any]],
+                     rule: tuple[str, str]) -> dict[str, Any]:
+    """Tag version ``version`` of registered model ``name`` with its PCK and decide the alias.
+
+    Tags: ``pck.<set>.<alpha>`` for every set and alpha, ``champion.key`` (what the value
+    measures: :func:`champion_key`) and ``champion.value``. The alias ``champion`` moves to
+    this version when there is none yet, or when the champion carries the same
+    ``champion.key`` and a strictly lower ``champion.value``. Rule for a champion measured
+    differently (another key, or no key: registered before these tags, or by a sweep): it
+    stays, with a :class:`ChampionWarning` saying why; compare by hand and move it with
+    ``MlflowClient().set_registered_model_alias(name, "champion", version)``.
+    """
+    key, value = champion_measure(reports, rule)
+    for sname, rep in reports.items():
+        for alpha, v in (rep.get("per_image") or {}).items():
+            client.set_model_version_tag(name, version, f"pck.{sname}.{alpha}", f"{float(v):.4f}")
+    client.set_model_version_tag(name, version, "champion.key", key)
+    client.set_model_version_tag(name, version, "champion.value", f"{value:.4f}")
+    # from the model's alias table: a missing alias is no error to tell from a failing server
+    champ_version = client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
+    champ = client.get_model_version(name, champ_version) if champ_version is not None else None
+    out = {"version": version, "key": key, "value": value,
+           "champion_before": champ.version if champ is not None else None}
+    if champ is None:
+        out["moved"], out["reason"] = True, "no champion yet"
+    elif str(champ.version) == str(version):
+        out["moved"], out["reason"] = False, "already the champion"
+    elif champ.tags.get("champion.key") != key or "champion.value" not in champ.tags:
+        out["moved"] = False
+        out["reason"] = (f"the champion v{champ.version} was measured differently (champion.key "
+                         f"{champ.tags.get('champion.key', 'missing')!r}, this version: {key!r}): not compared")
+        warnings.warn(f"registered model {name}: alias {CHAMPION_ALIAS!r} stays on v{champ.version}: "
+                      f"{out['reason']}; move it by hand if v{version} is better "
+                      f"(MlflowClient().set_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}, {version!r}))",
+                      ChampionWarning, stacklevel=2)
+    else:
+        best = float(champ.tags["champion.value"])
+        out["moved"] = value > best
+        out["reason"] = f"{rule[1]} {value:.2f} {'>' if out['moved'] else '<='} champion v{champ.version}'s {best:.2f}"
+    if out["moved"]:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    out["champion"] = version if out["moved"] else (champ.version if champ is not None else None)
+    return out
+
+
+def log_report(run_dir: str | os.PathLike, report_md: str | os.PathLike, reports: Mapping[str, Mapping[str, Any]],
+               rule: tuple[str, str] | None, tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """The report stage's MLflow step, after the report is written: the report (Markdown,
+    HTML, figures) as artifacts ``report/`` of the run recorded in ``RUN_DIR/tracking.json``,
+    and, when the run registered a model version, its PCK tags and the champion decision
+    (:func:`promote_champion`). MLflow failures never raise (a warning says what was not
+    logged); returns the champion decision, or ``None``. ``tracking.json`` is left as it is.
+    ValueError (before any call) when ``rule`` names a set or metric the reports lack."""
+    run_dir, report_md = Path(run_dir), Path(report_md)
+    if rule is not None:
+        champion_measure(reports, rule)  # a bad rule is the user's error, not the server's
+    state = _read_state(run_dir)
+    run_id = state.get("run_id")
+    if not run_id:
+        return None
+    ml = SafeMlflow(tracking_uri or state.get("tracking_uri"))
+
+    def upload():
+        client = ml.connect()
+        folder = report_md.parent
+        for p in (report_md, report_md.with_suffix(".html")):
+            if p.exists():
+                client.log_artifact(run_id, str(p), "report")
+        if (folder / "figures").is_dir():
+            client.log_artifacts(run_id, str(folder / "figures"), "report/figures")
+        return True
+
+    ml.call("the report (artifacts)", upload)
+    name, version = state.get("registered_model"), state.get("model_version")
+    if rule is None or not name or not version:
+        return None
+    return ml.call("the model version's PCK tags and the champion alias", lambda: promote_champion(
+        ml.connect(), name, str(version), reports, rule))
+
+
+# ------------------------------------------------------------------------------------------
 # Re-logging a finished run, fetching a registered checkpoint
 # ------------------------------------------------------------------------------------------
 
@@ -452,7 +712,7 @@ def relog(run_dir: str | os.PathLike, reports: Mapping[str, Mapping[str, Any]] |
             run_id = None
     created = run_id is None
     if created:
-        run_id = start_run(client, experiment, run_dir.name, cfg, run_dir=run_dir)
+        run_id = start_run(client, experiment, describe_run(cfg), cfg, run_dir=run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     metrics = []
     for rec in records:

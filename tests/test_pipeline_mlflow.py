@@ -1,16 +1,22 @@
 """MLflow tracking against a real ``mlflow server``: a run logged live, a run whose server
-dies mid-training (warning, complete local outputs), re-logged after a restart."""
+dies mid-training (warning, complete local outputs), re-logged after a restart; the DVC
+stages run as processes (what the UI shows, the model's packaging, no warnings); the
+``champion`` alias of the registry."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 import time
+import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("mlflow")
 
@@ -20,6 +26,29 @@ from http_server import unused_port  # noqa: E402
 from mlflow_server import MlflowServer as Server  # noqa: E402
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def entry_points_dir(tmp_path_factory) -> Path:
+    """A folder holding a distribution whose entry points are pyproject.toml's ``simsc.model_uri``
+    group: on ``sys.path`` / ``PYTHONPATH`` it makes ``importlib.metadata`` find the resolvers
+    the way an install of this checkout would (the shared venv may hold older metadata)."""
+    root = tmp_path_factory.mktemp("entry_points")
+    group = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["simsc.model_uri"]
+    dist = root / "simsc_model_uri_test-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: simsc-model-uri-test\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text("[simsc.model_uri]\n" + "".join(f"{k} = {v}\n" for k, v in group.items()))
+    return root
+
+
+@pytest.fixture
+def resolvers(entry_points_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(entry_points_dir))
+    return entry_points_dir
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
@@ -63,7 +92,7 @@ def run_training(params, callbacks_extra=()):
     return cb, summary
 
 
-def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypatch):
+def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypatch, resolvers):
     from mlflow.tracking import MlflowClient
 
     from pipeline.stage_evaluate import stage_evaluate
@@ -167,3 +196,240 @@ def test_no_mlflow_in_the_library():
     code = ("import sys, simsc, simsc.engine.trainer, simsc.commands.evaluate, simsc.cli; "
             "bad = [m for m in ('mlflow', 'ray', 'dvc') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------
+# The DVC stages as processes: what a user sees in the UI, and on the terminal
+# ------------------------------------------------------------------------------------------
+
+
+def run_stage(module: str, *args: str, cwd: Path, env: dict) -> str:
+    """Run ``python -m pipeline.<module>`` like ``dvc repro`` does; returns its stderr."""
+    proc = subprocess.run([sys.executable, "-m", f"pipeline.{module}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{module}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    return proc.stderr
+
+
+def stage_env(server, extra_path: Path | None = None) -> dict:
+    path = [str(REPO)] + ([str(extra_path)] if extra_path else [])
+    return {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+@pytest.fixture(scope="module")
+def stage_run(server, embedded, tmp_path_factory, entry_points_dir):
+    """train, evaluate and report run as processes in a project folder, logging to ``server``."""
+    from mlflow.tracking import MlflowClient
+
+    cwd = tmp_path_factory.mktemp("project")
+    params = params_for(embedded, Path("runs") / "default", max_steps=3, registered="simsc-stages")
+    params["tracking"]["experiment"] = "stages"
+    params["report"] = {"out": "reports/report.md", "n_pictures": 1, "picture_set": "test_64"}
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    env = stage_env(server, entry_points_dir)
+    stderr = {"train": run_stage("stage_train", cwd=cwd, env=env),
+              "evaluate": run_stage("stage_evaluate", "test_64", cwd=cwd, env=env),
+              "report": run_stage("stage_report", cwd=cwd, env=env)}
+    state = json.loads((cwd / "runs" / "default" / "tracking.json").read_text())
+    return {"cwd": cwd, "params": params, "env": env, "stderr": stderr, "state": state,
+            "client": MlflowClient(server.uri)}
+
+
+def test_stages_print_no_mlflow_warnings(stage_run):
+    for stage, err in stage_run["stderr"].items():
+        print(f"--- {stage} stderr:\n{err}")  # shown when the test fails
+        noisy = [line for line in err.splitlines()
+                 if "warning" in line.lower() or "alembic" in line.lower() or " INFO " in line]
+        assert not noisy, f"stage {stage} printed:\n" + "\n".join(noisy)
+    assert "champion: " in stage_run["stderr"]["report"]
+
+
+def test_the_ui_shows_a_training_run(stage_run):
+    client, state = stage_run["client"], stage_run["state"]
+    exp = client.get_experiment_by_name("stages")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI traces page
+    run = client.get_run(state["run_id"])
+    assert run.info.run_name == "resnet18 T=mlp embedded@64"
+    assert run.data.tags["dvc.stage"] == "train"
+    assert run.data.tags["git_revision"] not in ("", "unknown")  # the checkout's, from a non-git cwd
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    arts = {a.path for a in client.list_artifacts(state["run_id"], "report")}
+    assert {"report/report.md", "report/report.html", "report/figures"} <= arts
+    figures = {a.path for a in client.list_artifacts(state["run_id"], "report/figures")}
+    assert "report/figures/beta_trajectory.png" in figures
+    # the checkpoint is stored once: as the model's artifact
+    assert "checkpoint" not in {a.path for a in client.list_artifacts(state["run_id"])}
+
+
+def test_logged_model_installs_and_predicts_in_a_fresh_process(stage_run, embedded, tmp_path):
+    from mlflow.models import get_model_info
+
+    import mlflow
+
+    client, state = stage_run["client"], stage_run["state"]
+    uri = f"models:/simsc-stages/{state['model_version']}"
+    with _uri(client.tracking_uri):
+        info = get_model_info(uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "model")))
+    assert info.signature is not None
+    assert [s.name for s in info.signature.inputs.inputs] == ["src_img", "trg_img", "src_kps"]
+    assert info.saved_input_example_info is not None
+    assert len(list(local.rglob("*.pt"))) == 1  # the checkpoint, stored once
+    assert (local / "code" / "simsc" / "model.py").exists()
+    lines = [x for x in (local / "requirements.txt").read_text().splitlines() if x and not x.startswith("#")]
+    assert not any("simsc" in x for x in lines), lines
+    assert all("==" in x for x in lines), lines
+    assert {"torch", "torchvision", "timm", "numpy", "pillow", "mlflow"} <= {x.split("==")[0] for x in lines}
+
+    # fresh process, no PYTHONPATH: `simsc` comes from the model's code/ folder; a pair at another
+    # size than the input example (96 px, 3 points) predicts what the local checkpoint predicts
+    best = stage_run["cwd"] / "runs" / "default" / "checkpoints" / "best.pt"
+    script = textwrap.dedent(f"""
+        import json, sys, numpy as np, mlflow.pyfunc
+        m = mlflow.pyfunc.load_model({uri!r})
+        import simsc
+        rng = np.random.default_rng(1)
+        pair = {{"src_img": rng.standard_normal((1, 3, 96, 96)).astype(np.float32),
+                 "trg_img": rng.standard_normal((1, 3, 96, 96)).astype(np.float32),
+                 "src_kps": np.array([[[10, 20], [50, 50], [90, 5]]], dtype=np.float32)}}
+        out = m.predict(pair)
+        from simsc.engine.checkpoint import load_model
+        import torch
+        model, _, _ = load_model({str(best)!r})
+        ref = model.predict(*(torch.as_tensor(pair[k]) for k in ("src_img", "trg_img", "src_kps"))).numpy()
+        print(json.dumps({{"shape": list(out.shape), "diff": float(np.abs(out - ref).max()),
+                          "simsc": simsc.__file__}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(MLFLOW_TRACKING_URI=client.tracking_uri, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [1, 3, 2] and out["diff"] < 1e-4
+    assert "/code/simsc/" in out["simsc"], out["simsc"]  # shipped with the model, not this checkout
+
+
+def test_simsc_evaluate_the_champion(stage_run, embedded, tmp_path):
+    """``simsc evaluate --model models:/NAME@champion`` in a process: the pipeline's resolver
+    found through the entry point; the same PCK as the evaluate stage."""
+    client = stage_run["client"]
+    assert client.get_model_version_by_alias("simsc-stages", "champion").version == stage_run["state"]["model_version"]
+    out = tmp_path / "champion.json"
+    proc = subprocess.run([sys.executable, "-m", "simsc.cli", "evaluate", "--model", "models:/simsc-stages@champion",
+                           "--dataset", "embedded", "--root", str(embedded), "--resolution", "64", "--no-progress",
+                           "--device", "cpu", "--out", str(out)], env=stage_run["env"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stage = json.loads((stage_run["cwd"] / "reports" / "eval" / "test_64" / "report.json").read_text())
+    assert json.loads(out.read_text())["per_image"] == stage["per_image"]
+
+
+# ------------------------------------------------------------------------------------------
+# The champion alias
+# ------------------------------------------------------------------------------------------
+
+
+def test_champion_moves_only_for_a_better_version(server, embedded, tmp_path, monkeypatch):
+    """Three runs registered in turn, their evaluation reports set to PCK@0.1 30, 20, 40:
+    every run registers a version with its PCK tags; the alias goes 1st -> stays -> 3rd.
+    A version measured on another set is not compared (the alias stays, with a warning)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.stage_evaluate import stage_evaluate
+    from pipeline.stage_report import stage_report
+    from pipeline.tracking import ChampionWarning
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(server.uri)
+    name = "simsc-champion"
+    report_p = tmp_path / "reports" / "eval" / "test_64" / "report.json"
+    measured = None
+    decisions = []
+    for i, pck in enumerate((30.0, 20.0, 40.0, 90.0)):
+        params = params_for(embedded, tmp_path / "runs" / f"r{i}", max_steps=1, registered=name)
+        params["report"] = {"out": f"reports/r{i}/report.md", "n_pictures": 0}
+        cb, _ = run_training(params)
+        if measured is None:
+            stage_evaluate(params, "test_64")
+            measured = json.loads(report_p.read_text())
+        rep = dict(measured, per_image={**measured["per_image"], "0.1": pck})
+        if i == 3:  # another set size: not comparable with the champion's key
+            rep["n_pairs"] = measured["n_pairs"] - 1
+        report_p.write_text(json.dumps(rep))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stage_report(params)
+        decisions.append([str(w.message) for w in caught if issubclass(w.category, ChampionWarning)])
+        version = json.loads((tmp_path / "runs" / f"r{i}" / "tracking.json").read_text())["model_version"]
+        mv = client.get_model_version(name, version)
+        assert mv.tags["pck.test_64.0.1"] == f"{pck:.4f}" and mv.tags["champion.value"] == f"{pck:.4f}"
+        assert mv.tags["champion.key"].endswith(":pck@0.1") and mv.tags["champion.key"].startswith("test_64=")
+        assert mv.tags["git_revision"] not in ("", "unknown")
+        champion = client.get_model_version_by_alias(name, "champion").version
+        assert champion == {0: "1", 1: "1", 2: "3", 3: "3"}[i], (i, pck, champion)
+    assert decisions[:3] == [[], [], []]
+    assert len(decisions[3]) == 1 and "measured differently" in decisions[3][0]
+
+
+def test_champion_without_key_is_kept(server, tmp_path):
+    """The documented rule for a champion that lacks ``champion.key`` (registered before the
+    tags existed, or by a sweep): not compared, left where it is."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import ChampionWarning, promote_champion
+
+    client = MlflowClient(server.uri)
+    name = "simsc-nokey"
+    client.create_registered_model(name)
+    v1 = client.create_model_version(name, "s3://simsc-test/model").version
+    client.set_registered_model_alias(name, "champion", v1)
+    v2 = client.create_model_version(name, "s3://simsc-test/model").version
+    rep = {"dataset": "embedded", "split": "test", "resolution": 64, "n_pairs": 4,
+           "per_image": {"0.05": 1.0, "0.1": 99.0, "0.15": 100.0}}
+    with pytest.warns(ChampionWarning, match="champion.key 'missing'"):
+        out = promote_champion(client, name, v2, {"test_64": rep}, ("test_64", "pck@0.1"))
+    assert out["moved"] is False and client.get_model_version_by_alias(name, "champion").version == v1
+
+
+def test_champion_rule_names_the_bad_key():
+    from pipeline.tracking import champion_measure, champion_rule
+
+    sets = ["test_160", "test_original"]
+    assert champion_rule({}, sets) == ("test_160", "pck@0.1")
+    assert champion_rule({"champion_set": "test_original", "champion_metric": "pck@0.05"}, sets) == \
+        ("test_original", "pck@0.05")
+    with pytest.raises(ValueError, match="tracking.champion_set 'test_64' is not one of evaluate.sets"):
+        champion_rule({"champion_set": "test_64"}, sets)
+    assert champion_rule({"champion_metric": "pck@0.10"}, sets)[1] == "pck@0.1"  # one key per metric
+    for bad in ("accuracy", "pck@x", 0.1):
+        with pytest.raises(ValueError, match="tracking.champion_metric must be 'pck@<alpha>'"):
+            champion_rule({"champion_metric": bad}, sets)
+    rep = {"dataset": "embedded", "split": "test", "resolution": 160, "n_pairs": 100,
+           "per_image": {"0.05": 10.0, "0.1": 20.123456, "0.15": 30.0}}
+    assert champion_measure({"test_160": rep}, ("test_160", "pck@0.10")) == \
+        ("test_160=embedded/test@160/n100:pck@0.10", 20.1235)
+    with pytest.raises(ValueError, match=r"tracking.champion_metric 'pck@0.2': .* alphas \['0.05', '0.1', '0.15'\]"):
+        champion_measure({"test_160": rep}, ("test_160", "pck@0.2"))
+
+
+def test_simsc_never_imports_pipeline():
+    """The library reaches registries only through :mod:`simsc.model_uri` (issue 15)."""
+    import ast
+
+    bad = []
+    for path in (REPO / "simsc").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("pipeline", "mlflow")]
+    assert not bad, bad
+
+
+def _uri(uri: str):
+    from pipeline.tracking import _fluent_uri
+
+    return _fluent_uri(uri)

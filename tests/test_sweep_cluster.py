@@ -149,6 +149,13 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     parent_id = parents[0].info.run_id
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent_id}
     assert all(c.info.status == "FINISHED" for c in children)
+    # the checkout's revision (the trials ran in scratch folders outside it), the trial's storage folder
+    revision = parents[0].data.tags["git_revision"]
+    assert revision != "unknown" and {c.data.tags["git_revision"] for c in children} == {revision}
+    assert all(Path(c.data.tags["run_dir"]).parent == tmp_path / "sweeps" / "ray_results" / "four"
+               and Path(c.data.tags["run_dir"]).is_dir() for c in children)
+    assert all(c.data.tags["mlflow.runName"].startswith("four/") and " resnet18 " in c.data.tags["mlflow.runName"]
+               for c in children)
     # 8 training pairs, batch 4: 2 steps an epoch, 2 epochs
     check_beta_histories(client, children, steps_per_trial=4)
     for c in children:

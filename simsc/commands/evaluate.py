@@ -17,6 +17,7 @@ examples:
   simsc evaluate --backbone resnet101 --pretrained --dataset pfpascal --root data/PF-Pascal --out r.json
   simsc evaluate --checkpoint best.pt --dataset embedded --root data/embedded --beta-sweep --out sweep.json
   simsc evaluate --model models:/simsc-default/1 --out reports/registered_test.json
+  simsc evaluate --model models:/simsc-default@champion --out reports/champion_test.json
 
 The report (JSON) holds per_image / per_keypoint / per_category PCK in % at alpha 0.05/0.1/0.15,
 n_pairs, the beta_eval used and the learned effective temperature (mean, std) over the pairs.
@@ -34,8 +35,9 @@ def add_parser(sub) -> None:
     )
     g = add_model_source(p)
     g.add_argument("--model", metavar="URI",
-                   help="a model registered in MLflow (models:/<name>/<version>, runs:/<id>/model): its "
-                        "checkpoint is downloaded (needs the pipeline extra: mlflow)")
+                   help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
+                        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
+                        "scheme (MLflow's comes with the pipeline extra)")
     p.add_argument("--dataset", help="pfpascal, pfwillow, spair or embedded (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test)")
@@ -74,18 +76,18 @@ def _parse_betas(text: str) -> list[float]:
 
 
 def _fetch_registered(uri: str) -> str:
-    """Download the checkpoint of an MLflow model; the MLflow code lives in ``pipeline``."""
+    """Download the checkpoint of a registered model through the resolver its URI scheme
+    names (:mod:`simsc.model_uri`: the pipeline package provides MLflow's)."""
+    from ..model_uri import NoResolverError, resolve
+
     try:
-        from pipeline.tracking import fetch_checkpoint
-    except ImportError as exc:
-        raise ValueError(f"--model {uri}: needs MLflow and the pipeline package "
-                         f"(pip install -e '.[pipeline]'): {exc}") from None
-    try:
-        return str(fetch_checkpoint(uri))
+        return str(resolve(uri))
+    except NoResolverError as exc:
+        raise ValueError(f"--model {uri}: {exc}") from None
     except FileNotFoundError:
         raise
-    except Exception as exc:  # noqa: BLE001 - MLflow's errors: unknown model, server down
-        raise ValueError(f"--model {uri}: cannot fetch the model from MLflow: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the registry's errors: unknown model, server down
+        raise ValueError(f"--model {uri}: cannot fetch the model: {type(exc).__name__}: {exc}") from None
 
 
 @user_errors("evaluate")
