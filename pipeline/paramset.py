@@ -22,7 +22,7 @@ import yaml
 
 from simsc.config import load_config
 from simsc.data.registry import DATASETS
-from simsc.io import atomic_write_bytes
+from simsc.io import atomic_write_bytes, yaml_load
 
 #: Dotted keys whose mapping is replaced whole instead of merged.
 REPLACED = frozenset({"evaluate.sets"})
@@ -64,9 +64,34 @@ def check(params: dict[str, Any], source: str) -> None:
         raise SystemExit(f"{source}: unknown data set(s) {unknown}; known: {sorted(DATASETS)}")
 
 
+def write_in_place(path: Path, merged: dict[str, Any]) -> None:
+    """Write ``merged`` over ``path`` with the round-trip YAML writer that ``dvc exp run -S``
+    uses, so only the changed values' lines move: comments and layout are kept."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.default_flow_style = False
+    data = rt.load(path.read_text(encoding="utf-8"))
+
+    def assign(node: Any, values: dict[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and isinstance(node.get(key), dict) and dotted not in REPLACED:
+                assign(node[key], value, dotted + ".")
+            elif node.get(key) != value or key not in node:
+                node[key] = value
+
+    assign(data, merged, "")
+    buf = io.StringIO()
+    rt.dump(data, buf)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SystemExit(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):
@@ -87,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in changes(base, merged):
         print(line)
     if args.apply:
-        header = f"# params.yaml with {args.paramset} applied (python -m pipeline.paramset)\n"
-        atomic_write_bytes(args.params, (header + yaml.safe_dump(merged, sort_keys=False)).encode())
+        write_in_place(args.params, merged)
         print(f"wrote {args.params}")
     return 0
 

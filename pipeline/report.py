@@ -23,7 +23,8 @@ DATASET_TITLES = {"pfpascal": "PF-Pascal", "pfwillow": "PF-Willow", "spair": "SP
 
 
 def paper_column(dataset: str, train_dataset: str) -> str | None:
-    """The paper's column for an evaluation data set given the training data (SPEC section 2)."""
+    """The paper's column for an evaluation data set given the training data (PF-Pascal-trained
+    models are evaluated on PF-Pascal, PF-Willow and SPair-71k (T); SPair-trained on SPair-71k (F))."""
     if dataset == "pfpascal" and train_dataset == "pfpascal":
         return "pfpascal"
     if dataset == "pfwillow" and train_dataset == "pfpascal":
@@ -99,30 +100,80 @@ def _plot_sweep(sweeps: Mapping[str, list[dict[str, float]]], out: Path) -> None
     plt.close(fig)
 
 
-def _pictures(params: Mapping[str, Any], cfg_ckpt: Path, reports: Mapping[str, Any], out_dir: Path) -> list[str]:
+#: The PCK threshold the match pictures judge by (the paper's headline alpha).
+PICTURE_ALPHA = 0.1
+
+
+def _pictures(params: Mapping[str, Any], eval_dir: Path, out_dir: Path) -> list[tuple[str, str]]:
+    """Match pictures of a few pairs of ``report.picture_set``, drawn from that set's
+    ``predictions.jsonl``: exactly the predictions its PCK counted, in the evaluated images'
+    pixels, each coloured right or wrong at alpha 0.1 with the true points shown.
+    Returns ``(path, caption)`` per picture."""
     rep_cfg = params.get("report") or {}
     n = int(rep_cfg.get("n_pictures", 3))
-    name = rep_cfg.get("picture_set") or next(iter(reports), None)
-    spec = (params.get("evaluate") or {}).get("sets", {}).get(name)
-    if n <= 0 or spec is None or not cfg_ckpt.exists():
+    sets = (params.get("evaluate") or {}).get("sets", {})
+    name = rep_cfg.get("picture_set") or next(iter(sets), None)
+    spec = sets.get(name)
+    preds_p = eval_dir / str(name) / "predictions.jsonl"
+    if n <= 0 or spec is None or not preds_p.exists():
         return []
+    from simsc.data.records import parse_resolution
     from simsc.data.registry import build_dataset
-    from simsc.engine.checkpoint import load_model
-    from simsc.visualize import save_match_picture
+    from simsc.visualize import draw_judged_matches
 
-    model, _, _ = load_model(cfg_ckpt)
-    ds = build_dataset(spec["dataset"], spec["root"], spec.get("split", "test"), 256)
-    paths = []
-    step = max(1, len(ds.pairs) // n)
-    for i in range(0, min(len(ds.pairs), step * n), step):
-        ann = ds.pairs[i]
-        pts = ann.src_kps[ann.valid][:8]
-        out = out_dir / f"match_{i:03d}.png"
-        res = spec.get("resolution", 256)
-        save_match_picture(model, Path(ds.root) / ann.src_path, Path(ds.root) / ann.trg_path, out,
-                           points=pts, resolution=res if res == "original" else int(res), height=240)
-        paths.append(out)
-    return [str(p) for p in paths]
+    rows = {}
+    for line in preds_p.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        rows[str(row["pair_id"])] = row
+    ds = build_dataset(spec["dataset"], spec["root"], spec.get("split", "test"),
+                       parse_resolution(spec.get("resolution", 256)))
+    ids = [i for i, ann in enumerate(ds.pairs) if str(ann.pair_id) in rows]
+    step = max(1, len(ids) // n) if ids else 1
+    out = []
+    for i in ids[::step][:n]:
+        rec = ds[i]
+        row = rows[str(rec["pair_id"])]
+        keep = [k for k, ok in enumerate(row["valid"]) if ok]
+        src, pred, gt = ([row[key][k] for k in keep] for key in ("src", "pred", "gt"))
+        pic, right = draw_judged_matches(rec["src_img"], rec["trg_img"], src, pred, gt, row["threshold"],
+                                         PICTURE_ALPHA, height=240)
+        path = out_dir / f"match_{i:03d}.png"
+        pic.save(path, format="PNG")
+        n_right = int(right.sum())
+        caption = (f"{name}, pair {row['pair_id']} ({row['category']}): PCK@{PICTURE_ALPHA} "
+                   f"{100.0 * n_right / max(len(keep), 1):.1f}% ({n_right} of {len(keep)} keypoints within "
+                   f"{PICTURE_ALPHA} x {row['threshold']:.1f} px)")
+        out.append((str(path), caption))
+    return out
+
+
+def best_beta_eval(sweep_rows: list[Mapping[str, Any]], alpha: str = "0.1") -> Mapping[str, Any] | None:
+    """The beta_eval row of a PCK-vs-beta_eval sweep with the highest PCK@alpha (the smaller
+    beta_eval on a tie)."""
+    key = f"pck@{alpha}"
+    rows = [r for r in sweep_rows if r.get(key) is not None]
+    return max(rows, key=lambda r: (r[key], -r["beta_eval"])) if rows else None
+
+
+def beta_eval_lines(reports: Mapping[str, Mapping[str, Any]], sweeps: Mapping[str, list]) -> list[str]:
+    """One sentence per swept set: the best beta_eval found next to the one the evaluation used."""
+    lines = []
+    for name, rows in sweeps.items():
+        best = best_beta_eval(rows)
+        rep = reports.get(name)
+        if best is None or rep is None:
+            continue
+        used = rep.get("beta_eval")
+        used_txt = (f"beta_eval {used:g}" if used is not None
+                    else f"the learned temperature (mean beta_eff {rep['beta_eff']['mean']:.3g})")
+        lines.append(f"{name}: PCK@0.1 peaks at {best['pck@0.1']:.1f} with beta_eval {best['beta_eval']:.3g} "
+                     f"(of {len(rows)} values swept); the evaluation above used {used_txt}: "
+                     f"{rep['per_image']['0.1']:.1f}.")
+    return lines
+
+
+def _r1(value: Any) -> Any:
+    return f"{value:.1f}" if isinstance(value, float) else value
 
 
 def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plots: Path = TRAIN_PLOTS) -> Path:
@@ -151,7 +202,7 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
     if any(sweeps.values()):
         _plot_sweep(sweeps, fig_dir / "pck_vs_beta_eval.png")
         figs.append(("PCK against beta_eval", "figures/pck_vs_beta_eval.png"))
-    pics = _pictures(params, run_dir / "checkpoints" / "best.pt", reports, fig_dir)
+    pics = _pictures(params, eval_dir, fig_dir)
 
     # Table 1 layout: rows = (model, resolution), column groups = data sets, alphas inside.
     alphas = ["0.05", "0.1", "0.15"]
@@ -195,11 +246,20 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
           "## PCK (per image, %), laid out like the paper's Table 1", "",
           md_table(header, rows), ""]
     md += [f"- {n}" for n in dict.fromkeys(notes)]
-    md += ["", "### Every evaluation set", "", table_markdown(pck_table(reports)), "## Figures", ""]
+    md += ["", "### The evaluation sets that ran", ""]
+    set_rows = [{**r, "beta_eval": "learned" if r.get("beta_eval") is None else r["beta_eval"],
+                 **{k: _r1(v) for k, v in r.items() if k.startswith("PCK@")}} for r in pck_table(reports)]
+    md += [table_markdown(set_rows)]
+    best_lines = beta_eval_lines(reports, sweeps)
+    if best_lines:
+        md += ["### Temperature at evaluation", ""] + [f"- {line}" for line in best_lines] + [""]
+    md += ["## Figures", ""]
     md += [f"![{t}]({p})" for t, p in figs]
     if pics:
-        md += ["", "## Qualitative matches (test pairs; colours pair the points)", ""]
-        md += [f"![match]({Path(p).relative_to(out_md.parent)})" for p in pics]
+        md += ["", f"## Matches on test pairs: green within {PICTURE_ALPHA} x threshold of the truth, red "
+               "farther; white rings are the true points", ""]
+        for p, caption in pics:
+            md += [f"![{caption}]({Path(p).relative_to(out_md.parent)})", caption, ""]
     meta = {
         "git revision": git_revision(),
         "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
@@ -209,10 +269,17 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
         "registered model": (f"{state.get('registered_model')} v{state['model_version']}"
                              if state.get("model_version") else "-"),
         "training steps": summary.get("step"), "best step": summary.get("best_step"),
-        "best val PCK@0.1": summary.get("best_metric"), "train time (s)": summary.get("train_time_s"),
+        "best val PCK@0.1": _r1(summary.get("best_metric")), "train time (s)": _r1(summary.get("train_time_s")),
     }
     md += ["", "## Run metadata", ""] + [f"- {k}: {v}" for k, v in meta.items()]
-    md += ["", "### Configuration", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", ""]
+    # the run's eval section holds the engine defaults, not what ran: show the protocol instead
+    trained = {k: v for k, v in cfg.items() if k != "eval"}
+    protocol = {"sets": sets, "beta_eval": (params.get("eval") or {}).get("beta_eval"),
+                "max_pairs": (params.get("evaluate") or {}).get("max_pairs")}
+    md += ["", "### Training configuration (runs/.../config.yaml)", "", "```yaml",
+           yaml.safe_dump(trained, sort_keys=False).rstrip(), "```", "",
+           "### Evaluation protocol (params.yaml: evaluate, eval.beta_eval)", "", "```yaml",
+           yaml.safe_dump(protocol, sort_keys=False).rstrip(), "```", ""]
     text = "\n".join(md)
     out_md.write_text(text, encoding="utf-8")
     out_md.with_suffix(".html").write_text(_html(text), encoding="utf-8")

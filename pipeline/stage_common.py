@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
+from simsc.io import yaml_load
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -33,7 +34,7 @@ def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        params = yaml.safe_load(text)
+        params = yaml_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(params, dict):
@@ -119,3 +120,9 @@ def stage_main(stage: str, func: Callable[..., None], keys: Sequence[str], argv:
     extra = (args.name,) if with_name else ()
     return run_stage(stage, func, keys, args.params, *extra, debug=args.debug, user_errors=user_errors)
 
+
+
+def round_metric(x: float | None, digits: int = 5) -> float | None:
+    """``digits`` significant digits for a DVC metric: PCK in % keeps 3 decimals, a beta of
+    0.0123 keeps 5, so ``dvc metrics diff`` shows changes, not float noise."""
+    return None if x is None else float(f"{x:.{digits}g}")

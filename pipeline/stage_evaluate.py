@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from simsc.errors import UserError
 
-from pipeline.stage_common import section, stage_main
+from pipeline.stage_common import round_metric, section, stage_main
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("eval", "evaluate", "train.out_dir", "preprocess.cache_dir")
@@ -50,9 +50,7 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     report["name"] = name
     report["checkpoint"] = str(ckpt)
     _write_json(out / "report.json", report)
-    _write_json(out / "pck.json", {"pck": report["per_image"], "pck_keypoint": report["per_keypoint"],
-                                   "n_pairs": report["n_pairs"], "beta_eval": report["beta_eval"],
-                                   "beta_eff_mean": report["beta_eff"]["mean"]})
+    _write_json(out / "pck.json", pck_metrics(report))
     _write_json(out / "pck_vs_alpha.json",
                 [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
     rows = []
@@ -67,6 +65,15 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     _write_json(out / "pck_vs_beta.json", rows)
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
     print(f"{name}: {report['n_pairs']} pairs, {pck}")
+
+
+def pck_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics of one evaluation: flat keys, so ``dvc exp show`` has one column each
+    (``pck@0.1`` per image as in the paper, ``pck_kp@0.1`` per keypoint, the mean beta_eff)."""
+    return {**{f"pck@{a}": round_metric(v) for a, v in report["per_image"].items()},
+            **{f"pck_kp@{a}": round_metric(v) for a, v in report["per_keypoint"].items()},
+            "beta_eff": round_metric(report["beta_eff"]["mean"]), "beta_eval": report["beta_eval"],
+            "n_pairs": report["n_pairs"]}
 
 
 def _write_json(path: Path, obj: Any) -> None:

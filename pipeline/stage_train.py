@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.stage_common import stage_main, tracking_section
+from pipeline.stage_common import round_metric, stage_main, tracking_section
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("model", "data", "train", "tracking")
@@ -43,8 +43,24 @@ def stage_train(params: dict[str, Any]) -> None:
                                         registered_model=tracking.get("registered_model"),
                                         tags={"dvc.stage": "train"}))
     summary = train(cfg, callbacks=callbacks)
-    export_train_plots(Path(cfg.train.out_dir) / "metrics.jsonl", PLOTS_DIR)
-    print(json.dumps(summary, indent=2))
+    metrics = Path(cfg.train.out_dir) / "metrics.jsonl"
+    export_train_plots(metrics, PLOTS_DIR)
+    train_metrics = export_train_metrics(metrics, PLOTS_DIR / "metrics.json")
+    print(summary_line(summary, train_metrics))
+
+
+def summary_line(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """One line for the log (the full summary is ``<out_dir>/summary.json``)."""
+    best = metrics.get("best") or {}
+    final = metrics.get("final") or {}
+    alpha = summary.get("best_alpha", 0.1)
+    parts = [f"train: {summary.get('step')} steps in {summary.get('train_time_s', 0):.0f} s"]
+    if best:
+        parts.append(f"best val PCK@{alpha} {summary.get('best_metric', float('nan')):.1f} at step {best.get('step')}")
+    if final:
+        parts.append(f"final beta_eff {final.get('beta_eff'):.3g}")
+    parts.append(f"checkpoint {summary.get('best_checkpoint') or summary.get('last_checkpoint')}")
+    return "; ".join(parts)
 
 
 def export_train_plots(metrics: Path, out_dir: Path) -> None:
@@ -69,6 +85,33 @@ def export_train_plots(metrics: Path, out_dir: Path) -> None:
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
+
+
+def export_train_metrics(metrics: Path, out: Path) -> dict[str, Any]:
+    """metrics.jsonl -> the train stage's DVC metrics file (``dvc exp show`` columns).
+
+    ``final``: the last step's loss and beta_eff; ``best``: the epoch whose validation
+    PCK@best_alpha was highest (the one ``best.pt`` holds): its step, its PCK per alpha and
+    its mean beta_eff over the validation pairs. Numbers are rounded so diffs stay readable.
+    """
+    from simsc.io import atomic_write_json
+
+    last_step, best = None, None
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "step":
+            last_step = rec
+        elif rec.get("type") == "epoch" and rec.get("is_best"):
+            best = rec
+    result: dict[str, Any] = {"steps": last_step["step"] if last_step else 0}
+    if last_step:
+        result["final"] = {"loss": round_metric(last_step["loss"]), "beta_eff": round_metric(last_step["beta_eff_mean"])}
+    if best:
+        result["best"] = {"epoch": best["epoch"], "step": best["step"],
+                          **{f"val_pck@{a}": round_metric(v) for a, v in best["val"]["per_image"].items()},
+                          "val_beta_eff": round_metric(best["val_beta_eff_mean"])}
+    atomic_write_json(out, result, indent=2)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,7 +122,8 @@ def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_flags: str | None = None) -> str:
+def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_flags: str | None = None,
+                     left_out: Mapping[str, str] | None = None) -> str:
     skip = {"val_pck_history", "error", "label"}
     cols = [c for c in _columns(rows) if c not in skip]
     lines = [f"# Sweep `{spec.name}`" + (f" (profile {spec.profile})" if spec.profile else ""), ""]
@@ -137,6 +138,9 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_fl
         lines += ["", "Errors:", ""] + [f"- {r['trial_id']}: {r['error']}" for r in errors]
     if best_flags:
         lines += ["", "Best configuration as a DVC experiment:", "", "```", best_flags, "```"]
+    if left_out:
+        lines += ["", "Keys of the sweep not passed to DVC:", ""]
+        lines += [f"- `{k}`: {why}" for k, why in left_out.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -145,19 +149,57 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(ok, key=lambda r: r["best_val_pck"]) if ok else None
 
 
+#: The sections a sweep trial reads: what its PCK measured. Other keys of a spec's ``set``
+#: (e.g. ``eval.*``, which trials never read) are not handed to DVC as if the sweep had tuned them.
+TRIAL_SECTIONS = ("model", "data", "train")
+
+
+def stage_params() -> tuple[str, ...]:
+    """Every params.yaml key (or section) some DVC stage declares: the stages' ``PARAMS``,
+    which ``tests/test_dvc_deps.py`` keeps equal to ``dvc.yaml``'s ``params:`` lists."""
+    import importlib
+
+    from pipeline.stages import STAGES
+
+    declared: list[str] = []
+    for stage in STAGES:
+        declared += importlib.import_module(f"pipeline.stage_{stage}").PARAMS
+    return tuple(dict.fromkeys(declared))
+
+
+def is_declared(key: str, declared: Sequence[str]) -> bool:
+    return any(key == d or key.startswith(d + ".") for d in declared)
+
+
+def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The best trial's keys for ``dvc exp run -S`` / ``best_params.yaml``, and the keys left
+    out with the reason: only keys a trial read and some stage declares are handed over."""
+    declared = stage_params()
+    keys = {**spec.set, **row["_overrides"], "train.out_dir": f"runs/sweep-{spec.name}-best"}
+    kept, dropped = {}, {}
+    for k, v in keys.items():
+        if k.split(".")[0] not in TRIAL_SECTIONS:
+            dropped[k] = "sweep trials do not read it"
+        elif not is_declared(k, declared):
+            dropped[k] = "no DVC stage declares it (dvc.yaml params)"
+        else:
+            kept[k] = v
+    return kept, dropped
+
+
 def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The best trial's parameters as a full params file: the spec's base files and ``set``
-    with the trial's sampled values, ``train.out_dir`` pointing at a fresh run folder."""
-    params = compose(spec.params_raw, row["_overrides"])
-    params.setdefault("train", {})["out_dir"] = f"runs/sweep-{spec.name}-best"
-    return params
+    """The best trial's parameters as a partial params file (the keys of :func:`handoff`),
+    ``train.out_dir`` pointing at a fresh run folder; ``python -m pipeline.paramset FILE --apply``
+    merges it into params.yaml."""
+    kept, _ = handoff(spec, row)
+    return compose({}, kept)
 
 
 def dvc_flags(spec: SweepSpec, row: Mapping[str, Any]) -> str:
-    """``dvc exp run -S key=value ...`` for the keys the sweep set or searched."""
-    keys = {**spec.set, **row["_overrides"], "train.out_dir": f"runs/sweep-{spec.name}-best"}
+    """``dvc exp run -S key=value ...`` for the keys of :func:`handoff`."""
+    kept, _ = handoff(spec, row)
     flags = " ".join(f"-S '{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
-                     for k, v in keys.items())
+                     for k, v in kept.items())
     return f"dvc exp run {flags}"
 
 
@@ -166,15 +208,17 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[dict[str, Any]]) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "results.csv", "md": out_dir / "results.md"}
     best = best_row(rows)
-    flags = None
+    flags, left_out = None, None
     if best is not None:
         params = best_params(spec, best)
         header = (f"# Best trial {best['trial_id']} of sweep {spec.name} ({best['label']}): "
                   f"best val PCK {best['best_val_pck']:.2f}\n"
+                  f"# Only keys a trial read and a DVC stage declares (results.md lists the others).\n"
                   f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && dvc exp run\n")
         paths["best_params"] = out_dir / "best_params.yaml"
         atomic_write_bytes(paths["best_params"], (header + yaml.safe_dump(params, sort_keys=False)).encode())
         flags = dvc_flags(spec, best)
+        left_out = handoff(spec, best)[1]
     atomic_write_bytes(paths["csv"], results_csv(rows).encode())
-    atomic_write_bytes(paths["md"], results_markdown(rows, spec, flags).encode())
+    atomic_write_bytes(paths["md"], results_markdown(rows, spec, flags, left_out).encode())
     return paths

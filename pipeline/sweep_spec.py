@@ -57,6 +57,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import yaml
 
 from simsc.config import SECTIONS, ConfigError, load_config
+from simsc.io import yaml_load
 
 from .paramset import merge
 
@@ -217,7 +218,7 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
         key, sep, value = item.partition("=")
         if not sep:
             raise SweepSpecError(f"--set {item!r}: expected section.key=value")
-        set_[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        set_[key.strip()] = yaml_load(value) if value.strip() else None
     set_ = {k: _number(v) for k, v in set_.items()}
     for key in set_:
         _check_key(key, f"{where}: set.{key}")
@@ -312,7 +313,7 @@ def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SweepSpecError(f"{what} not found: {path}") from None
     except (OSError, yaml.YAMLError) as exc:

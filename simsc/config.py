@@ -35,6 +35,7 @@ import yaml
 
 from .backbones import FINETUNE_MODES
 from .coords import CELL_CENTRES
+from .io import yaml_load
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
 from .pck import DEFAULT_ALPHAS
 from .temperature import build_temperature
@@ -213,7 +214,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); expected a YAML config") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None
     if data is None:
@@ -440,7 +441,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                 f"{', '.join(f.name for f in fields(SECTIONS[section]))}"
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         if isinstance(value, (dict,)):

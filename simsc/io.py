@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -67,3 +68,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) ->
     """Write ``obj`` as JSON (UTF-8, trailing newline) atomically."""
     text = json.dumps(obj, **dumps_kwargs) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML as ``yaml.safe_load`` does, but read exponent floats without a dot
+    (``2e-05``, YAML 1.2) as floats: that is how ``dvc exp run -S`` and ruamel write them,
+    and PyYAML's YAML 1.1 resolver would return the string ``'2e-05'``."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader():
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader

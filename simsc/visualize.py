@@ -159,22 +159,30 @@ def draw_matches(
     line_width: int = 2,
     radius: int = 4,
     colors: Sequence[tuple[int, int, int]] | None = None,
+    gt_b: torch.Tensor | np.ndarray | None = None,
 ) -> Image.Image:
     """Images A and B side by side (top-aligned, A on the left), a coloured line from each
     point of A to its match in B and a dot at both ends.
 
     The canvas is ``(W_A + W_B) x max(H_A, H_B)``; with ``height`` both images are first
-    scaled to that height (points scaled with them). The background is black.
+    scaled to that height (points scaled with them). The background is black. With ``gt_b``
+    (the true match of each point in B) each true point is a white ring with a thin white
+    line to its prediction, so a reader sees how far off a match is.
     """
     a, b = _as_uint8(img_a), _as_uint8(img_b)
     pa = torch.as_tensor(np.asarray(pts_a), dtype=torch.float32).reshape(-1, 2)
     pb = torch.as_tensor(np.asarray(pts_b), dtype=torch.float32).reshape(-1, 2)
     if pa.shape != pb.shape:
         raise ValueError(f"need as many points in A as in B, got {tuple(pa.shape)} and {tuple(pb.shape)}")
+    gb = None if gt_b is None else torch.as_tensor(np.asarray(gt_b), dtype=torch.float32).reshape(-1, 2)
+    if gb is not None and gb.shape != pb.shape:
+        raise ValueError(f"need a true point per prediction, got {tuple(gb.shape)} and {tuple(pb.shape)}")
     if height is not None:
         sa = (height, max(1, round(a.shape[1] * height / a.shape[0])))
         sb = (height, max(1, round(b.shape[1] * height / b.shape[0])))
         pa, pb = rescale_points(pa, a.shape[:2], sa), rescale_points(pb, b.shape[:2], sb)
+        if gb is not None:
+            gb = rescale_points(gb, b.shape[:2], sb)
         a, b = resize_uint8(a, sa), resize_uint8(b, sb)
     ha, wa = a.shape[:2]
     hb, wb = b.shape[:2]
@@ -183,6 +191,12 @@ def draw_matches(
     canvas.paste(Image.fromarray(b), (wa, 0))
     draw = ImageDraw.Draw(canvas)
     cols = list(colors) if colors is not None else match_colors(len(pa))
+    if gb is not None:  # under the matches: the true points and how far each prediction is off
+        white = (255, 255, 255)
+        for (xp, yp), (xg, yg) in zip(pb.tolist(), gb.tolist()):
+            draw.line([(xp + wa, yp), (xg + wa, yg)], fill=white, width=1)
+            r = radius + 2
+            draw.ellipse([xg + wa - r, yg - r, xg + wa + r, yg + r], outline=white, width=2)
     for i, ((xa, ya), (xb, yb)) in enumerate(zip(pa.tolist(), pb.tolist())):
         c = cols[i % len(cols)]
         xb += wa
@@ -190,6 +204,36 @@ def draw_matches(
         for x, y in ((xa, ya), (xb, yb)):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=c, outline=(255, 255, 255))
     return canvas
+
+
+#: Colours of a prediction judged against its ground truth (:func:`draw_judged_matches`).
+RIGHT, WRONG = (40, 200, 60), (230, 40, 40)
+
+
+def draw_judged_matches(
+    img_a,
+    img_b,
+    src: torch.Tensor | np.ndarray,
+    pred: torch.Tensor | np.ndarray,
+    gt: torch.Tensor | np.ndarray,
+    threshold: float,
+    alpha: float = 0.1,
+    *,
+    height: int | None = None,
+) -> tuple[Image.Image, torch.Tensor]:
+    """Matches coloured by whether each prediction lies within ``alpha * threshold`` of its
+    ground truth (green :data:`RIGHT`, red :data:`WRONG`; the PCK criterion,
+    :func:`simsc.pck.correct_keypoints`), true points drawn as white rings (``draw_matches``).
+    Points are ``[N, 2]`` in the pixels of ``img_a`` / ``img_b``; returns the picture and the
+    boolean ``[N]`` verdicts."""
+    from .pck import correct_keypoints
+
+    p = torch.as_tensor(np.asarray(pred), dtype=torch.float64).reshape(-1, 2)
+    g = torch.as_tensor(np.asarray(gt), dtype=torch.float64).reshape(-1, 2)
+    right = correct_keypoints(p[None], g[None], float(threshold), alpha)[0]
+    colors = [RIGHT if ok else WRONG for ok in right.tolist()]
+    pic = draw_matches(img_a, img_b, src, pred, height=height, colors=colors or None, gt_b=gt)
+    return pic, right
 
 
 def save_match_picture(

@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simsc.io import yaml_load
+
 from pipeline.paramset import check, main, merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +36,13 @@ def test_apply_writes_the_merged_params(tmp_path, capsys):
     params.write_text((ROOT / "params.yaml").read_text())
     paramset = ROOT / "configs" / "paper" / "pfpascal_resnet101_star_withl2norm.yaml"
     assert main([str(paramset), "--params", str(params), "--apply"]) == 0
-    written = yaml.safe_load(params.read_text())
+    text = params.read_text()
+    written = yaml_load(text)
     assert written["model"]["temperature"] == "fixed:1" and written["train"]["lr_backbone"] == 2e-5
+    # written in place: the comments of params.yaml survive (the section rulers, the inline notes)
+    original = (ROOT / "params.yaml").read_text()
+    kept = [line for line in original.splitlines() if line.lstrip().startswith("# ---")]
+    assert kept and all(line in text.splitlines() for line in kept)
     assert written["embedded"] == yaml.safe_load((ROOT / "params.yaml").read_text())["embedded"]
     assert "model.temperature: 'mlp' -> 'fixed:1'" in capsys.readouterr().out
 

@@ -8,7 +8,16 @@ import torch
 from PIL import Image
 
 from simsc.model import SimSC
-from simsc.visualize import draw_matches, grid_points, match_colors, predict_matches, save_match_picture
+from simsc.visualize import (
+    RIGHT,
+    WRONG,
+    draw_judged_matches,
+    draw_matches,
+    grid_points,
+    match_colors,
+    predict_matches,
+    save_match_picture,
+)
 
 
 def test_grid_points_are_interior_and_row_major():
@@ -41,6 +50,40 @@ def test_draw_matches_side_by_side_with_coloured_lines():
     assert scaled.size == (150 + 60, 100)
     with pytest.raises(ValueError, match="as many points"):
         draw_matches(a, b, [[1, 2]], [[1, 2], [3, 4]])
+
+
+def test_judged_matches_colour_by_the_pck_criterion():
+    """alpha 0.1 of a 100 px threshold is 10 px: a prediction 9.9 px off is right (green),
+    10.1 px off is wrong (red), exactly 10 px is right (PCK counts <=); the true point of each is
+    a white ring and a white line joins it to the prediction."""
+    a = np.full((60, 60, 3), 100, np.uint8)
+    b = np.full((60, 80, 3), 100, np.uint8)
+    src = [[10, 10], [10, 30], [10, 50]]
+    gt = [[20, 10], [20, 30], [20, 50]]
+    pred = [[29.9, 10], [30.1, 30], [30, 50]]
+    pic, right = draw_judged_matches(a, b, src, pred, gt, threshold=100.0, alpha=0.1)
+    assert right.tolist() == [True, False, True]
+    arr = np.asarray(pic)
+    assert tuple(arr[10, 25]) == RIGHT  # on the A -> B line of the first match (x 10 -> 60 + 29.9)
+    assert tuple(arr[30, 25]) == WRONG
+    assert tuple(arr[10, 60 + 25]) == (255, 255, 255)  # the white line from prediction to truth
+    ring = arr[30 - 6, 60 + 20]  # the top of the ring around the true point (radius 4 + 2)
+    assert tuple(ring) == (255, 255, 255)
+    # the same verdicts as PCK itself
+    from simsc.pck import pck
+
+    got = pck(torch.tensor([pred]), torch.tensor([gt]), torch.tensor([100.0]), alphas=(0.1,))
+    assert got[0.1] == pytest.approx(2 / 3)
+
+
+def test_judged_matches_follow_scaling():
+    a = np.full((40, 40, 3), 0, np.uint8)
+    pic, right = draw_judged_matches(a, a, [[5, 5]], [[30, 30]], [[10, 10]], threshold=40.0, height=80)
+    assert pic.size == (160, 80) and right.tolist() == [False]
+    arr = np.asarray(pic)
+    assert tuple(arr[60, 80 + 60]) == WRONG  # the predicted point (30, 30) scaled x2 in B
+    with pytest.raises(ValueError, match="true point per prediction"):
+        draw_matches(a, a, [[1, 1]], [[1, 1]], gt_b=[[1, 1], [2, 2]])
 
 
 @pytest.fixture(scope="module")
