@@ -219,3 +219,21 @@ def test_a_loaded_dataset_pickles_for_dataloader_workers(spair_root, tmp_path):
     record_equal(ds[0], clone[0])
     with pytest.raises(ValueError):
         ds.pairs.arrays["src_kps"][0, 0] = 1.0  # the table is read-only: records cannot alter it
+
+
+def test_the_preprocess_stage_writes_the_index_that_later_stages_load(spair_root, tmp_path):
+    from pipeline.stage_preprocess import stage_preprocess
+    from simsc.data.registry import build_dataset
+
+    cache = tmp_path / "cache"
+    params = {"data": {"dataset": "spair", "root": str(spair_root)},
+              "preprocess": {"cache_dir": str(cache), "resolutions": [32, "original"], "splits": ["test"]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stage_preprocess(params)
+        summary = json.loads((cache / "summary.json").read_text())
+        assert [(s["split"], s["resolution"], s["pairs"], s["index"]) for s in summary] == [
+            ("test", 32, 2, "spair/index/test.npz"), ("test", "original", 2, "spair/index/test.npz")]
+        # what the train and evaluate stages do: build_dataset(..., cache_dir=preprocess.cache_dir)
+        ds = build_dataset("spair", spair_root, "test", 64, cache_dir=cache)
+    assert ds.index_state == "loaded"
