@@ -58,7 +58,7 @@ from typing import Callable, Mapping
 
 from simsc.io import atomic_write_json, current_umask
 
-from .sources import DATASETS, MIRROR_ENV, Dataset, SourceFile, get_dataset, resolve_url
+from .sources import DATASET_SOURCES, MIRROR_ENV, Dataset, SourceFile, get_dataset, resolve_url
 
 __all__ = [
     "ChecksumError",
@@ -633,7 +633,7 @@ def download_dataset(
 
     ``mirror``: base URL replacing the official ``scheme://host/path/`` of every file
     (default: ``$SIMSC_MIRROR``, else the official URLs). ``sources``: a table replacing
-    :data:`simsc.data.sources.DATASETS` (tests). ``keep_archives``: keep the downloads in
+    :data:`simsc.data.sources.DATASET_SOURCES` (tests). ``keep_archives``: keep the downloads in
     ``root/.downloads`` after installing.
     """
     log = log or _stderr
@@ -738,7 +738,7 @@ folder and pass --mirror http://host:port/ (or file:///path/) or set ${MIRROR_EN
 
 def _list(names: list[str], root: Path, mirror: str | None) -> None:
     for name in names:
-        ds = DATASETS[name]
+        ds = DATASET_SOURCES[name]
         print(f"{name}: {ds.description}")
         for src in ds.files:
             dest = root / ds.folder / src.dest if src.dest else root / ds.folder
@@ -757,7 +757,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    names = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    names = list(DATASET_SOURCES) if args.dataset == "all" else [args.dataset]
     mirror = args.mirror if args.mirror is not None else (os.environ.get(MIRROR_ENV) or None)
     if args.list:
         _list(names, Path(args.root).expanduser().absolute(), mirror)
@@ -788,7 +788,7 @@ def add_parser(sub) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", choices=[*DATASETS, "all"], help="data set to install")
+    p.add_argument("dataset", choices=[*DATASET_SOURCES, "all"], help="data set to install")
     p.add_argument("--root", default="data", metavar="DIR", help="data root (default: %(default)s)")
     p.add_argument("--mirror", default=None, metavar="URL",
                    help=f"fetch every file as URL/<filename> instead of the official URL "
