@@ -13,7 +13,8 @@ run, interleaved (A, B, A, B ...) so that the load of a shared machine hits both
 * ``load``: a later run: the constructor finds a fresh index and loads it.
 
 Each measurement is one fresh process (``python -c``), timing the dataset constructor only (the
-import time is reported apart, once). Prints a table of medians and the ratios; writes JSON.
+import time is reported apart), in wall-clock and CPU (process) time: on a machine shared with
+other work the CPU ratio is the steadier one. Prints a table of medians and the ratios; writes JSON.
 
     .venv/bin/python bench/bench_index.py [--reps 3] [--splits test,trn] [--out bench/results/index.json]
 
@@ -148,20 +149,26 @@ _CHILD = """
 import sys, time, warnings
 warnings.simplefilter("ignore")
 t0 = time.perf_counter()
+import simsc
 from simsc.data.registry import build_dataset
 t1 = time.perf_counter()
+assert simsc.__file__.startswith(sys.argv[5]), (simsc.__file__, sys.argv[5])  # the tree we meant to time
 kw = {} if sys.argv[4] == "-" else {"cache_dir": sys.argv[4]}
+c1 = time.process_time()
 ds = build_dataset(sys.argv[1], sys.argv[2], sys.argv[3], 256, **kw)
-t2 = time.perf_counter()
-print(t2 - t1, t1 - t0, len(ds), getattr(ds, "index_state", "-"))
+t2, c2 = time.perf_counter(), time.process_time()
+print(t2 - t1, t1 - t0, len(ds), getattr(ds, "index_state", "-"), c2 - c1)
 """
 
 
-def child(pythonpath: Path, name: str, root: Path, split: str, cache: Path | None) -> tuple[float, float, int, str]:
+def child(pythonpath: Path, name: str, root: Path, split: str, cache: Path | None
+          ) -> tuple[float, float, int, str, float]:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _CHILD, name, str(root), split, str(cache) if cache else "-"],
-                         env=env, check=True, capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1]), int(out[2]), out[3]
+    # cwd: the data folder, not the repository (``python -c`` puts the cwd first on sys.path)
+    out = subprocess.run([sys.executable, "-c", _CHILD, name, str(root), split, str(cache) if cache else "-",
+                          str(pythonpath)], env=env, check=True, capture_output=True, text=True,
+                         cwd=root.parent).stdout.split()
+    return float(out[0]), float(out[1]), int(out[2]), out[3], float(out[4])
 
 
 def main() -> None:
@@ -191,6 +198,7 @@ def main() -> None:
         rows, result = [], {"reps": args.reps, "baseline_rev": args.baseline_rev, "jobs": []}
         for name, root, split in jobs:
             times: dict[str, list[float]] = {"baseline": [], "cold": [], "cold+write": [], "load": []}
+            cpu: dict[str, list[float]] = {m: [] for m in times}
             imports, states, n_pairs = [], set(), set()
             for r in range(args.reps):
                 cache = tmp / "cache" / f"{name}-{split}-{r}"
@@ -203,28 +211,36 @@ def main() -> None:
                     if mode == "baseline" and baseline is None:
                         continue
                     path = baseline if mode == "baseline" else REPO
-                    t, imp, n, state = child(path, name, root, split, None if mode in ("baseline", "cold") else cache)
+                    t, imp, n, state, c = child(path, name, root, split, None if mode in ("baseline", "cold") else cache)
                     times[mode].append(t)
+                    cpu[mode].append(c)
                     imports.append(imp)
                     n_pairs.add(n)
                     states.add(f"{mode}:{state}")
                 shutil.rmtree(cache, ignore_errors=True)
             med = {m: statistics.median(v) for m, v in times.items() if v}
+            med_cpu = {m: statistics.median(v) for m, v in cpu.items() if v}
             job = {"dataset": name, "split": split, "pairs": sorted(n_pairs), "median_s": med, "times_s": times,
-                   "states": sorted(states), "import_s_median": statistics.median(imports)}
+                   "median_cpu_s": med_cpu, "cpu_s": cpu, "states": sorted(states),
+                   "import_s_median": statistics.median(imports)}
             if "baseline" in med:
                 job["cold_speedup"] = med["baseline"] / med["cold"]
                 job["load_speedup"] = med["baseline"] / med["load"]
+                job["cold_speedup_cpu"] = med_cpu["baseline"] / med_cpu["cold"]
             result["jobs"].append(job)
             rows.append([name, split, "/".join(map(str, sorted(n_pairs))), *(f"{med.get(m, float('nan')):.3f}" for m in
                         ("baseline", "cold", "cold+write", "load")),
-                         f"{job.get('cold_speedup', float('nan')):.2f}x", f"{job.get('load_speedup', float('nan')):.1f}x"])
+                         f"{job.get('cold_speedup', float('nan')):.2f}x", f"{job.get('load_speedup', float('nan')):.1f}x",
+                         f"{med_cpu.get('baseline', float('nan')):.3f}/{med_cpu['cold']:.3f}",
+                         f"{job.get('cold_speedup_cpu', float('nan')):.2f}x"])
             print(rows[-1], file=sys.stderr)
         sys.path.insert(0, str(REPO / "bench"))
         from _common import table, write_json  # torch only here, after the timed children
 
         print(table(["dataset", "split", "pairs", "baseline s", "cold s", "cold+write s", "load s", "cold speedup",
-                     "load speedup"], rows))
+                     "load speedup", "CPU s baseline/cold", "cold speedup (CPU)"], rows))
+        print("wall-clock medians of the constructor in a fresh process (import apart: median "
+              f"{statistics.median(j['import_s_median'] for j in result['jobs']):.2f} s); CPU: its process time")
         write_json(args.out, result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
