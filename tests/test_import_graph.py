@@ -124,5 +124,7 @@ def test_help_and_the_data_package_do_not_import_torch():
         sub = _modules_after(f"import contextlib, simsc.cli\nwith contextlib.suppress(SystemExit):\n"
                              f"    simsc.cli.main(['{cmd}', '--help'])")
         assert "torch" not in sub, cmd
+        # nor the downloader's HTTP, TLS and archive modules (simsc.data.download is lazy)
+        assert not {"http.client", "ssl", "tarfile", "zipfile"} & sub, cmd
     plain = _modules_after("import simsc.data, simsc.data.annotations, simsc.data.index, simsc.data.sources")
     assert "torch" not in plain and "simsc.data.records" not in plain
