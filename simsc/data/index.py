@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from simsc.data.annotations import OUT_OF_IMAGE_TOLERANCE, DatasetFormatError, Issue, PairAnnotation
+from simsc.data.annotations import DatasetFormatError, Issue, PairAnnotation, outside_image
 from simsc.io import atomic_write
 
 #: Bumped whenever the file layout or the parse semantics change: older files are stale.
@@ -173,15 +173,11 @@ def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, li
     owner = table.pair_of_keypoint()
     valid = a["valid"].copy()
     found: list[tuple[int, int, int, str]] = []
-    lo = -0.5 - OUT_OF_IMAGE_TOLERANCE
     for side_no, (side, kps, sizes, paths) in enumerate(
         (("source", a["src_kps"], a["src_size"], s["src_path"]), ("target", a["trg_kps"], a["trg_size"], s["trg_path"]))
     ):
-        h, w = sizes[owner, 0], sizes[owner, 1]
-        with np.errstate(invalid="ignore"):
-            out = (kps[:, 0] < lo) | (kps[:, 1] < lo) | (kps[:, 0] > w - 0.5 + OUT_OF_IMAGE_TOLERANCE) | (
-                kps[:, 1] > h - 0.5 + OUT_OF_IMAGE_TOLERANCE)
-        bad = out & (h >= 0) & valid  # h < 0: no declared size, nothing to check against
+        h, w = sizes[owner, 0], sizes[owner, 1]  # per keypoint: the rule broadcasts
+        bad = outside_image(kps, (h, w)) & (h >= 0) & valid  # h < 0: no declared size to check
         for k in np.flatnonzero(bad).tolist():
             i = int(owner[k])
             msg = (f"{side} keypoint {k - int(offsets[i])} {kps[k].tolist()} is outside the "
