@@ -11,7 +11,7 @@ from .errors import ArgumentParser, add_debug_flag, run_main
 # Each subcommand module exposes ``add_parser(subparsers) -> None`` and sets
 # ``func`` on its parser; the list is the single place where commands are registered.
 _COMMANDS: list[str] = [
-    "simsc.data.download",
+    "simsc.commands.download",
     "simsc.commands.train",
     "simsc.commands.evaluate",
     "simsc.commands.match",

@@ -99,7 +99,8 @@ def test_resolution_is_part_of_the_key(root, tmp_path):
     img, orig = o.images.get(rel)
     assert img.shape == (333, 500, 3) and orig == (333, 500)  # 'original' caches the decoded image
     assert np.array_equal(img, images.load_image(root / rel))
-    assert {p.name for p in (tmp_path / "c" / "spair").iterdir()} == {"256", "128", "original"}
+    # one folder per resolution, plus the resolution-free pair index (simsc.data.index)
+    assert {p.name for p in (tmp_path / "c" / "spair").iterdir()} == {"256", "128", "original", "index"}
     assert b.images.misses == 1 and b.images.hits == 0
 
 

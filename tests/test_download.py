@@ -25,7 +25,7 @@ from simsc.data.download import (
     extract_archive,
     fetch,
 )
-from simsc.data.sources import DATASETS, MIRROR_ENV, Dataset, SourceFile, resolve_url
+from simsc.data.sources import DATASET_SOURCES, MIRROR_ENV, Dataset, SourceFile, resolve_url
 
 try:  # tests/ as a plain folder on sys.path, or as a package
     from http_server import LocalHTTPServer, unused_port
@@ -436,16 +436,16 @@ def test_503_beyond_the_retry_budget_fails(server, tmp_path):
 
 
 def test_source_table_is_consistent():
-    names = [f.filename for ds in DATASETS.values() for f in ds.files]
+    names = [f.filename for ds in DATASET_SOURCES.values() for f in ds.files]
     assert len(names) == len(set(names))
-    assert set(DATASETS) == {"pfpascal", "pfwillow", "spair"}
-    for ds in DATASETS.values():
+    assert set(DATASET_SOURCES) == {"pfpascal", "pfwillow", "spair"}
+    for ds in DATASET_SOURCES.values():
         for f in ds.files:
             assert f.url.rsplit("/", 1)[-1] == f.filename
             assert f.kind in ("archive", "file")
             assert not Path(f.dest).is_absolute() and ".." not in Path(f.dest).parts
             assert f.sha256 is None or len(f.sha256) == 64
-    src = DATASETS["spair"].files[0]
+    src = DATASET_SOURCES["spair"].files[0]
     assert resolve_url(src, None) == "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
     assert resolve_url(src, "http://127.0.0.1:9/m/") == "http://127.0.0.1:9/m/SPair-71k.tar.gz"
 

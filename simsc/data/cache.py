@@ -6,6 +6,7 @@ Layout (one folder per dataset name and resolution)::
     <cache_dir>/<dataset>/<resolution>/<key>.json   {"source", "size", "mtime_ns", "resolution",
                                                      "orig_size": [H, W], "shape", "sha256"}
     <cache_dir>/<dataset>/<resolution>/manifest.json  index written by :func:`build_cache`
+    <cache_dir>/<dataset>/index/<split>.npz          the checked pairs (:mod:`simsc.data.index`)
 
 ``key`` hashes (cache format version, source path relative to the dataset root, source file
 size, source mtime in ns, resolution): editing or replacing a source file, or asking for
@@ -30,7 +31,7 @@ import numpy as np
 
 from simsc.data import images
 from simsc.io import atomic_write, atomic_write_json
-from simsc.data.records import DatasetFormatError, Resolution, parse_resolution, resolution_tag
+from simsc.data.annotations import DatasetFormatError, Resolution, parse_resolution, resolution_tag
 
 CACHE_VERSION = 2  # 2: entries carry the SHA-256 of their pixels
 MANIFEST = "manifest.json"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from simsc.data.records import DatasetFormatError, Resolution, parse_resolution
+from simsc.data.annotations import DatasetFormatError, Resolution, parse_resolution
 
 #: Default decompression-bomb limit (pixels); change it here or pass ``max_pixels``.
 MAX_PIXELS: int = 64_000_000

@@ -81,7 +81,7 @@ class PFPascalDataset(PairDataset):
         self.pairs_file = self._find_list()
         self._mats: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         self._sizes: dict[str, tuple[int, int]] = {}
-        self._finalize(self._parse(), self.pairs_file)
+        self._load_pairs(self.pairs_file)
         self._mats.clear()  # only needed while parsing; keeps the pickled dataset small for workers
 
     def _find_list(self) -> Path:
@@ -91,6 +91,10 @@ class PFPascalDataset(PairDataset):
                 return p
         expected = " or ".join(str(self.pairs_dir / n) for n in PAIR_FILES[self.split])
         raise DatasetFormatError(f"PF-Pascal {self.split} pair list not found: expected {expected}")
+
+    def _dependencies(self) -> list[str]:
+        # the .mat files and the images whose headers gave the sizes
+        return [str(self.pairs_file), *map(str, self._mats), *(str(self.root / p) for p in self._sizes)]
 
     def _parse(self) -> list[PairAnnotation]:
         path = self.pairs_file

@@ -61,7 +61,7 @@ class PFWillowDataset(PairDataset):
         super().__init__(root, split, resolution, cache_dir)
         self.pairs_file = Path(csv_path) if csv_path is not None else self._find_csv()
         self._sizes: dict[str, tuple[int, int]] = {}
-        self._finalize(self._parse(), self.pairs_file)
+        self._load_pairs(self.pairs_file)
 
     def _find_csv(self) -> Path:
         for name in CSV_NAMES:
@@ -70,6 +70,9 @@ class PFWillowDataset(PairDataset):
         raise DatasetFormatError(
             f"PF-Willow pair list not found: expected {' or '.join(str(self.root / n) for n in CSV_NAMES)}"
         )
+
+    def _dependencies(self) -> list[str]:
+        return [str(self.pairs_file), *(str(self.root / p) for p in self._sizes)]
 
     def _parse(self) -> list[PairAnnotation]:
         path = self.pairs_file

@@ -23,79 +23,34 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence, Union
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from simsc.coords import rescale_box, rescale_points
+from simsc.data.annotations import (  # noqa: F401 - re-exported: the names' historical home
+    OUT_OF_IMAGE_TOLERANCE,
+    THRESHOLD_KINDS,
+    DatasetFormatError,
+    Issue,
+    PairAnnotation,
+    Resolution,
+    ThresholdKind,
+    inside_root,
+    keypoint_box,
+    outside_image,
+    parse_float,
+    parse_resolution,
+    read_text_lines,
+    resolution_tag,
+)
+from simsc.data.cache import CachedImages
+from simsc.data.images import DirectImages
+from simsc.data.index import PairTable, finalize_pairs, load_index, save_index, stat_files
 from simsc.pck import theta_bbox, theta_img, theta_kps
-
-Resolution = Union[int, Literal["original"]]
-ThresholdKind = Literal["img", "kps", "bbox"]
-THRESHOLD_KINDS: tuple[str, ...] = ("img", "kps", "bbox")
-
-#: A keypoint farther than this many pixels outside the image's pixel area
-#: ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` is out of the image. The slack accepts the
-#: annotations made with 1-based tools (a point at ``x = W`` is a real, visible point).
-OUT_OF_IMAGE_TOLERANCE = 1.0
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file is missing, malformed or unreadable; the message names the file
-    (and row / field where it applies) and what was expected."""
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One reported (never silent) deviation that the loader handled by skipping or masking."""
-
-    source: str  # the file that holds the annotation
-    row: int | None  # 1-based line number in ``source`` (CSV / layout), if any
-    message: str
-
-    def __str__(self) -> str:
-        where = self.source if self.row is None else f"{self.source}, row {self.row}"
-        return f"{where}: {self.message}"
-
-
-@dataclass
-class PairAnnotation:
-    """A pair as parsed from the annotation files, in original-image pixels."""
-
-    pair_id: str
-    category: str
-    src_path: str  # relative to the dataset root
-    trg_path: str
-    src_kps: np.ndarray  # float64 [N, 2]; rows may be NaN where ``valid`` is False
-    trg_kps: np.ndarray
-    valid: np.ndarray  # bool [N]
-    trg_bbox: np.ndarray | None  # float64 [4], None -> box of the valid target keypoints
-    source: str  # annotation file, for messages
-    row: int | None = None
-    flip: bool = False  # flip both images horizontally (PF-Pascal training list)
-    src_size: tuple[int, int] | None = None  # (H, W) declared by the annotation or header
-    trg_size: tuple[int, int] | None = None
-
-
-def parse_resolution(resolution: Any) -> Resolution:
-    """Accept a positive int (or digit string, as from a CLI) or ``"original"``."""
-    if isinstance(resolution, str):
-        if resolution in ("original", "ori", "ori."):
-            return "original"
-        if resolution.isdigit():
-            resolution = int(resolution)
-    if isinstance(resolution, (int, np.integer)) and not isinstance(resolution, bool) and resolution > 0:
-        return int(resolution)
-    raise ValueError(f"resolution must be a positive int (square resize) or 'original', got {resolution!r}")
-
-
-def resolution_tag(resolution: Resolution) -> str:
-    """Folder-safe name of a resolution (``"256"`` or ``"original"``)."""
-    return str(resolution)
 
 
 def flip_points(kps: np.ndarray, width: int) -> np.ndarray:
@@ -109,22 +64,6 @@ def flip_box(box: np.ndarray, width: int) -> np.ndarray:
     """Flip ``(x1, y1, x2, y2)``: the corners swap so that ``x1 <= x2`` still holds."""
     x1, y1, x2, y2 = box
     return np.array([width - 1 - x2, y1, width - 1 - x1, y2], dtype=box.dtype)
-
-
-def keypoint_box(kps: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Bounding box ``(x1, y1, x2, y2)`` of the valid keypoints."""
-    v = kps[valid]
-    return np.array([v[:, 0].min(), v[:, 1].min(), v[:, 0].max(), v[:, 1].max()], dtype=np.float64)
-
-
-def outside_image(kps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Bool ``[N]``: keypoint lies outside the image (see :data:`OUT_OF_IMAGE_TOLERANCE`)."""
-    h, w = size_hw
-    lo = -0.5 - OUT_OF_IMAGE_TOLERANCE
-    with np.errstate(invalid="ignore"):
-        return (kps[:, 0] < lo) | (kps[:, 1] < lo) | (kps[:, 0] > w - 0.5 + OUT_OF_IMAGE_TOLERANCE) | (
-            kps[:, 1] > h - 0.5 + OUT_OF_IMAGE_TOLERANCE
-        )
 
 
 def compute_thresholds(
@@ -165,7 +104,7 @@ def build_record(
     # NaN rows are zeroed before any arithmetic so that they never leak into a record.
     s = torch.from_numpy(np.where(valid[:, None], src_kps, 0.0)).float()
     t = torch.from_numpy(np.where(valid[:, None], trg_kps, 0.0)).float()
-    b = torch.from_numpy(np.asarray(bbox, dtype=np.float64)).float()
+    b = torch.from_numpy(np.array(bbox, dtype=np.float64)).float()  # a copy: table arrays are read-only
     if src_size != tuple(src_orig):
         s = rescale_points(s, src_orig, src_size)
     if trg_size != tuple(trg_orig):
@@ -260,6 +199,16 @@ class PairDataset(Dataset):
     * ``invalid_keypoints``: :class:`Issue` per keypoint masked out (``valid = False``) because
       it was NaN in a CSV or outside its image. NaN rows of PF-Pascal ``.mat`` files mean
       "invisible" and are normal: they are not reported.
+
+    ``pairs`` is a :class:`~simsc.data.index.PairTable` (a sequence of :class:`PairAnnotation`).
+    With ``cache_dir`` set, the checked pairs are kept in the pair index
+    ``<cache_dir>/<name>/index/<split>.npz`` (:mod:`simsc.data.index`): a later construction
+    loads it instead of parsing when none of the files it was built from changed (else it is
+    rebuilt). ``index_state`` says what happened: ``"off"`` (no ``cache_dir``), ``"loaded"``,
+    ``"built"`` (no index yet) or ``"rebuilt"`` (the index was stale).
+
+    Subclasses implement ``_parse()`` (the annotations, in listing order) and
+    ``_dependencies()`` (every file that parse read) and call :meth:`_load_pairs`.
     """
 
     name: str = "pairs"
@@ -276,7 +225,10 @@ class PairDataset(Dataset):
         self.split = split
         self.resolution: Resolution = parse_resolution(resolution)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.pairs: list[PairAnnotation] = []
+        self.pairs: PairTable = PairTable.from_pairs([])
+        self.index_path: Path | None = None
+        self.index_state = "off"
+        self.index_key: str | None = None
         self.skipped: list[Issue] = []
         self.invalid_keypoints: list[Issue] = []
         self._images: ImageSource | None = None
@@ -289,10 +241,6 @@ class PairDataset(Dataset):
         """The image source: :class:`~simsc.data.cache.CachedImages` when ``cache_dir`` is
         set, else :class:`~simsc.data.images.DirectImages` (decodes every time)."""
         if self._images is None:
-            # Imported here: images.py and cache.py import this module.
-            from simsc.data.cache import CachedImages
-            from simsc.data.images import DirectImages
-
             if self.cache_dir is not None:
                 self._images = CachedImages(self.cache_dir, self.name, self.root, self.resolution)
             else:
@@ -301,44 +249,67 @@ class PairDataset(Dataset):
 
     def image_paths(self) -> list[str]:
         """Unique image paths (relative to the root) used by this split, in first-use order."""
-        return list(dict.fromkeys(p for a in self.pairs for p in (a.src_path, a.trg_path)))
+        return self.pairs.image_paths()
 
     # -- annotations -----------------------------------------------------------------------
-    def _finalize(self, pairs: list[PairAnnotation], listing: Path) -> None:
-        """Mask out-of-image keypoints, drop pairs that cannot be scored, report, store."""
-        kept: list[PairAnnotation] = []
-        for a in pairs:
-            for side, kps, size in (("source", a.src_kps, a.src_size), ("target", a.trg_kps, a.trg_size)):
-                if size is None:
-                    continue
-                bad = outside_image(kps, size) & a.valid
-                for i in np.flatnonzero(bad):
-                    self.invalid_keypoints.append(
-                        Issue(a.source, a.row, f"{side} keypoint {i} {kps[i].tolist()} is outside the "
-                              f"{size[1]}x{size[0]} image {a.src_path if side == 'source' else a.trg_path}; marked invalid")
-                    )
-                a.valid = a.valid & ~bad
-            if not a.valid.any():
-                self.skipped.append(Issue(a.source, a.row, f"pair {a.pair_id} has no valid keypoint; skipped"))
-                continue
-            if self.threshold_kind == "kps" and float(np.ptp(a.trg_kps[a.valid], axis=0).max()) <= 0:
-                self.skipped.append(
-                    Issue(a.source, a.row, f"pair {a.pair_id}: valid target keypoints span 0 pixels, so "
-                          "theta_kps = 0 and PCK is undefined; skipped")
-                )
-                continue
-            kept.append(a)
+    def _parse(self) -> PairTable | list[PairAnnotation]:
+        raise NotImplementedError
+
+    def _dependencies(self) -> list[str]:
+        raise NotImplementedError
+
+    def _index_meta(self) -> dict[str, Any]:
+        """What, besides the files, decides the parse result (the index is stale if it differs)."""
+        return {"loader": type(self).__name__, "name": self.name, "split": self.split, "root": str(self.root),
+                "threshold_kind": self.threshold_kind, "out_of_image_tolerance": OUT_OF_IMAGE_TOLERANCE}
+
+    def _load_pairs(self, listing: Path) -> None:
+        """Fill ``pairs`` / ``skipped`` / ``invalid_keypoints``: from the pair index when it is
+        fresh, else by parsing (``_parse``), masking out-of-image keypoints and dropping the
+        pairs that cannot be scored (then the index is written, if there is a ``cache_dir``)."""
+        meta = self._index_meta()
+        if self.cache_dir is not None:
+            self.index_path = self.cache_dir / self.name / "index" / f"{self.split}.npz"
+            existed = self.index_path.exists()
+            got = load_index(self.index_path, meta)
+            if got is not None:
+                self.pairs, self.skipped, self.invalid_keypoints, self.index_key = got
+                self.index_state = "loaded"
+                self._report(listing)
+                return
+            self.index_state = "rebuilt" if existed else "built"
+        pairs = self._parse()
+        deps = self._dependencies()
+        table = pairs if isinstance(pairs, PairTable) else PairTable.from_pairs(pairs)
+        table, skipped, invalid = finalize_pairs(table, self.threshold_kind)
+        self.skipped = skipped
+        self.invalid_keypoints = self.invalid_keypoints + invalid
+        if not len(table):
+            self._report(listing)
+            raise DatasetFormatError(f"{listing}: split {self.split!r} has no usable pair")
+        self.pairs = table
+        if self.index_path is not None:
+            stats = stat_files(deps)
+            try:
+                if stats is None:
+                    raise OSError(f"a file of the split vanished while it was read: {deps[:3]}...")
+                self.index_key = save_index(self.index_path, table, self.skipped, self.invalid_keypoints, meta,
+                                            deps, stats)
+            except (OSError, ValueError) as e:
+                # The index only saves time: a run with a read-only cache still works.
+                warnings.warn(f"{self.index_path}: pair index not written ({e}); the annotations will be "
+                              "parsed again next time", stacklevel=3)
+        self._report(listing)
+
+    def _report(self, listing: Path) -> None:
         if self.skipped or self.invalid_keypoints:
             reasons = Counter(_reason(i.message) for i in self.invalid_keypoints + self.skipped)
             warnings.warn(
                 f"{self.name} {self.split} ({listing}): {len(self.skipped)} pair(s) skipped, "
                 f"{len(self.invalid_keypoints)} keypoint(s) marked invalid ({dict(reasons)}); "
                 "details in dataset.skipped / dataset.invalid_keypoints",
-                stacklevel=3,
+                stacklevel=4,
             )
-        if not kept:
-            raise DatasetFormatError(f"{listing}: split {self.split!r} has no usable pair")
-        self.pairs = kept
 
     # -- Dataset API -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -369,40 +340,4 @@ def _reason(message: str) -> str:
             return key
     return "other"
 
-
-def read_text_lines(path: Path) -> list[str]:
-    """Read a text listing with an error that names the file."""
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DatasetFormatError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetFormatError(f"{path}: cannot read text file ({e})") from e
-
-
-def inside_root(relpath: str, where: str, field: str) -> str:
-    """``relpath`` (read from an annotation) if it stays inside the data root, else
-    :class:`DatasetFormatError` naming ``where`` (file, row) and ``field``.
-
-    Absolute paths, drive letters and ``..`` components are refused: annotation text must
-    not choose files outside the root. The check is lexical on purpose: a symlink inside
-    the root was put there by whoever owns the root, not by the annotation.
-    """
-    text = str(relpath)
-    norm = text.replace("\\", "/")
-    parts = [p for p in norm.split("/") if p not in ("", ".")]
-    if "\x00" in text or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in parts or not parts:
-        raise DatasetFormatError(
-            f"{where}: field {field!r} is {text!r}; expected a path relative to the data root that stays "
-            "inside it (no absolute path, no '..')"
-        )
-    return text
-
-
-def parse_float(value: str, where: str, what: str) -> float:
-    """``float(value)`` with a message naming the file/row/field on failure (NaN allowed)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise DatasetFormatError(f"{where}: {what} must be a number, got {value!r}") from None
 

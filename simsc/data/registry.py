@@ -16,6 +16,8 @@ from simsc.data.pfwillow import PFWillowDataset
 from simsc.data.records import PairDataset, Resolution
 from simsc.data.spair import SPairDataset
 
+#: name -> the loader of the installed data set (where its files come from:
+#: :data:`simsc.data.sources.DATASET_SOURCES`).
 DATASETS: dict[str, Callable[..., PairDataset]] = {
     "pfpascal": PFPascalDataset,
     "pfwillow": PFWillowDataset,

@@ -83,7 +83,9 @@ class Dataset:
     the free disk space limits it."""
 
 
-DATASETS: dict[str, Dataset] = {
+#: name -> where the data set's files come from and where they land (``simsc download``); the
+#: loaders that read them are :data:`simsc.data.registry.DATASETS`.
+DATASET_SOURCES: dict[str, Dataset] = {
     "pfpascal": Dataset(
         name="pfpascal",
         folder="pf-pascal",
@@ -128,7 +130,7 @@ def resolve_url(src: SourceFile, mirror: str | None) -> str:
 
 
 def get_dataset(name: str, table: Mapping[str, Dataset] | None = None) -> Dataset:
-    table = DATASETS if table is None else table
+    table = DATASET_SOURCES if table is None else table
     try:
         return table[name]
     except KeyError:

@@ -1,0 +1,305 @@
+"""Pair tables: the checked annotations of a split as flat numpy columns, and their index file.
+
+Parsing an official split (12,234 SPair-71k JSON files for ``test``, 53,340 for ``trn``) costs
+seconds; every training run, evaluation and Ray trial used to pay it again. A
+:class:`PairTable` holds a split as a few arrays (keypoints of all pairs concatenated, with
+``offsets``; strings joined), and :func:`save_index` / :func:`load_index` store it as one
+``.npz`` that loads in a fraction of a second::
+
+    <cache_dir>/<dataset>/index/<split>.npz
+
+written atomically (temporary file + rename) by the first loader that parses the split (the
+``preprocess`` stage) and read by every later one. The file holds:
+
+* ``meta``: JSON with the format version (:data:`INDEX_VERSION`), the loader, split, root,
+  threshold kind and out-of-image tolerance: anything that changes how the files are read;
+* ``deps`` and ``dep_stats``: every file the parse read (pair list, annotation files, images
+  whose header or existence was checked) with its size and mtime in ns;
+* ``key``: SHA-256 of the three above. A load recomputes it from the files as they are now;
+  a different key (an edited, added or removed file, another format version or option) means
+  *stale*: the split is parsed again and the index rewritten, never silently reused.
+
+A file that is not a readable index (truncated, not a zip, a column missing) raises
+:class:`~simsc.data.annotations.DatasetFormatError` naming it.
+
+Like make and DVC, staleness is judged by size and mtime: an edit that keeps both (within the
+file system's mtime resolution) is not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Sequence as SequenceABC
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from simsc.data.annotations import DatasetFormatError, Issue, PairAnnotation, outside_image
+from simsc.io import atomic_write
+
+#: Bumped whenever the file layout or the parse semantics change: older files are stale.
+INDEX_VERSION = 1
+
+_STRINGS = ("pair_id", "category", "src_path", "trg_path", "source")
+_ARRAYS = ("row", "flip", "src_size", "trg_size", "trg_bbox", "offsets", "src_kps", "trg_kps", "valid")
+_SEP = "\x00"  # never inside a path (inside_root refuses it) nor in a JSON-derived name we store
+
+
+def _join(strings: Sequence[str], column: str) -> np.ndarray:
+    text = _SEP.join(strings)
+    if text.count(_SEP) != max(len(strings) - 1, 0):
+        raise ValueError(f"pair index: a value of {column!r} contains a NUL character")
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def _split(blob: np.ndarray, n: int) -> list[str]:
+    if n == 0:
+        return []
+    out = blob.tobytes().decode("utf-8").split(_SEP)
+    if len(out) != n:
+        raise ValueError(f"expected {n} strings, found {len(out)}")
+    return out
+
+
+class PairTable(SequenceABC):
+    """The pairs of a split as columns; ``table[i]`` is a :class:`PairAnnotation` (built on
+    access, its arrays read-only views). ``None`` fields are stored as ``row = -1``,
+    ``size = (-1, -1)``, ``trg_bbox = NaN``."""
+
+    def __init__(self, strings: dict[str, list[str]], arrays: dict[str, np.ndarray]) -> None:
+        self.strings = strings
+        self.arrays = arrays
+        for a in arrays.values():
+            a.setflags(write=False)
+        self._n = len(arrays["offsets"]) - 1
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[PairAnnotation]) -> "PairTable":
+        """Columns of a list of annotations (the loaders' parse output)."""
+        n = np.array([len(p.valid) for p in pairs], dtype=np.int64)
+        offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
+        np.cumsum(n, out=offsets[1:])
+
+        def cat(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            parts = [np.asarray(getattr(p, name), dtype=dtype).reshape(-1, *shape) for p in pairs]
+            return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype)
+
+        def size(s: tuple[int, int] | None) -> tuple[int, int]:
+            return (-1, -1) if s is None else (int(s[0]), int(s[1]))
+
+        nan4 = np.full(4, np.nan)
+        arrays = {
+            "row": np.array([-1 if p.row is None else p.row for p in pairs], dtype=np.int64),
+            "flip": np.array([bool(p.flip) for p in pairs], dtype=bool),
+            "src_size": np.array([size(p.src_size) for p in pairs], dtype=np.int64).reshape(-1, 2),
+            "trg_size": np.array([size(p.trg_size) for p in pairs], dtype=np.int64).reshape(-1, 2),
+            "trg_bbox": np.array([nan4 if p.trg_bbox is None else p.trg_bbox for p in pairs],
+                                 dtype=np.float64).reshape(-1, 4),
+            "offsets": offsets,
+            "src_kps": cat("src_kps", (2,), np.float64),
+            "trg_kps": cat("trg_kps", (2,), np.float64),
+            "valid": cat("valid", (), bool),
+        }
+        strings = {name: [getattr(p, name) for p in pairs] for name in _STRINGS}
+        return cls(strings, arrays)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> PairAnnotation:  # type: ignore[override]
+        if isinstance(index, slice):
+            raise TypeError("PairTable does not slice; use take()")
+        i = range(self._n)[index]  # negative indices, IndexError
+        a, s = self.arrays, self.strings
+        lo, hi = int(a["offsets"][i]), int(a["offsets"][i + 1])
+        bbox = a["trg_bbox"][i]
+        ss, ts = a["src_size"][i], a["trg_size"][i]
+        return PairAnnotation(
+            pair_id=s["pair_id"][i],
+            category=s["category"][i],
+            src_path=s["src_path"][i],
+            trg_path=s["trg_path"][i],
+            src_kps=a["src_kps"][lo:hi],
+            trg_kps=a["trg_kps"][lo:hi],
+            valid=a["valid"][lo:hi],
+            trg_bbox=None if np.isnan(bbox).any() else bbox,
+            source=s["source"][i],
+            row=None if a["row"][i] < 0 else int(a["row"][i]),
+            flip=bool(a["flip"][i]),
+            src_size=None if ss[0] < 0 else (int(ss[0]), int(ss[1])),
+            trg_size=None if ts[0] < 0 else (int(ts[0]), int(ts[1])),
+        )
+
+    def __iter__(self) -> Iterator[PairAnnotation]:
+        return (self[i] for i in range(self._n))
+
+    def pair_of_keypoint(self) -> np.ndarray:
+        """int64 ``[K]``: the pair each flat keypoint row belongs to."""
+        return np.repeat(np.arange(self._n), np.diff(self.arrays["offsets"]))
+
+    def take(self, keep: np.ndarray, valid: np.ndarray | None = None) -> "PairTable":
+        """The pairs where ``keep`` (bool ``[P]``) holds, with ``valid`` (bool ``[K]``) replacing
+        the validity flags if given."""
+        a = self.arrays
+        valid = a["valid"] if valid is None else valid
+        if keep.all():
+            return PairTable(self.strings, {**a, "valid": valid})
+        kp_keep = keep[self.pair_of_keypoint()]
+        n = np.diff(a["offsets"])[keep]
+        offsets = np.zeros(len(n) + 1, dtype=np.int64)
+        np.cumsum(n, out=offsets[1:])
+        arrays = {k: a[k][keep] for k in ("row", "flip", "src_size", "trg_size", "trg_bbox")}
+        arrays.update(offsets=offsets, src_kps=a["src_kps"][kp_keep], trg_kps=a["trg_kps"][kp_keep],
+                      valid=valid[kp_keep])
+        idx = np.flatnonzero(keep).tolist()
+        strings = {k: [v[i] for i in idx] for k, v in self.strings.items()}
+        return PairTable(strings, arrays)
+
+    def image_paths(self) -> list[str]:
+        """Unique image paths in first-use order (source, target, next pair ...)."""
+        return list(dict.fromkeys(p for pair in zip(self.strings["src_path"], self.strings["trg_path"]) for p in pair))
+
+
+def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, list[Issue], list[Issue]]:
+    """Mask keypoints outside their image, drop pairs that cannot be scored; vectorised over
+    all keypoints of the split. Returns ``(kept pairs, skipped, invalid keypoints)``, the
+    issues in pair order (source side before target side)."""
+    a, s = table.arrays, table.strings
+    offsets = a["offsets"]
+    owner = table.pair_of_keypoint()
+    valid = a["valid"].copy()
+    found: list[tuple[int, int, int, str]] = []
+    for side_no, (side, kps, sizes, paths) in enumerate(
+        (("source", a["src_kps"], a["src_size"], s["src_path"]), ("target", a["trg_kps"], a["trg_size"], s["trg_path"]))
+    ):
+        h, w = sizes[owner, 0], sizes[owner, 1]  # per keypoint: the rule broadcasts
+        bad = outside_image(kps, (h, w)) & (h >= 0) & valid  # h < 0: no declared size to check
+        for k in np.flatnonzero(bad).tolist():
+            i = int(owner[k])
+            msg = (f"{side} keypoint {k - int(offsets[i])} {kps[k].tolist()} is outside the "
+                   f"{int(w[k])}x{int(h[k])} image {paths[i]}; marked invalid")
+            found.append((i, side_no, k, msg))
+        valid &= ~bad
+    found.sort()
+    row = a["row"]
+
+    def issue(i: int, message: str) -> Issue:
+        return Issue(s["source"][i], None if row[i] < 0 else int(row[i]), message)
+
+    invalid = [issue(i, msg) for i, _, _, msg in found]
+    keep = np.bincount(owner, weights=valid, minlength=len(table)) > 0
+    skips = [(i, f"pair {s['pair_id'][i]} has no valid keypoint; skipped") for i in np.flatnonzero(~keep).tolist()]
+    if threshold_kind == "kps":
+        trg = a["trg_kps"]
+        for i in np.flatnonzero(keep).tolist():
+            v = trg[offsets[i]:offsets[i + 1]][valid[offsets[i]:offsets[i + 1]]]
+            if float(np.ptp(v, axis=0).max()) <= 0:
+                keep[i] = False
+                skips.append((i, f"pair {s['pair_id'][i]}: valid target keypoints span 0 pixels, so "
+                                 "theta_kps = 0 and PCK is undefined; skipped"))
+        skips.sort(key=lambda t: t[0])  # pair order, as the per-pair loop this replaces reported them
+    skipped = [issue(i, msg) for i, msg in skips]
+    return table.take(keep, valid), skipped, invalid
+
+
+# -- the index file ------------------------------------------------------------------------------
+
+
+def stat_files(paths: Sequence[str]) -> np.ndarray | None:
+    """int64 ``[F, 2]`` of ``(size, mtime_ns)``, or None when a file is missing or unreadable."""
+    out = np.empty((len(paths), 2), dtype=np.int64)
+    try:
+        for n, p in enumerate(paths):
+            st = os.stat(p)
+            out[n, 0], out[n, 1] = st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+    return out
+
+
+def index_key(meta: dict[str, Any], deps: Sequence[str], stats: np.ndarray) -> str:
+    """SHA-256 over the options, the dependency list and the dependencies' sizes and mtimes."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    h.update(_SEP.join(deps).encode("utf-8", "surrogatepass"))
+    h.update(np.ascontiguousarray(stats, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def save_index(
+    path: str | Path,
+    table: PairTable,
+    skipped: Sequence[Issue],
+    invalid: Sequence[Issue],
+    meta: dict[str, Any],
+    deps: Sequence[str],
+    stats: np.ndarray,
+) -> str:
+    """Write the index atomically; returns its key."""
+    meta = {**meta, "version": INDEX_VERSION}
+    key = index_key(meta, deps, stats)
+    cols: dict[str, np.ndarray] = {f"a_{k}": np.asarray(v) for k, v in table.arrays.items()}
+    cols.update({f"s_{k}": _join(v, k) for k, v in table.strings.items()})
+    for name, issues in (("skipped", skipped), ("invalid", invalid)):
+        cols[f"i_{name}_source"] = _join([i.source for i in issues], name)
+        cols[f"i_{name}_message"] = _join([i.message for i in issues], name)
+        cols[f"i_{name}_row"] = np.array([-1 if i.row is None else i.row for i in issues], dtype=np.int64)
+    cols["deps"] = _join(list(deps), "deps")
+    cols["dep_stats"] = np.asarray(stats, dtype=np.int64).reshape(-1, 2)
+    cols["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    cols["key"] = np.frombuffer(key.encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **cols))
+    return key
+
+
+def _corrupt(path: Path, why: Any) -> DatasetFormatError:
+    return DatasetFormatError(
+        f"{path}: not a readable pair index ({why}); delete it (the loader rebuilds it from the "
+        "annotations) or rerun the preprocess stage"
+    )
+
+
+def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[Issue], list[Issue], str] | None:
+    """``(table, skipped, invalid, key)`` from a fresh index at ``path``; None when there is
+    none or it is stale (another version / option, or a dependency changed or vanished);
+    :class:`DatasetFormatError` naming the file when it is corrupt."""
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise _corrupt(path, e) from e
+    try:
+        with z:
+            stored_meta = json.loads(z["meta"].tobytes())
+            if stored_meta.get("version") != INDEX_VERSION or stored_meta != {**meta, "version": INDEX_VERSION}:
+                return None
+            stats = z["dep_stats"]
+            deps = _split(z["deps"], len(stats))
+            now = stat_files(deps)
+            key = z["key"].tobytes().decode()
+            if now is None or index_key(stored_meta, deps, now) != key:
+                return None
+            arrays = {k: z[f"a_{k}"] for k in _ARRAYS}
+            n = len(arrays["offsets"]) - 1
+            strings = {k: _split(z[f"s_{k}"], n) for k in _STRINGS}
+            issues = {}
+            for name in ("skipped", "invalid"):
+                rows = z[f"i_{name}_row"]
+                src = _split(z[f"i_{name}_source"], len(rows))
+                msg = _split(z[f"i_{name}_message"], len(rows))
+                issues[name] = [Issue(a, None if r < 0 else int(r), m) for a, r, m in zip(src, rows.tolist(), msg)]
+    except KeyError as e:
+        raise _corrupt(path, f"missing column {e}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise _corrupt(path, e) from e
+    k = int(arrays["offsets"][-1]) if n >= 0 else -1
+    if n < 0 or len(arrays["src_kps"]) != k or len(arrays["trg_kps"]) != k or len(arrays["valid"]) != k or any(
+        len(arrays[c]) != n for c in ("row", "flip", "src_size", "trg_size", "trg_bbox")
+    ):
+        raise _corrupt(path, "column lengths disagree")
+    return PairTable(strings, arrays), issues["skipped"], issues["invalid"], key
