@@ -132,8 +132,9 @@ class TrainConfig:
     #: ``null``: every step on the CPU (reading costs nothing there), every 25 on accelerators.
     log_every_steps: int | None = None
     #: mixed precision of the forward pass: "off", "bf16" or "fp16" (autocast; the softmax and
-    #: the loss stay float32; fp16 adds a GradScaler, saved in checkpoints).
-    amp: str = "off"
+    #: the loss stay float32; fp16 adds a GradScaler, saved in checkpoints). YAML reads a bare
+    #: ``off`` as false, which means "off" too.
+    amp: bool | str = "off"
     #: ``torch.compile`` the model's loss path: false, true (inductor) or a backend name
     #: (e.g. "aot_eager"). Falls back to eager, with a warning, when compiling fails.
     compile: bool | str = False
@@ -411,6 +412,8 @@ def validate(cfg: Config) -> None:
         bad("train.progress_every_s", "must be >= 0", t.progress_every_s)
     if t.log_every_steps is not None and t.log_every_steps < 1:
         bad("train.log_every_steps", "must be >= 1 or null", t.log_every_steps)
+    if t.amp is False:
+        t.amp = "off"
     if t.amp not in AMP_MODES:
         bad("train.amp", f"must be one of {list(AMP_MODES)}", t.amp)
     if isinstance(t.compile, str) and not t.compile.strip():

@@ -105,3 +105,20 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(tmp_path, fp32_los
                                             r"runs eagerly"):
         _, losses = _run(tmp_path, compile=True)
     torch.testing.assert_close(losses, fp32_losses, rtol=0, atol=0)
+
+
+def test_summary_reports_the_share_of_time_spent_waiting_for_data(tmp_path):
+    import json
+    import time as _time
+
+    class SlowPairs(ToyTranslationPairs):
+        def __getitem__(self, i):
+            _time.sleep(0.05)  # a loader slower than nothing: the wait must show
+            return super().__getitem__(i)
+
+    trainer = Trainer(_cfg(tmp_path, epochs=1), train_dataset=SlowPairs(8, 64, seed=0), val_dataset=_data()[1])
+    assert trainer.pin_memory is None  # automatic: pinned batches exactly when the device is CUDA
+    trainer.fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data_wait_s"] >= 8 * 0.05
+    assert 0 < summary["data_wait_fraction"] < 1

@@ -270,6 +270,11 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.optimizer: torch.optim.Optimizer | None = None
         self._metrics_fh = None
+        self._data_wait = 0.0
+        self._step_time = 0.0
+
+    #: page-locked loader batches (asynchronous host-to-device copies); ``None``: on for CUDA.
+    pin_memory: bool | None = None
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -471,14 +476,18 @@ class Trainer:
             loader = DataLoader(
                 self.train_dataset, batch_size=bs, sampler=order, num_workers=cfg.data.workers,
                 collate_fn=_collate, generator=worker_gen, drop_last=False,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda" if self.pin_memory is None else self.pin_memory,
             )
             batch_i = start
+            ready = time.perf_counter()
             for batch in loader:
                 t0 = time.perf_counter()
+                self._data_wait += t0 - ready  # the step waited this long for its batch
                 check_batch(batch)  # on the CPU, before the batch moves: reading it costs no device sync
                 self._pending.append(self._train_step(batch, epoch))
-                state["train_time"] += time.perf_counter() - t0
+                dt = time.perf_counter() - t0
+                state["train_time"] += dt
+                self._step_time += dt
                 batch_i += 1
                 state["batch_in_epoch"] = batch_i
                 self.progress.advance()
@@ -492,6 +501,7 @@ class Trainer:
                     break
                 if t.checkpoint_every_steps and state["step"] % t.checkpoint_every_steps == 0 and batch_i < n_batches:
                     self._save_last()
+                ready = time.perf_counter()
             self._flush()
             partial = batch_i < n_batches
             self._end_epoch(epoch, partial)
@@ -584,7 +594,9 @@ class Trainer:
         for t in flat:
             dtype = torch.promote_types(dtype, t.dtype)
         host = torch.cat([t.to(dtype) for t in flat]).cpu()  # the sync
-        self.state["train_time"] += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.state["train_time"] += dt
+        self._step_time += dt
         values = iter(host.split([t.numel() for t in flat]))
         state = self.state
         for record, ts in pending:
@@ -725,6 +737,11 @@ class Trainer:
             "train_time_s": s["train_time"],
             "steps_per_s": steps_run / s["train_time"] if s["train_time"] > 0 else None,
             "resumed_from_step": self._resumed_from,
+            # Of this process's training loop (steps + waits for batches; not validation or
+            # checkpoints): the share spent waiting for the loader.
+            "data_wait_s": self._data_wait,
+            "data_wait_fraction": (self._data_wait / (self._data_wait + self._step_time)
+                                   if self._data_wait + self._step_time > 0 else None),
             "out_dir": str(self.out_dir),
         }
 
