@@ -39,9 +39,18 @@ def _is_bool_mask(index) -> bool:
 
 
 class _Guard(TorchFunctionMode):
-    def __init__(self, allow: set[int]) -> None:
+    """Raises on host reads; with ``count=True`` counts them instead (``self.reads``)."""
+
+    def __init__(self, allow: set[int], count: bool = False) -> None:
         super().__init__()
         self.allow = allow
+        self.count = count
+        self.reads: dict[str, int] = {}
+
+    def _hit(self, what: str) -> None:
+        if not self.count:
+            raise HostSyncError(f"host read of a tensor value: {what}")
+        self.reads[what] = self.reads.get(what, 0) + 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -49,13 +58,13 @@ class _Guard(TorchFunctionMode):
         allowed = isinstance(first, torch.Tensor) and id(first) in self.allow
         if not allowed:
             if func in _READS:
-                raise HostSyncError(f"host read of a tensor value: {_name(func)}")
-            if func is torch.where and len(args) + len(kwargs) == 1:
-                raise HostSyncError("host read of a tensor value: torch.where(condition) (data-dependent shape)")
-            if func is torch.Tensor.__getitem__ and len(args) > 1 and _is_bool_mask(args[1]):
-                raise HostSyncError("host read of a tensor value: boolean-mask indexing (data-dependent shape)")
-            if func is torch.Tensor.__setitem__ and len(args) > 1 and _is_bool_mask(args[1]):
-                raise HostSyncError("host read of a tensor value: boolean-mask assignment")
+                self._hit(_name(func))
+            elif func is torch.where and len(args) + len(kwargs) == 1:
+                self._hit("torch.where(condition) (data-dependent shape)")
+            elif func is torch.Tensor.__getitem__ and len(args) > 1 and _is_bool_mask(args[1]):
+                self._hit("boolean-mask indexing (data-dependent shape)")
+            elif func is torch.Tensor.__setitem__ and len(args) > 1 and _is_bool_mask(args[1]):
+                self._hit("boolean-mask assignment")
         return func(*args, **kwargs)
 
 
@@ -73,6 +82,14 @@ def no_host_sync(allow: Iterable[torch.Tensor] = ()) -> Iterator[None]:
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode(old)
+
+
+@contextlib.contextmanager
+def count_host_reads(allow: Iterable[torch.Tensor] = ()) -> Iterator[dict[str, int]]:
+    """Count (by call) the host reads inside the block instead of failing: for benchmarks."""
+    guard = _Guard({id(t) for t in allow}, count=True)
+    with guard:
+        yield guard.reads
 
 
 def optimizer_host_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
