@@ -4,7 +4,10 @@ Prints the top operators by self time (CPU; and CUDA when on a GPU) and the numb
 host-device synchronisations (``aten::item`` / ``aten::is_nonzero`` / ``aten::_local_scalar_dense``)
 a step makes. Writes the table to ``--out``.
 
-    .venv/bin/python bench/profile_step.py [--backbone resnet101] [--device cpu] [--steps 3]
+    .venv/bin/python bench/profile_step.py [--backbone resnet101] [--device cpu] [--steps 3] [--checks]
+
+The step is the trainer's: ``model.loss(batch, check=False)`` (the batch is checked on the CPU
+before it moves); ``--checks`` profiles the loss with its value checks (the step before issue 17).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kps", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--checks", action="store_true", help="the loss with its value checks (host reads)")
     ap.add_argument("--out", type=Path, default=RESULTS / "profile_step.txt")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -38,7 +42,7 @@ def main(argv=None) -> int:
 
     def step():
         model.zero_grad(set_to_none=True)
-        model.loss(data)["loss"].backward()
+        model.loss(data, check=args.checks)["loss"].backward()
 
     step()
     sync(args.device)
@@ -52,7 +56,8 @@ def main(argv=None) -> int:
                 and e.key == "aten::_local_scalar_dense") / args.steps
     n_ops = sum(e.count for e in ka if e.key.startswith("aten::")) / args.steps
     sort = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
-    text = (f"{args.backbone} {args.size}x{args.size} batch {args.batch} device {args.device}: "
+    text = (f"{args.backbone} {args.size}x{args.size} batch {args.batch} device {args.device}"
+            f"{' (value checks on)' if args.checks else ''}: "
             f"{syncs:.0f} host-device syncs (aten::_local_scalar_dense) and {n_ops:.0f} aten ops a step\n"
             + ka.table(sort_by=sort, row_limit=30, max_name_column_width=40))
     print(text)

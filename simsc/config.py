@@ -38,12 +38,16 @@ from .coords import CELL_CENTRES
 from .io import yaml_load
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
 from .pck import DEFAULT_ALPHAS
+from .progress import PROGRESS_MODES
 from .temperature import build_temperature
 
 
 class ConfigError(ValueError):
     """An invalid configuration: the message names the offending key or field."""
 
+
+#: ``train.amp`` values: autocast dtype of the forward pass, or none.
+AMP_MODES = ("off", "bf16", "fp16")
 
 # Default learning rates of the paper (Sec. 4.2; supplement Sec. 6 for ``single``).
 LR_BACKBONE_DEFAULTS: dict[str, float] = {"last_block": 1e-4, "all": 2e-5}
@@ -118,7 +122,23 @@ class TrainConfig:
     deterministic: bool = True
     #: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
     device: str = "auto"
-    progress: bool = True
+    #: progress of training and validation: "auto" (a tqdm bar when stderr is a terminal, else
+    #: a plain log line on stderr every ``progress_every_s`` seconds and at epoch ends: DVC, Ray,
+    #: CI logs), "bar", "log" or "off" (``true`` = auto, ``false`` = off; ``--quiet`` = off).
+    progress: bool | str = "auto"
+    #: seconds between two plain progress lines (the first comes after the first step).
+    progress_every_s: float = 20.0
+    #: steps between two reads of the step records from the device (one host sync for all of
+    #: them): metrics.jsonl, callbacks, progress and the divergence check see them then.
+    #: ``null``: every step on the CPU (reading costs nothing there), every 25 on accelerators.
+    log_every_steps: int | None = None
+    #: mixed precision of the forward pass: "off", "bf16" or "fp16" (autocast; the softmax and
+    #: the loss stay float32; fp16 adds a GradScaler, saved in checkpoints). YAML reads a bare
+    #: ``off`` as false, which means "off" too.
+    amp: bool | str = "off"
+    #: ``torch.compile`` the model's loss path: false, true (inductor) or a backend name
+    #: (e.g. "aot_eager"). Falls back to eager, with a warning, when compiling fails.
+    compile: bool | str = False
     #: keep the model's 4D weights and the image batches in ``torch.channels_last`` (NHWC) memory
     #: format. Same results; helps GPU convolutions once they are compute-bound (large batches or
     #: images, bf16), not CPU training (bench/RESULTS.md).
@@ -385,6 +405,20 @@ def validate(cfg: Config) -> None:
         bad("train.device", "must be 'auto', 'cpu', 'cuda[:N]' or 'mps'", t.device)
     if t.num_threads is not None and t.num_threads < 1:
         bad("train.num_threads", "must be >= 1 or null", t.num_threads)
+    if isinstance(t.progress, bool):
+        t.progress = "auto" if t.progress else "off"
+    if t.progress not in PROGRESS_MODES:
+        bad("train.progress", f"must be one of {list(PROGRESS_MODES)} (or true/false)", t.progress)
+    if not t.progress_every_s >= 0:
+        bad("train.progress_every_s", "must be >= 0", t.progress_every_s)
+    if t.log_every_steps is not None and t.log_every_steps < 1:
+        bad("train.log_every_steps", "must be >= 1 or null", t.log_every_steps)
+    if t.amp is False:
+        t.amp = "off"
+    if t.amp not in AMP_MODES:
+        bad("train.amp", f"must be one of {list(AMP_MODES)}", t.amp)
+    if isinstance(t.compile, str) and not t.compile.strip():
+        bad("train.compile", "must be true, false or a torch.compile backend name", t.compile)
 
     if isinstance(e.resolution, str):
         if e.resolution not in ("original", "ori", "ori."):

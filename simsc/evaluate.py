@@ -30,7 +30,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .matching import query_score_maps
 from .model import SimSC
 from .pck import DEFAULT_ALPHAS, PCKAccumulator
+from .progress import track
 from .soft_argmax import kernel_soft_argmax
+
+#: Batches between two reads of the predictions from the device (one transfer for all of them).
+READ_EVERY_BATCHES = 16
 
 #: Default beta_eval values of the sweep: 13 values log-spaced from 0.005 to 1.
 DEFAULT_BETA_SWEEP: tuple[float, ...] = tuple(float(f"{v:.4g}") for v in np.logspace(math.log10(0.005), 0.0, 13))
@@ -50,20 +54,24 @@ def collate_with_sizes(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def pair_loader(dataset: Dataset, batch_size: int = 8, workers: int = 0, max_pairs: int | None = None) -> DataLoader:
+def pair_loader(
+    dataset: Dataset, batch_size: int = 8, workers: int = 0, max_pairs: int | None = None, pin_memory: bool = False
+) -> DataLoader:
     """A sequential loader over ``dataset`` (the first ``max_pairs`` pairs when given).
-    Datasets at ``resolution="original"`` hold images of different sizes: batch size 1."""
+    Datasets at ``resolution="original"`` hold images of different sizes: batch size 1.
+    ``pin_memory``: page-locked batches, for asynchronous copies to a CUDA device."""
     if getattr(dataset, "resolution", None) == "original":
         batch_size = 1
     if max_pairs is not None and max_pairs < len(dataset):
         dataset = Subset(dataset, range(max_pairs))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_sizes
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_sizes,
+        pin_memory=pin_memory,
     )
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -71,10 +79,10 @@ def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Score maps ``[B, N, h, w]`` of the source keypoints, and the per-image betas.
 
     The same computation as :meth:`SimSC.predict` up to the soft-argmax, so that several
-    ``beta_eval`` values can reuse it.
+    ``beta_eval`` values can reuse it. No value is read on the host (no device sync).
     """
     valid = batch["valid"].bool()
-    out = model(batch["src_img"], batch["trg_img"])
+    out = model(batch["src_img"], batch["trg_img"], check=False)
     uv_a = model.to_feature(batch["src_kps"].to(out["feat_a"].dtype), valid)
     scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
     return {"scores": scores, "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
@@ -82,8 +90,42 @@ def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def localise(model: SimSC, scores: torch.Tensor, beta_eval: float) -> torch.Tensor:
     """Kernel soft-argmax of score maps -> target image pixels ``[B, N, 2]``."""
-    uv_b = kernel_soft_argmax(scores, sigma=model.sigma, beta=beta_eval)
+    uv_b = kernel_soft_argmax(scores, sigma=model.sigma, beta=beta_eval, check=False)
     return model.to_image(uv_b)
+
+
+@torch.no_grad()
+def predict_batch(
+    model: SimSC, batch: dict[str, Any], betas: Sequence[float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation's inner step: predictions ``[len(betas), B, N, 2]`` (target pixels) and
+    ``beta_eff [B]``, left on ``device``: nothing is read on the host."""
+    batch = _to(batch, device)
+    out = score_maps(model, batch)
+    pred = torch.stack([localise(model, out["scores"], b) for b in betas])
+    return pred, out["beta_a"] * out["beta_b"]
+
+
+def _host_copy(pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]):
+    """Move the pending batches' predictions and betas to the host in one transfer, checking
+    that they are finite (the check kernel_soft_argmax makes per call, made here once)."""
+    if not pending:
+        return
+    flat = [t.reshape(-1) for _, pred, beta in pending for t in (pred, beta)]
+    dtype = torch.promote_types(flat[0].dtype, flat[1].dtype)
+    host = iter(torch.cat([t.to(dtype) for t in flat]).cpu().split([t.numel() for t in flat]))
+    for batch, pred, beta in pending:
+        p, b = next(host).view(pred.shape), next(host).view(beta.shape)
+        if not bool(torch.isfinite(p).all()):
+            ids = batch.get("pair_id") or []
+            raise ValueError(f"evaluate: the score maps of pair(s) {', '.join(map(str, ids)) or '?'} contain NaN "
+                             "or inf (non-finite predictions)")
+        yield batch, p, b
+
+
+def _meta(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without its images (the pending batches keep only what scoring needs)."""
+    return {k: v for k, v in batch.items() if k not in ("src_img", "trg_img")}
 
 
 def resolve_beta_eval(model: SimSC, beta_eval: float | None) -> tuple[float, str]:
@@ -123,12 +165,9 @@ def _beta_stats(values: list[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "std": float(arr.std())}
 
 
-def _progress(iterable, progress: bool, desc: str, total: int | None = None):
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False)
+def _progress(iterable, progress: bool | str, desc: str, total: int | None = None, every_s: float = 20.0):
+    """``progress``: ``False``/``"off"``, ``True``/``"auto"``, ``"bar"`` or ``"log"`` (see :mod:`simsc.progress`)."""
+    return track(iterable, progress, desc, total, unit="batch", every_s=every_s)
 
 
 def _prediction_rows(batch: dict[str, Any], pred: torch.Tensor, beta_eff: torch.Tensor) -> Iterable[dict[str, Any]]:
@@ -156,33 +195,45 @@ def evaluate(
     workers: int = 0,
     max_pairs: int | None = None,
     predictions: str | os.PathLike | list | None = None,
-    progress: bool = False,
+    progress: bool | str = "auto",
     device: str | torch.device | None = None,
+    progress_every_s: float = 20.0,
 ) -> dict[str, Any]:
     """PCK report of ``model`` on ``dataset`` (see the module docstring for the layout).
 
     ``beta_eval=None`` uses the model's default (1 for learned temperatures, 0.02 for the
     ``fixed:1`` baseline / untrained backbones). ``predictions``: a JSON-lines path or a list
     that receives one row per pair (pair_id, category, pred, gt, src, valid, threshold,
-    beta_eff). The model's train/eval mode is left as it was.
+    beta_eff). The model's train/eval mode is left as it was. ``progress``: see :func:`_progress`.
+
+    The loop reads nothing back per batch: predictions stay on the device and move to the
+    host every :data:`READ_EVERY_BATCHES` batches in one transfer.
     """
     beta, source = resolve_beta_eval(model, beta_eval)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     acc = PCKAccumulator(alphas)
     betas: list[float] = []
     sink, fh = _open_sink(predictions)
-    try:
-        loader = pair_loader(dataset, batch_size, workers, max_pairs)
-        for batch in _progress(loader, progress, "evaluate", len(loader)):
-            batch = _to(batch, device)
-            out = score_maps(model, batch)
-            pred = localise(model, out["scores"], beta)
+
+    def score(pending):
+        for batch, pred, beta_eff in _host_copy(pending):
+            pred = pred[0]
             acc.update(pred, batch["trg_kps"], batch["threshold"], batch["valid"], batch.get("category"))
-            beta_eff = out["beta_a"] * out["beta_b"]
-            betas.extend(beta_eff.cpu().double().tolist())
+            betas.extend(beta_eff.double().tolist())
             if sink is not None:
                 for row in _prediction_rows(batch, pred, beta_eff):
                     sink(row)
+        pending.clear()
+
+    try:
+        loader = pair_loader(dataset, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
+        pending: list = []
+        for batch in _progress(loader, progress, "evaluate", len(loader), progress_every_s):
+            pred, beta_eff = predict_batch(model, batch, [beta], device)
+            pending.append((_meta(batch), pred, beta_eff))
+            if len(pending) >= READ_EVERY_BATCHES:
+                score(pending)
+        score(pending)
     finally:
         if fh is not None:
             fh.close()
@@ -217,8 +268,9 @@ def beta_sweep(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     workers: int = 0,
     max_pairs: int | None = None,
-    progress: bool = False,
+    progress: bool | str = "auto",
     device: str | torch.device | None = None,
+    progress_every_s: float = 20.0,
 ) -> dict[str, Any]:
     """PCK as a function of ``beta_eval`` (paper Fig. 6 as data), features computed once a pair.
 
@@ -231,14 +283,22 @@ def beta_sweep(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     accs = [PCKAccumulator(alphas) for _ in betas]
     beta_effs: list[float] = []
-    loader = pair_loader(dataset, batch_size, workers, max_pairs)
-    for batch in _progress(loader, progress, "beta sweep", len(loader)):
-        batch = _to(batch, device)
-        out = score_maps(model, batch)
-        beta_effs.extend((out["beta_a"] * out["beta_b"]).cpu().double().tolist())
-        for acc, beta in zip(accs, betas):
-            pred = localise(model, out["scores"], beta)
-            acc.update(pred, batch["trg_kps"], batch["threshold"], batch["valid"], batch.get("category"))
+    loader = pair_loader(dataset, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
+
+    def score(pending):
+        for batch, preds, beta_eff in _host_copy(pending):
+            beta_effs.extend(beta_eff.double().tolist())
+            for acc, pred in zip(accs, preds):
+                acc.update(pred, batch["trg_kps"], batch["threshold"], batch["valid"], batch.get("category"))
+        pending.clear()
+
+    pending: list = []
+    for batch in _progress(loader, progress, "beta sweep", len(loader), progress_every_s):
+        preds, beta_eff = predict_batch(model, batch, betas, device)
+        pending.append((_meta(batch), preds, beta_eff))
+        if len(pending) >= READ_EVERY_BATCHES:
+            score(pending)
+    score(pending)
     rows = []
     for acc, beta in zip(accs, betas):
         rep = _json_report(acc.report())

@@ -75,31 +75,37 @@ def _loss_dtype(scores: torch.Tensor) -> torch.dtype:
     return torch.promote_types(scores.dtype, torch.float32)
 
 
-def _mean_over_valid_queries(per_query: torch.Tensor, valid: torch.Tensor, who: str) -> torch.Tensor:
-    """Average ``[B, N]`` per-query losses over each pair's valid queries, then over pairs."""
+def _mean_over_valid_queries(per_query: torch.Tensor, valid: torch.Tensor, who: str, check: bool = True) -> torch.Tensor:
+    """Average ``[B, N]`` per-query losses over each pair's valid queries, then over the pairs
+    that have one (masked means: no data-dependent shapes, no host sync).
+
+    ``check=True`` raises when no pair has a valid query, which reads a value on the host (a
+    device sync on accelerators); with ``check=False`` such a batch gives a loss of 0.
+    """
     valid = valid.bool()
     n = valid.sum(-1)
     has = n > 0
-    if not bool(has.any()):
+    if check and not bool(has.any()):
         raise ValueError(f"{who}: the batch has no valid keypoint")
-    per_pair = torch.where(valid, per_query, per_query.new_zeros(())).sum(-1) / n.clamp_min(1)
-    return per_pair[has].mean()
+    zero = per_query.new_zeros(())
+    per_pair = torch.where(valid, per_query, zero).sum(-1) / n.clamp_min(1)
+    return torch.where(has, per_pair, zero).sum() / has.sum().clamp_min(1)
 
 
-def cross_entropy(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def cross_entropy(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Paper Eq. 3 against a distribution on the grid: ``-1/n sum_q sum_uv M_gt log softmax(M)``,
     per pair over its valid queries, then averaged over the pairs of the batch.
-    ``scores``/``target`` are ``[B, N, h, w]``."""
+    ``scores``/``target`` are ``[B, N, h, w]``; ``check``: see :func:`_mean_over_valid_queries`."""
     if scores.shape != target.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and target {tuple(target.shape)} differ")
     dtype = _loss_dtype(scores)
     logp = torch.log_softmax(scores.flatten(2).to(dtype), dim=-1)
     per_query = -(target.flatten(2).to(dtype) * logp).sum(-1)  # [B, N]
-    return _mean_over_valid_queries(per_query, valid, "cross_entropy")
+    return _mean_over_valid_queries(per_query, valid, "cross_entropy", check)
 
 
 def cross_entropy_logprob(
-    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = 3, nk: int = 5
+    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = 3, nk: int = 5, check: bool = True
 ) -> torch.Tensor:
     """``-sum_ij w_ij bilinear(log softmax(M), x_B + (i, j))``: the interpolated log-probability.
 
@@ -109,7 +115,7 @@ def cross_entropy_logprob(
     """
     target = gaussian_target(uv_b, tuple(scores.shape[-2:]), ns, nk)
     valid = valid.bool() & (target.flatten(2).sum(-1) > 0)
-    return cross_entropy(scores, target, valid)
+    return cross_entropy(scores, target, valid, check)
 
 
 def gaussian_point_weights(ns: int = 3, nk: int = 5, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -138,7 +144,7 @@ def _corner_log_weights(coord: torch.Tensor, length: int) -> tuple[torch.Tensor,
 
 
 def cross_entropy_prob(
-    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = 3, nk: int = 5
+    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = 3, nk: int = 5, check: bool = True
 ) -> torch.Tensor:
     """Paper Eq. 3 read literally: ``-sum_ij w_ij log(bilinear(softmax(M), x_B + (i, j)))``.
 
@@ -173,7 +179,7 @@ def cross_entropy_prob(
     total = point_w.sum((-2, -1))
     point_w = point_w / total.clamp_min(1e-12)[..., None, None]
     per_query = -(point_w * log_prob_at_point).sum((-2, -1))  # [B, N]
-    return _mean_over_valid_queries(per_query, valid.bool() & (total > 0), "cross_entropy_prob")
+    return _mean_over_valid_queries(per_query, valid.bool() & (total > 0), "cross_entropy_prob", check)
 
 
 #: The two readings of the sub-pixel cross-entropy, by ``ce_interpolation`` name.
@@ -182,9 +188,13 @@ CE_INTERPOLATIONS = {"prob": cross_entropy_prob, "logprob": cross_entropy_logpro
 REG_OVER_IMAGES = ("sum", "mean")
 
 
-def temperature_regularizer(beta: torch.Tensor, beta_thres: float = 0.1) -> torch.Tensor:
-    """Paper Eq. 6: ``max(0, -log(beta) + log(beta_thres))``, element-wise."""
-    if not bool((beta > 0).all()):
+def temperature_regularizer(beta: torch.Tensor, beta_thres: float = 0.1, check: bool = True) -> torch.Tensor:
+    """Paper Eq. 6: ``max(0, -log(beta) + log(beta_thres))``, element-wise.
+
+    ``check=True`` raises on ``beta <= 0`` (a host read); unchecked, such a beta gives an
+    inf / NaN regulariser, which the trainer's divergence check reports.
+    """
+    if check and not bool((beta > 0).all()):
         raise ValueError(f"temperature_regularizer: beta must be > 0, got min {float(beta.min())}")
     return torch.clamp(math.log(beta_thres) - torch.log(beta), min=0.0)
 
@@ -202,6 +212,7 @@ def simsc_loss(
     nk: int = 5,
     ce_interpolation: str = "prob",
     reg_over_images: str = "sum",
+    check: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Paper Eq. 7: ``L_ce + gamma * R`` for score maps ``[B, N, h, w]`` and sub-cell targets ``uv_b``.
 
@@ -209,15 +220,18 @@ def simsc_loss(
     ``mean L_reg(beta_A) + mean L_reg(beta_B)`` (``reg_over_images="sum"``) or half of it
     (``"mean"``: Eq. 7's single ``gamma * L_reg`` taken as the average over the pair's two
     images). Pass ``beta_a``/``beta_b`` only for learned temperatures (``L_reg`` regularises g).
+    ``check=False`` skips the value checks that read tensors on the host (no valid keypoint,
+    ``beta <= 0``): the training step's fast path, whose batch was checked on the CPU.
     """
     if ce_interpolation not in CE_INTERPOLATIONS:
         raise ValueError(f"ce_interpolation must be one of {sorted(CE_INTERPOLATIONS)}, got {ce_interpolation!r}")
     if reg_over_images not in REG_OVER_IMAGES:
         raise ValueError(f"reg_over_images must be one of {REG_OVER_IMAGES}, got {reg_over_images!r}")
-    ce = CE_INTERPOLATIONS[ce_interpolation](scores, uv_b, valid, ns, nk)
+    ce = CE_INTERPOLATIONS[ce_interpolation](scores, uv_b, valid, ns, nk, check)
     reg = ce.new_zeros(())
     if beta_a is not None and beta_b is not None:
-        reg = temperature_regularizer(beta_a, beta_thres).mean() + temperature_regularizer(beta_b, beta_thres).mean()
+        reg = (temperature_regularizer(beta_a, beta_thres, check).mean()
+               + temperature_regularizer(beta_b, beta_thres, check).mean())
         if reg_over_images == "mean":
             reg = reg / 2
     return {"loss": ce + gamma * reg, "ce": ce, "reg": reg}

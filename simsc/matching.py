@@ -34,17 +34,20 @@ def scale_by_temperature(feat: torch.Tensor, beta: torch.Tensor) -> torch.Tensor
     return feat / beta.view(-1, 1, 1, 1)
 
 
-def normalize_and_scale(feat: torch.Tensor, beta: torch.Tensor, l2: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def normalize_and_scale(
+    feat: torch.Tensor, beta: torch.Tensor, l2: bool = True, eps: float = 1e-6, check: bool = True
+) -> torch.Tensor:
     """``scale_by_temperature(l2_normalize(feat), beta)`` in one pass over the feature map.
 
     The two steps are each a memory-bound pass (and another in backward) over the largest
     tensor of the step; folding them into a single multiply by a ``[B, 1, h, w]`` factor
     keeps SimSC's overhead over the backbone small. ``l2=False`` only divides by beta.
+    ``check=False`` skips the ``beta > 0`` check, a host read (device sync) on accelerators.
     """
     _check_map(feat, "feat")
     if beta.shape != (feat.shape[0],):
         raise ValueError(f"beta must have shape [{feat.shape[0]}], got {tuple(beta.shape)}")
-    if not bool((beta > 0).all()):
+    if check and not bool((beta > 0).all()):
         raise ValueError(f"temperatures must be > 0, got min {float(beta.min())}")
     factor = beta.view(-1, 1, 1, 1)
     if l2:

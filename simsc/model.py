@@ -20,7 +20,11 @@ from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
 
 
-def _check_keypoints(kps: torch.Tensor, valid: torch.Tensor | None, name: str) -> torch.Tensor:
+def _check_keypoints(
+    kps: torch.Tensor, valid: torch.Tensor | None, name: str, values: bool = True
+) -> torch.Tensor:
+    """Shape checks (metadata only, free) and, with ``values``, the NaN check, which reads a
+    value on the host: a device sync when ``kps`` is on an accelerator."""
     if not isinstance(kps, torch.Tensor) or kps.dim() != 3 or kps.shape[-1] != 2:
         shape = tuple(kps.shape) if isinstance(kps, torch.Tensor) else type(kps).__name__
         raise ValueError(f"{name} must be [B, N, 2] (x, y) pixels, got {shape}")
@@ -31,9 +35,27 @@ def _check_keypoints(kps: torch.Tensor, valid: torch.Tensor | None, name: str) -
     valid = valid.bool()
     if valid.shape != kps.shape[:2]:
         raise ValueError(f"valid must be {tuple(kps.shape[:2])} for {name}, got {tuple(valid.shape)}")
-    if bool(torch.isnan(kps[valid]).any()):
+    if values and bool((torch.isnan(kps).any(-1) & valid).any()):
         raise ValueError(f"{name} has NaN coordinates at valid keypoints; mark them invalid instead")
     return valid
+
+
+def check_batch(batch: Mapping[str, torch.Tensor]) -> None:
+    """Validate a training batch where it is cheap: on the CPU, before it moves to the device.
+
+    Checks the keypoint shapes, NaN coordinates at valid keypoints and that the batch has a
+    valid keypoint, with the messages :meth:`SimSC.loss` gives when it checks itself; the
+    trainer calls this once per batch so that the loss on the device never reads values back.
+    """
+    valid = _check_keypoints(batch["src_kps"], batch.get("valid"), "src_kps")
+    _check_keypoints(batch["trg_kps"], valid, "trg_kps")
+    if not bool(valid.any()):
+        raise ValueError("the batch has no valid keypoint (every row of 'valid' is False)")
+
+
+def _checks_are_free(batch: Mapping[str, torch.Tensor]) -> bool:
+    kps = batch.get("src_kps")
+    return not isinstance(kps, torch.Tensor) or kps.device.type == "cpu"
 
 
 class SimSC(nn.Module):
@@ -119,32 +141,41 @@ class SimSC(nn.Module):
         """Feature cells ``[B, N, 2]`` -> image pixels of this backbone."""
         return feature_to_image(uv, self.stride, self.cell_origin)
 
-    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features, L2-normalised and divided by their partial temperature; and beta ``[B]``."""
+    def features(self, images: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features, L2-normalised and divided by their partial temperature; and beta ``[B]``.
+        ``check=False`` skips the ``beta > 0`` check (a host read)."""
         feat = self.backbone(images)
         beta = self.temperature(feat)
-        return normalize_and_scale(feat, beta, l2=self.temperature.l2_normalize), beta
+        return normalize_and_scale(feat, beta, l2=self.temperature.l2_normalize, check=check), beta
 
-    def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor, check: bool = True) -> dict[str, torch.Tensor]:
         if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
             # One backbone pass for both images: same cost, better kernel utilisation.
-            feat, beta = self.features(torch.cat([src_img, trg_img]))
+            feat, beta = self.features(torch.cat([src_img, trg_img]), check)
             feat_a, feat_b = feat.chunk(2)
             beta_a, beta_b = beta.chunk(2)
         else:
-            feat_a, beta_a = self.features(src_img)
-            feat_b, beta_b = self.features(trg_img)
+            feat_a, beta_a = self.features(src_img, check)
+            feat_b, beta_b = self.features(trg_img, check)
         return {"feat_a": feat_a, "feat_b": feat_b, "beta_a": beta_a, "beta_b": beta_b}
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Mapping[str, torch.Tensor], *, check: bool | None = None) -> dict[str, torch.Tensor]:
         """Loss on a padded pair batch (keys ``src_img, trg_img, src_kps, trg_kps, valid``).
 
         Returns ``loss`` (to back-propagate), ``ce``, ``reg`` and detached ``beta_a``,
         ``beta_b``, ``beta_eff`` per pair.
+
+        ``check``: the value checks (NaN keypoints, no valid keypoint, ``beta > 0``) read
+        tensors on the host, a device sync each on accelerators. ``None`` (default) runs them
+        when the batch is on the CPU, where they cost no sync; ``True`` always (debugging);
+        ``False`` never: the trainer's path, which checks each batch on the CPU with
+        :func:`check_batch` before moving it. Shape checks always run.
         """
-        valid = _check_keypoints(batch["src_kps"], batch.get("valid"), "src_kps")
-        _check_keypoints(batch["trg_kps"], valid, "trg_kps")
-        out = self(batch["src_img"], batch["trg_img"])
+        if check is None:
+            check = _checks_are_free(batch)
+        valid = _check_keypoints(batch["src_kps"], batch.get("valid"), "src_kps", check)
+        _check_keypoints(batch["trg_kps"], valid, "trg_kps", check)
+        out = self(batch["src_img"], batch["trg_img"], check)
         feat_a, feat_b = out["feat_a"], out["feat_b"]
         uv_a = self.to_feature(batch["src_kps"].to(feat_a.dtype), valid)
         uv_b = self.to_feature(batch["trg_kps"].to(feat_b.dtype), valid)
@@ -162,6 +193,7 @@ class SimSC(nn.Module):
             nk=self.nk,
             ce_interpolation=self.ce_interpolation,
             reg_over_images=self.reg_over_images,
+            check=check,
         )
         losses["beta_a"] = out["beta_a"].detach()
         losses["beta_b"] = out["beta_b"].detach()

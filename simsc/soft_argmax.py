@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def kernel_soft_argmax(scores: torch.Tensor, sigma: float = 7.0, beta: float = 1.0) -> torch.Tensor:
+def kernel_soft_argmax(scores: torch.Tensor, sigma: float = 7.0, beta: float = 1.0, check: bool = True) -> torch.Tensor:
     """Localise the match of each score map: ``[B, N, h, w] -> [B, N, 2]`` (x, y) in feature cells.
 
     The map is multiplied by a Gaussian of std ``sigma`` cells centred at its argmax, turned
     into a distribution by a softmax at temperature ``beta``, and the expected cell
     coordinate is returned. Learned temperatures already scaled the scores: use ``beta=1``.
+    ``check=False`` skips the NaN / inf check of the scores (a host read; non-finite scores then
+    give non-finite coordinates), for loops that check their results in batches.
     """
     if not isinstance(scores, torch.Tensor) or scores.dim() != 4:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -22,7 +24,7 @@ def kernel_soft_argmax(scores: torch.Tensor, sigma: float = 7.0, beta: float = 1
     b, n, h, w = scores.shape
     if n == 0:
         return scores.new_zeros(b, 0, 2)
-    if not bool(torch.isfinite(scores).all()):
+    if check and not bool(torch.isfinite(scores).all()):
         raise ValueError("kernel_soft_argmax: scores contain NaN or inf")
     flat = scores.flatten(2)
     idx = flat.argmax(dim=-1)

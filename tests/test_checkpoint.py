@@ -254,8 +254,8 @@ def test_injected_nan_names_step_and_betas_and_writes_no_checkpoint(tmp_path):
         real = model.loss
         calls = {"n": 0}
 
-        def loss(batch):
-            out = real(batch)
+        def loss(batch, **kwargs):
+            out = real(batch, **kwargs)
             calls["n"] += 1
             if calls["n"] == 3:
                 out["loss"] = out["loss"] * float("nan")

@@ -57,7 +57,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
     p.add_argument("--max-pairs", type=positive_int, default=None,
                    help="evaluate only the first N pairs (N >= 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress output (default: a bar on a terminal, else a plain line every 20 s)")
     p.set_defaults(func=_run)
 
 
@@ -117,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     common = dict(batch_size=batch_size, alphas=ev.alphas, workers=args.workers, max_pairs=args.max_pairs,
-                  progress=not args.no_progress)
+                  progress="off" if args.quiet else "auto")
     source = {"model": args.model} if getattr(args, "model", None) else \
         {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
                                                                       "pretrained": args.pretrained}

@@ -43,7 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run in DIR (without it such a folder is refused "
                         "unless --resume can continue it)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress output (sets train.progress=off; the default, auto, draws a bar on a terminal "
+                        "and prints a plain line every train.progress_every_s seconds otherwise)")
     p.set_defaults(func=_run)
 
 
@@ -56,8 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
-    if args.no_progress:
-        overrides.append("train.progress=false")
+    if args.quiet:
+        overrides.append("train.progress=off")
     cfg = load_config(apply_overrides(data, overrides))
     resolve_device(cfg.train.device, "train.device")  # up front: before any model or data is built
     print(f"simsc train: run folder {cfg.train.out_dir}", file=sys.stderr)

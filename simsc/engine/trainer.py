@@ -39,7 +39,8 @@ from ..config import Config, dump_config, diff_configs, load_config
 from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
-from ..model import SimSC
+from ..model import SimSC, check_batch
+from ..progress import Progress
 from .callbacks import CallbackList, CallbackProtocol
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -59,6 +60,8 @@ RESUMABLE_CHANGES = frozenset(
         "train.max_steps",
         "train.checkpoint_every_steps",
         "train.progress",
+        "train.progress_every_s",
+        "train.log_every_steps",
         "train.num_threads",
         "train.log_grad_stats",
         "train.val_max_pairs",
@@ -267,6 +270,11 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.optimizer: torch.optim.Optimizer | None = None
         self._metrics_fh = None
+        self._data_wait = 0.0
+        self._step_time = 0.0
+
+    #: page-locked loader batches (asynchronous host-to-device copies); ``None``: on for CUDA.
+    pin_memory: bool | None = None
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -319,6 +327,34 @@ class Trainer:
             raise ValueError("the training split has no pairs")
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg))
         self.grad_layers = _grad_layers(self.model) if cfg.train.log_grad_stats else []
+        t = cfg.train
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16") if t.amp == "fp16" else None
+        self._loss_fn = self._compiled_loss(t.compile)
+        self._compile_checked = not t.compile
+        self.log_every = t.log_every_steps or (1 if self.device.type == "cpu" else DEVICE_LOG_EVERY_STEPS)
+        self._pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = []
+
+    def _compiled_loss(self, option: bool | str):
+        """``model.loss`` with the value checks off (the batch is checked on the CPU), compiled
+        when ``train.compile`` asks for it."""
+        model = self.model
+
+        def loss(batch):
+            return model.loss(batch, check=False)
+
+        if not option:
+            return loss
+        backend = _compile_backend(option)
+        try:
+            return torch.compile(loss, backend=backend)
+        except Exception as exc:
+            if type(exc).__name__ == "InvalidBackend":  # a typo is the user's error, not a fallback
+                raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
+                                 "false or a name from torch._dynamo.list_backends()") from None
+            _compile_fallback(backend, exc)  # a missing compiler fails later, on the first call
+            return loss
 
     def _load_resume_state(self) -> dict[str, Any]:
         ckpt = load_checkpoint(self.last_path)
@@ -332,6 +368,8 @@ class Trainer:
             )
         self.model.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
         return ckpt
 
@@ -404,6 +442,21 @@ class Trainer:
         n_batches = math.ceil(n / bs)
         worker_gen = torch.Generator()
         model.train()
+        total = t.epochs * n_batches if t.max_steps is None else min(t.max_steps, t.epochs * n_batches)
+        self.progress = Progress(t.progress, "train", total, initial=state["step"], every_s=t.progress_every_s,
+                                 lines_on_advance=False)
+        self._last_flush = time.monotonic()
+        try:
+            self._loop(n, bs, n_batches, worker_gen)
+        finally:
+            self.progress.close()
+        summary = self._summary()
+        atomic_write_json(self.out_dir / "summary.json", summary, indent=2)
+        self.callbacks.on_end(summary)
+        return summary
+
+    def _loop(self, n: int, bs: int, n_batches: int, worker_gen: torch.Generator) -> None:
+        cfg, t, state = self.cfg, self.cfg.train, self.state
 
         def done() -> bool:
             return state["epoch"] >= t.epochs or (t.max_steps is not None and state["step"] >= t.max_steps)
@@ -423,29 +476,33 @@ class Trainer:
             loader = DataLoader(
                 self.train_dataset, batch_size=bs, sampler=order, num_workers=cfg.data.workers,
                 collate_fn=_collate, generator=worker_gen, drop_last=False,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda" if self.pin_memory is None else self.pin_memory,
             )
-            bar = self._bar(loader, epoch, start, n_batches)
             batch_i = start
-            for batch in bar:
+            ready = time.perf_counter()
+            for batch in loader:
                 t0 = time.perf_counter()
-                record = self._train_step(batch, epoch)
-                state["train_time"] += time.perf_counter() - t0
+                self._data_wait += t0 - ready  # the step waited this long for its batch
+                check_batch(batch)  # on the CPU, before the batch moves: reading it costs no device sync
+                self._pending.append(self._train_step(batch, epoch))
+                dt = time.perf_counter() - t0
+                state["train_time"] += dt
+                self._step_time += dt
                 batch_i += 1
                 state["batch_in_epoch"] = batch_i
-                state["epoch_loss"][0] += record["loss"]
-                state["epoch_loss"][1] += 1
-                self._log(record)
-                self.callbacks.on_step(record)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", beta_eff=f"{record['beta_eff_mean']:.3g}")
+                self.progress.advance()
+                # Reading the records is the step's only host sync: batched, every log_every
+                # steps, and at least every progress_every_s seconds so that logs move.
+                if (len(self._pending) >= self.log_every
+                        or time.monotonic() - self._last_flush >= t.progress_every_s):
+                    self._flush()
                 stop = t.max_steps is not None and state["step"] >= t.max_steps
                 if stop:
                     break
                 if t.checkpoint_every_steps and state["step"] % t.checkpoint_every_steps == 0 and batch_i < n_batches:
                     self._save_last()
-            if hasattr(bar, "close"):
-                bar.close()
+                ready = time.perf_counter()
+            self._flush()
             partial = batch_i < n_batches
             self._end_epoch(epoch, partial)
             if not partial:
@@ -455,19 +512,11 @@ class Trainer:
             state["finished"] = done()
             self._save_last()
 
-        summary = self._summary()
-        atomic_write_json(self.out_dir / "summary.json", summary, indent=2)
-        self.callbacks.on_end(summary)
-        return summary
-
-    def _bar(self, loader, epoch, start, n_batches):
-        if not self.cfg.train.progress:
-            return loader
-        from tqdm.auto import tqdm
-
-        return tqdm(loader, desc=f"epoch {epoch}", initial=start, total=n_batches, unit="step", leave=False)
-
-    def _train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, Any]:
+    def _train_step(self, batch: dict[str, Any], epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """One optimiser step without a host sync (its batch was checked on the CPU by
+        :func:`~simsc.model.check_batch`); the step's values stay on the device until
+        :meth:`_flush` reads them. Returns the record's host fields and its device tensors.
+        """
         model, opt, state = self.model, self.optimizer, self.state
         batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if self.cfg.train.channels_last:
@@ -476,46 +525,115 @@ class Trainer:
         step = state["step"] + 1
         opt.zero_grad(set_to_none=True)
         try:
-            out = model.loss(batch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self._call_loss(batch)
         except ValueError as exc:
             msg = str(exc)
             if "temperature" in msg or "beta" in msg or not self._params_finite():
+                self._flush()
                 self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({msg})")
             raise
         loss = out["loss"]
-        if not bool(torch.isfinite(loss)):
-            self._diverged(step, epoch, float(loss.detach()), batch, "non-finite loss", out)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)  # the finiteness check and the logged gradients are unscaled
+        else:
+            loss.backward()
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(gr).all() for gr in grads]).all()):
-            self._diverged(step, epoch, float(loss.detach()), batch, "non-finite gradient", out)
-        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state["batch_in_epoch"]}
-        record["loss"] = float(loss.detach())
-        record["ce"] = float(out["ce"].detach())
-        record["reg"] = float(out["reg"].detach())
-        record["beta_a_mean"], record["beta_a_std"] = _mean_std(out["beta_a"])
-        record["beta_b_mean"], record["beta_b_std"] = _mean_std(out["beta_b"])
-        record["beta_eff_mean"] = _mean_std(out["beta_eff"])[0]
+        one = loss.new_ones((), dtype=torch.bool)
+        # With fp16 loss scaling, inf gradients are routine: the scaler skips those steps.
+        check_grads = grads and self.scaler is None
+        grads_finite = torch.stack([torch.isfinite(gr).all() for gr in grads]).all() if check_grads else one
+        tensors = {
+            "loss": loss.detach(), "ce": out["ce"].detach(), "reg": out["reg"].detach(),
+            "beta_a": out["beta_a"], "beta_b": out["beta_b"], "beta_eff": out["beta_eff"],
+            "loss_finite": torch.isfinite(loss.detach()), "grads_finite": grads_finite,
+        }
+        for name, m in self.grad_layers:
+            if m.weight.grad is not None:
+                tensors[f"grad:{name}"] = m.weight.grad.abs().mean()
         lrs = {g.get("name"): g["lr"] for g in opt.param_groups}
-        record["lr_backbone"] = lrs.get("backbone")
-        record["lr_temperature"] = lrs.get("temperature")
-        if self.grad_layers:
-            record["grad_abs_mean"] = {
-                name: float(m.weight.grad.abs().mean()) for name, m in self.grad_layers if m.weight.grad is not None
-            }
-        opt.step()
+        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state["batch_in_epoch"],
+                                  "lr_backbone": lrs.get("backbone"), "lr_temperature": lrs.get("temperature")}
+        if self.scaler is not None:
+            self.scaler.step(opt)  # skips the update on inf/NaN gradients (a sync: fp16 only)
+            self.scaler.update()
+        else:
+            # A non-finite step still updates the weights here; the flush that finds it raises
+            # before any checkpoint or validation sees them (at most log_every steps later).
+            opt.step()
         state["step"] = step
-        return record
+        return record, tensors
+
+    def _call_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self._compile_checked:
+            return self._loss_fn(batch)
+        # The first compiled call compiles; a host without a working compiler fails here.
+        try:
+            out = self._loss_fn(batch)
+        except Exception as exc:
+            if isinstance(exc, ValueError):
+                raise
+            _compile_fallback(_compile_backend(self.cfg.train.compile), exc)
+            self._loss_fn = self._compiled_loss(False)
+            out = self._loss_fn(batch)
+        self._compile_checked = True
+        return out
+
+    def _flush(self) -> None:
+        """Read the pending step records from the device in one transfer (the only host sync of
+        training steps), then log them, call the callbacks, update the progress and raise
+        :class:`TrainingDivergedError` at the first non-finite one."""
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        flat = [t.detach().reshape(-1) for _, ts in pending for t in ts.values()]
+        dtype = flat[0].dtype
+        for t in flat:
+            dtype = torch.promote_types(dtype, t.dtype)
+        host = torch.cat([t.to(dtype) for t in flat]).cpu()  # the sync
+        dt = time.perf_counter() - t0
+        self.state["train_time"] += dt
+        self._step_time += dt
+        values = iter(host.split([t.numel() for t in flat]))
+        state = self.state
+        for record, ts in pending:
+            v = {k: next(values) for k in ts}
+            loss = float(v["loss"])
+            if not bool(v["loss_finite"]) or not bool(v["grads_finite"]):
+                reason = "non-finite loss" if not bool(v["loss_finite"]) else "non-finite gradient"
+                self._diverged(record["step"], record["epoch"], loss, None, reason,
+                               betas=(v["beta_a"].tolist(), v["beta_b"].tolist()))
+            record["loss"], record["ce"], record["reg"] = loss, float(v["ce"]), float(v["reg"])
+            record["beta_a_mean"], record["beta_a_std"] = _mean_std(v["beta_a"])
+            record["beta_b_mean"], record["beta_b_std"] = _mean_std(v["beta_b"])
+            record["beta_eff_mean"] = _mean_std(v["beta_eff"])[0]
+            grad = {k[5:]: float(x) for k, x in v.items() if k.startswith("grad:")}
+            if grad:
+                record["grad_abs_mean"] = grad
+            order = ("type", "step", "epoch", "batch", "loss", "ce", "reg", "beta_a_mean", "beta_a_std",
+                     "beta_b_mean", "beta_b_std", "beta_eff_mean", "lr_backbone", "lr_temperature", "grad_abs_mean")
+            record = {k: record[k] for k in order if k in record}
+            state["epoch_loss"][0] += record["loss"]
+            state["epoch_loss"][1] += 1
+            self._log(record)
+            self.callbacks.on_step(record)
+        self.progress.set_values(epoch=record["epoch"], loss=record["loss"], beta_eff=record["beta_eff_mean"])
+        self.progress.maybe_line()
 
     def _params_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     @torch.no_grad()
-    def _diverged(self, step, epoch, loss, batch, reason, out=None):
+    def _diverged(self, step, epoch, loss, batch, reason, out=None, betas=None):
         beta_a = beta_b = []
-        if out is not None:
+        if betas is not None:
+            beta_a, beta_b = betas
+        elif out is not None:
             beta_a, beta_b = out["beta_a"].tolist(), out["beta_b"].tolist()
-        else:
+        elif batch:
             try:
                 m = self.model
                 beta_a = m.temperature(m.backbone(batch["src_img"])).tolist()
@@ -536,10 +654,12 @@ class Trainer:
         rep = evaluate(
             self.model, self.val_dataset, beta_eval=t.val_beta_eval, batch_size=cfg.data.batch_size, alphas=t.alphas,
             workers=cfg.data.workers, max_pairs=t.val_max_pairs, device=self.device,
+            progress=self.progress.mode, progress_every_s=t.progress_every_s,
         )
         self.model.train()
         key = alpha_key(t.best_alpha)
         metric = rep["per_image"][key]
+        self.progress.line(f"epoch {epoch}{' (partial)' if partial else ''} validated: PCK@{key} {metric:.2f}")
         best = state["best"]
         is_best = best["metric"] is None or metric > best["metric"]
         if is_best:
@@ -566,6 +686,7 @@ class Trainer:
             self._diverged(self.state["step"], epoch, nan, {}, "non-finite weights (checkpoint not written)")
 
     def _save_last(self) -> None:
+        self._flush()  # a checkpoint never precedes the records (and divergence check) of its steps
         self._check_finite_weights(self.state["epoch"])
         atomic_save(self._payload("last"), self.last_path)
         self.callbacks.on_checkpoint(self.last_path, False)
@@ -587,6 +708,8 @@ class Trainer:
             rng = capture_rng_state()
             if s["sampler"] is not None and s["batch_in_epoch"] > 0:
                 rng["sampler"] = s["sampler"]
+            if self.scaler is not None:
+                payload["scaler"] = self.scaler.state_dict()
             payload.update(
                 optimizer=self.optimizer.state_dict(),
                 batch_in_epoch=s["batch_in_epoch"],
@@ -614,8 +737,30 @@ class Trainer:
             "train_time_s": s["train_time"],
             "steps_per_s": steps_run / s["train_time"] if s["train_time"] > 0 else None,
             "resumed_from_step": self._resumed_from,
+            # Of this process's training loop (steps + waits for batches; not validation or
+            # checkpoints): the share spent waiting for the loader.
+            "data_wait_s": self._data_wait,
+            "data_wait_fraction": (self._data_wait / (self._data_wait + self._step_time)
+                                   if self._data_wait + self._step_time > 0 else None),
             "out_dir": str(self.out_dir),
         }
+
+
+#: Steps between two reads of the step records on accelerators (``train.log_every_steps: null``).
+DEVICE_LOG_EVERY_STEPS = 25
+
+
+def _compile_backend(option: bool | str) -> str:
+    """The torch.compile backend of a ``train.compile`` value (``true``: inductor)."""
+    return "inductor" if option is True else str(option)
+
+
+def _compile_fallback(backend: str, exc: BaseException) -> None:
+    import warnings
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    warnings.warn(f"train.compile: torch.compile (backend {backend!r}) failed ({type(exc).__name__}: {reason[:300]}); "
+                  "training runs eagerly instead", RuntimeWarning, stacklevel=3)
 
 
 def _collate(records):
