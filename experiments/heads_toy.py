@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 
 from miniature import _mean_spread, _trajectory, train_run  # noqa: E402
 
+from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table  # noqa: E402
 from simsc.data.embedded import build_embedded_dataset  # noqa: E402
 from simsc.data.registry import build_dataset  # noqa: E402
 from simsc.engine import load_model  # noqa: E402
@@ -45,11 +46,8 @@ from simsc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 HEADS = ("sfnet", "ncnet", "cats")
 TEMPERATURES = ("default", "mlp")
-ROWS = (  # (key, label, temperature, beta_eval: None = model default)
-    ("default", "default temperature, beta_eval 0.02", "default", None),
-    ("simsc_0.02", "+ SimSC, beta_eval 0.02", "mlp", 0.02),
-    ("simsc_learned", "+ SimSC, beta_eval = learned", "mlp", None),
-)
+# (key, label, temperature, beta_eval: None = the model's default)
+ROWS = tuple((k, label, t, b) for (k, label), (t, b) in zip(HEADS_TAB2_ROWS, (("default", None), ("mlp", 0.02), ("mlp", None))))
 ALPHAS = ("0.05", "0.1", "0.15")
 PAPER = REPO / "pipeline" / "paper_numbers.yaml"
 
@@ -60,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "heads_toy"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate (default: 1e-4, as the miniature)")
     ap.add_argument("--lr-head", type=float, default=3e-4, help="head learning rate (default: 3e-4)")
     ap.add_argument("--head-preset", default="small")
@@ -149,30 +147,6 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def paper_tab2() -> dict[str, dict]:
-    return yaml.safe_load(PAPER.read_text(encoding="utf-8"))["heads_tab2"]
-
-
-def tab2_markdown(summary: dict[str, dict], heads: list[str], note: str) -> str:
-    """Supp. Tab. 2 layout, ours (mean ± std over seeds) beside the paper's PF-Pascal numbers."""
-    paper = paper_tab2()
-    lines = [
-        "| | " + " | ".join(f"{h}: ours PCK@0.05 / 0.1 | {h}: paper" for h in heads) + " |",
-        "|---|" + "---|---|" * len(heads),
-    ]
-    for key, label, _, _ in ROWS:
-        cells = []
-        for h in heads:
-            c = summary.get(f"{key}|{h}")
-            ours = "-" if c is None else (
-                f"{c['0.05']['mean']:.1f} ± {c['0.05']['std']:.1f} / {c['0.1']['mean']:.1f} ± {c['0.1']['std']:.1f}"
-            )
-            p = paper.get(h, {}).get(key)
-            cells += [ours, "-" if p is None else f"{p['0.05']} / {p['0.1']}"]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{note}\n"
-
-
 def markdown(out: dict) -> str:
     s, summ = out["setup"], out["summary"]
     heads = s["heads"]
@@ -184,7 +158,10 @@ def markdown(out: dict) -> str:
         "",
         f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['threads']} thread(s)).",
         "",
-        tab2_markdown(summ, heads, "Paper columns: supp. Tab. 2, PF-Pascal, 256 px, ResNet-101 (pretrained)."),
+        heads_tab2_table(summ, heads, yaml.safe_load(PAPER.read_text(encoding="utf-8"))["heads_tab2"]),
+        "",
+        "Paper columns: supp. Tab. 2, PF-Pascal, 256 px, ResNet-101 (pretrained).",
+        "",
         "### Learned beta_eff (test mean) and beta_eval per row",
         "",
         "| row | " + " | ".join(f"{h}: beta_eval | {h}: beta_eff" for h in heads) + " |",

@@ -296,3 +296,29 @@ def test_checkpoint_saves_and_resumes_the_head_exactly(tmp_path, head):
     model, cfg, _ = load_model(run / "checkpoints" / "last.pt")
     assert cfg.model.head == head and type(model.head) is HEADS[head]
     assert all(torch.equal(v, got[k]) for k, v in model.state_dict().items())
+
+
+def test_report_tab2_section_lays_out_ours_beside_the_paper(tmp_path):
+    import json
+
+    import yaml
+
+    from pipeline.report import PAPER_NUMBERS, heads_tab2_section, paper_reference
+
+    numbers = yaml.safe_load(PAPER_NUMBERS.read_text())
+    cell = {"0.05": {"mean": 12.34, "std": 1.0}, "0.1": {"mean": 45.6, "std": 0.25}}
+    results = {"setup": {"data": "/x/data/embedded", "backbone": "resnet18", "resolution": 160, "steps": 50,
+                         "seeds": [0, 1], "heads": ["ncnet"]},
+               "summary": {"default|ncnet": cell}}
+    path = tmp_path / "heads.json"
+    path.write_text(json.dumps(results))
+    text = "\n".join(heads_tab2_section(path, numbers))
+    assert "| default temperature, beta_eval 0.02 | 12.3 ± 1.0 / 45.6 ± 0.2 | 80.0 / 92.9 |" in text
+    assert "| + SimSC, beta_eval = learned | - | 82.8 / 93.2 |" in text
+    assert "not PF-Pascal" in text
+    # a head run is not matched to a paper row of SimSC without a head
+    cfg = {"model": {"backbone": "resnet101", "temperature": "mlp", "finetune": "last_block", "pretrained": True},
+           "data": {"dataset": "pfpascal"}}
+    assert paper_reference(cfg, "pfpascal", "256", numbers)[0] == "SimSC-ResNet101"
+    cfg["model"]["head"] = "sfnet"
+    assert paper_reference(cfg, "pfpascal", "256", numbers) is None
