@@ -94,6 +94,16 @@ class SimSC(nn.Module):
                 offsets = head_level_offsets(head_name)
             backbone = build_backbone(backbone, pretrained=pretrained, finetune=finetune, level_offsets=offsets)
         self.backbone = backbone
+        self.head: MatchingHead | None = None
+        if isinstance(head, str) and head != "none":
+            from .heads import build_head
+
+            g = -(-int(head_resolution) // backbone.stride)
+            # Built before the temperature module: a head starts from the same weights whether
+            # the temperature is fixed or learned (the mlp's init would shift the RNG otherwise).
+            head = build_head(head, backbone.level_channels, preset=head_preset, grid=(g, g))
+        if not isinstance(head, str):
+            self.head = head
         if temperature == "default":
             if head_name == "none":
                 raise ValueError("temperature 'default' means a matching head's own temperature: set a head")
@@ -103,14 +113,6 @@ class SimSC(nn.Module):
         if isinstance(temperature, str):
             temperature = build_temperature(temperature, backbone.out_channels)
         self.temperature = temperature
-        self.head: MatchingHead | None = None
-        if isinstance(head, str) and head != "none":
-            from .heads import build_head
-
-            g = -(-int(head_resolution) // backbone.stride)
-            head = build_head(head, backbone.level_channels, preset=head_preset, grid=(g, g))
-        if not isinstance(head, str):
-            self.head = head
         self.ns, self.nk, self.sigma = ns, nk, sigma
         self.gamma, self.beta_thres = gamma, beta_thres
         if ce_interpolation not in CE_INTERPOLATIONS:

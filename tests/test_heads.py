@@ -198,6 +198,23 @@ def test_ncnet_consensus_is_symmetric_under_swapping_a_and_b(preset):
     assert torch.allclose(ba, swap_ab(ab), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("head", ALL_HEADS)
+def test_the_head_starts_from_the_same_weights_whatever_the_temperature(head):
+    a = _model(head, temperature="default").head.state_dict()
+    b = _model(head, temperature="mlp").head.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_ncnet_consensus_is_not_dead_at_initialisation(preset):
+    """One output channel after a ReLU: a random init would be all zero for about half the seeds."""
+    for seed in range(6):
+        torch.manual_seed(seed)
+        head = build_head("ncnet", (256,), preset=preset)
+        corr = torch.rand(1, 4, 4, 4, 4)
+        assert (head.refine(corr) > 0).float().mean() > 0.5, seed
+
+
 def test_sample_correlation_reads_rows_at_cell_centres_and_interpolates_between():
     corr = torch.randn(1, 3, 4, 2, 5)
     uv = torch.tensor([[[2.0, 1.0], [0.5, 0.0]]])

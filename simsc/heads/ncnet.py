@@ -6,7 +6,9 @@ symmetrically (``N(c) + swap(N(swap(c)))``, so swapping A and B swaps the output
 filtered by soft mutual nearest neighbours again. NCNet's default temperature is 1
 (``fixed:1``): the correlation enters unscaled. Presets: ``paper`` = kernels 5-5-5,
 channels 16-16-1 (NCNet's PF-Pascal model); ``small`` = kernels 3-3, channels 8-1 for CPU
-toy runs. NCNet's weakly supervised loss is replaced by the shared cross-entropy.
+toy runs. NCNet's weakly supervised loss is replaced by the shared cross-entropy. One
+deviation in the initialisation: the last 4D conv starts non-negative with zero bias (see
+``NCNetHead.__init__``) so that its ReLU output is not identically zero at the start.
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ class NCNetHead(MatchingHead):
             layers += [Conv4d(c_in, c, k), nn.ReLU(inplace=False)]
             c_in = c
         self.consensus = nn.Sequential(*layers)
+        # Start the last 4D conv as a non-negative filter with zero bias: its input is >= 0 (a
+        # ReLU or the mutual-matched correlation of ReLU features), so the final ReLU is not
+        # dead everywhere at initialisation (with one output channel and a random init it is
+        # for about one seed in two, and then no gradient ever flows).
+        last = layers[-2]
+        with torch.no_grad():
+            last.weight.abs_()
+            last.bias.zero_()
 
     def neighbourhood_consensus(self, corr: torch.Tensor) -> torch.Tensor:
         """Symmetric 4D consensus of ``[B, hA, wA, hB, wB]``: ``N(c) + swap(N(swap(c)))``."""
