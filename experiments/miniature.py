@@ -140,6 +140,22 @@ def _evaluate_all(model: SimSC, sets: dict[str, Any], batch_size: int, beta_eval
     return reports
 
 
+def train_run(task: dict[str, Any], out_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train (or resume) one miniature run of ``task`` into ``out_dir``; ``overrides`` (``--set``
+    strings) come last, e.g. ``model.head=ncnet`` for the matching-head grid (heads_toy.py)."""
+    res = task["resolution"]
+    cfg = load_config(apply_overrides(read_yaml(task["config"]), [
+        f"model.temperature={task['variant']}", "model.finetune=all", "model.pretrained=false",
+        f"model.ce_interpolation={task['form']}", "model.cell_centre=backbone",
+        f"data.root={task['data_dir']}", f"data.resolution={res}", f"data.batch_size={task['batch_size']}",
+        f"train.max_steps={task['steps']}", "train.epochs=1000", f"train.lr_backbone={task['lr']}",
+        f"train.seed={task['seed']}", f"train.out_dir={out_dir}", f"train.num_threads={task['threads']}",
+        f"train.progress={not task['no_progress'] and task['jobs'] == 1}", f"eval.resolution={res}",
+        *overrides,
+    ]))
+    return train(cfg, resume=True)
+
+
 def run_one(task: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume) one (variant, form, seed) run and evaluate it; the result is cached in the run folder."""
     torch.set_num_threads(task["threads"])
@@ -148,17 +164,9 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     cached = out_dir / "miniature_eval.json"
     if cached.is_file():
         return json.loads(cached.read_text(encoding="utf-8"))
-    res = task["resolution"]
-    cfg = load_config(apply_overrides(read_yaml(task["config"]), [
-        f"model.temperature={variant}", "model.finetune=all", "model.pretrained=false",
-        f"model.ce_interpolation={form}", "model.cell_centre=backbone",
-        f"data.root={task['data_dir']}", f"data.resolution={res}", f"data.batch_size={task['batch_size']}",
-        f"train.max_steps={task['steps']}", "train.epochs=1000", f"train.lr_backbone={task['lr']}",
-        f"train.seed={seed}", f"train.out_dir={out_dir}", f"train.num_threads={task['threads']}",
-        f"train.progress={not task['no_progress'] and task['jobs'] == 1}", f"eval.resolution={res}",
-    ]))
     print(f"== {form} {variant} seed {seed}: {task['steps']} steps -> {out_dir}", flush=True)
-    summary = train(cfg, resume=True)
+    summary = train_run(task, out_dir)
+    res = task["resolution"]
     model, _, meta = load_model(out_dir / "checkpoints" / "best.pt")
     sets = _test_sets(task["data_dir"], res)
     last, _, _ = load_model(out_dir / "checkpoints" / "last.pt")

@@ -3,7 +3,9 @@
 PCK laid out like the paper's Table 1 (one row per evaluation resolution, one column group
 per data set, alphas 0.05 / 0.1 / 0.15) with the paper's numbers beside ours where the
 configuration matches (``pipeline/paper_numbers.yaml``), the beta trajectory, PCK against
-beta_eval, a few qualitative match pictures of test pairs and the run's metadata.
+beta_eval, a few qualitative match pictures of test pairs and the run's metadata. With
+``report.heads_tab2`` set to a matching-head grid's results file (``experiments/heads_toy.py``
+writes one), a section in the layout of supp. Tab. 2 with the paper's numbers beside ours.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def paper_reference(cfg: Mapping[str, Any], dataset: str, resolution: str,
                     numbers: Mapping[str, Any]) -> tuple[str, dict[str, float]] | None:
     """``(paper model name, {alpha: PCK})`` when our configuration matches a paper row."""
     col = paper_column(dataset, cfg["data"]["dataset"])
-    if col is None or not cfg["model"].get("pretrained"):
+    if col is None or not cfg["model"].get("pretrained") or cfg["model"].get("head", "none") != "none":
         return None
     for name, entry in numbers["models"].items():
         if all(str(cfg["model"].get(k)) == str(v) for k, v in entry["match"].items()):
@@ -46,6 +48,46 @@ def paper_reference(cfg: Mapping[str, Any], dataset: str, resolution: str,
             if ref:
                 return name, ref
     return None
+
+
+#: Rows of supp. Tab. 2: (results key, label).
+HEADS_TAB2_ROWS = (
+    ("default", "default temperature, beta_eval 0.02"),
+    ("simsc_0.02", "+ SimSC, beta_eval 0.02"),
+    ("simsc_learned", "+ SimSC, beta_eval = learned"),
+)
+
+
+def heads_tab2_table(summary: Mapping[str, Any], heads: list[str], paper: Mapping[str, Any]) -> str:
+    """Supp. Tab. 2 layout: ours (``summary["<row>|<head>"]["0.05"|"0.1"]`` mean ± std over seeds)
+    beside the paper's numbers (``paper_numbers.yaml: heads_tab2``)."""
+    lines = [
+        "| | " + " | ".join(f"{h}: ours PCK@0.05 / 0.1 | {h}: paper" for h in heads) + " |",
+        "|---|" + "---|---|" * len(heads),
+    ]
+    for key, label in HEADS_TAB2_ROWS:
+        cells = []
+        for h in heads:
+            c = summary.get(f"{key}|{h}")
+            cells.append("-" if c is None else " / ".join(
+                f"{c[a]['mean']:.1f} ± {c[a]['std']:.1f}" for a in ("0.05", "0.1")))
+            p = (paper.get(h) or {}).get(key)
+            cells.append("-" if p is None else f"{p['0.05']} / {p['0.1']}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def heads_tab2_section(results: Path, numbers: Mapping[str, Any]) -> list[str]:
+    """Markdown lines of the matching-head section from a heads grid's results JSON."""
+    res = json.loads(Path(results).read_text(encoding="utf-8"))
+    setup = res["setup"]
+    data = Path(str(setup.get("data", ""))).name or "?"
+    where = ("PF-Pascal" if "pfpascal" in data.lower() else
+             f"**{data}** (not PF-Pascal: compare the ordering, not the values)")
+    return ["## Matching heads (supp. Tab. 2), PCK@0.05 / 0.1 per image, %", "",
+            f"Ours: {where}, {setup.get('backbone')} at {setup.get('resolution')} px, {setup.get('steps')} steps, "
+            f"seeds {setup.get('seeds')} (`{results}`). Paper: PF-Pascal, 256 px, ResNet-101.", "",
+            heads_tab2_table(res["summary"], list(setup["heads"]), numbers.get("heads_tab2") or {}), ""]
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
@@ -246,6 +288,8 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
           "## PCK (per image, %), laid out like the paper's Table 1", "",
           md_table(header, rows), ""]
     md += [f"- {n}" for n in dict.fromkeys(notes)]
+    if rep_cfg.get("heads_tab2"):
+        md += [""] + heads_tab2_section(Path(rep_cfg["heads_tab2"]), numbers)
     md += ["", "### The evaluation sets that ran", ""]
     set_rows = [{**r, "beta_eval": "learned" if r.get("beta_eval") is None else r["beta_eval"],
                  **{k: _r1(v) for k, v in r.items() if k.startswith("PCK@")}} for r in pck_table(reports)]

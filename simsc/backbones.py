@@ -76,7 +76,14 @@ class Backbone(nn.Module):
     """A timm model used as a dense feature extractor at one intermediate output."""
 
     def __init__(
-        self, name: str, model: nn.Module, feature_index: int, mean, std, cell_origin: float | None = None
+        self,
+        name: str,
+        model: nn.Module,
+        feature_index: int,
+        mean,
+        std,
+        cell_origin: float | None = None,
+        levels: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -86,13 +93,19 @@ class Backbone(nn.Module):
         self.out_channels: int = int(info["num_chs"])
         self.stride: int = int(info["reduction"])
         self.feature_module: str = info["module"]
+        #: feature_info indices that :meth:`forward_levels` returns, in this order (matching heads).
+        self.levels: tuple[int, ...] = tuple(levels) if levels else (feature_index,)
+        self.level_channels: tuple[int, ...] = tuple(int(model.feature_info[i]["num_chs"]) for i in self.levels)
+        self.level_strides: tuple[int, ...] = tuple(int(model.feature_info[i]["reduction"]) for i in self.levels)
+        # ``last_block`` is the last block of the deepest level in use (layer4 when a head reads it).
+        self._last_module: str = model.feature_info[max(self.levels)]["module"]
         self.is_vit = hasattr(model, "blocks") and hasattr(model, "patch_embed")
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         #: Pixel (x and y) of the centre of cell 0; cell ``u`` is at ``cell_origin + u * stride``.
         self.cell_origin: float = float(cell_origin) if cell_origin is not None else default_cell_origin(self)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: images must be [B, 3, H, W], got {tuple(images.shape)}")
         x = (images - self.mean) / self.std
@@ -100,19 +113,37 @@ class Backbone(nn.Module):
         pad_h, pad_w = (-h) % self.stride, (-w) % self.stride
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self._prepare(images)
         kwargs = {"norm": True} if self.is_vit else {}
         (feat,) = self.model.forward_intermediates(
             x, indices=[self.feature_index], intermediates_only=True, **kwargs
         )
         return feat
 
+    def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps of every level in :attr:`levels` (one pass), in that order.
+
+        Images are padded to a multiple of the main level's stride, as in :meth:`forward`;
+        a deeper level (e.g. ResNet layer4, stride 32) then has ``ceil(h / 2)`` cells.
+        """
+        x = self._prepare(images)
+        kwargs = {"norm": True} if self.is_vit else {}
+        wanted = sorted(set(self.levels))
+        feats = self.model.forward_intermediates(x, indices=wanted, intermediates_only=True, **kwargs)
+        by_index = dict(zip(wanted, feats))
+        return [by_index[i] for i in self.levels]
+
     def last_block(self) -> list[nn.Module]:
         """The modules trained by ``finetune='last_block'``.
 
         The last residual block of the output stage for CNNs (e.g. the last bottleneck of
-        ``layer3``); the last transformer block plus the final norm for ViTs.
+        ``layer3``; of ``layer4`` when a matching head reads it); the last transformer block
+        plus the final norm for ViTs.
         """
-        module = self.model.get_submodule(self.feature_module)
+        module = self.model.get_submodule(self._last_module)
         if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 0:
             module = module[-1]
         modules = [module]
@@ -210,7 +241,7 @@ def _auto_feature_index(model: nn.Module) -> int:
     return len(infos) - 1
 
 
-def _prune(model: nn.Module, feature_index: int) -> None:
+def _prune(model: nn.Module, feature_index: int) -> None:  # feature_index: the deepest level kept
     """Drop the layers after the feature output so they cost nothing and never train."""
     model.prune_intermediate_layers([feature_index], prune_norm=False, prune_head=True)
     # timm's ResNet keeps layer4 after pruning; replace the stages past the output ourselves.
@@ -226,6 +257,7 @@ def build_backbone(
     name: str,
     pretrained: bool | str | os.PathLike = False,
     finetune: str = "last_block",
+    level_offsets: tuple[int, ...] = (0,),
 ) -> Backbone:
     """Build a dense feature backbone.
 
@@ -237,6 +269,10 @@ def build_backbone(
             checkpoint (plain state dict, wrapped under ``state_dict``/``model``/``teacher``,
             ``module.``/``backbone.`` prefixes, iBOT/DINO release layouts).
         finetune: ``"last_block"``, ``"all"`` or ``"none"`` (frozen).
+        level_offsets: the levels :meth:`Backbone.forward_levels` returns, as offsets into
+            ``feature_info`` from the main output (ResNet: ``-1`` layer2, ``0`` layer3,
+            ``+1`` layer4). Matching heads ask for the ones they read; the stages past the
+            deepest one are pruned.
     """
     spec = BACKBONES.get(name)
     if spec is None:
@@ -281,11 +317,18 @@ def build_backbone(
         mean, std = tuple(cfg.get("mean", mean)), tuple(cfg.get("std", std))
 
     index = spec.feature_index if spec.feature_index is not None else _auto_feature_index(model)
+    levels = tuple(index + int(o) for o in level_offsets) or (index,)
+    bad = [o for o, i in zip(level_offsets, levels) if not 0 <= i < len(model.feature_info)]
+    if bad:
+        raise ValueError(
+            f"backbone {name!r}: level offsets {bad} fall outside its {len(model.feature_info)} "
+            f"feature levels (main level {index})"
+        )
     # Prune before loading: weights of the dropped stages (e.g. layer4) are then simply extra keys.
-    _prune(model, index)
+    _prune(model, max(levels))
     if local_path is not None:
         load_backbone_checkpoint(model, local_path)
-    backbone = Backbone(name, model, index, mean, std, cell_origin=spec.cell_origin)
+    backbone = Backbone(name, model, index, mean, std, cell_origin=spec.cell_origin, levels=levels)
     backbone.set_finetune(finetune)
     return backbone
 

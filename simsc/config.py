@@ -52,6 +52,8 @@ AMP_MODES = ("off", "bf16", "fp16")
 # Default learning rates of the paper (Sec. 4.2; supplement Sec. 6 for ``single``).
 LR_BACKBONE_DEFAULTS: dict[str, float] = {"last_block": 1e-4, "all": 2e-5}
 LR_TEMPERATURE_DEFAULTS: dict[str, float] = {"mlp": 1e-4, "single": 5e-3}
+#: Matching heads (supp. Sec. 5 gives no learning rate): the paper's backbone rate for the last block.
+LR_HEAD_DEFAULT = 1e-4
 
 
 @dataclass
@@ -74,6 +76,11 @@ class ModelConfig:
     reg_over_images: str = "sum"
     #: where feature cells sit in the image: "backbone" (its declared centre) | "patch" ((s-1)/2 for all)
     cell_centre: str = "backbone"
+    #: matching head: "none" (SimSC) | "sfnet" | "ncnet" | "cats" (supp. Sec. 5); with a head,
+    #: ``temperature: default`` is the head's own (SFNet/CATs fixed:0.02, NCNet fixed:1).
+    head: str = "none"
+    #: head sizes: "paper" (the original papers') | "small" (CPU toy runs)
+    head_preset: str = "paper"
 
 
 @dataclass
@@ -101,6 +108,8 @@ class TrainConfig:
     lr_backbone: float | None = None
     #: ``null`` = paper default for the temperature (1e-4 mlp, 0.005 single).
     lr_temperature: float | None = None
+    #: learning rate of the matching head's parameters (``null``: 1e-4).
+    lr_head: float | None = None
     seed: int = 0
     #: log the mean |grad| of every conv / linear layer of the last backbone block (supp. Fig. 2).
     log_grad_stats: bool = False
@@ -180,6 +189,9 @@ class Config:
         if self.train.lr_temperature is not None:
             return float(self.train.lr_temperature)
         return LR_TEMPERATURE_DEFAULTS.get(self.model.temperature, LR_TEMPERATURE_DEFAULTS["mlp"])
+
+    def resolved_lr_head(self) -> float:
+        return float(self.train.lr_head) if self.train.lr_head is not None else LR_HEAD_DEFAULT
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
@@ -350,10 +362,20 @@ def validate(cfg: Config) -> None:
         bad("model.backbone", "must be a backbone name", m.backbone)
     if m.finetune not in FINETUNE_MODES:
         bad("model.finetune", f"must be one of {list(FINETUNE_MODES)}", m.finetune)
-    try:
-        build_temperature(m.temperature, 1)
-    except ValueError as exc:
-        raise ConfigError(f"model.temperature: {exc}") from None
+    from .heads import HEAD_PRESETS, list_heads
+
+    if m.head != "none" and m.head not in list_heads():
+        bad("model.head", f"must be 'none' or one of {list_heads()}", m.head)
+    if m.head_preset not in HEAD_PRESETS:
+        bad("model.head_preset", f"must be one of {list(HEAD_PRESETS)}", m.head_preset)
+    if m.temperature == "default":
+        if m.head == "none":
+            bad("model.temperature", "'default' is a matching head's own temperature; set model.head", m.temperature)
+    else:
+        try:
+            build_temperature(m.temperature, 1)
+        except ValueError as exc:
+            raise ConfigError(f"model.temperature: {exc}") from None
     if m.ns < 1 or m.ns % 2 == 0:
         bad("model.ns", "must be an odd integer >= 1", m.ns)
     if m.nk < m.ns:
@@ -384,7 +406,7 @@ def validate(cfg: Config) -> None:
         bad("train.epochs", "must be >= 1", t.epochs)
     if t.max_steps is not None and t.max_steps < 1:
         bad("train.max_steps", "must be >= 1 or null", t.max_steps)
-    for name in ("lr_backbone", "lr_temperature"):
+    for name in ("lr_backbone", "lr_temperature", "lr_head"):
         v = getattr(t, name)
         if v is not None and not v > 0:
             bad(f"train.{name}", "must be > 0 or null (paper default)", v)

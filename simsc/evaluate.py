@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .matching import query_score_maps
 from .model import SimSC
 from .pck import DEFAULT_ALPHAS, PCKAccumulator
 from .progress import track
@@ -84,7 +83,7 @@ def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     valid = batch["valid"].bool()
     out = model(batch["src_img"], batch["trg_img"], check=False)
     uv_a = model.to_feature(batch["src_kps"].to(out["feat_a"].dtype), valid)
-    scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
+    scores = model.query_scores(out, uv_a)
     return {"scores": scores, "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
 
 

@@ -1,13 +1,16 @@
-"""The SimSC model: a backbone and a temperature module, nothing else (no matching head).
+"""The SimSC model: a backbone and a temperature module, optionally a matching head.
 
 Data flow: pair batch -> :meth:`SimSC.features` (backbone, beta, L2 norm, scaling) ->
 query score maps -> Gaussian targets -> loss (training) or kernel soft-argmax ->
-image coordinates (:meth:`SimSC.predict`).
+image coordinates (:meth:`SimSC.predict`). With a matching head (``head="sfnet" | "ncnet" |
+"cats"``, :mod:`simsc.heads`) the backbone's levels go to the head, which applies the
+temperature before its correlation and gives the query score maps; the loss, the
+soft-argmax and the PCK path are the same.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
@@ -18,6 +21,9 @@ from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES, simsc_loss
 from .matching import normalize_and_scale, query_score_maps
 from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
+
+if TYPE_CHECKING:
+    from .heads import MatchingHead
 
 
 def _check_keypoints(
@@ -74,6 +80,11 @@ class SimSC(nn.Module):
         cell_centre: ``"backbone"`` (cell centres where the backbone declares them,
             :attr:`~simsc.backbones.Backbone.cell_origin`) or ``"patch"`` (the patch centre
             ``(s - 1) / 2`` for every backbone: the mapping before cell centres per backbone).
+        head: ``"none"`` (SimSC) or a registered matching head (:func:`simsc.heads.list_heads`).
+            ``temperature="default"`` then means the head's own training temperature.
+        head_preset: ``"paper"`` or ``"small"`` head sizes. head_resolution: the square
+            training size; heads with size-dependent layers (CATs' token length) are built
+            for its feature grid.
     """
 
     def __init__(
@@ -91,11 +102,36 @@ class SimSC(nn.Module):
         ce_interpolation: str = "prob",
         reg_over_images: str = "sum",
         cell_centre: str = "backbone",
+        head: "MatchingHead | str" = "none",
+        head_preset: str = "paper",
+        head_resolution: int = 256,
     ) -> None:
         super().__init__()
+        head_name = head if isinstance(head, str) else getattr(head, "name", "")
         if isinstance(backbone, str):
-            backbone = build_backbone(backbone, pretrained=pretrained, finetune=finetune)
+            offsets = (0,)
+            if head_name != "none":
+                from .heads import head_level_offsets
+
+                offsets = head_level_offsets(head_name)
+            backbone = build_backbone(backbone, pretrained=pretrained, finetune=finetune, level_offsets=offsets)
         self.backbone = backbone
+        self.head: MatchingHead | None = None
+        if isinstance(head, str) and head != "none":
+            from .heads import build_head
+
+            g = -(-int(head_resolution) // backbone.stride)
+            # Built before the temperature module: a head starts from the same weights whether
+            # the temperature is fixed or learned (the mlp's init would shift the RNG otherwise).
+            head = build_head(head, backbone.level_channels, preset=head_preset, grid=(g, g))
+        if not isinstance(head, str):
+            self.head = head
+        if temperature == "default":
+            if head_name == "none":
+                raise ValueError("temperature 'default' means a matching head's own temperature: set a head")
+            from .heads import head_default_temperature
+
+            temperature = head_default_temperature(head_name)
         if isinstance(temperature, str):
             temperature = build_temperature(temperature, backbone.out_channels)
         self.temperature = temperature
@@ -149,6 +185,8 @@ class SimSC(nn.Module):
         return normalize_and_scale(feat, beta, l2=self.temperature.l2_normalize, check=check), beta
 
     def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor, check: bool = True) -> dict[str, torch.Tensor]:
+        if self.head is not None:
+            return self._forward_head(src_img, trg_img, check)
         if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
             # One backbone pass for both images: same cost, better kernel utilisation.
             feat, beta = self.features(torch.cat([src_img, trg_img]), check)
@@ -158,6 +196,32 @@ class SimSC(nn.Module):
             feat_a, beta_a = self.features(src_img, check)
             feat_b, beta_b = self.features(trg_img, check)
         return {"feat_a": feat_a, "feat_b": feat_b, "beta_a": beta_a, "beta_b": beta_b}
+
+    def _forward_head(self, src_img: torch.Tensor, trg_img: torch.Tensor, check: bool = True) -> dict:
+        """Backbone levels -> temperature (from the main level) -> the head's state under ``"head"``."""
+        bb = self.backbone
+        if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
+            levels = bb.forward_levels(torch.cat([src_img, trg_img]))
+            beta_a, beta_b = self.temperature(levels[0]).chunk(2)
+            levels_a, levels_b = map(list, zip(*(f.chunk(2) for f in levels)))
+        else:
+            levels_a, levels_b = bb.forward_levels(src_img), bb.forward_levels(trg_img)
+            beta_a, beta_b = self.temperature(levels_a[0]), self.temperature(levels_b[0])
+        l2 = self.temperature.l2_normalize
+        return {
+            # The main level as SimSC scales it: for visualisation and dtype/shape look-ups.
+            "feat_a": normalize_and_scale(levels_a[0], beta_a, l2=l2, check=check),
+            "feat_b": normalize_and_scale(levels_b[0], beta_b, l2=l2, check=check),
+            "beta_a": beta_a,
+            "beta_b": beta_b,
+            "head": self.head(levels_a, levels_b, beta_a, beta_b, l2=l2),
+        }
+
+    def query_scores(self, out: Mapping, uv_a: torch.Tensor) -> torch.Tensor:
+        """Score maps ``[B, N, h_B, w_B]`` of the queries ``uv_a`` (feature cells) from :meth:`forward`'s output."""
+        if self.head is None:
+            return query_score_maps(out["feat_a"], out["feat_b"], uv_a)
+        return self.head.query_scores(out["head"], uv_a)
 
     def loss(self, batch: Mapping[str, torch.Tensor], *, check: bool | None = None) -> dict[str, torch.Tensor]:
         """Loss on a padded pair batch (keys ``src_img, trg_img, src_kps, trg_kps, valid``).
@@ -179,7 +243,7 @@ class SimSC(nn.Module):
         feat_a, feat_b = out["feat_a"], out["feat_b"]
         uv_a = self.to_feature(batch["src_kps"].to(feat_a.dtype), valid)
         uv_b = self.to_feature(batch["trg_kps"].to(feat_b.dtype), valid)
-        scores = query_score_maps(feat_a, feat_b, uv_a)
+        scores = self.query_scores(out, uv_a)
         learned = self.temperature.learnable
         losses = simsc_loss(
             scores,
@@ -219,6 +283,6 @@ class SimSC(nn.Module):
         beta_eval = self.temperature.default_beta_eval if beta_eval is None else float(beta_eval)
         out = self(src_img, trg_img)
         uv_a = self.to_feature(src_kps.to(out["feat_a"].dtype), valid)
-        scores = query_score_maps(out["feat_a"], out["feat_b"], uv_a)
+        scores = self.query_scores(out, uv_a)
         uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval)
         return self.to_image(uv_b)

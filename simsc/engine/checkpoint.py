@@ -204,6 +204,9 @@ def build_model(cfg: Config, pretrained: bool | str | None = None) -> SimSC:
         ce_interpolation=m.ce_interpolation,
         reg_over_images=m.reg_over_images,
         cell_centre=m.cell_centre,
+        head=m.head,
+        head_preset=m.head_preset,
+        head_resolution=cfg.data.resolution,
     )
 
 

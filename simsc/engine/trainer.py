@@ -210,6 +210,9 @@ def param_groups(model: SimSC, cfg: Config) -> list[dict[str, Any]]:
     temperature = [p for p in model.temperature.parameters() if p.requires_grad]
     if temperature:
         groups.append({"name": "temperature", "params": temperature, "lr": cfg.resolved_lr_temperature()})
+    head = [p for p in model.head.parameters() if p.requires_grad] if model.head is not None else []
+    if head:
+        groups.append({"name": "head", "params": head, "lr": cfg.resolved_lr_head()})
     if not groups:
         raise ValueError(
             f"nothing to train: model.finetune={cfg.model.finetune!r} and temperature "
