@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_head
+from .registry import register_head
 from .base import MatchingHead, sample_correlation
 
 _PRESETS = {

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register_head
+from .registry import register_head
 from .base import MatchingHead, correlation_4d, sample_correlation, swap_ab
 
 _PRESETS = {"paper": ((5, 5, 5), (16, 16, 1)), "small": ((3, 3), (8, 1))}

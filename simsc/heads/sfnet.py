@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..matching import query_score_maps
-from . import register_head
+from .registry import register_head
 from .base import MatchingHead
 
 
