@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test repro clean bench sweep
+.PHONY: install test test-fast repro clean bench sweep
 
 install: $(STAMP)
 
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[pipeline,dev]'
 	touch $(STAMP)
 
+# The whole suite, as CI runs it (.ci/run); the slowest tests are listed at the end.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
+
+# The quick tier for your own loop: everything not marked slow (real servers, clusters,
+# dvc repro, large backbones stay in `make test`).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" -x
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

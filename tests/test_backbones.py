@@ -1,18 +1,27 @@
 import pytest
 import torch
 
+#: Backbones whose build and forward take seconds on a CPU: their cases run in `make test`, not in
+#: `make test-fast` (resnet18 keeps every check in the quick tier).
+HEAVY = ("resnet34", "resnet50", "resnet101", "dino_vitb8", "ibot_vitb16")
+
+
+def heavy(*values):
+    """A parametrize case, marked slow when its backbone (the first value) is heavy."""
+    return pytest.param(*values, marks=pytest.mark.slow) if values[0] in HEAVY else values
+
 from simsc.backbones import BACKBONES, BackboneCheckpointError, build_backbone, measure_cell_origin, read_state_dict
 
 
 @pytest.mark.parametrize(
     "name,channels,size,expected",
     [
-        ("resnet101", 1024, (256, 256), (16, 16)),
-        ("resnet18", 256, (250, 375), (16, 24)),  # ceil(250/16), ceil(375/16)
-        ("dino_vitb8", 768, (256, 256), (32, 32)),
-        ("dino_vitb8", 768, (120, 200), (15, 25)),
-        ("ibot_vitb16", 768, (256, 256), (16, 16)),
-        ("ibot_vitb16", 768, (333, 500), (21, 32)),  # non-square original size, padded to 336 x 512
+        heavy("resnet101", 1024, (256, 256), (16, 16)),
+        heavy("resnet18", 256, (250, 375), (16, 24)),  # ceil(250/16), ceil(375/16)
+        heavy("dino_vitb8", 768, (256, 256), (32, 32)),
+        heavy("dino_vitb8", 768, (120, 200), (15, 25)),
+        heavy("ibot_vitb16", 768, (256, 256), (16, 16)),
+        heavy("ibot_vitb16", 768, (333, 500), (21, 32)),  # non-square original size, padded to 336 x 512
     ],
 )
 def test_feature_shapes_follow_the_stride(name, channels, size, expected):
@@ -51,6 +60,7 @@ def test_batchnorm_stays_in_eval_mode():
     assert torch.equal(before, bns[0].running_mean)
 
 
+@pytest.mark.slow
 def test_any_timm_model_with_intermediates():
     bb = build_backbone("convnext_atto", finetune="none").eval()
     assert bb.stride == 16
@@ -98,6 +108,7 @@ def test_resnet_checkpoint_layouts_load_identically(tmp_path, layout):
     assert all(torch.equal(loaded[k], ref[k]) for k in ref)
 
 
+@pytest.mark.slow
 def test_ibot_release_layout_loads_identically(tmp_path):
     ref = _reference_state("ibot_vitb16")
     # iBOT's teacher checkpoint: module.backbone. prefixes, a masked_embed token and a projection head
@@ -139,10 +150,7 @@ _CELL_CASES = [
 
 @pytest.mark.parametrize(
     "name,size",
-    [
-        pytest.param(n, s, marks=pytest.mark.slow) if n in ("dino_vitb8", "ibot_vitb16", "resnet101") else (n, s)
-        for n, s in _CELL_CASES
-    ],
+    [heavy(n, s) for n, s in _CELL_CASES],
 )
 def test_declared_cell_centre_matches_the_measured_receptive_field(name, size):
     """Each registered backbone's declared cell_origin is where its cells' receptive fields are centred."""
@@ -153,6 +161,7 @@ def test_declared_cell_centre_matches_the_measured_receptive_field(name, size):
     assert abs(mx - bb.cell_origin) < 0.5 and abs(my - bb.cell_origin) < 0.5, (mx, my, bb.cell_origin)
 
 
+@pytest.mark.slow
 def test_cell_centres_of_the_two_conventions():
     # ResNet layer3: centred stride-2 convs -> pixel 16 u; ViT patch u covers [s u, s (u + 1)) -> (s - 1) / 2 + s u
     assert build_backbone("resnet18").cell_origin == 0.0

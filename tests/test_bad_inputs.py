@@ -653,6 +653,7 @@ def _(d: Path):
 # ----------------------------------------------------------------------------- the table test
 
 
+@pytest.mark.slow  # one subprocess a case (about 2 s each): `make test`, not `make test-fast`
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(name: str, tmp_path: Path) -> None:
     folder = tmp_path / "case"

@@ -53,7 +53,7 @@ def fp32_losses(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("fp32"))[1]
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("amp", ["bf16", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_amp_training_matches_float32_within_tolerance(tmp_path, fp32_losses, amp):
     trainer, losses = _run(tmp_path, amp=amp)
     assert len(losses) == 4 and torch.isfinite(losses).all()
@@ -62,6 +62,7 @@ def test_amp_training_matches_float32_within_tolerance(tmp_path, fp32_losses, am
     assert (trainer.scaler is not None) == (amp == "fp16")
 
 
+@pytest.mark.slow
 def test_fp16_run_resumes_exactly_with_its_grad_scaler(tmp_path):
     ref, _ = _run(tmp_path / "ref", amp="fp16")
     trn, val = _data()
@@ -75,6 +76,7 @@ def test_fp16_run_resumes_exactly_with_its_grad_scaler(tmp_path):
     assert ref.scaler.state_dict() == resumed.scaler.state_dict()
 
 
+@pytest.mark.slow
 def test_compile_through_dynamo_matches_eager(tmp_path, fp32_losses):
     # aot_eager traces the loss path with dynamo and AOTAutograd (what inductor compiles) without
     # generating C++, so it runs in seconds on any CPU.

@@ -33,6 +33,7 @@ def datasets(n_train=8, n_val=4, size=64):
     return ToyTranslationPairs(n_train, size, seed=0), ToyTranslationPairs(n_val, size, seed=1, split="val")
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_translations(tmp_path):
     trn, val = datasets(n_train=4)
     hist = HistoryCallback()
