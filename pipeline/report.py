@@ -219,7 +219,7 @@ def _r1(value: Any) -> Any:
 
 
 def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plots: Path = TRAIN_PLOTS) -> Path:
-    from .tracking import git_revision, load_reports, log_results, pck_table, table_markdown
+    from .tracking import git_revision, load_reports, log_results, pck_table, run_page_url, table_markdown
 
     rep_cfg = params.get("report") or {}
     out_md = Path(rep_cfg.get("out", "reports/report.md"))
@@ -308,6 +308,7 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
         "git revision": git_revision(),
         "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
         "MLflow tracking URI": state.get("tracking_uri") or "-",
+        "MLflow run page": run_page_url(run_dir) or "-",
         "final PCK logged to MLflow": {None: "-", True: "yes", False: "no (see the warning; "
                                        "python -m pipeline.relog RUN_DIR --reports reports/eval)"}[results_logged],
         "registered model": (f"{state.get('registered_model')} v{state['model_version']}"

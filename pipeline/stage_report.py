@@ -44,6 +44,11 @@ def stage_report(params: dict[str, Any]) -> None:
         where = "moved to" if decision["moved"] else "stays on"
         print(f"champion: {decision['key']} = {decision['value']:.2f} for v{decision['version']}; alias "
               f"{where} v{decision['champion']} ({decision['reason']})", file=sys.stderr)
+    from .tracking import run_page_url
+
+    url = run_page_url(run_dir)
+    if url:  # a local store's page is served by `mlflow ui` (README: Quick start)
+        print(f"MLflow run: {url}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

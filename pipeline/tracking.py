@@ -42,8 +42,9 @@ STATE_FILE = "tracking.json"
 #: The project checkout: where the git revision comes from when the working directory is
 #: outside any repository.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: The experiment tag the MLflow UI reads to open an experiment on its training runs
-#: (``custom_model_development``) rather than on GenAI traces (``genai_development``).
+#: The experiment's kind (``custom_model_development``: model training, not GenAI traces).
+#: MLflow 3.17's UI still opens in its GenAI view unless the link asks for the training view,
+#: which :func:`run_page_url` does (``?workflowType=machine_learning``).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 CHAMPION_ALIAS = "champion"
@@ -161,6 +162,23 @@ class SafeMlflow:
                     TrackingWarning, stacklevel=2,
                 )
             return None
+
+
+def run_page_url(run_dir: str | os.PathLike) -> str | None:
+    """The MLflow UI page of the run recorded in ``RUN_DIR/tracking.json``, in the UI's
+    model-training view; ``None`` without a run. For a local store (sqlite, files) the page is
+    served by ``mlflow ui --backend-store-uri URI`` (default address http://127.0.0.1:5000)."""
+    state = _read_state(Path(run_dir))
+    run_id, uri = state.get("run_id"), state.get("tracking_uri")
+    if not run_id or not uri:
+        return None
+    try:
+        mlflow = _mlflow()
+        experiment_id = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a link is a convenience: no server, no link
+        return None
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:

@@ -22,3 +22,24 @@ def test_beta_eval_lines_state_peak_and_what_ran():
                      "the evaluation above used beta_eval 1: 63.3."]
     reports["test_160"]["beta_eval"] = None
     assert "the learned temperature (mean beta_eff 0.08): 63.3" in beta_eval_lines(reports, sweeps)[0]
+
+
+def test_run_page_url_opens_the_training_view(tmp_path):
+    """MLflow 3.17's UI opens in its GenAI view by default; the link the report prints asks for
+    the model-training view, on the server of an http store or on `mlflow ui` for a local one."""
+    import json
+
+    import mlflow
+
+    from pipeline.tracking import run_page_url
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "art"))
+    run = client.create_run(exp)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert run_page_url(run_dir) is None  # no tracking.json: no run, no link
+    (run_dir / "tracking.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run.info.run_id}))
+    assert run_page_url(run_dir) == (f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run.info.run_id}"
+                                     "?workflowType=machine_learning")
