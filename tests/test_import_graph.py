@@ -8,32 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+# module <-> file and the packages' lazy tables, read the way the DVC deps test reads them
+from test_dvc_deps import lazy_names as lazy_table
+from test_dvc_deps import module_file
+from test_dvc_deps import module_name as module_of
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "simsc"
-
-
-def module_file(name: str) -> Path | None:
-    base = REPO.joinpath(*name.split("."))
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    return None
-
-
-def module_of(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
-    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-
-
-def lazy_table(package: str) -> dict[str, str]:
-    f = module_file(package)
-    if f is None or f.name != "__init__.py":
-        return {}
-    for node in ast.parse(f.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return {}
 
 
 def edges(path: Path) -> set[str]:
