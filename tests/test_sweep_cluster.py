@@ -176,7 +176,8 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     from simsc.config import load_config
     from simsc.engine.checkpoint import load_checkpoint
 
-    load_config({k: params[k] for k in ("model", "data", "train", "eval")})
+    assert set(params) <= {"model", "data", "train"}  # partial: only what the trials read
+    load_config(params)
     ckpt = load_checkpoint(sweep_dir / "best.pt")
     assert ckpt["config"]["model"]["temperature"] == best["model.temperature"]
     artifacts = {a.path for a in client.list_artifacts(parent_id, "results")}
