@@ -140,6 +140,25 @@ def test_loss_backward_and_adam_step_make_no_host_read(temperature):
             model.loss(batch, check=True)["loss"].backward()
 
 
+@pytest.mark.parametrize("head", ["sfnet", "ncnet", "cats"])
+def test_matching_head_step_makes_no_host_read(head):
+    """The matching heads' path (supp. Tab. 2) is as sync-free as SimSC's own."""
+    torch.manual_seed(0)
+    model = SimSC("resnet18", "mlp", finetune="last_block", head=head, head_preset="small").train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch = _batch()
+    check_batch(batch)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model.loss(batch, check=False)["loss"].backward()
+        opt.step()
+
+    step()
+    with no_host_sync(allow=optimizer_host_tensors(opt)):
+        step()
+
+
 def _cfg(out_dir, **train):
     cfg = {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},

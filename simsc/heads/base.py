@@ -49,8 +49,10 @@ class MatchingHead(nn.Module):
 
     @staticmethod
     def scaled(feat: torch.Tensor, beta: torch.Tensor, l2: bool) -> torch.Tensor:
-        """L2-normalise and divide by the partial temperature (paper Eq. 5), as SimSC does."""
-        return normalize_and_scale(feat, beta, l2=l2)
+        """L2-normalise and divide by the partial temperature (paper Eq. 5), as SimSC does.
+        No ``beta > 0`` check here (a host read, a device sync each step on accelerators):
+        :meth:`SimSC._forward_head` checks the same betas once, when checks are on."""
+        return normalize_and_scale(feat, beta, l2=l2, check=False)
 
 
 def correlation_4d(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
