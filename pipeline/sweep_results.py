@@ -19,6 +19,10 @@ import yaml
 
 from simsc.io import atomic_write_bytes
 
+# A trial trains with the train stage's sections (model, data, train): what its PCK measured.
+# Other keys of a spec's ``set`` (e.g. ``eval.*``, which trials never read) are not handed to
+# DVC as if the sweep had tuned them.
+from .stage_train import ENGINE_SECTIONS as TRIAL_SECTIONS
 from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
 STATUS_COMPLETED = "completed"
@@ -147,11 +151,6 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_fl
 def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     ok = [r for r in rows if r["status"] != STATUS_ERROR and r["best_val_pck"] is not None]
     return max(ok, key=lambda r: r["best_val_pck"]) if ok else None
-
-
-#: The sections a sweep trial reads: what its PCK measured. Other keys of a spec's ``set``
-#: (e.g. ``eval.*``, which trials never read) are not handed to DVC as if the sweep had tuned them.
-TRIAL_SECTIONS = ("model", "data", "train")
 
 
 def stage_params() -> tuple[str, ...]:
