@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import defaults as D
 from .coords import patch_centre_origin
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ def _prune(model: nn.Module, feature_index: int) -> None:  # feature_index: the 
 def build_backbone(
     name: str,
     pretrained: bool | str | os.PathLike = False,
-    finetune: str = "last_block",
+    finetune: str = D.FINETUNE,
     level_offsets: tuple[int, ...] = (0,),
 ) -> Backbone:
     """Build a dense feature backbone.

@@ -34,10 +34,10 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .backbones import FINETUNE_MODES
+from . import defaults as D
 from .coords import CELL_CENTRES
-from .io import yaml_load
+from .io import read_overlay, yaml_load
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
-from .pck import DEFAULT_ALPHAS
 from .progress import PROGRESS_MODES
 from .temperature import build_temperature
 
@@ -49,38 +49,33 @@ class ConfigError(ValueError):
 #: ``train.amp`` values: autocast dtype of the forward pass, or none.
 AMP_MODES = ("off", "bf16", "fp16")
 
-# Default learning rates of the paper (Sec. 4.2; supplement Sec. 6 for ``single``).
-LR_BACKBONE_DEFAULTS: dict[str, float] = {"last_block": 1e-4, "all": 2e-5}
-LR_TEMPERATURE_DEFAULTS: dict[str, float] = {"mlp": 1e-4, "single": 5e-3}
-#: Matching heads (supp. Sec. 5 gives no learning rate): the paper's backbone rate for the last block.
-LR_HEAD_DEFAULT = 1e-4
 
 
 @dataclass
 class ModelConfig:
     """The SimSC model (paper Sec. 3 and 4.2)."""
 
-    backbone: str = "resnet101"
+    backbone: str = D.BACKBONE
     #: ``false`` (random init), ``true`` (timm's default weights), a timm tag or a local path.
     pretrained: bool | str = True
-    finetune: str = "last_block"  # "last_block" | "all" | "none"
-    temperature: str = "mlp"  # "mlp" | "single" | "fixed:<beta>" | "no-l2"
-    ns: int = 3
-    nk: int = 5
-    sigma: float = 7.0
-    gamma: float = 0.2
-    beta_thres: float = 0.1
+    finetune: str = D.FINETUNE  # "last_block" | "all" | "none"
+    temperature: str = D.TEMPERATURE  # "mlp" | "single" | "fixed:<beta>" | "no-l2"
+    ns: int = D.NS
+    nk: int = D.NK
+    sigma: float = D.SIGMA
+    gamma: float = D.GAMMA
+    beta_thres: float = D.BETA_THRES
     #: sub-pixel cross-entropy: "prob" (paper Eq. 3: log of the interpolated probability) | "logprob"
-    ce_interpolation: str = "prob"
+    ce_interpolation: str = D.CE_INTERPOLATION
     #: L_reg over the pair's two images: "sum" (L_reg(beta_A) + L_reg(beta_B)) | "mean"
-    reg_over_images: str = "sum"
+    reg_over_images: str = D.REG_OVER_IMAGES
     #: where feature cells sit in the image: "backbone" (its declared centre) | "patch" ((s-1)/2 for all)
-    cell_centre: str = "backbone"
+    cell_centre: str = D.CELL_CENTRE
     #: matching head: "none" (SimSC) | "sfnet" | "ncnet" | "cats" (supp. Sec. 5); with a head,
     #: ``temperature: default`` is the head's own (SFNet/CATs fixed:0.02, NCNet fixed:1).
-    head: str = "none"
+    head: str = D.HEAD
     #: head sizes: "paper" (the original papers') | "small" (CPU toy runs)
-    head_preset: str = "paper"
+    head_preset: str = D.HEAD_PRESET
 
 
 @dataclass
@@ -89,9 +84,9 @@ class DataConfig:
 
     dataset: str = "embedded"
     root: str = "data/embedded"
-    resolution: int = 256
-    batch_size: int = 8
-    workers: int = 0
+    resolution: int = D.RESOLUTION
+    batch_size: int = D.TRAIN_BATCH_SIZE
+    workers: int = D.WORKERS
     cache_dir: str | None = None
     train_split: str = "trn"
     val_split: str = "val"
@@ -101,7 +96,7 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, checkpointing and logging."""
 
-    epochs: int = 100
+    epochs: int = D.EPOCHS
     #: stop after this many optimiser steps (over all epochs); ``null`` = run all epochs.
     max_steps: int | None = None
     #: ``null`` = paper default for the fine-tuning mode (1e-4 last block, 2e-5 all).
@@ -110,7 +105,7 @@ class TrainConfig:
     lr_temperature: float | None = None
     #: learning rate of the matching head's parameters (``null``: 1e-4).
     lr_head: float | None = None
-    seed: int = 0
+    seed: int = D.SEED
     #: log the mean |grad| of every conv / linear layer of the last backbone block (supp. Fig. 2).
     log_grad_stats: bool = False
     #: the run directory: metrics.jsonl, config.yaml, checkpoints/, summary.json.
@@ -118,7 +113,7 @@ class TrainConfig:
     #: also write ``checkpoints/last.pt`` every this many steps (``null``: only at epoch ends).
     checkpoint_every_steps: int | None = None
     #: alphas of the validation PCK; the best checkpoint is chosen by per-image PCK@``best_alpha``.
-    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    alphas: list[float] = field(default_factory=lambda: list(D.ALPHAS))
     best_alpha: float = 0.1
     #: validate on at most this many pairs (``null``: the whole validation split).
     val_max_pairs: int | None = None
@@ -130,13 +125,13 @@ class TrainConfig:
     #: ``torch.use_deterministic_algorithms(True, warn_only=True)`` during training.
     deterministic: bool = True
     #: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
-    device: str = "auto"
+    device: str = D.DEVICE
     #: progress of training and validation: "auto" (a tqdm bar when stderr is a terminal, else
     #: a plain log line on stderr every ``progress_every_s`` seconds and at epoch ends: DVC, Ray,
     #: CI logs), "bar", "log" or "off" (``true`` = auto, ``false`` = off; ``--quiet`` = off).
-    progress: bool | str = "auto"
+    progress: bool | str = D.PROGRESS
     #: seconds between two plain progress lines (the first comes after the first step).
-    progress_every_s: float = 20.0
+    progress_every_s: float = D.PROGRESS_EVERY_S
     #: steps between two reads of the step records from the device (one host sync for all of
     #: them): metrics.jsonl, callbacks, progress and the divergence check see them then.
     #: ``null``: every step on the CPU (reading costs nothing there), every 25 on accelerators.
@@ -159,11 +154,11 @@ class EvalConfig:
     """Evaluation defaults (``simsc evaluate`` flags override them)."""
 
     split: str = "test"
-    resolution: int | str = 256  # a size in pixels or "original"
+    resolution: int | str = D.RESOLUTION  # a size in pixels or "original"
     #: ``null`` = the model's default (1 for learned temperatures, 0.02 for fixed:1 / untrained).
     beta_eval: float | None = None
-    batch_size: int = 8
-    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    batch_size: int = D.EVAL_BATCH_SIZE
+    alphas: list[float] = field(default_factory=lambda: list(D.ALPHAS))
     #: beta_eval values of the sweep mode (paper Fig. 6); ``null`` = 0.005 .. 1, log-spaced.
     beta_sweep: list[float] | None = None
 
@@ -183,18 +178,21 @@ class Config:
     def resolved_lr_backbone(self) -> float:
         if self.train.lr_backbone is not None:
             return float(self.train.lr_backbone)
-        return LR_BACKBONE_DEFAULTS.get(self.model.finetune, LR_BACKBONE_DEFAULTS["last_block"])
+        return D.LR_BACKBONE.get(self.model.finetune, D.LR_BACKBONE["last_block"])
 
     def resolved_lr_temperature(self) -> float:
         if self.train.lr_temperature is not None:
             return float(self.train.lr_temperature)
-        return LR_TEMPERATURE_DEFAULTS.get(self.model.temperature, LR_TEMPERATURE_DEFAULTS["mlp"])
+        return D.LR_TEMPERATURE.get(self.model.temperature, D.LR_TEMPERATURE["mlp"])
 
     def resolved_lr_head(self) -> float:
-        return float(self.train.lr_head) if self.train.lr_head is not None else LR_HEAD_DEFAULT
+        return float(self.train.lr_head) if self.train.lr_head is not None else D.LR_HEAD
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+#: The sections that decide a trained model: ``eval`` only sets how it is evaluated, so the train
+#: stage and sweep trials leave it out and evaluation settings do not invalidate a trained model.
+TRAIN_SECTIONS: tuple[str, ...] = tuple(k for k in SECTIONS if k != "eval")
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,24 +234,15 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike | None = 
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {p}: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); expected a YAML config") from None
-    try:
-        data = yaml_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections (model, data, train, eval), got {type(data).__name__}")
-    return data
+    """A config file as a mapping, composed with the files its ``defaults:`` list names
+    (:func:`simsc.io.read_overlay`); :class:`ConfigError` naming the file when it cannot be read."""
+    return read_overlay(path, what="config file", contents="a mapping of sections (model, data, train, eval)",
+                        error=ConfigError)
+
+
+def engine_sections(params: Mapping[str, Any], sections: Sequence[str] = tuple(SECTIONS)) -> dict[str, Any]:
+    """The engine sections of a ``params.yaml``-style mapping (other sections belong to the pipeline)."""
+    return {k: params[k] for k in sections if k in params}
 
 
 def _build_section(section: str, cls: type, raw: Mapping[str, Any]):
@@ -473,41 +462,46 @@ def allowed_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested mapping (returns a new dict).
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"section.key=value"`` -> ``("section.key", value)``, the value parsed as YAML (``1e-4``,
+    ``true``, ``null``, ``[0.05, 0.1]``; an empty value is null, a mapping stays the raw text).
+    The one ``--set`` parser of the project (``simsc train``, sweeps, experiments)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, dict):
+        value = raw
+    return key, value
 
-    Values are parsed as YAML (``1e-4``, ``true``, ``null``, ``[0.05, 0.1]``); the result
-    still goes through :func:`load_config` for validation.
-    """
+
+def check_key(key: str, where: str) -> None:
+    """``key`` must be ``section.name`` of the schema; :class:`ConfigError` listing the allowed keys."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in SECTIONS:
+        raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}")
+    section, name = parts
+    names = [f.name for f in fields(SECTIONS[section])]
+    if name not in names:
+        raise ConfigError(f"{where}: unknown key {key!r}; allowed keys in {section!r}: {', '.join(names)}")
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (:func:`parse_override`) to a nested mapping (returns
+    a new dict); the result still goes through :func:`load_config` for validation."""
     out = copy.deepcopy(dict(data))
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.max_steps=100")
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        parts = key.split(".")
-        if len(parts) != 2 or parts[0] not in SECTIONS:
-            raise ConfigError(
-                f"--set {item!r}: unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}"
-            )
-        section, name = parts
-        if name not in {f.name for f in fields(SECTIONS[section])}:
-            raise ConfigError(
-                f"--set {item!r}: unknown key {key!r}; allowed keys in {section!r}: "
-                f"{', '.join(f.name for f in fields(SECTIONS[section]))}"
-            )
-        try:
-            value = yaml_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (dict,)):
-            value = raw
+        key, value = parse_override(item)
+        check_key(key, f"--set {item!r}")
+        section, name = key.split(".")
         sec = out.get(section) or {}
         if not isinstance(sec, Mapping):
             raise ConfigError(f"config section {section!r} must be a mapping")
-        sec = dict(sec)
-        sec[name] = value
-        out[section] = sec
+        out[section] = {**sec, name: value}
     return out
 
 

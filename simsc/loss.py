@@ -23,8 +23,10 @@ import math
 
 import torch
 
+from . import defaults as D
 
-def gaussian_kernel_1d(ns: int = 3, nk: int = 5, dtype=torch.float32, device=None) -> torch.Tensor:
+
+def gaussian_kernel_1d(ns: int = D.NS, nk: int = D.NK, dtype=torch.float32, device=None) -> torch.Tensor:
     """The ``ns`` central taps of an ``nk``-tap Gaussian with std ``floor(nk / 2)``, summing to 1."""
     if ns < 1 or ns % 2 == 0 or nk < ns:
         raise ValueError(f"need odd ns >= 1 and nk >= ns, got ns={ns}, nk={nk}")
@@ -51,7 +53,7 @@ def _profile(coord: torch.Tensor, length: int, taps: torch.Tensor) -> torch.Tens
     return prof
 
 
-def gaussian_target(uv_b: torch.Tensor, size: tuple[int, int], ns: int = 3, nk: int = 5) -> torch.Tensor:
+def gaussian_target(uv_b: torch.Tensor, size: tuple[int, int], ns: int = D.NS, nk: int = D.NK) -> torch.Tensor:
     """Ground-truth distributions ``[B, N, h, w]`` for sub-cell targets ``uv_b [B, N, 2]``.
 
     An ``ns x ns`` region of an ``nk x nk`` Gaussian (std ``floor(nk/2)``) is placed at the
@@ -105,7 +107,7 @@ def cross_entropy(scores: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
 
 
 def cross_entropy_logprob(
-    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = 3, nk: int = 5, check: bool = True
+    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = D.NS, nk: int = D.NK, check: bool = True
 ) -> torch.Tensor:
     """``-sum_ij w_ij bilinear(log softmax(M), x_B + (i, j))``: the interpolated log-probability.
 
@@ -118,7 +120,7 @@ def cross_entropy_logprob(
     return cross_entropy(scores, target, valid, check)
 
 
-def gaussian_point_weights(ns: int = 3, nk: int = 5, dtype=torch.float32, device=None) -> torch.Tensor:
+def gaussian_point_weights(ns: int = D.NS, nk: int = D.NK, dtype=torch.float32, device=None) -> torch.Tensor:
     """``[ns, ns]`` weights ``w_ij`` (row ``i`` = y offset) of the ground-truth points, summing to 1."""
     taps = gaussian_kernel_1d(ns, nk, dtype=dtype, device=device)
     return taps[:, None] * taps[None, :]
@@ -144,7 +146,7 @@ def _corner_log_weights(coord: torch.Tensor, length: int) -> tuple[torch.Tensor,
 
 
 def cross_entropy_prob(
-    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = 3, nk: int = 5, check: bool = True
+    scores: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor, ns: int = D.NS, nk: int = D.NK, check: bool = True
 ) -> torch.Tensor:
     """Paper Eq. 3 read literally: ``-sum_ij w_ij log(bilinear(softmax(M), x_B + (i, j)))``.
 
@@ -188,7 +190,7 @@ CE_INTERPOLATIONS = {"prob": cross_entropy_prob, "logprob": cross_entropy_logpro
 REG_OVER_IMAGES = ("sum", "mean")
 
 
-def temperature_regularizer(beta: torch.Tensor, beta_thres: float = 0.1, check: bool = True) -> torch.Tensor:
+def temperature_regularizer(beta: torch.Tensor, beta_thres: float = D.BETA_THRES, check: bool = True) -> torch.Tensor:
     """Paper Eq. 6: ``max(0, -log(beta) + log(beta_thres))``, element-wise.
 
     ``check=True`` raises on ``beta <= 0`` (a host read); unchecked, such a beta gives an
@@ -205,13 +207,13 @@ def simsc_loss(
     valid: torch.Tensor,
     beta_a: torch.Tensor | None = None,
     beta_b: torch.Tensor | None = None,
-    gamma: float = 0.2,
-    beta_thres: float = 0.1,
+    gamma: float = D.GAMMA,
+    beta_thres: float = D.BETA_THRES,
     *,
-    ns: int = 3,
-    nk: int = 5,
-    ce_interpolation: str = "prob",
-    reg_over_images: str = "sum",
+    ns: int = D.NS,
+    nk: int = D.NK,
+    ce_interpolation: str = D.CE_INTERPOLATION,
+    reg_over_images: str = D.REG_OVER_IMAGES,
     check: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Paper Eq. 7: ``L_ce + gamma * R`` for score maps ``[B, N, h, w]`` and sub-cell targets ``uv_b``.

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.15)
+from .defaults import ALPHAS as DEFAULT_ALPHAS
 
 
 def theta_img(height: float | torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:

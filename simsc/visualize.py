@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .coords import rescale_points
+from . import defaults as D
 from .data.images import load_image, resize_uint8, target_size
 from .data.records import image_to_tensor, parse_resolution
 from .io import atomic_write
@@ -68,7 +69,7 @@ def predict_matches(
     img_a,
     img_b,
     points: torch.Tensor | Sequence[Sequence[float]] | None = None,
-    resolution: int | str = 256,
+    resolution: int | str = D.RESOLUTION,
     beta_eval: float | None = None,
     grid: int = 5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +243,7 @@ def save_match_picture(
     path_b: str | os.PathLike,
     out: str | os.PathLike,
     points=None,
-    resolution: int | str = 256,
+    resolution: int | str = D.RESOLUTION,
     beta_eval: float | None = None,
     grid: int = 5,
     height: int | None = None,

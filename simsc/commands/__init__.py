@@ -12,6 +12,7 @@ import argparse
 import functools
 from typing import Callable
 
+from .. import defaults as D
 from ..errors import EXIT_DIVERGED, EXIT_USER_ERROR, run_main  # noqa: F401 - re-exported
 
 
@@ -51,8 +52,10 @@ def add_model_source(p: argparse.ArgumentParser, required: bool = True):
                    help="with --backbone: 'true' (timm's default weights, the default when the flag is given "
                         "alone), a timm tag or a local checkpoint path; without the flag the backbone is "
                         "randomly initialised (seeded by --seed)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised --backbone (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N] (default: auto)")
+    p.add_argument("--seed", type=int, default=D.SEED,
+                   help=f"seed of a randomly initialised --backbone (default: {D.SEED})")
+    p.add_argument("--device", default=D.DEVICE,
+                   help=f"auto (CUDA if available), cpu, cuda[:N] (default: {D.DEVICE})")
     return g
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import defaults as D
 from . import add_model_source, load_model_from_args, positive_int, user_errors
 
 
@@ -33,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--points", nargs="+", type=_point, metavar="X,Y", help="query points on IMG_A")
     p.add_argument("--grid", type=positive_int, default=5,
                    help="grid size when no --points are given (default: 5)")
-    p.add_argument("--resolution", default="256", help="model input size: 256 or original (default: 256)")
+    p.add_argument("--resolution", default=str(D.RESOLUTION),
+                   help=f"model input size: pixels or original (default: {D.RESOLUTION}, the paper's)")
     p.add_argument("--beta-eval", type=float, default=None, help="soft-argmax temperature (default: the model's)")
     p.add_argument("--height", type=positive_int, default=None,
                    help="scale both images to this height in the picture (pixels, >= 1)")

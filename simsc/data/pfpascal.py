@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from simsc import defaults as D
 from simsc.data.images import read_image_size
 from simsc.data.records import (
     DatasetFormatError,
@@ -69,7 +70,7 @@ class PFPascalDataset(PairDataset):
         self,
         root: str | Path,
         split: str = "trn",
-        resolution: Resolution | str = 256,
+        resolution: Resolution | str = D.RESOLUTION,
         cache_dir: str | Path | None = None,
         pairs_dir: str | Path | None = None,
     ) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simsc import defaults as D
 from simsc.data.images import read_image_size
 from simsc.data.records import (
     DatasetFormatError,
@@ -52,7 +53,7 @@ class PFWillowDataset(PairDataset):
         self,
         root: str | Path,
         split: str = "test",
-        resolution: Resolution | str = 256,
+        resolution: Resolution | str = D.RESOLUTION,
         cache_dir: str | Path | None = None,
         csv_path: str | Path | None = None,
     ) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from simsc import defaults as D
 from simsc.coords import rescale_box, rescale_points
 from simsc.data.annotations import (  # noqa: F401 - re-exported: the names' historical home
     OUT_OF_IMAGE_TOLERANCE,
@@ -218,7 +219,7 @@ class PairDataset(Dataset):
         self,
         root: str | Path,
         split: str,
-        resolution: Resolution | str = 256,
+        resolution: Resolution | str = D.RESOLUTION,
         cache_dir: str | Path | None = None,
     ) -> None:
         self.root = Path(root)

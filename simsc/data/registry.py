@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable
 
+from simsc import defaults as D
 from simsc.data.pfpascal import PFPascalDataset
 from simsc.data.pfwillow import PFWillowDataset
 from simsc.data.records import PairDataset, Resolution
@@ -30,7 +31,7 @@ THRESHOLD_KIND: dict[str, str] = {"pfpascal": "img", "pfwillow": "kps", "spair":
 
 
 def build_dataset(
-    name: str, root: str | Path, split: str, resolution: Resolution | str = 256, **kwargs: Any
+    name: str, root: str | Path, split: str, resolution: Resolution | str = D.RESOLUTION, **kwargs: Any
 ) -> PairDataset:
     """Instantiate a registered dataset; extra keywords (``cache_dir``, ``pairs_dir`` ...) go
     to its constructor."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from simsc import defaults as D
 from simsc.data.index import PairTable
 from simsc.data.records import (
     DatasetFormatError,
@@ -59,7 +60,7 @@ class SPairDataset(PairDataset):
         self,
         root: str | Path,
         split: str = "trn",
-        resolution: Resolution | str = 256,
+        resolution: Resolution | str = D.RESOLUTION,
         cache_dir: str | Path | None = None,
         name: str | None = None,
     ) -> None:
