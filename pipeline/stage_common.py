@@ -17,29 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-
 from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
-from simsc.io import yaml_load
+from simsc.io import read_yaml_mapping
 
 PARAMS_FILE = Path("params.yaml")
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """``params.yaml`` as a mapping; :class:`UserError` naming the file when it is not one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the stages from the project root)") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    try:
-        params = yaml_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(params, dict):
-        raise UserError(f"{path}: expected a mapping of stage sections")
-    return params
+    return read_yaml_mapping(path, what="params file", contents="a mapping of stage sections", error=UserError,
+                             hint=" (run the stages from the project root)")
 
 
 def section(params: dict[str, Any], name: str, keys: Sequence[str]) -> dict[str, Any]:

@@ -12,20 +12,15 @@ from pipeline.stage_common import round_metric, stage_main, tracking_section
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("model", "data", "train", "tracking")
 
-
-ENGINE_SECTIONS = ("model", "data", "train")
 PLOTS_DIR = Path("reports/train")
 
 
 def engine_config(params: dict[str, Any]):
-    """The training config: the ``model``, ``data`` and ``train`` sections of params.yaml.
+    """The training config: the :data:`simsc.config.TRAIN_SECTIONS` of params.yaml (``eval`` is
+    the evaluate stage's), on top of the schema's defaults."""
+    from simsc.config import TRAIN_SECTIONS, engine_sections, load_config
 
-    ``eval`` is left to its defaults here on purpose, so that evaluation settings do not
-    invalidate the trained model (the evaluate stage reads ``eval`` and ``evaluate``).
-    """
-    from simsc.config import load_config
-
-    return load_config({k: params[k] for k in ENGINE_SECTIONS if k in params})
+    return load_config(engine_sections(params, TRAIN_SECTIONS))
 
 
 def stage_train(params: dict[str, Any]) -> None:

@@ -22,7 +22,8 @@ from simsc.io import atomic_write_bytes
 # A trial trains with the train stage's sections (model, data, train): what its PCK measured.
 # Other keys of a spec's ``set`` (e.g. ``eval.*``, which trials never read) are not handed to
 # DVC as if the sweep had tuned them.
-from .stage_train import ENGINE_SECTIONS as TRIAL_SECTIONS
+from simsc.config import TRAIN_SECTIONS as TRIAL_SECTIONS
+
 from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
 STATUS_COMPLETED = "completed"

@@ -4,7 +4,7 @@ A spec (see ``configs/sweeps/*.yaml``)::
 
     name: lr_beta1                     # the sweep's name (Ray experiment, MLflow parent run)
     description: supplement Tab. 1 ...
-    base: [params.yaml]                # partial params.yaml files, merged in order
+    base: [params.yaml]                # overlay files composed in order (simsc.io.read_overlay)
     set:                               # fixed dotted overrides on top of base
       train.epochs: 4
     search:                            # the search space
@@ -20,7 +20,7 @@ A spec (see ``configs/sweeps/*.yaml``)::
     num_samples: 1                     # repeats of the grid (grid), draws (random)
     seed: 0                            # the random search's seed
     metric: val_pck                    # validation PCK@train.best_alpha (per image), maximised
-    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: fifo}
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # default: {type: fifo}
     resources: {cpu: 1, gpu: 0}        # per trial; gpu may be a fraction (0.5: two per GPU)
     max_concurrent_trials: 2           # null: as many as the resources allow
     max_failures: 3                    # restarts of a trial whose worker died
@@ -54,16 +54,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import yaml
 
-from simsc.config import SECTIONS, ConfigError, load_config
-from simsc.io import yaml_load
+from simsc.config import SECTIONS, ConfigError, engine_sections, load_config, parse_override
+from simsc.io import read_overlay, read_yaml_mapping
 
-from .paramset import merge
+from .paramset import REPLACED, merge
 
-ENGINE_SECTIONS = tuple(SECTIONS)
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")
+#: Without a ``scheduler`` every trial runs to its end (Ray Tune's own default): early stopping
+#: is a choice a spec makes, e.g. ``scheduler: {type: asha}``.
+SCHEDULER_DEFAULT: dict[str, Any] = {"type": "fifo"}
+#: ASHA's settings when a spec gives ``type: asha`` without them.
+ASHA_DEFAULTS: dict[str, Any] = {"grace_period": 1, "reduction_factor": 2}
 #: Engine keys holding local paths, made absolute against the driver's folder (trials run
 #: in their own trial folders, possibly on other nodes).
 PATH_KEYS = ("data.root", "data.cache_dir", "model.pretrained")
@@ -103,8 +106,7 @@ class SweepSpec:
     seed: int = 0
     metric: str = "val_pck"
     mode: str = "max"
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1,
-                                                                "reduction_factor": 2})
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER_DEFAULT))
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_concurrent_trials: int | None = None
     max_failures: int = 3
@@ -117,7 +119,7 @@ class SweepSpec:
     # -- derived -------------------------------------------------------------------------
     def engine_base(self) -> dict[str, Any]:
         """The engine sections (model, data, train, eval) every trial starts from."""
-        return {k: copy.deepcopy(self.params[k]) for k in ENGINE_SECTIONS if k in self.params}
+        return copy.deepcopy(engine_sections(self.params))
 
     def engine_config(self):
         """The base engine config as a validated :class:`simsc.config.Config`."""
@@ -175,6 +177,28 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
     """
     path = Path(path)
     where = str(path)
+    raw, profile = _read_with_profile(path, profile)
+    root = Path(root) if root is not None else Path.cwd()
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        raise SweepSpecError(f"{where}: name: expected a non-empty string without '/', '\\' or spaces, got {name!r}")
+    spec = SweepSpec(name=name, path=str(path), profile=profile, description=str(raw.get("description") or ""),
+                     root=str(root.absolute()))
+    _compose_params(spec, raw, overrides, root, where)
+    _parse_search(spec, raw, root, where)
+    _parse_options(spec, raw, where)
+    return spec
+
+
+def _default(name: str) -> Any:
+    """The default of a :class:`SweepSpec` field: the one place it is written."""
+    f = next(f for f in dataclasses.fields(SweepSpec) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _read_with_profile(path: Path, profile: str | None) -> tuple[dict[str, Any], str | None]:
+    """The spec file with the chosen profile merged over it, and the profile's name."""
+    where = str(path)
     raw = _read_yaml(path)
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
@@ -184,27 +208,23 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
     if not isinstance(profiles, Mapping):
         raise SweepSpecError(f"{where}: profiles: expected a mapping of profile name -> partial spec")
     profile = profile or default_profile
-    if profile is not None:
-        if profile not in profiles:
-            known = ", ".join(profiles) or "none"
-            raise SweepSpecError(f"{where}: no profile {profile!r} (profiles: {known})")
-        prof = profiles[profile] or {}
-        if not isinstance(prof, Mapping):
-            raise SweepSpecError(f"{where}: profiles.{profile}: expected a mapping")
-        bad = sorted(set(prof) - (_TOP_KEYS - {"profiles", "default_profile"}))
-        if bad:
-            raise SweepSpecError(f"{where}: profiles.{profile}: unknown key {bad[0]!r}")
-        raw = _merge_spec(raw, prof)
-    root = Path(root) if root is not None else Path.cwd()
+    if profile is None:
+        return raw, None
+    if profile not in profiles:
+        known = ", ".join(profiles) or "none"
+        raise SweepSpecError(f"{where}: no profile {profile!r} (profiles: {known})")
+    prof = profiles[profile] or {}
+    if not isinstance(prof, Mapping):
+        raise SweepSpecError(f"{where}: profiles.{profile}: expected a mapping")
+    bad = sorted(set(prof) - (_TOP_KEYS - {"profiles", "default_profile"}))
+    if bad:
+        raise SweepSpecError(f"{where}: profiles.{profile}: unknown key {bad[0]!r}")
+    return _merge_spec(raw, prof), profile
 
-    name = raw.get("name")
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        raise SweepSpecError(f"{where}: name: expected a non-empty string without '/', '\\' or spaces, got {name!r}")
-    spec = SweepSpec(name=name, path=str(path), profile=profile, description=str(raw.get("description") or ""),
-                     root=str(root.absolute()))
 
-    # base files + set
-    base = raw.get("base") or []
+def base_params(base: Any, root: Path, where: str) -> dict[str, Any]:
+    """The spec's ``base`` files composed in order (each through :func:`simsc.io.read_overlay`,
+    so a base file's own ``defaults:`` list is honoured), on top of the schema's defaults."""
     if isinstance(base, str):
         base = [base]
     if not isinstance(base, list):
@@ -212,13 +232,21 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
     params: dict[str, Any] = {}
     for b in base:
         bp = Path(b) if Path(b).is_absolute() else root / b
-        params = merge(params, _read_yaml(bp, f"{where}: base file"))
+        params = merge(params, read_overlay(bp, what=f"{where}: base file", error=SweepSpecError, replace=REPLACED))
+    return params
+
+
+def _compose_params(spec: SweepSpec, raw: Mapping[str, Any], overrides: Sequence[str], root: Path,
+                    where: str) -> None:
+    """``spec.params``: the base files, then ``set`` and the command line's ``--set``."""
+    params = base_params(raw.get("base") or [], root, where)
     set_ = dict(raw.get("set") or {})
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SweepSpecError(f"--set {item!r}: expected section.key=value")
-        set_[key.strip()] = yaml_load(value) if value.strip() else None
+        try:
+            key, value = parse_override(item)
+        except ConfigError as exc:
+            raise SweepSpecError(str(exc)) from None
+        set_[key] = value
     set_ = {k: _number(v) for k, v in set_.items()}
     for key in set_:
         _check_key(key, f"{where}: set.{key}")
@@ -227,76 +255,84 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
     spec.params, spec.set = _absolute_paths(params, root), set_
     _validate_engine(spec.engine_base(), f"{where}: base + set")
 
-    # search space
+
+def _parse_search(spec: SweepSpec, raw: Mapping[str, Any], root: Path, where: str) -> None:
+    """``spec.search``; every candidate composed with the base and validated."""
     search = raw.get("search") or {}
     if not isinstance(search, Mapping):
         raise SweepSpecError(f"{where}: search: expected a mapping of key -> {{grid|choice|...: values}}")
     spec.search = [_parse_entry(k, v, f"{where}: search.{k}") for k, v in search.items()]
-    set_keys = set(set_)
+    set_keys = set(spec.set)
     for e in spec.search:
         for overrides_ in _candidate_overrides(e):
             clash = set_keys & set(overrides_)
             if clash:
                 raise SweepSpecError(f"{where}: search.{e.key} and set both give {sorted(clash)[0]}")
             _validate_engine(compose(spec.engine_base(), overrides_, root=root), f"{where}: search.{e.key}")
-
-    # the rest
-    spec.search_alg = _choice(raw.get("search_alg", "grid"), ("grid", "random"), f"{where}: search_alg")
+    spec.search_alg = _choice(raw.get("search_alg", _default("search_alg")), ("grid", "random"), f"{where}: search_alg")
     if spec.search_alg == "grid":
         rnd = [e.key for e in spec.search if e.sampler != "grid"]
         if rnd:
             raise SweepSpecError(f"{where}: search.{rnd[0]}: search_alg grid takes only grid entries "
                                  "(choice and distributions need search_alg: random)")
-    spec.num_samples = _int(raw.get("num_samples", 1), f"{where}: num_samples", 1)
-    spec.seed = _int(raw.get("seed", 0), f"{where}: seed", 0)
-    spec.metric = str(raw.get("metric", "val_pck"))
-    spec.mode = _choice(raw.get("mode", "max"), ("max", "min"), f"{where}: mode")
-    sched = dict(raw.get("scheduler") or {"type": "fifo"})
-    sched["type"] = _choice(sched.get("type", "asha"), SCHEDULERS, f"{where}: scheduler.type")
+    spec.num_samples = _int(raw.get("num_samples", _default("num_samples")), f"{where}: num_samples", 1)
+    spec.seed = _int(raw.get("seed", _default("seed")), f"{where}: seed", 0)
+
+
+def parse_scheduler(value: Any, where: str) -> dict[str, Any]:
+    """``scheduler``: ``{type: fifo}`` or ``{type: asha, grace_period, reduction_factor}``; a
+    missing type, key or mapping takes :data:`SCHEDULER_DEFAULT` and :data:`ASHA_DEFAULTS`."""
+    sched = dict(value or {})
+    sched["type"] = _choice(sched.get("type", SCHEDULER_DEFAULT["type"]), SCHEDULERS, f"{where}: scheduler.type")
     if sched["type"] == "asha":
-        sched.setdefault("grace_period", 1)
-        sched.setdefault("reduction_factor", 2)
+        sched = {**ASHA_DEFAULTS, **sched}
         sched["grace_period"] = _int(sched["grace_period"], f"{where}: scheduler.grace_period", 1)
         rf = sched["reduction_factor"]
         if not isinstance(rf, (int, float)) or rf < 2:
             raise SweepSpecError(f"{where}: scheduler.reduction_factor: expected a number >= 2, got {rf!r}")
-        extra = sorted(set(sched) - {"type", "grace_period", "reduction_factor"})
-    else:
-        extra = sorted(set(sched) - {"type"})
+    extra = sorted(set(sched) - {"type"} - (set(ASHA_DEFAULTS) if sched["type"] == "asha" else set()))
     if extra:
         raise SweepSpecError(f"{where}: scheduler: unknown key {extra[0]!r}")
-    spec.scheduler = sched
+    return sched
+
+
+def _parse_options(spec: SweepSpec, raw: Mapping[str, Any], where: str) -> None:
+    """The remaining keys: metric, scheduler, resources, concurrency, storage, tracking."""
+    spec.metric = str(raw.get("metric", _default("metric")))
+    spec.mode = _choice(raw.get("mode", _default("mode")), ("max", "min"), f"{where}: mode")
+    spec.scheduler = parse_scheduler(raw.get("scheduler"), where)
     res = dict(raw.get("resources") or {})
     bad_res = sorted(set(res) - {"cpu", "gpu"})
     if bad_res:
         raise SweepSpecError(f"{where}: resources: unknown key {bad_res[0]!r} (cpu, gpu)")
-    cpu, gpu = res.get("cpu", 1), res.get("gpu", 0)
+    res = {**_default("resources"), **res}
+    cpu, gpu = res["cpu"], res["gpu"]
     if not isinstance(cpu, (int, float)) or cpu <= 0:
         raise SweepSpecError(f"{where}: resources.cpu: expected a number > 0, got {cpu!r}")
     if not isinstance(gpu, (int, float)) or gpu < 0 or (gpu > 1 and gpu != int(gpu)):
         raise SweepSpecError(f"{where}: resources.gpu: expected 0, a fraction in (0, 1] or a whole number, got {gpu!r}")
     spec.resources = {"cpu": float(cpu), "gpu": float(gpu)}
-    mct = raw.get("max_concurrent_trials")
+    mct = raw.get("max_concurrent_trials", _default("max_concurrent_trials"))
     spec.max_concurrent_trials = None if mct is None else _int(mct, f"{where}: max_concurrent_trials", 1)
-    spec.max_failures = _int(raw.get("max_failures", 3), f"{where}: max_failures", -1)
-    spec.keep_checkpoints = _int(raw.get("keep_checkpoints", 2), f"{where}: keep_checkpoints", 1)
-    reuse = raw.get("reuse_actors", True)
+    spec.max_failures = _int(raw.get("max_failures", _default("max_failures")), f"{where}: max_failures", -1)
+    spec.keep_checkpoints = _int(raw.get("keep_checkpoints", _default("keep_checkpoints")),
+                                 f"{where}: keep_checkpoints", 1)
+    reuse = raw.get("reuse_actors", _default("reuse_actors"))
     if not isinstance(reuse, bool):
         raise SweepSpecError(f"{where}: reuse_actors: expected true or false, got {reuse!r}")
     spec.reuse_actors = reuse
-    storage = raw.get("storage")
+    storage = raw.get("storage", _default("storage"))
     if storage is not None and not isinstance(storage, str):
         raise SweepSpecError(f"{where}: storage: expected a folder or a URI (s3://...), got {storage!r}")
     spec.storage = storage
-    tr = dict(spec.tracking)
-    tr.update(raw.get("tracking") or {})
+    tr = {**_default("tracking"), **(raw.get("tracking") or {})}
     bad_tr = sorted(set(tr) - {"enabled", "experiment", "registered_model", "uri"})
     if bad_tr:
         raise SweepSpecError(f"{where}: tracking: unknown key {bad_tr[0]!r} (enabled, experiment, registered_model, uri)")
     spec.tracking = tr
-    if spec.scheduler["type"] == "asha" and spec.metric not in ("val_pck", "best_val_pck") and not spec.metric.startswith("val_pck@"):
+    if spec.scheduler["type"] == "asha" and spec.metric not in ("val_pck", "best_val_pck") \
+            and not spec.metric.startswith("val_pck@"):
         raise SweepSpecError(f"{where}: metric: expected val_pck, best_val_pck or val_pck@<alpha>, got {spec.metric!r}")
-    return spec
 
 
 def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -312,17 +348,7 @@ def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 
 def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
-    try:
-        data = yaml_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SweepSpecError(f"{what} not found: {path}") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SweepSpecError(f"{what} {path}: cannot read: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise SweepSpecError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    if not isinstance(data, dict):
-        raise SweepSpecError(f"{what} {path}: expected a mapping")
-    return data
+    return read_yaml_mapping(path, what=what, error=SweepSpecError)
 
 
 def _check_key(key: str, where: str) -> None:
@@ -366,7 +392,7 @@ def _absolute_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
 
 def _validate_engine(engine: Mapping[str, Any], where: str) -> None:
     try:
-        load_config({k: engine[k] for k in ENGINE_SECTIONS if k in engine})
+        load_config(engine_sections(engine))
     except ConfigError as exc:
         raise SweepSpecError(f"{where}: {exc}") from None
 

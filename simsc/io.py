@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Files: atomic writes (a reader, or a crash, never sees a half-written file) and the one
+YAML reader of the project (configs, ``params.yaml``, parameter sets, sweep specs), with the
+overlay composition they share (``defaults:`` lists, deep merges)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Collection, Mapping
 
 
 def current_umask() -> int:
@@ -94,3 +96,82 @@ def _yaml_loader():
         list("-+0123456789"),
     )
     return Loader
+
+
+def read_yaml_mapping(path: str | os.PathLike, *, what: str = "YAML file", contents: str = "a mapping",
+                      error: Callable[[str], Exception] = ValueError, hint: str = "") -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file is ``{}``).
+
+    Every failure raises ``error(message)`` with a message that starts with ``what`` and names
+    the file: not found (``hint`` appended), unreadable, not UTF-8, invalid YAML, or not a mapping
+    (``contents`` says what was expected).
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} not found: {p}{hint}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {p}: not UTF-8 text (byte {exc.start}: {exc.reason}); expected YAML") from None
+    except OSError as exc:
+        raise error(f"{what} {p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {p}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{what} {p}: expected {contents}, got {type(data).__name__}")
+    return data
+
+
+def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any], *, replace: Collection[str] = (),
+                   _prefix: str = "") -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``: mappings merge key by key, everything else
+    (lists, scalars, and mappings at the dotted keys in ``replace``) replaces the base value."""
+    import copy
+
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        dotted = f"{_prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and dotted not in replace:
+            out[key] = merge_mappings(out[key], value, replace=replace, _prefix=dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+#: The key of an overlay file that lists the files it builds on.
+DEFAULTS_KEY = "defaults"
+
+
+def read_overlay(path: str | os.PathLike, *, what: str = "YAML file", contents: str = "a mapping",
+                 error: Callable[[str], Exception] = ValueError, replace: Collection[str] = (),
+                 _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """An overlay file composed with the files it builds on.
+
+    An overlay may start with ``defaults: [a.yaml, b.yaml]`` (paths relative to the overlay):
+    those are read first (recursively), merged in order with :func:`merge_mappings`, and the
+    overlay's own keys are merged last. This is the project's one way of composing settings:
+    paper configs, sweep profiles' ``base`` lists and ``simsc train --config`` all use it.
+    """
+    p = Path(path)
+    if p.resolve() in _chain:
+        cycle = " -> ".join(str(c) for c in (*_chain, p.resolve()))
+        raise error(f"{what} {p}: {DEFAULTS_KEY} form a cycle: {cycle}")
+    data = read_yaml_mapping(p, what=what, contents=contents, error=error)
+    parents = data.pop(DEFAULTS_KEY, None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(x, str) and x for x in parents):
+        raise error(f"{what} {p}: {DEFAULTS_KEY}: expected a list of YAML file paths, got {parents!r}")
+    out: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = Path(parent) if Path(parent).is_absolute() else p.parent / parent
+        layer = read_overlay(parent_path, what=f"{p}: {DEFAULTS_KEY} file", contents=contents, error=error,
+                             replace=replace, _chain=(*_chain, p.resolve()))
+        out = merge_mappings(out, layer, replace=replace)
+    return merge_mappings(out, data, replace=replace)
