@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 
-from miniature import _mean_spread, _trajectory, train_run  # noqa: E402
+from miniature import _mean_spread, _trajectory, base_config, train_run  # noqa: E402
 
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table  # noqa: E402
 from simsc.data.embedded import build_embedded_dataset  # noqa: E402
@@ -50,23 +50,24 @@ TEMPERATURES = ("default", "mlp")
 ROWS = tuple((k, label, t, b) for (k, label), (t, b) in zip(HEADS_TAB2_ROWS, (("default", None), ("mlp", 0.02), ("mlp", None))))
 ALPHAS = ("0.05", "0.1", "0.15")
 PAPER = REPO / "pipeline" / "paper_numbers.yaml"
+#: What the toy grid changes from the default run (params.yaml): 50 steps (epochs never the
+#: limit), images decoded from the data set (no cache), the heads' small preset and a head
+#: learning rate 3x the backbone's (the heads start from random weights).
+HEADS_SET = ("train.max_steps=50", "train.epochs=1000", "data.cache_dir=null", "model.head_preset=small",
+             "train.lr_head=0.0003")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    ap.add_argument("--config", default=str(REPO / "params.yaml"),
+                    help="the base config (its engine sections; default: the default run's params.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value after the toy grid's own changes (HEADS_SET), repeatable")
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "heads_toy"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate (default: 1e-4, as the miniature)")
-    ap.add_argument("--lr-head", type=float, default=3e-4, help="head learning rate (default: 3e-4)")
-    ap.add_argument("--head-preset", default="small")
-    ap.add_argument("--resolution", type=int, default=160)
-    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--heads", default=",".join(HEADS))
-    ap.add_argument("--val-max-pairs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="accepted for symmetry with miniature.py; runs are sequential")
     ap.add_argument("--no-progress", action="store_true")
@@ -77,16 +78,20 @@ def main(argv=None) -> int:
     data_dir = build_embedded_dataset(args.data_dir, progress=not args.no_progress)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     heads = [h for h in args.heads.split(",") if h]
-    test = build_dataset("embedded", str(data_dir), "test", args.resolution)
+    overrides = [*HEADS_SET, *args.overrides]
+    cfg = base_config(args.config, overrides)
+    test = build_dataset("embedded", str(data_dir), "test", cfg.data.resolution)
     runs = [
-        run_one(dict(vars(args), data_dir=str(data_dir), variant=temp, form="prob", seed=seed, head=head), test)
+        run_one(dict(vars(args), overrides=overrides, data_dir=str(data_dir), variant=temp, form="prob", seed=seed,
+                     head=head), test)
         for seed in seeds for head in heads for temp in TEMPERATURES
     ]
     out = {
         "setup": {
-            "data": str(data_dir), "split": "test", "backbone": "resnet18", "pretrained": False, "finetune": "all",
-            "resolution": args.resolution, "batch_size": args.batch_size, "steps": args.steps,
-            "lr_backbone": args.lr, "lr_head": args.lr_head, "head_preset": args.head_preset, "seeds": seeds,
+            "data": str(data_dir), "split": "test", "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+            "finetune": cfg.model.finetune, "resolution": cfg.data.resolution, "batch_size": cfg.data.batch_size,
+            "steps": cfg.train.max_steps, "lr_backbone": cfg.resolved_lr_backbone(), "lr_head": cfg.resolved_lr_head(),
+            "head_preset": cfg.model.head_preset, "seeds": seeds,
             "heads": heads, "threads": args.threads,
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python experiments/heads_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -111,16 +116,14 @@ def run_one(task: dict[str, Any], test) -> dict[str, Any]:
     cached = out_dir / "heads_eval.json"
     if cached.is_file():
         return json.loads(cached.read_text(encoding="utf-8"))
-    print(f"== {head} {temp} seed {seed}: {task['steps']} steps -> {out_dir}", flush=True)
-    summary = train_run(task, out_dir, [
-        f"model.head={head}", f"model.head_preset={task['head_preset']}", f"train.lr_head={task['lr_head']}",
-        f"train.val_max_pairs={task['val_max_pairs']}",
-    ])
+    print(f"== {head} {temp} seed {seed} -> {out_dir}", flush=True)
+    summary = train_run(task, out_dir, [f"model.head={head}"])
+    batch_size = base_config(task["config"], task["overrides"]).data.batch_size
     model, _, meta = load_model(out_dir / "checkpoints" / "best.pt")
     evals = {}
     for key, _, row_temp, beta_eval in ROWS:
         if row_temp == temp:
-            rep = evaluate(model, test, batch_size=task["batch_size"], beta_eval=beta_eval)
+            rep = evaluate(model, test, batch_size=batch_size, beta_eval=beta_eval)
             evals[key] = {k: rep[k] for k in ("per_image", "beta_eval", "beta_eff", "n_pairs")}
     row = {
         "head": head, "temperature": temp, "seed": seed, "model_temperature": model.temperature.name,

@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simsc.config import apply_overrides, load_config, read_yaml  # noqa: E402
+from simsc.config import Config, apply_overrides, engine_sections, load_config, read_yaml  # noqa: E402
 from simsc.data.embedded import build_embedded_dataset  # noqa: E402
 from simsc.data.registry import build_dataset  # noqa: E402
 from simsc.engine import load_model, train  # noqa: E402
@@ -55,18 +55,21 @@ FORMS = ("prob", "logprob")
 EVAL_SETS = ("160", "original")
 MAPPINGS = ("backbone", "patch")
 PAPER_BETA_EFF = 0.03  # supp. Tab. 4, ResNet101*
+#: What the miniature changes from the default run (params.yaml): 600 steps (epochs never the
+#: limit), validation on the whole val split, images decoded from the data set (no cache).
+MINIATURE_SET = ("train.max_steps=600", "train.epochs=1000", "train.val_max_pairs=null", "data.cache_dir=null")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    ap.add_argument("--config", default=str(REPO / "params.yaml"),
+                    help="the base config (its engine sections; default: the default run's params.yaml)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value after the miniature's own changes (MINIATURE_SET), "
+                         "e.g. --set train.max_steps=300 (repeatable)")
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "miniature"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate, all variants (default: 1e-4)")
-    ap.add_argument("--resolution", type=int, default=160)
-    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--forms", default=",".join(FORMS), help="ce_interpolation forms (default: prob,logprob)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -76,13 +79,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t_start = time.time()
+    overrides = [*MINIATURE_SET, *args.overrides]
+    cfg = base_config(args.config, overrides)
     data_dir = build_embedded_dataset(args.data_dir, progress=not args.no_progress)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     forms = [f for f in args.forms.split(",") if f]
     variants = [v for v in args.variants.split(",") if v]
     threads = max(1, args.threads // max(1, args.jobs))
     tasks = [
-        dict(vars(args), data_dir=str(data_dir), variant=v, form=f, seed=s, threads=threads)
+        dict(vars(args), overrides=overrides, data_dir=str(data_dir), variant=v, form=f, seed=s, threads=threads)
         for s in seeds
         for v in variants
         for f in forms
@@ -93,13 +98,13 @@ def main(argv=None) -> int:
     else:
         runs = [run_one(t) for t in tasks]
     torch.set_num_threads(args.threads)
-    runs += [untrained(str(data_dir), s, args) for s in seeds]
+    runs += [untrained(str(data_dir), s, cfg) for s in seeds]
 
     out = {
         "setup": {
-            "data": str(data_dir), "split": "test", "backbone": "resnet18", "pretrained": False, "finetune": "all",
-            "resolution": args.resolution, "batch_size": args.batch_size, "steps": args.steps,
-            "lr_backbone": args.lr, "seeds": seeds, "forms": forms, "threads_per_run": threads, "jobs": args.jobs,
+            "data": str(data_dir), "split": "test", "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
+            "finetune": cfg.model.finetune, "resolution": cfg.data.resolution, "batch_size": cfg.data.batch_size,
+            "steps": cfg.train.max_steps, "lr_backbone": cfg.resolved_lr_backbone(), "seeds": seeds, "forms": forms, "threads_per_run": threads, "jobs": args.jobs,
             "train_cell_centre": "backbone", "eval_sets": list(EVAL_SETS), "eval_mappings": list(MAPPINGS),
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python experiments/miniature.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -140,19 +145,22 @@ def _evaluate_all(model: SimSC, sets: dict[str, Any], batch_size: int, beta_eval
     return reports
 
 
+def base_config(path: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:
+    """The engine sections of ``path`` (params.yaml by default) with ``overrides`` applied."""
+    return load_config(apply_overrides(engine_sections(read_yaml(path)), list(overrides)))
+
+
 def train_run(task: dict[str, Any], out_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train (or resume) one miniature run of ``task`` into ``out_dir``; ``overrides`` (``--set``
-    strings) come last, e.g. ``model.head=ncnet`` for the matching-head grid (heads_toy.py)."""
-    res = task["resolution"]
-    cfg = load_config(apply_overrides(read_yaml(task["config"]), [
-        f"model.temperature={task['variant']}", "model.finetune=all", "model.pretrained=false",
-        f"model.ce_interpolation={task['form']}", "model.cell_centre=backbone",
-        f"data.root={task['data_dir']}", f"data.resolution={res}", f"data.batch_size={task['batch_size']}",
-        f"train.max_steps={task['steps']}", "train.epochs=1000", f"train.lr_backbone={task['lr']}",
-        f"train.seed={task['seed']}", f"train.out_dir={out_dir}", f"train.num_threads={task['threads']}",
-        f"train.progress={not task['no_progress'] and task['jobs'] == 1}", f"eval.resolution={res}",
-        *overrides,
-    ]))
+    """Train (or resume) one miniature run of ``task`` into ``out_dir``: the base config with
+    ``task["overrides"]``, the run's own variant, form and seed, then ``overrides`` (e.g.
+    ``model.head=ncnet`` for the matching-head grid, heads_toy.py)."""
+    base = base_config(task["config"], task["overrides"])
+    cfg = base_config(task["config"], [
+        *task["overrides"], f"model.temperature={task['variant']}", f"model.ce_interpolation={task['form']}",
+        f"data.root={task['data_dir']}", f"train.seed={task['seed']}", f"train.out_dir={out_dir}",
+        f"train.num_threads={task['threads']}", f"train.progress={not task['no_progress'] and task['jobs'] == 1}",
+        f"eval.resolution={base.data.resolution}", *overrides,
+    ])
     return train(cfg, resume=True)
 
 
@@ -164,16 +172,17 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     cached = out_dir / "miniature_eval.json"
     if cached.is_file():
         return json.loads(cached.read_text(encoding="utf-8"))
-    print(f"== {form} {variant} seed {seed}: {task['steps']} steps -> {out_dir}", flush=True)
+    print(f"== {form} {variant} seed {seed} -> {out_dir}", flush=True)
     summary = train_run(task, out_dir)
-    res = task["resolution"]
+    cfg = base_config(task["config"], task["overrides"])
+    res, batch_size = cfg.data.resolution, cfg.data.batch_size
     model, _, meta = load_model(out_dir / "checkpoints" / "best.pt")
     sets = _test_sets(task["data_dir"], res)
     last, _, _ = load_model(out_dir / "checkpoints" / "last.pt")
     row = {
         "variant": variant, "form": form, "seed": seed, "trained": True,
-        "test": _evaluate_all(model, sets, task["batch_size"]),
-        "test_last_160": evaluate(last, sets["160"], batch_size=task["batch_size"])["per_image"],
+        "test": _evaluate_all(model, sets, batch_size),
+        "test_last_160": evaluate(last, sets["160"], batch_size=batch_size)["per_image"],
         "best_step": meta["best"]["step"], "best_val_pck@0.1": meta["best"]["metric"],
         "steps": summary["step"], "train_time_s": summary["train_time_s"], "steps_per_s": summary["steps_per_s"],
         "beta_eff_trajectory": _trajectory(out_dir / "metrics.jsonl"),
@@ -184,11 +193,11 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def untrained(data_dir: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def untrained(data_dir: str, seed: int, cfg: Config) -> dict[str, Any]:
     """The random-init backbone of ``seed``, no training, WithL2Norm inference (beta_eval 0.02)."""
     torch.manual_seed(seed)
-    model = SimSC("resnet18", "fixed:1", pretrained=False, finetune="none").eval()
-    test = _evaluate_all(model, _test_sets(data_dir, args.resolution), args.batch_size, beta_eval=0.02)
+    model = SimSC(cfg.model.backbone, "fixed:1", pretrained=False, finetune="none").eval()
+    test = _evaluate_all(model, _test_sets(data_dir, cfg.data.resolution), cfg.data.batch_size, beta_eval=0.02)
     return {"variant": "untrained", "form": None, "seed": seed, "trained": False, "test": test, "steps": 0}
 
 

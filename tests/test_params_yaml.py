@@ -50,5 +50,24 @@ def test_unchanged_write_is_identity(tmp_path):
 
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
-    apply_overrides(str(path), ["train.seed=0"])  # the current value: nothing may move
+    apply_overrides(str(path), ["train.max_steps=300"])  # the current value: nothing may move
     assert path.read_text(encoding="utf-8") == (REPO / "params.yaml").read_text(encoding="utf-8")
+
+
+def test_a_key_left_to_its_default_is_added_with_plus_plus_as_one_line(tmp_path):
+    """params.yaml holds only what the default run changes, so ``train.seed`` is not in it: DVC's
+    ``-S ++train.seed=1`` (add or override) adds exactly one line inside the train section."""
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    from simsc.config import load_config
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    original = path.read_text(encoding="utf-8")
+    assert "seed" not in yaml.safe_load(original)["train"]
+    apply_overrides(str(path), ["++train.seed=1"])
+    diff = changed(original, path.read_text(encoding="utf-8"))
+    assert diff == ["+  seed: 1"]
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert load_config({k: params[k] for k in ("model", "data", "train", "eval")}).train.seed == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from simsc.config import load_config
 from pipeline.sweep_spec import (
     SweepSpecError,
     compose,
@@ -169,10 +170,37 @@ def test_paper_sweeps_cover_the_paper_grids():
     lrs = [e.values for e in tab1.search if e.key == "train.lr_backbone"][0]
     assert lrs == [2e-6, 2e-5, 2e-4, 2e-3, 2e-2] and tab1.engine_base()["model"]["temperature"] == "fixed:1"
     tab3 = load_sweep_spec(REPO / "configs/sweeps/single_vs_mlp.yaml", "full", root=REPO)
-    assert {t["model.temperature"] for t in expand_grid(tab3)} == {"single", "mlp"}
-    assert tab3.engine_base()["train"]["lr_temperature"] is None  # paper defaults: 0.005 / 1e-4
+    # each trial trains its temperature at the paper's rate: 0.005 for single, 1e-4 for mlp (supp. Sec. 6)
+    trials = [{k: v for k, v in t.items() if "." in k} for t in expand_grid(tab3)]  # without bundle labels
+    rates = {t["model.temperature"]: load_config(compose(tab3.engine_base(), t)).resolved_lr_temperature()
+             for t in trials}
+    assert rates == {"single": 5e-3, "mlp": 1e-4}
+    # and the whole backbone at 2e-5, 100 epochs on PF-Pascal, 10 on SPair-71k (Sec. 4.2)
+    for trial in trials:
+        cfg = load_config(compose(tab3.engine_base(), trial))
+        assert cfg.resolved_lr_backbone() == 2e-5 and cfg.data.resolution == 256
+        assert cfg.train.epochs == {"pfpascal": 100, "spair": 10}[cfg.data.dataset]
     tab2 = load_sweep_spec(REPO / "configs/sweeps/backbones.yaml", "full", root=REPO)
     combos = {(t["model.backbone"], t["model.finetune"]) for t in expand_grid(tab2)}
     assert combos == {("resnet101", "last_block"), ("resnet101", "all"), ("resnet50", "last_block"),
                       ("resnet50", "all"), ("dino_vitb8", "last_block"), ("ibot_vitb16", "last_block"),
                       ("ibot_vitb16", "all")}
+
+
+@pytest.mark.parametrize("scheduler", [None, {}, {"grace_period": 2}, {"type": "asha"}])
+def test_the_scheduler_default_is_one_value_however_it_is_written(tmp_path, scheduler):
+    """No scheduler, an empty one or one without a type all mean fifo (every trial runs to its
+    end); ``type: asha`` alone takes ASHA's defaults. Before, these gave asha, fifo or asha."""
+    body = {"name": "s", "base": ["params.yaml"], "search": {"train.seed": {"grid": [0, 1]}}}
+    if scheduler is not None:
+        body["scheduler"] = scheduler
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(body))
+    if scheduler == {"grace_period": 2}:  # ASHA settings without type asha are a mistake
+        with pytest.raises(SweepSpecError, match="scheduler: unknown key 'grace_period'"):
+            load_sweep_spec(path, root=REPO)
+        return
+    spec = load_sweep_spec(path, root=REPO)
+    expected = {"type": "asha", "grace_period": 1, "reduction_factor": 2} if scheduler == {"type": "asha"} \
+        else {"type": "fifo"}
+    assert spec.scheduler == expected
