@@ -83,7 +83,7 @@ def run_training(params, callbacks_extra=()):
     from simsc.engine.trainer import train
 
     from pipeline.stage_train import engine_config
-    from pipeline.tracking import MlflowCallback
+    from pipeline.tracking.callback import MlflowCallback
 
     cfg = engine_config(params)
     cb = MlflowCallback(cfg, cfg.train.out_dir, experiment=params["tracking"]["experiment"],
@@ -96,7 +96,7 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
     from mlflow.tracking import MlflowClient
 
     from pipeline.stage_evaluate import stage_evaluate
-    from pipeline.tracking import load_reports, log_results
+    from pipeline.tracking.results import load_reports, log_results
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.chdir(tmp_path)
@@ -340,7 +340,7 @@ def test_champion_moves_only_for_a_better_version(server, embedded, tmp_path, mo
 
     from pipeline.stage_evaluate import stage_evaluate
     from pipeline.stage_report import stage_report
-    from pipeline.tracking import ChampionWarning
+    from pipeline.tracking.champion import ChampionWarning
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.chdir(tmp_path)
@@ -380,7 +380,7 @@ def test_champion_without_key_is_kept(server, tmp_path):
     tags existed, or by a sweep): not compared, left where it is."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import ChampionWarning, promote_champion
+    from pipeline.tracking.champion import ChampionWarning, promote_champion
 
     client = MlflowClient(server.uri)
     name = "simsc-nokey"
@@ -396,7 +396,7 @@ def test_champion_without_key_is_kept(server, tmp_path):
 
 
 def test_champion_rule_names_the_bad_key():
-    from pipeline.tracking import champion_measure, champion_rule
+    from pipeline.tracking.champion import champion_measure, champion_rule
 
     sets = ["test_160", "test_original"]
     assert champion_rule({}, sets) == ("test_160", "pck@0.1")
@@ -430,6 +430,6 @@ def test_simsc_never_imports_pipeline():
 
 
 def _uri(uri: str):
-    from pipeline.tracking import _fluent_uri
+    from pipeline.tracking.client import fluent_uri
 
-    return _fluent_uri(uri)
+    return fluent_uri(uri)
