@@ -192,12 +192,6 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
         srv.stop()
 
 
-def test_no_mlflow_in_the_library():
-    code = ("import sys, simsc, simsc.engine.trainer, simsc.commands.evaluate, simsc.cli; "
-            "bad = [m for m in ('mlflow', 'ray', 'dvc') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 # ------------------------------------------------------------------------------------------
 # The DVC stages as processes: what a user sees in the UI, and on the terminal
 # ------------------------------------------------------------------------------------------
@@ -206,7 +200,7 @@ def test_no_mlflow_in_the_library():
 def run_stage(module: str, *args: str, cwd: Path, env: dict) -> str:
     """Run ``python -m pipeline.<module>`` like ``dvc repro`` does; returns its stderr."""
     proc = subprocess.run([sys.executable, "-m", f"pipeline.{module}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, f"{module}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
     return proc.stderr
 
@@ -305,7 +299,7 @@ def test_logged_model_installs_and_predicts_in_a_fresh_process(stage_run, embedd
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(MLFLOW_TRACKING_URI=client.tracking_uri, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [1, 3, 2] and out["diff"] < 1e-4
@@ -321,7 +315,7 @@ def test_simsc_evaluate_the_champion(stage_run, embedded, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simsc.cli", "evaluate", "--model", "models:/simsc-stages@champion",
                            "--dataset", "embedded", "--root", str(embedded), "--resolution", "64", "--no-progress",
                            "--device", "cpu", "--out", str(out)], env=stage_run["env"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stage = json.loads((stage_run["cwd"] / "reports" / "eval" / "test_64" / "report.json").read_text())
     assert json.loads(out.read_text())["per_image"] == stage["per_image"]
@@ -352,7 +346,7 @@ def test_champion_moves_only_for_a_better_version(server, embedded, tmp_path, mo
     for i, pck in enumerate((30.0, 20.0, 40.0, 90.0)):
         params = params_for(embedded, tmp_path / "runs" / f"r{i}", max_steps=1, registered=name)
         params["report"] = {"out": f"reports/r{i}/report.md", "n_pictures": 0}
-        cb, _ = run_training(params)
+        run_training(params)
         if measured is None:
             stage_evaluate(params, "test_64")
             measured = json.loads(report_p.read_text())
@@ -414,19 +408,6 @@ def test_champion_rule_names_the_bad_key():
         ("test_160=embedded/test@160/n100:pck@0.10", 20.1235)
     with pytest.raises(ValueError, match=r"tracking.champion_metric 'pck@0.2': .* alphas \['0.05', '0.1', '0.15'\]"):
         champion_measure({"test_160": rep}, ("test_160", "pck@0.2"))
-
-
-def test_simsc_never_imports_pipeline():
-    """The library reaches registries only through :mod:`simsc.model_uri` (issue 15)."""
-    import ast
-
-    bad = []
-    for path in (REPO / "simsc").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("pipeline", "mlflow")]
-    assert not bad, bad
 
 
 def _uri(uri: str):
