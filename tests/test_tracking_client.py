@@ -81,8 +81,9 @@ def test_connecting_applies_the_http_defaults_unless_set(monkeypatch):
     pytest.importorskip("mlflow")
     from pipeline.tracking.client import HTTP_DEFAULTS, SafeMlflow
 
-    for name in HTTP_VARS:
-        monkeypatch.delenv(name, raising=False)
+    for name in HTTP_VARS:  # set, then removed: monkeypatch puts back whatever was there before
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's choice wins
     assert HTTP_DEFAULTS == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
