@@ -118,3 +118,15 @@ def test_a_failure_warns_once_and_later_calls_are_skipped():
     msg = str(caught[0].message)
     assert "http://tracking.invalid" in msg and "ConnectionError: refused" in msg and "not logged: step metrics" in msg
     assert "python -m pipeline.relog" in msg
+
+
+def test_the_package_names_resolve_to_their_modules():
+    """``pipeline.tracking.NAME`` (what an install made before the split names in its entry
+    points: ``pipeline.tracking:fetch_checkpoint``) is the submodule's object."""
+    import importlib
+
+    import pipeline.tracking as tracking
+
+    assert tracking._LAZY["fetch_checkpoint"] == "models"
+    for name, module in tracking._LAZY.items():
+        assert getattr(tracking, name) is getattr(importlib.import_module(f"pipeline.tracking.{module}"), name)
