@@ -125,7 +125,7 @@ def test_the_package_names_resolve_to_their_modules():
     points: ``pipeline.tracking:fetch_checkpoint``) is the submodule's object."""
     import importlib
 
-    import pipeline.tracking as tracking
+    from pipeline import tracking
 
     assert tracking._LAZY["fetch_checkpoint"] == "models"
     for name, module in tracking._LAZY.items():
