@@ -219,7 +219,8 @@ def _r1(value: Any) -> Any:
 
 
 def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plots: Path = TRAIN_PLOTS) -> Path:
-    from .tracking import git_revision, load_reports, log_results, pck_table, run_page_url, table_markdown
+    from .tracking.results import load_reports, log_results, pck_table, table_markdown
+    from .tracking.runs import git_revision, run_page_url
 
     rep_cfg = params.get("report") or {}
     out_md = Path(rep_cfg.get("out", "reports/report.md"))

@@ -23,7 +23,7 @@ def stage_report(params: dict[str, Any]) -> None:
     sets = list((params.get("evaluate") or {}).get("sets") or {})
     rule = None
     if tracking.get("enabled", False):
-        from .tracking import champion_rule
+        from .tracking.champion import champion_rule
 
         try:  # a bad key fails before the report is built, naming itself
             rule = champion_rule(tracking, sets)
@@ -32,7 +32,7 @@ def stage_report(params: dict[str, Any]) -> None:
     out_md = build_report(params)
     if rule is None:
         return
-    from .tracking import load_reports, log_report
+    from .tracking.results import load_reports, log_report
 
     reports = {k: v for k, v in load_reports(EVAL_DIR).items() if k in sets}
     run_dir = Path(params["train"]["out_dir"])
@@ -44,7 +44,7 @@ def stage_report(params: dict[str, Any]) -> None:
         where = "moved to" if decision["moved"] else "stays on"
         print(f"champion: {decision['key']} = {decision['value']:.2f} for v{decision['version']}; alias "
               f"{where} v{decision['champion']} ({decision['reason']})", file=sys.stderr)
-    from .tracking import run_page_url
+    from .tracking.runs import run_page_url
 
     url = run_page_url(run_dir)
     if url:  # a local store's page is served by `mlflow ui` (README: Quick start)

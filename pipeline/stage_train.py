@@ -32,7 +32,7 @@ def stage_train(params: dict[str, Any]) -> None:
     callbacks = []
     tracking = tracking_section(params)
     if tracking.get("enabled", False):
-        from .tracking import MlflowCallback
+        from .tracking.callback import MlflowCallback
 
         callbacks.append(MlflowCallback(cfg, cfg.train.out_dir, experiment=tracking.get("experiment"),
                                         registered_model=tracking.get("registered_model"),

@@ -91,7 +91,7 @@ def _read_state(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _start_parent(ml, spec: SweepSpec) -> str | None:
-    from .tracking import experiment_id, flatten, git_revision
+    from .tracking.runs import experiment_id, flatten, git_revision
 
     def create():
         client = ml.connect()
@@ -116,7 +116,9 @@ def _start_parent(ml, spec: SweepSpec) -> str | None:
 def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]], paths: dict[str, Path],
                    best_ckpt: Path | None) -> dict[str, Any]:
     """Close the child runs (status, tags), log the results to the parent, the best model."""
-    from .tracking import _metric, find_tagged_run, log_checkpoint_model
+    from .tracking.client import metric
+    from .tracking.models import log_checkpoint_model
+    from .tracking.runs import find_tagged_run
 
     out: dict[str, Any] = {"children": {}}
     client = ml.connect() if not ml.offline else None
@@ -135,7 +137,7 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
         if row.get("_path"):  # the trial's folder in the storage (its run folder was scratch)
             ml.call("trial folder tag", client.set_tag, rid, "run_dir", str(row["_path"]))
         if row.get("best_val_pck") is not None:
-            ml.call("trial best PCK", client.log_batch, rid, metrics=[_metric("best_val_pck", row["best_val_pck"], 0)])
+            ml.call("trial best PCK", client.log_batch, rid, metrics=[metric("best_val_pck", row["best_val_pck"], 0)])
         # ASHA-stopped trials never reach the trainer's on_end: close their runs here.
         failed = row["status"] in (STATUS_ERROR, STATUS_DIVERGED)
         ml.call("trial run status", client.set_terminated, rid, "FAILED" if failed else "FINISHED")
@@ -145,7 +147,7 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
             ml.call(f"sweep {key}", client.log_artifact, parent_run_id, str(paths[key]), "results")
     if best is not None:
         ml.call("best result", client.log_batch, parent_run_id,
-                metrics=[_metric("best_val_pck", best["best_val_pck"], 0)])
+                metrics=[metric("best_val_pck", best["best_val_pck"], 0)])
         ml.call("best trial tag", client.set_tag, parent_run_id, "sweep.best_trial", best["trial_id"])
         rid = best.get("mlflow_run_id")
         if rid and best_ckpt is not None:
@@ -159,7 +161,7 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
     counts = {s: sum(r["status"] == s for r in rows)
               for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_ERROR)}
     ml.call("trial counts", client.log_batch, parent_run_id,
-            metrics=[_metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()])
+            metrics=[metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()])
     ml.call("parent run status", client.set_terminated, parent_run_id,
             "FAILED" if counts[STATUS_ERROR] else "FINISHED")
     return out
@@ -229,7 +231,8 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
     from ray import tune
 
     from .sweep_trial import TrialContext
-    from .tracking import SafeMlflow, git_revision
+    from .tracking.client import SafeMlflow
+    from .tracking.runs import git_revision
 
     out = Path(out_dir) if out_dir is not None else Path(spec.root, "sweeps", spec.name)
     storage = storage or spec.storage or default_storage(spec)

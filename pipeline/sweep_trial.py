@@ -8,7 +8,7 @@ through callbacks:
   epoch, right after the trainer wrote ``checkpoints/last.pt``; the checkpoint folder holds
   ``last.pt`` (full training state), ``best.pt``, ``metrics.jsonl``, ``config.yaml`` and
   ``trial_state.json`` (how many times the trial started).
-- :class:`~pipeline.tracking.MlflowCallback` logs a child run nested under the sweep's
+- :class:`~pipeline.tracking.callback.MlflowCallback` logs a child run nested under the sweep's
   parent run (tag ``mlflow.parentRunId``), with every step's beta and every epoch's PCK.
 
 A restarted trial (its worker died, or ``--resume``) gets its newest checkpoint from
@@ -205,12 +205,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     callbacks: list[Any] = []
     tr = context.tracking
     if tr:
-        from .tracking import MlflowCallback
+        from .tracking.callback import MlflowCallback
+        from .tracking.runs import describe_run
 
         tags = {"mlflow.parentRunId": tr["parent_run_id"], "sweep.name": context.spec_name,
                 "sweep.trial_id": trial_id}
-        from .tracking import describe_run
-
         callbacks.append(MlflowCallback(
             cfg, run_dir, experiment=tr["experiment"], tracking_uri=tr["uri"],
             run_name=f"{context.spec_name}/{trial_id} {describe_run(cfg.to_dict())} {trial_label(shim, config)}",

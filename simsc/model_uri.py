@@ -5,7 +5,7 @@ MLflow) registers a resolver for its URI schemes under the entry-point group
 :data:`ENTRY_POINT_GROUP`, in its ``pyproject.toml``::
 
     [project.entry-points."simsc.model_uri"]
-    models = "pipeline.tracking:fetch_checkpoint"
+    models = "pipeline.tracking.models:fetch_checkpoint"
 
 A resolver takes the URI and returns the local path of a simsc checkpoint. Code can also
 call :func:`register` directly. There is no built-in default: without a resolver for its

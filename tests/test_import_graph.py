@@ -1,5 +1,6 @@
-"""The structure of ``simsc``'s imports: no cycles, and a CLI that needs no model does not
-import torch (structural checks; the timings live in bench/)."""
+"""The structure of ``simsc``'s imports: no cycles, no orchestration or tracking package
+anywhere in the library, and a CLI that needs no model does not import torch (structural
+checks; the timings live in bench/)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,85 @@ def test_the_cycle_finder_finds_a_cycle_behind_a_function_level_import():
 def test_simsc_has_no_import_cycle():
     cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+#: What the library never imports, not even inside a function: the orchestration layer and the
+#: tools it drives. ``simsc`` reaches a registry only through the entry points of
+#: :mod:`simsc.model_uri`, which name ``pipeline`` code as data, not as an import.
+FORBIDDEN = ("mlflow", "ray", "dvc", "pipeline")
+
+
+def _is_dynamic_import(func: ast.expr) -> bool:
+    """``__import__(...)``, ``import_module(...)`` or ``importlib.import_module(...)``."""
+    if isinstance(func, ast.Name):
+        return func.id in ("__import__", "import_module")
+    return isinstance(func, ast.Attribute) and func.attr == "import_module"
+
+
+def forbidden_imports(source: str, filename: str) -> list[str]:
+    """``file:line: module`` for each import of a :data:`FORBIDDEN` package in ``source``:
+    ``import x``, ``from x import y`` at any depth (inside functions, methods, ``try`` and
+    ``if TYPE_CHECKING`` blocks too) and ``importlib.import_module`` / ``__import__`` of a
+    literal name. Relative imports stay inside the library and are not counted."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        elif (isinstance(node, ast.Call) and _is_dynamic_import(node.func) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names = [node.args[0].value]
+        found += [f"{filename}:{node.lineno}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def forbidden_imports_under(root: Path) -> tuple[list[Path], list[str]]:
+    """The ``.py`` files under ``root`` (recursively) and their forbidden imports."""
+    files = sorted(root.rglob("*.py"))
+    found = []
+    for path in files:
+        found += forbidden_imports(path.read_text(encoding="utf-8"), path.relative_to(root.parent).as_posix())
+    return files, found
+
+
+def test_the_checker_finds_a_planted_lazy_import(tmp_path):
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "__init__.py").write_text("")
+    (lib / "sub" / "deep.py").write_text(
+        "import importlib\n"                                      # 1
+        "\n"                                                      # 2
+        "def resolve(uri):\n"                                     # 3
+        "    from pipeline.tracking.models import fetch_checkpoint\n"  # 4
+        "    return fetch_checkpoint(uri)\n"                      # 5
+        "\n"                                                      # 6
+        "class Logger:\n"                                         # 7
+        "    def log(self):\n"                                    # 8
+        "        try:\n"                                          # 9
+        "            import mlflow.pyfunc, json\n"                # 10
+        "        except ImportError:\n"                           # 11
+        "            pass\n"                                      # 12
+        "\n"                                                      # 13
+        "def tune():\n"                                           # 14
+        "    return importlib.import_module('ray.tune'), __import__('dvc')\n"  # 15
+    )
+    # near misses: other packages whose names start alike, a sibling module called pipeline
+    (lib / "clean.py").write_text("import rayon\nfrom mlflowish import x\nfrom .pipeline import y\n"
+                                  "import importlib\nimportlib.import_module('simsc.pipelines')\n")
+    files, found = forbidden_imports_under(lib)
+    assert len(files) == 3
+    assert found == ["lib/sub/deep.py:4: pipeline.tracking.models", "lib/sub/deep.py:10: mlflow.pyfunc",
+                     "lib/sub/deep.py:15: ray.tune", "lib/sub/deep.py:15: dvc"]
+
+
+def test_the_library_never_imports_orchestration_or_tracking():
+    files, found = forbidden_imports_under(REPO / PACKAGE)
+    # the walk reaches every level (simsc/data/download/*.py): an empty glob would pass vacuously
+    assert REPO / PACKAGE / "model_uri.py" in files
+    assert max(len(p.relative_to(REPO / PACKAGE).parts) for p in files) >= 3
+    assert not found, "simsc imports what only pipeline/ may:\n" + "\n".join(found)
 
 
 def _modules_after(code: str) -> set[str]:

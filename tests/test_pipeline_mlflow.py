@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import tomllib
 import warnings
 from pathlib import Path
@@ -83,7 +82,7 @@ def run_training(params, callbacks_extra=()):
     from simsc.engine.trainer import train
 
     from pipeline.stage_train import engine_config
-    from pipeline.tracking import MlflowCallback
+    from pipeline.tracking.callback import MlflowCallback
 
     cfg = engine_config(params)
     cb = MlflowCallback(cfg, cfg.train.out_dir, experiment=params["tracking"]["experiment"],
@@ -96,7 +95,7 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
     from mlflow.tracking import MlflowClient
 
     from pipeline.stage_evaluate import stage_evaluate
-    from pipeline.tracking import load_reports, log_results
+    from pipeline.tracking.results import load_reports, log_results
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.chdir(tmp_path)
@@ -144,6 +143,7 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
     from simsc.engine.callbacks import Callback
 
     from pipeline.relog import main as relog_main
+    from pipeline.tracking.client import SafeMlflow
 
     root = tmp_path_factory.mktemp("mlflow_dead")
     srv = Server(root, unused_port())
@@ -152,6 +152,32 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.chdir(tmp_path)
+    # every MLflow call the training run makes, with whether the tracker was already offline:
+    # "costs nothing" is that no call reaches for the dead server once one has failed (a
+    # structural check in place of a wall-clock bound)
+    attempts: list[tuple[str, bool]] = []
+    real_connect = SafeMlflow.connect
+
+    class Recorder:
+        def __init__(self, client, ml):
+            self._client, self._ml = client, ml
+
+        def __getattr__(self, name):
+            attr = getattr(self._client, name)
+            if not callable(attr):
+                return attr
+
+            def recorded(*args, **kwargs):
+                attempts.append((name, self._ml.offline))
+                return attr(*args, **kwargs)
+            return recorded
+
+    def connect(self):
+        if self.client is None:
+            self.client = Recorder(real_connect(self), self)
+        return self.client
+
+    monkeypatch.setattr(SafeMlflow, "connect", connect)
 
     class KillAt(Callback):
         def on_step(self, metrics):
@@ -161,15 +187,15 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
     out_dir = tmp_path / "runs" / "dead"
     params = params_for(embedded, out_dir, max_steps=8, registered="simsc-pytest-dead")
     try:
-        t0 = time.time()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cb, summary = run_training(params, callbacks_extra=[KillAt()])
-        elapsed = time.time() - t0
         assert summary["status"] == "finished" and summary["step"] == 8
         msgs = [str(w.message) for w in caught if "MLflow" in str(w.message)]
         assert msgs and "not logged" in msgs[0] and "pipeline.relog" in msgs[0]
-        assert elapsed < 60
+        assert cb.ml.offline
+        assert [n for n, _ in attempts].count("log_batch") >= 3  # steps 1-3 reached the live server
+        assert [a for a in attempts if a[1]] == [], "MLflow calls after the server was found dead"
         # local outputs are complete
         steps = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in steps if r["type"] == "step"] == list(range(1, 9))
@@ -192,12 +218,6 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
         srv.stop()
 
 
-def test_no_mlflow_in_the_library():
-    code = ("import sys, simsc, simsc.engine.trainer, simsc.commands.evaluate, simsc.cli; "
-            "bad = [m for m in ('mlflow', 'ray', 'dvc') if m in sys.modules]; assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 # ------------------------------------------------------------------------------------------
 # The DVC stages as processes: what a user sees in the UI, and on the terminal
 # ------------------------------------------------------------------------------------------
@@ -206,7 +226,7 @@ def test_no_mlflow_in_the_library():
 def run_stage(module: str, *args: str, cwd: Path, env: dict) -> str:
     """Run ``python -m pipeline.<module>`` like ``dvc repro`` does; returns its stderr."""
     proc = subprocess.run([sys.executable, "-m", f"pipeline.{module}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, f"{module}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
     return proc.stderr
 
@@ -305,7 +325,7 @@ def test_logged_model_installs_and_predicts_in_a_fresh_process(stage_run, embedd
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(MLFLOW_TRACKING_URI=client.tracking_uri, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [1, 3, 2] and out["diff"] < 1e-4
@@ -321,7 +341,7 @@ def test_simsc_evaluate_the_champion(stage_run, embedded, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simsc.cli", "evaluate", "--model", "models:/simsc-stages@champion",
                            "--dataset", "embedded", "--root", str(embedded), "--resolution", "64", "--no-progress",
                            "--device", "cpu", "--out", str(out)], env=stage_run["env"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stage = json.loads((stage_run["cwd"] / "reports" / "eval" / "test_64" / "report.json").read_text())
     assert json.loads(out.read_text())["per_image"] == stage["per_image"]
@@ -340,7 +360,7 @@ def test_champion_moves_only_for_a_better_version(server, embedded, tmp_path, mo
 
     from pipeline.stage_evaluate import stage_evaluate
     from pipeline.stage_report import stage_report
-    from pipeline.tracking import ChampionWarning
+    from pipeline.tracking.champion import ChampionWarning
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.chdir(tmp_path)
@@ -352,7 +372,7 @@ def test_champion_moves_only_for_a_better_version(server, embedded, tmp_path, mo
     for i, pck in enumerate((30.0, 20.0, 40.0, 90.0)):
         params = params_for(embedded, tmp_path / "runs" / f"r{i}", max_steps=1, registered=name)
         params["report"] = {"out": f"reports/r{i}/report.md", "n_pictures": 0}
-        cb, _ = run_training(params)
+        run_training(params)
         if measured is None:
             stage_evaluate(params, "test_64")
             measured = json.loads(report_p.read_text())
@@ -380,7 +400,7 @@ def test_champion_without_key_is_kept(server, tmp_path):
     tags existed, or by a sweep): not compared, left where it is."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import ChampionWarning, promote_champion
+    from pipeline.tracking.champion import ChampionWarning, promote_champion
 
     client = MlflowClient(server.uri)
     name = "simsc-nokey"
@@ -396,7 +416,7 @@ def test_champion_without_key_is_kept(server, tmp_path):
 
 
 def test_champion_rule_names_the_bad_key():
-    from pipeline.tracking import champion_measure, champion_rule
+    from pipeline.tracking.champion import champion_measure, champion_rule
 
     sets = ["test_160", "test_original"]
     assert champion_rule({}, sets) == ("test_160", "pck@0.1")
@@ -416,20 +436,7 @@ def test_champion_rule_names_the_bad_key():
         champion_measure({"test_160": rep}, ("test_160", "pck@0.2"))
 
 
-def test_simsc_never_imports_pipeline():
-    """The library reaches registries only through :mod:`simsc.model_uri` (issue 15)."""
-    import ast
-
-    bad = []
-    for path in (REPO / "simsc").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ("pipeline", "mlflow")]
-    assert not bad, bad
-
-
 def _uri(uri: str):
-    from pipeline.tracking import _fluent_uri
+    from pipeline.tracking.client import fluent_uri
 
-    return _fluent_uri(uri)
+    return fluent_uri(uri)

@@ -31,7 +31,7 @@ def test_run_page_url_opens_the_training_view(tmp_path):
 
     import mlflow
 
-    from pipeline.tracking import run_page_url
+    from pipeline.tracking.runs import run_page_url
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from pipeline.sweep_results import (
     best_row,
     dvc_flags,
     handoff,
-    results_csv,
     results_markdown,
     write_results,
 )
@@ -129,17 +126,72 @@ def test_handoff_leaves_out_keys_trials_do_not_read(spec):
     assert "`eval.resolution`: sweep trials do not read it" in md
 
 
-def test_results_files(spec, tmp_path):
+HAND_SPEC = """\
+name: hand
+description: Two learning rates, written out by hand.
+base: [params.yaml]
+set:
+  model.temperature: "fixed:1"
+  train.epochs: 3
+  train.best_alpha: 0.1
+search:
+  train.lr_backbone: {grid: [2.0e-5, 2.0e-2]}
+search_alg: grid
+"""
+
+
+def test_results_files(tmp_path):
+    """The three files of a sweep with one finished and one failed trial, against their text
+    written out by hand: every value comes from this test's spec and rows (the only thing
+    read from params.yaml is which keys exist), so a change of format or of a value shows."""
+    spec_path = tmp_path / "hand.yaml"
+    spec_path.write_text(HAND_SPEC)
+    spec = load_sweep_spec(spec_path, root=REPO)
     rows = [row("a", STATUS_COMPLETED, 10.0, 2e-5), row("b", STATUS_ERROR, None, 2e-2)]
-    paths = write_results(tmp_path, spec, rows)
-    table = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
-    assert [r["trial_id"] for r in table] == ["a", "b"] and "_overrides" not in table[0]
-    assert table[1]["best_val_pck"] == "" and table[1]["error"] == "boom"
-    md = paths["md"].read_text()
-    assert "| a | completed |" in md and "- b: boom" in md and "dvc exp run" in md
-    best = yaml.safe_load(paths["best_params"].read_text())
-    assert best["train"]["lr_backbone"] == 2e-5
-    assert results_csv(rows) == paths["csv"].read_text()
-    # no trial succeeded: no best params file
+    out = tmp_path / "out"
+    paths = write_results(out, spec, rows)
+    assert paths == {"csv": out / "results.csv", "md": out / "results.md", "best_params": out / "best_params.yaml"}
+    # internal fields (_overrides, _checkpoint, _path) stay out; None is an empty cell
+    assert paths["csv"].read_text() == (
+        "trial_id,label,status,train.lr_backbone,epochs_done,epochs,best_val_pck,error\n"
+        "a,lr_backbone=2e-05,completed,2e-05,3,3,10.0,\n"
+        "b,lr_backbone=0.02,error,0.02,1,3,,boom\n")
+    flags = ("dvc exp run -S 'model.temperature=fixed:1' -S 'train.epochs=3' -S 'train.best_alpha=0.1' "
+             "-S 'train.lr_backbone=2.0e-05' -S 'train.out_dir=runs/sweep-hand-best'")
+    # label and error columns are left out of the table; small floats keep 4 significant digits
+    assert paths["md"].read_text() == (
+        "# Sweep `hand`\n"
+        "\n"
+        "Two learning rates, written out by hand.\n"
+        "\n"
+        "2 trials; metric `val_pck` = validation PCK@0.1 (per image), best over each trial's epochs.\n"
+        "\n"
+        "| trial_id | status | train.lr_backbone | epochs_done | epochs | best_val_pck |\n"
+        "|---|---|---|---|---|---|\n"
+        "| a | completed | 2e-05 | 3 | 3 | 10.00 |\n"
+        "| b | error | 0.02 | 1 | 3 |  |\n"
+        "\n"
+        "Errors:\n"
+        "\n"
+        "- b: boom\n"
+        "\n"
+        "Best configuration as a DVC experiment:\n"
+        "\n"
+        "```\n"
+        f"{flags}\n"
+        "```\n")
+    assert paths["best_params"].read_text() == (
+        "# Best trial a of sweep hand (lr_backbone=2e-05): best val PCK 10.00\n"
+        "# Only keys a trial read and a DVC stage declares (results.md lists the others).\n"
+        f"# Use: python -m pipeline.paramset {out / 'best_params.yaml'} --apply && dvc exp run\n"
+        "model:\n"
+        "  temperature: fixed:1\n"
+        "train:\n"
+        "  epochs: 3\n"
+        "  best_alpha: 0.1\n"
+        "  lr_backbone: 2.0e-05\n"
+        "  out_dir: runs/sweep-hand-best\n")
+    # no trial succeeded: no best params file, no DVC command
     paths = write_results(tmp_path / "none", spec, [row("b", STATUS_ERROR, None, 2e-2)])
     assert "best_params" not in paths and not (tmp_path / "none" / "best_params.yaml").exists()
+    assert "dvc exp run" not in paths["md"].read_text()

@@ -1,0 +1,149 @@
+"""The MLflow connection: importing mlflow quietly, HTTP settings, and :class:`SafeMlflow`.
+
+Tracking never costs a run: every MLflow call of a training run goes through
+:class:`SafeMlflow`, which turns any failure (server down, timeout, bad store) into one
+warning naming what was not logged and stops talking to the server after the first
+connection failure. The run folder keeps everything needed to log it later:
+``python -m pipeline.relog RUN_DIR``.
+
+The store is MLflow's default (``sqlite:///mlflow.db`` in the working directory for
+MLflow 3) unless ``MLFLOW_TRACKING_URI`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+#: MLflow's HTTP client settings while this project talks to a server: short timeouts and few
+#: retries, so a dead server costs a training run seconds, not minutes per call. Applied by
+#: :func:`apply_http_defaults` when a connection is made, each only where the environment
+#: does not set it already.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+#: Loggers whose INFO lines are bookkeeping, not news: the system-metrics thread starting and
+#: stopping, the SQL store creating its tables (alembic migrations) on first use.
+_CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.store.db.utils", "alembic", "mlflow.pyfunc",
+                   "mlflow.store.model_registry.abstract_store", "mlflow.tracking._model_registry.client")
+
+
+class TrackingWarning(UserWarning):
+    """MLflow could not be reached or failed: something was not logged (the run goes on)."""
+
+
+def apply_http_defaults() -> None:
+    """Set each of :data:`HTTP_DEFAULTS` the environment leaves unset. MLflow reads them from
+    the environment at every request (its client takes no timeout argument), and the
+    system-metrics thread and a registered model's upload make requests too, so the
+    environment is the one place that reaches them all."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def quiet_mlflow_logging() -> None:
+    """Raise MLflow's bookkeeping loggers to WARNING: a clean run prints nothing from MLflow."""
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's SQL store (the default sqlite:///mlflow.db) uses a SQLAlchemy option SQLAlchemy
+    # deprecates: MLflow's to fix, nothing a user of this project can act on.
+    warnings.filterwarnings("ignore", message=r"(?s).*``noload`` loader strategy is deprecated",
+                            module=r"mlflow\.store")
+
+
+def mlflow_module() -> Any:
+    """``mlflow``, ready to connect: HTTP defaults applied, bookkeeping logs quiet. Every
+    path of this package that talks to a server gets mlflow from here."""
+    try:
+        import mlflow
+    except ImportError as exc:  # pragma: no cover - mlflow is a pipeline dependency
+        raise ImportError("MLflow tracking needs mlflow: pip install -e '.[pipeline]'") from exc
+    apply_http_defaults()
+    quiet_mlflow_logging()
+    return mlflow
+
+
+def client_for(tracking_uri: str | None) -> Any:
+    """An ``MlflowClient`` for ``tracking_uri`` (``None``: MLflow's default store)."""
+    mlflow_module()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def metric(key: str, value: float, step: int, ts: int | None = None) -> Any:
+    """An MLflow ``Metric`` entity for ``log_batch`` (timestamp: now, in ms, unless given)."""
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), ts if ts is not None else int(time.time() * 1000), int(step))
+
+
+class SafeMlflow:
+    """Calls MLflow, never raises: a failure warns once per kind and is remembered.
+
+    After the first failure the tracker goes *offline*: later calls are skipped (no timeout
+    per training step against a dead server) and only counted in ``failed``.
+    """
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client: Any = None
+        self.offline = False
+        self.failed: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    def connect(self) -> Any:
+        """The ``MlflowClient``, made on first use (the URI becomes the resolved one)."""
+        if self.client is None:
+            self.client = client_for(self.tracking_uri)
+            self.tracking_uri = self.client.tracking_uri
+        return self.client
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, or ``None`` after a :class:`TrackingWarning` naming ``what``
+        (once per ``what``) when it raises or the tracker is already offline."""
+        if self.offline:
+            self.failed[what] = self.failed.get(what, 0) + 1
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must never end a run
+            self.failed[what] = self.failed.get(what, 0) + 1
+            self.offline = True
+            if what not in self._warned:
+                self._warned.add(what)
+                warnings.warn(
+                    f"MLflow ({self.tracking_uri}) failed: {type(exc).__name__}: {str(exc)[:300]}; not logged: "
+                    f"{what} (and everything after it in this run); training goes on, local outputs are "
+                    "complete: re-log later with `python -m pipeline.relog RUN_DIR`",
+                    TrackingWarning, stacklevel=2,
+                )
+            return None
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``log_model`` needs it) at ``uri`` for a moment, then put
+    back both the process-wide URI and ``MLFLOW_TRACKING_URI`` exactly as they were."""
+    mlflow = mlflow_module()
+    from mlflow.tracking._tracking_service import utils as tu
+
+    old_uri, old_env = getattr(tu, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if hasattr(tu, "_tracking_uri"):
+            tu._tracking_uri = old_uri
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
