@@ -11,7 +11,7 @@ checkpoint, and restarts from that checkpoint when its worker dies (``max_failur
 
 Outputs (``--out``, default ``sweeps/<name>``): ``sweep.json`` (state: spec digest, MLflow
 parent run, Ray experiment path), ``results.csv`` / ``results.md`` (one row per trial),
-``best_params.yaml`` (the best trial as a params file for ``dvc exp run``) and ``best.pt``
+``best_params.yaml`` (the best trial as a parameter set for ``pipeline.paramset``) and ``best.pt``
 (its best checkpoint). Ray's own results (trial checkpoints, experiment state) go to the
 storage (``--storage`` / spec ``storage``: a folder, shared NFS, or ``s3://...``), default
 ``sweeps/ray_results``.

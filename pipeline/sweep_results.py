@@ -2,7 +2,7 @@
 
 ``rows_from_results`` turns Ray Tune's ``ResultGrid`` into one plain row per trial;
 ``write_results`` writes ``results.csv`` / ``results.md``; ``best_params`` gives the best
-trial's configuration as a partial ``params.yaml`` (apply it with
+trial's configuration as a parameter set (apply it with
 ``python -m pipeline.paramset FILE --apply`` then ``dvc exp run``, or pass the printed
 ``-S`` flags to ``dvc exp run``).
 """
@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from simsc.io import atomic_write_bytes
+from simsc.config import engine_sections, load_config
+from simsc.io import atomic_write_bytes, read_yaml_mapping
 
 # A trial trains with the train stage's sections (model, data, train): what its PCK measured.
 # Other keys of a spec's ``set`` (e.g. ``eval.*``, which trials never read) are not handed to
@@ -171,9 +172,9 @@ def is_declared(key: str, declared: Sequence[str]) -> bool:
     return any(key == d or key.startswith(d + ".") for d in declared)
 
 
-def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The best trial's keys for ``dvc exp run -S`` / ``best_params.yaml``, and the keys left
-    out with the reason: only keys a trial read and some stage declares are handed over."""
+def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The dotted keys the sweep set for the best trial (``set``, its sampled values and a fresh
+    ``train.out_dir``) that a trial reads and a stage declares, and the others with the reason."""
     declared = stage_params()
     keys = {**spec.set, **row["_overrides"], "train.out_dir": f"runs/sweep-{spec.name}-best"}
     kept, dropped = {}, {}
@@ -187,18 +188,43 @@ def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], di
     return kept, dropped
 
 
+def trial_config(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The best trial's engine config as plain values (paths as the spec wrote them): the
+    sweep's base with the trial's keys; ``eval`` stays the base's (trials never read it)."""
+    kept, _ = _trial_keys(spec, row)
+    return load_config(compose(engine_sections(spec.params_raw), kept)).to_dict()
+
+
+def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``dvc exp run -S`` keys of the best trial: every key of the trained sections whose
+    value differs from the project's ``params.yaml`` (the base files of a toy profile and the
+    sweep's ``set`` included), and the sweep keys left out, with the reason."""
+    _, dropped = _trial_keys(spec, row)
+    trial = trial_config(spec, row)
+    params_file = Path(spec.root) / "params.yaml"
+    current = engine_sections(read_yaml_mapping(params_file, what="params file", error=ValueError)
+                              if params_file.is_file() else {})
+    now = load_config(current).to_dict()
+    kept = {f"{section}.{key}": value for section in TRIAL_SECTIONS for key, value in trial[section].items()
+            if now[section][key] != value}
+    return kept, dropped
+
+
 def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The best trial's parameters as a partial params file (the keys of :func:`handoff`),
-    ``train.out_dir`` pointing at a fresh run folder; ``python -m pipeline.paramset FILE --apply``
-    merges it into params.yaml."""
-    kept, _ = handoff(spec, row)
-    return compose({}, kept)
+    """The best trial as a parameter set: its engine sections as differences from the schema's
+    defaults (``train.out_dir`` a fresh run folder). ``python -m pipeline.paramset FILE --apply``
+    makes params.yaml train exactly this configuration."""
+    trial = trial_config(spec, row)
+    defaults = load_config().to_dict()
+    out = {section: {k: v for k, v in values.items() if v != defaults[section][k]} for section, values in trial.items()}
+    return {section: values for section, values in out.items() if values}
 
 
 def dvc_flags(spec: SweepSpec, row: Mapping[str, Any]) -> str:
-    """``dvc exp run -S key=value ...`` for the keys of :func:`handoff`."""
+    """``dvc exp run -S '++key=value' ...`` for the keys of :func:`handoff` (``++``: add the key
+    when params.yaml leaves it to its default, override it otherwise)."""
     kept, _ = handoff(spec, row)
-    flags = " ".join(f"-S '{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
+    flags = " ".join(f"-S '++{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
                      for k, v in kept.items())
     return f"dvc exp run {flags}"
 
@@ -213,7 +239,7 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[dict[str, Any]]) ->
         params = best_params(spec, best)
         header = (f"# Best trial {best['trial_id']} of sweep {spec.name} ({best['label']}): "
                   f"best val PCK {best['best_val_pck']:.2f}\n"
-                  f"# Only keys a trial read and a DVC stage declares (results.md lists the others).\n"
+                  f"# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
                   f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && dvc exp run\n")
         paths["best_params"] = out_dir / "best_params.yaml"
         atomic_write_bytes(paths["best_params"], (header + yaml.safe_dump(params, sort_keys=False)).encode())

@@ -171,13 +171,13 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     best = max(rows, key=lambda r: float(r["best_val_pck"]))
     assert (sweep_dir / "results.md").read_text().count("| completed |") == 4
     params = yaml.safe_load((sweep_dir / "best_params.yaml").read_text())
-    assert params["model"]["temperature"] == best["model.temperature"]
-    assert params["train"]["seed"] == int(best["train.seed"])
     from simsc.config import load_config
     from simsc.engine.checkpoint import load_checkpoint
 
-    assert set(params) <= {"model", "data", "train"}  # partial: only what the trials read
-    load_config(params)
+    # a parameter set: the engine sections as differences from the schema defaults
+    assert set(params) <= {"model", "data", "train", "eval"}
+    best_cfg = load_config(params)
+    assert best_cfg.model.temperature == best["model.temperature"] and best_cfg.train.seed == int(best["train.seed"])
     ckpt = load_checkpoint(sweep_dir / "best.pt")
     assert ckpt["config"]["model"]["temperature"] == best["model.temperature"]
     artifacts = {a.path for a in client.list_artifacts(parent_id, "results")}

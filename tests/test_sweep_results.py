@@ -19,7 +19,8 @@ from pipeline.sweep_results import (
     results_markdown,
     write_results,
 )
-from pipeline.sweep_spec import load_sweep_spec
+from pipeline.sweep_spec import compose, load_sweep_spec
+from simsc.config import engine_sections, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,32 +44,45 @@ def test_best_row_ignores_errors_and_missing_metrics():
     assert best_row([row("b", STATUS_ERROR, None, 2e-2)]) is None
 
 
+def trained(params: dict) -> dict:
+    """The sections a trial trains with, as the trainer sees them."""
+    cfg = load_config({k: params[k] for k in ("model", "data", "train", "eval") if k in params}).to_dict()
+    return {k: cfg[k] for k in ("model", "data", "train")}
+
+
 def test_best_params_apply_to_params_yaml(spec, tmp_path):
+    """Applying best_params.yaml makes params.yaml train exactly the best trial's configuration,
+    the toy profile's base files (128 px, 3 epochs, no cache) included."""
     best = row("c", STATUS_STOPPED, 12.5, 2e-4)
     params = best_params(spec, best)
-    assert params["train"]["lr_backbone"] == 2e-4
-    assert params["model"]["temperature"] == "fixed:1"  # the spec's set
-    assert params["train"]["epochs"] == 3 and params["data"]["resolution"] == 128  # the toy profile
-    assert params["train"]["out_dir"] == "runs/sweep-lr_beta1-best"
-    assert set(params) <= {"model", "data", "train"}  # a partial file: what the trials read
-    # paramset accepts it, and applying it changes only what the sweep set
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    merged = paramset.merge(base, params)
+    merged = paramset.keep_declared(paramset.apply_set(base, params), ["data.dataset", "data.root", "train.out_dir"])
     paramset.check(merged, "best_params.yaml")
-    changed = {line.split(":")[0] for line in paramset.changes(base, merged)}
-    assert changed == {"model.temperature", "train.lr_backbone", "train.epochs", "train.max_steps",
-                       "train.checkpoint_every_steps", "train.out_dir", "data.resolution",
-                       "data.cache_dir"}
+    cfg = load_config({k: merged[k] for k in ("model", "data", "train", "eval")})
+    assert (cfg.train.lr_backbone, cfg.model.temperature) == (2e-4, "fixed:1")  # searched, and the spec's set
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.data.resolution, cfg.data.cache_dir) == (3, None, 128, None)
+    assert cfg.train.out_dir == "runs/sweep-lr_beta1-best"
+    expected = load_config(compose(engine_sections(spec.params_raw), {**spec.set, **best["_overrides"],
+                                                                      "train.out_dir": "runs/sweep-lr_beta1-best"}))
+    assert trained(merged) == {k: expected.to_dict()[k] for k in ("model", "data", "train")}
 
 
-def test_dvc_flags_name_every_swept_and_set_key(spec):
-    flags = dvc_flags(spec, row("c", STATUS_COMPLETED, 12.5, 2e-4))
+def test_dvc_flags_make_params_yaml_train_the_best_trial(spec, tmp_path):
+    """DVC's own -S parser applied to a copy of params.yaml gives the best trial's configuration."""
+    from dvc.utils.hydra import apply_overrides
+
+    best = row("c", STATUS_COMPLETED, 12.5, 2e-4)
+    flags = dvc_flags(spec, best)
     assert flags.startswith("dvc exp run ")
-    assert "-S 'train.lr_backbone=0.0002'" in flags and "-S 'model.temperature=fixed:1'" in flags
-    assert "-S 'data.cache_dir=null'" in flags and "-S 'train.out_dir=runs/sweep-lr_beta1-best'" in flags
-    # the -S values read back (as DVC parses them: YAML) to the sweep's values
-    pairs = dict(f.strip("'").split("=", 1) for f in flags.split(" -S ")[1:])
-    assert yaml.safe_load(pairs["train.lr_backbone"]) == 2e-4 and yaml.safe_load(pairs["data.cache_dir"]) is None
+    assert "-S '++train.lr_backbone=0.0002'" in flags and "-S '++model.temperature=fixed:1'" in flags
+    assert "-S '++data.cache_dir=null'" in flags and "-S '++train.out_dir=runs/sweep-lr_beta1-best'" in flags
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(path), [f.strip("'") for f in flags.split(" -S ")[1:]])
+    params = yaml.safe_load(path.read_text())
+    expected = load_config(compose(engine_sections(spec.params_raw), {**spec.set, **best["_overrides"],
+                                                                      "train.out_dir": "runs/sweep-lr_beta1-best"}))
+    assert trained(params) == {k: expected.to_dict()[k] for k in ("model", "data", "train")}
 
 
 def declared_in_dvc_yaml() -> set[str]:
@@ -96,9 +110,12 @@ def spec_profiles():
 
 
 @pytest.mark.parametrize("spec_file, profile", list(spec_profiles()))
-def test_handoff_keys_are_stage_params(spec_file, profile):
-    """Every suggested ``-S`` key and every key of best_params.yaml is declared by a stage in
-    dvc.yaml, so ``dvc exp run`` reruns what it changes; sweep keys no trial reads stay out."""
+def test_handoff_reproduces_the_trial_for_every_spec(spec_file, profile, tmp_path):
+    """For every spec and profile: each suggested ``-S`` key is declared by a stage in dvc.yaml
+    (so ``dvc exp run`` reruns what it changes) and is one a trial reads; DVC's -S applied to
+    params.yaml, and best_params.yaml applied with paramset, both train the trial's config."""
+    from dvc.utils.hydra import apply_overrides
+
     from pipeline.sweep_spec import _candidate_overrides
 
     spec = load_sweep_spec(spec_file, profile, root=REPO)
@@ -107,15 +124,22 @@ def test_handoff_keys_are_stage_params(spec_file, profile):
     for entry in spec.search:
         overrides.update(next(iter(_candidate_overrides(entry))))
     best = {"trial_id": "t", "label": "x", "best_val_pck": 1.0, "_overrides": overrides}
-    flags = dvc_flags(spec, best)
-    keys = [f.strip("'").split("=", 1)[0] for f in flags.split(" -S ")[1:]]
-    assert keys and "train.out_dir" in keys
-    for key in [*keys, *leaves(best_params(spec, best))]:
+    flags = [f.strip("'") for f in dvc_flags(spec, best).split(" -S ")[1:]]
+    keys = [f.removeprefix("++").split("=", 1)[0] for f in flags]
+    assert "train.out_dir" in keys
+    for key in keys:
         assert any(key == d or key.startswith(d + ".") for d in declared), (spec_file.name, key)
         assert key.split(".")[0] in ("model", "data", "train"), (spec_file.name, key)
-    for key in {**spec.set, **overrides}:  # nothing the trials read is silently lost
-        if key.split(".")[0] in ("model", "data", "train"):
-            assert key in keys, (spec_file.name, key)
+    kept = {k: v for k, v in {**spec.set, **overrides}.items() if k.split(".")[0] in ("model", "data", "train")}
+    expected = load_config(compose(engine_sections(spec.params_raw),
+                                   {**kept, "train.out_dir": f"runs/sweep-{spec.name}-best"})).to_dict()
+    expected = {k: expected[k] for k in ("model", "data", "train")}
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(path), flags)
+    assert trained(yaml.safe_load(path.read_text())) == expected
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert trained(paramset.apply_set(base, best_params(spec, best))) == expected
 
 
 def test_handoff_leaves_out_keys_trials_do_not_read(spec):
@@ -156,8 +180,10 @@ def test_results_files(tmp_path):
         "trial_id,label,status,train.lr_backbone,epochs_done,epochs,best_val_pck,error\n"
         "a,lr_backbone=2e-05,completed,2e-05,3,3,10.0,\n"
         "b,lr_backbone=0.02,error,0.02,1,3,,boom\n")
-    flags = ("dvc exp run -S 'model.temperature=fixed:1' -S 'train.epochs=3' -S 'train.best_alpha=0.1' "
-             "-S 'train.lr_backbone=2.0e-05' -S 'train.out_dir=runs/sweep-hand-best'")
+    # -S: what differs from params.yaml (best_alpha 0.1 is its value already); ++ adds a key
+    # params.yaml leaves to its default (epochs) and overrides one it has (lr_backbone)
+    flags = ("dvc exp run -S '++model.temperature=fixed:1' -S '++train.epochs=3' "
+             "-S '++train.lr_backbone=2.0e-05' -S '++train.out_dir=runs/sweep-hand-best'")
     # label and error columns are left out of the table; small floats keep 4 significant digits
     assert paths["md"].read_text() == (
         "# Sweep `hand`\n"
@@ -182,15 +208,26 @@ def test_results_files(tmp_path):
         "```\n")
     assert paths["best_params"].read_text() == (
         "# Best trial a of sweep hand (lr_backbone=2e-05): best val PCK 10.00\n"
-        "# Only keys a trial read and a DVC stage declares (results.md lists the others).\n"
+        "# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
         f"# Use: python -m pipeline.paramset {out / 'best_params.yaml'} --apply && dvc exp run\n"
+        # the whole trained configuration: params.yaml's default run (the base) and the sweep's keys
         "model:\n"
+        "  backbone: resnet18\n"
+        "  pretrained: false\n"
+        "  finetune: all\n"
         "  temperature: fixed:1\n"
+        "data:\n"
+        "  resolution: 160\n"
+        "  cache_dir: cache\n"
         "train:\n"
         "  epochs: 3\n"
-        "  best_alpha: 0.1\n"
+        "  max_steps: 300\n"
         "  lr_backbone: 2.0e-05\n"
-        "  out_dir: runs/sweep-hand-best\n")
+        "  out_dir: runs/sweep-hand-best\n"
+        "  checkpoint_every_steps: 100\n"
+        "  val_max_pairs: 50\n"
+        "eval:\n"
+        "  resolution: 160\n")
     # no trial succeeded: no best params file, no DVC command
     paths = write_results(tmp_path / "none", spec, [row("b", STATUS_ERROR, None, 2e-2)])
     assert "best_params" not in paths and not (tmp_path / "none" / "best_params.yaml").exists()
