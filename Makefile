@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast repro clean bench sweep
+.PHONY: install lint test test-fast repro clean bench sweep
 
 install: $(STAMP)
 
@@ -16,6 +16,12 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[pipeline,dev]'
 	touch $(STAMP)
+
+# Style and types, as CI runs them before the tests (.ci/run): lint, format check, mypy on the library.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy simsc
 
 # The whole suite, as CI runs it (.ci/run); the slowest tests are listed at the end.
 test: install
