@@ -48,10 +48,10 @@ sweep: install
 # `make bench QUICK=1` runs smaller versions (no dino_vitb8, fewer repetitions) in a few minutes.
 COMMA := ,
 bench: install
-	$(PY) bench/bench_overhead.py $(if $(QUICK),--backbones resnet50$(COMMA)resnet101 --reps 2,--reps 3)
-	$(PY) bench/bench_loss_memory.py
-	$(PY) bench/bench_eval.py $(if $(QUICK),--pairs 16 --reps 2,--reps 3)
-	$(PY) bench/bench_data_vs_step.py $(if $(QUICK),--backbones resnet18 --reps 1,)
-	$(PY) bench/bench_scaling.py $(if $(QUICK),--backbone resnet18 --reps 2,)
-	$(PY) bench/bench_options.py $(if $(QUICK),--backbone resnet18 --reps 2,)
-	$(PY) bench/bench_ray_overhead.py
+	$(PY) -m bench.bench_overhead $(if $(QUICK),--backbones resnet50$(COMMA)resnet101 --reps 2,--reps 3)
+	$(PY) -m bench.bench_loss_memory
+	$(PY) -m bench.bench_eval $(if $(QUICK),--pairs 16 --reps 2,--reps 3)
+	$(PY) -m bench.bench_data_vs_step $(if $(QUICK),--backbones resnet18 --reps 1,)
+	$(PY) -m bench.bench_scaling $(if $(QUICK),--backbone resnet18 --reps 2,)
+	$(PY) -m bench.bench_options $(if $(QUICK),--backbone resnet18 --reps 2,)
+	$(PY) -m bench.bench_ray_overhead

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+from tests import data_fixtures as fx
 
-from simsc.data import images  # noqa: E402
-from simsc.data.images import load_image, read_image_size, resize_uint8  # noqa: E402
-from simsc.data.records import DatasetFormatError  # noqa: E402
+from simsc.data import images
+from simsc.data.images import load_image, read_image_size, resize_uint8
+from simsc.data.records import DatasetFormatError
 
 
 def check_rgb8(arr, h, w):

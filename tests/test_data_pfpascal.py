@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -11,13 +9,12 @@ import pytest
 import scipy.io
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
-from data_fixtures import close  # noqa: E402
+from tests import data_fixtures as fx
+from tests.data_fixtures import close
 
-from simsc.data.images import DirectImages  # noqa: E402
-from simsc.data.pfpascal import PASCAL_CLASSES, PFPascalDataset  # noqa: E402
-from simsc.data.records import DatasetFormatError  # noqa: E402
+from simsc.data.images import DirectImages
+from simsc.data.pfpascal import PASCAL_CLASSES, PFPascalDataset
+from simsc.data.records import DatasetFormatError
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from dvc_project import DVC, make_project, ran_stages, run, set_params
-from test_dvc_deps import closure
+from tests.dvc_project import DVC, make_project, ran_stages, run, set_params
+from tests.test_dvc_deps import closure
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from simsc.engine.toy import ToyTranslationPairs
 from simsc.evaluate import predict_batch
 from simsc.loss import simsc_loss
 from simsc.model import SimSC, check_batch
-from sync_guard import HostSyncError, no_host_sync, optimizer_host_tensors
+from tests.sync_guard import HostSyncError, no_host_sync, optimizer_host_tensors
 
 
 def _batch(b=3, n=6, size=64, seed=0):
