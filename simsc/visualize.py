@@ -81,10 +81,13 @@ def predict_matches(
     a, b = _as_uint8(img_a), _as_uint8(img_b)
     res = parse_resolution(resolution)
     size_a, size_b = a.shape[:2], b.shape[:2]
-    pts_a = grid_points(*size_a, n=grid) if points is None else torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
+    ha, wa = size_a
+    if points is None:
+        pts_a = grid_points(ha, wa, n=grid)
+    else:
+        pts_a = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
     if pts_a.numel() == 0:
         raise ValueError("no query points")
-    ha, wa = size_a
     outside = (pts_a[:, 0] < -0.5) | (pts_a[:, 0] > wa - 0.5) | (pts_a[:, 1] < -0.5) | (pts_a[:, 1] > ha - 0.5)
     if bool(outside.any()):
         bad = pts_a[outside][0].tolist()

@@ -594,7 +594,7 @@ def _pair_record(split: str, split_index: int, index: int, seed: int, image_size
 
 
 def _manifest(seed: int, counts: dict[str, int], image_size) -> dict[str, Any]:
-    import skimage
+    from importlib.metadata import version  # skimage's lazy module hides __version__ from type checkers
 
     return {
         "generator": "simsc.data.embedded",
@@ -607,7 +607,7 @@ def _manifest(seed: int, counts: dict[str, int], image_size) -> dict[str, Any]:
         "layout": "SPair-71k",
         "coordinates": "simsc.coords: (x, y), 0-based, integers at pixel centres; boxes [x1, y1, x2, y2] inclusive",
         "jpeg_quality": JPEG_QUALITY,
-        "skimage_version": skimage.__version__,
+        "skimage_version": version("scikit-image"),
     }
 
 

@@ -251,7 +251,8 @@ def save_index(
     cols["dep_stats"] = np.asarray(stats, dtype=np.int64).reshape(-1, 2)
     cols["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     cols["key"] = np.frombuffer(key.encode(), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **cols))
+    # numpy's stub also types **kwds against savez's own allow_pickle flag
+    atomic_write(path, lambda f: np.savez(f, **cols))  # type: ignore[arg-type]
     return key
 
 

@@ -283,7 +283,8 @@ class SPairDataset(PairDataset):
 
 
 _NUMBER_TYPES = {int, float}
-_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # (text, index) -> (value, end)
+# (text, index) -> (value, end); typeshed declares the C scanner's context as a scanner, not a decoder
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def _field(data: dict, key: str, jpath: Path, kind: type) -> Any:
