@@ -250,7 +250,8 @@ def markdown(out: dict) -> str:
         f"(mean ± standard deviation over the {n} seeds); checkpoint: {s['checkpoint']}. "
         "Trained with the backbone's cell centres (ResNet layer3: pixel 16 u). PCK in % (per image).",
         "",
-        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['jobs']} job(s) x {s['threads_per_run']} thread(s)).",
+        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, "
+        f"{s['jobs']} job(s) x {s['threads_per_run']} thread(s)).",
         "",
         "### Test PCK at 160 px and the learned temperature",
         "",

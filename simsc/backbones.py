@@ -142,7 +142,7 @@ class Backbone(nn.Module):
         kwargs = {"norm": True} if self.is_vit else {}
         wanted = sorted(set(self.levels))
         feats = self.model.forward_intermediates(x, indices=wanted, intermediates_only=True, **kwargs)
-        by_index = dict(zip(wanted, feats))
+        by_index = dict(zip(wanted, feats, strict=True))
         return [by_index[i] for i in self.levels]
 
     def last_block(self) -> list[nn.Module]:
@@ -329,7 +329,8 @@ def build_backbone(
 
     index = spec.feature_index if spec.feature_index is not None else _auto_feature_index(model)
     levels = tuple(index + int(o) for o in level_offsets) or (index,)
-    bad = [o for o, i in zip(level_offsets, levels) if not 0 <= i < len(model.feature_info)]
+    # no offsets: levels falls back to (index,), the main level, which is in range by construction
+    bad = [o for o, i in zip(level_offsets, levels, strict=False) if not 0 <= i < len(model.feature_info)]
     if bad:
         raise ValueError(
             f"backbone {name!r}: level offsets {bad} fall outside its {len(model.feature_info)} "

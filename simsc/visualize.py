@@ -197,11 +197,11 @@ def draw_matches(
     cols = list(colors) if colors is not None else match_colors(len(pa))
     if gb is not None:  # under the matches: the true points and how far each prediction is off
         white = (255, 255, 255)
-        for (xp, yp), (xg, yg) in zip(pb.tolist(), gb.tolist()):
+        for (xp, yp), (xg, yg) in zip(pb.tolist(), gb.tolist(), strict=True):
             draw.line([(xp + wa, yp), (xg + wa, yg)], fill=white, width=1)
             r = radius + 2
             draw.ellipse([xg + wa - r, yg - r, xg + wa + r, yg + r], outline=white, width=2)
-    for i, ((xa, ya), (xb, yb)) in enumerate(zip(pa.tolist(), pb.tolist())):
+    for i, ((xa, ya), (xb, yb)) in enumerate(zip(pa.tolist(), pb.tolist(), strict=True)):
         c = cols[i % len(cols)]
         xb += wa
         draw.line([(xa, ya), (xb, yb)], fill=c, width=line_width)

@@ -24,7 +24,7 @@ from simsc.data.spair import SPairDataset
 def same_pairs(a, b) -> None:
     """Two datasets hold the same pairs, field by field, and the same reported issues."""
     assert len(a.pairs) == len(b.pairs)
-    for x, y in zip(a.pairs, b.pairs):
+    for x, y in zip(a.pairs, b.pairs, strict=True):
         for f in ("pair_id", "category", "src_path", "trg_path", "source", "row", "flip", "src_size", "trg_size"):
             assert getattr(x, f) == getattr(y, f), f
         for f in ("src_kps", "trg_kps", "valid"):

@@ -109,8 +109,9 @@ def test_test_split_uses_csv_keypoints(root):
     assert close(r2["src_kps"], [[10.5, 30], [20, 40.25]])
     assert close(r2["threshold"], 500.0)  # target 375x500 (WxH): max = 500
     r256 = PFPascalDataset(root, "test", 256)[0]
-    assert close(r256["trg_kps"], [[50.5 * 0.64 - 0.5, 60.5 * 256 / 300 - 0.5], [150.5 * 0.64 - 0.5, 160.5 * 256 / 300 - 0.5],
-                                   [250.5 * 0.64 - 0.5, 260.5 * 256 / 300 - 0.5]])  # fmt: skip
+    sx, sy = 0.64, 256 / 300  # 256 / 400 and 256 / 300: the target's width and height scales
+    assert close(r256["trg_kps"], [[50.5 * sx - 0.5, 60.5 * sy - 0.5], [150.5 * sx - 0.5, 160.5 * sy - 0.5],
+                                   [250.5 * sx - 0.5, 260.5 * sy - 0.5]])
     assert close(r256["trg_kps"][2], [159.82, 221.79333])
     assert close(r256["threshold"], 256.0)
 

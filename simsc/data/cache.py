@@ -157,7 +157,7 @@ def build_cache(
         )
     hits = sum(1 for _, hit in results if hit)
     cache.hits, cache.misses = h0 + hits, m0 + len(results) - hits
-    current = {p: key for (key, _), p in zip(results, paths)}
+    current = {p: key for (key, _), p in zip(results, paths, strict=True)}
     pruned = 0
     if prune:
         for key, meta in list(cache.entries()):
