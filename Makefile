@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast repro clean bench sweep
+.PHONY: install lint test test-fast repro clean bench sweep
 
 install: $(STAMP)
 
@@ -16,6 +16,12 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[pipeline,dev]'
 	touch $(STAMP)
+
+# Style and types, as CI runs them before the tests (.ci/run): lint, format check, mypy on the library.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy simsc
 
 # The whole suite, as CI runs it (.ci/run); the slowest tests are listed at the end.
 test: install
@@ -42,10 +48,10 @@ sweep: install
 # `make bench QUICK=1` runs smaller versions (no dino_vitb8, fewer repetitions) in a few minutes.
 COMMA := ,
 bench: install
-	$(PY) bench/bench_overhead.py $(if $(QUICK),--backbones resnet50$(COMMA)resnet101 --reps 2,--reps 3)
-	$(PY) bench/bench_loss_memory.py
-	$(PY) bench/bench_eval.py $(if $(QUICK),--pairs 16 --reps 2,--reps 3)
-	$(PY) bench/bench_data_vs_step.py $(if $(QUICK),--backbones resnet18 --reps 1,)
-	$(PY) bench/bench_scaling.py $(if $(QUICK),--backbone resnet18 --reps 2,)
-	$(PY) bench/bench_options.py $(if $(QUICK),--backbone resnet18 --reps 2,)
-	$(PY) bench/bench_ray_overhead.py
+	$(PY) -m bench.bench_overhead $(if $(QUICK),--backbones resnet50$(COMMA)resnet101 --reps 2,--reps 3)
+	$(PY) -m bench.bench_loss_memory
+	$(PY) -m bench.bench_eval $(if $(QUICK),--pairs 16 --reps 2,--reps 3)
+	$(PY) -m bench.bench_data_vs_step $(if $(QUICK),--backbones resnet18 --reps 1,)
+	$(PY) -m bench.bench_scaling $(if $(QUICK),--backbone resnet18 --reps 2,)
+	$(PY) -m bench.bench_options $(if $(QUICK),--backbone resnet18 --reps 2,)
+	$(PY) -m bench.bench_ray_overhead

@@ -10,17 +10,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def sync(device: torch.device | str) -> None:
@@ -28,7 +25,9 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def make_batch(batch: int, size: int | tuple[int, int], kps: int, device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    batch: int, size: int | tuple[int, int], kps: int, device="cpu", seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Random pair batch (the keys :meth:`simsc.model.SimSC.loss` reads); keypoints inside the images."""
     h, w = (size, size) if isinstance(size, int) else size
     g = torch.Generator().manual_seed(seed)
@@ -44,7 +43,9 @@ def make_batch(batch: int, size: int | tuple[int, int], kps: int, device="cpu", 
     return {k: v.to(device) for k, v in data.items()}
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1, device="cpu") -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1, device="cpu"
+) -> dict[str, list[float]]:
     """Time each callable ``reps`` times, alternating between them (order rotated every round)."""
     names = list(fns)
     for _ in range(warmup):
@@ -53,7 +54,7 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1
             sync(device)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             sync(device)
             t0 = time.perf_counter()
@@ -93,6 +94,6 @@ def write_json(path: Path | str, result: dict) -> None:
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)

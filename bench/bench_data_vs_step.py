@@ -7,7 +7,7 @@ and taking medians. The loader keeps up when its pairs/s is at least the step's;
 a 2x margin. (The two run one after the other here, not concurrently: on a 2-core machine the
 workers would steal the step's cores when overlapped.)
 
-    .venv/bin/python bench/bench_data_vs_step.py [--backbones resnet18,resnet101] [--resolution 256]
+    .venv/bin/python -m bench.bench_data_vs_step [--backbones resnet18,resnet101] [--resolution 256]
         [--workers 2] [--reps 2]
 """
 
@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import RESULTS, machine, table, write_json  # noqa: E402
-from bench_loader import time_epochs  # noqa: E402
-from bench_train_step import bench_one  # noqa: E402
-
-from simsc.data.cache import build_cache  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
+from bench._common import RESULTS, machine, table, write_json
+from bench.bench_loader import time_epochs
+from bench.bench_train_step import bench_one
+from simsc.data.cache import build_cache
+from simsc.data.spair import SPairDataset
 
 
 def main(argv=None) -> int:
@@ -46,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "data_vs_step.json")
     args = ap.parse_args(argv)
-    from data_fixtures import make_spair_synthetic
+    from tests.data_fixtures import make_spair_synthetic
 
     backbones = args.backbones.split(",")
     loader_pps: list[float] = []
@@ -60,19 +55,43 @@ def main(argv=None) -> int:
         for _ in range(args.reps):
             loader_pps.append(time_epochs(ds, args.batch, args.workers, 1)["pairs_per_s"])
             for b in backbones:
-                r = bench_one(b, args.resolution, args.batch, "last_block", "mlp", args.steps, 1, 16,
-                              torch.device(args.device))
+                r = bench_one(
+                    b, args.resolution, args.batch, "last_block", "mlp", args.steps, 1, 16, torch.device(args.device)
+                )
                 step_pps[b].append(r["pairs_per_s"])
     lp = statistics.median(loader_pps)
-    rows = [{"backbone": b, "step_pairs_per_s": statistics.median(v), "step_runs": v,
-             "loader_pairs_per_s": lp, "margin": lp / statistics.median(v)} for b, v in step_pps.items()]
-    print(f"resolution {args.resolution}, batch {args.batch}, loader: cache, {args.workers} workers "
-          f"(runs {loader_pps}); step: last_block, Adam, device {args.device}")
-    print(table(["backbone", "loader pairs/s", "train step pairs/s", "loader / step"],
-                [[r["backbone"], f"{lp:.1f}", f"{r['step_pairs_per_s']:.2f}", f"{r['margin']:.1f}x"] for r in rows]))
-    write_json(args.out, {"rows": rows, "loader_runs": loader_pps, "cache_build_s": build_s,
-                          "workers": args.workers, "resolution": args.resolution, "batch": args.batch,
-                          "machine": machine()})
+    rows = [
+        {
+            "backbone": b,
+            "step_pairs_per_s": statistics.median(v),
+            "step_runs": v,
+            "loader_pairs_per_s": lp,
+            "margin": lp / statistics.median(v),
+        }
+        for b, v in step_pps.items()
+    ]
+    print(
+        f"resolution {args.resolution}, batch {args.batch}, loader: cache, {args.workers} workers "
+        f"(runs {loader_pps}); step: last_block, Adam, device {args.device}"
+    )
+    print(
+        table(
+            ["backbone", "loader pairs/s", "train step pairs/s", "loader / step"],
+            [[r["backbone"], f"{lp:.1f}", f"{r['step_pairs_per_s']:.2f}", f"{r['margin']:.1f}x"] for r in rows],
+        )
+    )
+    write_json(
+        args.out,
+        {
+            "rows": rows,
+            "loader_runs": loader_pps,
+            "cache_build_s": build_s,
+            "workers": args.workers,
+            "resolution": args.resolution,
+            "batch": args.batch,
+            "machine": machine(),
+        },
+    )
     return 0
 
 

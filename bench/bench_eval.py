@@ -6,23 +6,20 @@ Baseline: ``backbone(cat([src, trg]))`` per batch. Ours: the full evaluator (fea
 L2 norm, query score maps, kernel soft-argmax, PCK accumulation, report). Interleaved
 repetitions, medians; slowdown = evaluator / backbone - 1.
 
-    .venv/bin/python bench/bench_eval.py [--backbones resnet101] [--pairs 32] [--batch 8] [--size 256] [--reps 3]
+    .venv/bin/python -m bench.bench_eval [--backbones resnet101] [--pairs 32] [--batch 8] [--size 256] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, interleaved, machine, med, table, write_json  # noqa: E402
-
-from simsc.evaluate import evaluate, pair_loader  # noqa: E402
-from simsc.model import SimSC  # noqa: E402
+from bench._common import RESULTS, interleaved, machine, med, table, write_json
+from simsc.evaluate import evaluate, pair_loader
+from simsc.model import SimSC
 
 
 class RandomPairs(Dataset):
@@ -33,16 +30,18 @@ class RandomPairs(Dataset):
         self.items = []
         for i in range(n):
             k = int(torch.randint(8, kps + 1, (1,), generator=g))
-            self.items.append({
-                "src_img": torch.rand(3, size, size, generator=g),
-                "trg_img": torch.rand(3, size, size, generator=g),
-                "src_kps": torch.rand(k, 2, generator=g) * (size - 1),
-                "trg_kps": torch.rand(k, 2, generator=g) * (size - 1),
-                "valid": torch.ones(k, dtype=torch.bool),
-                "threshold": torch.tensor(0.1 * size),
-                "category": "cat",
-                "pair_id": str(i),
-            })
+            self.items.append(
+                {
+                    "src_img": torch.rand(3, size, size, generator=g),
+                    "trg_img": torch.rand(3, size, size, generator=g),
+                    "src_kps": torch.rand(k, 2, generator=g) * (size - 1),
+                    "trg_kps": torch.rand(k, 2, generator=g) * (size - 1),
+                    "valid": torch.ones(k, dtype=torch.bool),
+                    "threshold": torch.tensor(0.1 * size),
+                    "category": "cat",
+                    "pair_id": str(i),
+                }
+            )
         self.resolution = size
 
     def __len__(self) -> int:
@@ -67,9 +66,20 @@ def measure(backbone: str, pairs: int, batch: int, size: int, kps: int, reps: in
 
     t = interleaved({"evaluate": evaluator, "backbone": backbone_only}, reps, 1, device)
     a, b = med(t["evaluate"]), med(t["backbone"])
-    return {"backbone": backbone, "pairs": pairs, "batch": batch, "size": size, "kps_max": kps, "device": device,
-            "reps": reps, "evaluate_s": t["evaluate"], "backbone_s": t["backbone"],
-            "evaluate_pairs_per_s": pairs / a, "backbone_pairs_per_s": pairs / b, "slowdown": a / b - 1.0}
+    return {
+        "backbone": backbone,
+        "pairs": pairs,
+        "batch": batch,
+        "size": size,
+        "kps_max": kps,
+        "device": device,
+        "reps": reps,
+        "evaluate_s": t["evaluate"],
+        "backbone_s": t["backbone"],
+        "evaluate_pairs_per_s": pairs / a,
+        "backbone_pairs_per_s": pairs / b,
+        "slowdown": a / b - 1.0,
+    }
 
 
 def main(argv=None) -> int:
@@ -83,11 +93,27 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "eval.json")
     args = ap.parse_args(argv)
-    rows = [measure(b, args.pairs, args.batch, args.size, args.kps, args.reps, args.device)
-            for b in args.backbones.split(",")]
-    print(table(["backbone", "size", "pairs", "batch", "evaluate pairs/s", "backbone pairs/s", "slowdown"],
-                [[r["backbone"], r["size"], r["pairs"], r["batch"], f"{r['evaluate_pairs_per_s']:.2f}",
-                  f"{r['backbone_pairs_per_s']:.2f}", f"{100 * r['slowdown']:+.1f}%"] for r in rows]))
+    rows = [
+        measure(b, args.pairs, args.batch, args.size, args.kps, args.reps, args.device)
+        for b in args.backbones.split(",")
+    ]
+    print(
+        table(
+            ["backbone", "size", "pairs", "batch", "evaluate pairs/s", "backbone pairs/s", "slowdown"],
+            [
+                [
+                    r["backbone"],
+                    r["size"],
+                    r["pairs"],
+                    r["batch"],
+                    f"{r['evaluate_pairs_per_s']:.2f}",
+                    f"{r['backbone_pairs_per_s']:.2f}",
+                    f"{100 * r['slowdown']:+.1f}%",
+                ]
+                for r in rows
+            ],
+        )
+    )
     write_json(args.out, {"rows": rows, "machine": machine()})
     return 0
 

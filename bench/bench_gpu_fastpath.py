@@ -16,15 +16,14 @@ ratios against ``fast``. Syncs a step: on CUDA the warnings of
 on the CPU the host reads inside the step (tests/sync_guard.py; Adam's host-side step
 counters excluded) plus one per read of the records.
 
-    python bench/bench_gpu_fastpath.py --device cuda [--backbone resnet101] [--size 256]
-    python bench/bench_gpu_fastpath.py --device cpu --backbone resnet18 --size 64 --batch 2 --steps 2 --reps 2
+    python -m bench.bench_gpu_fastpath --device cuda [--backbone resnet101] [--size 256]
+    python -m bench.bench_gpu_fastpath --device cpu --backbone resnet18 --size 64 --batch 2 --steps 2 --reps 2
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -32,14 +31,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import RESULTS, machine, make_batch, med, sync, table, write_json  # noqa: E402
-
-from simsc.engine import Trainer  # noqa: E402
-from simsc.engine.toy import ToyTranslationPairs  # noqa: E402
-from simsc.progress import Progress  # noqa: E402
+from bench._common import RESULTS, machine, make_batch, med, sync, table, write_json
+from simsc.engine import Trainer
+from simsc.engine.toy import ToyTranslationPairs
+from simsc.progress import Progress
 
 VARIANTS = {
     "before": {"log_every_steps": 1},
@@ -52,10 +47,18 @@ VARIANTS = {
 
 
 def build(variant: str, args, out_dir: Path) -> Trainer:
-    train = {"device": args.device, "out_dir": str(out_dir / variant), "progress": "off",
-             "log_every_steps": args.log_every, **VARIANTS[variant]}
-    cfg = {"model": {"backbone": args.backbone, "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
-           "data": {"batch_size": args.batch, "resolution": args.size}, "train": train}
+    train = {
+        "device": args.device,
+        "out_dir": str(out_dir / variant),
+        "progress": "off",
+        "log_every_steps": args.log_every,
+        **VARIANTS[variant],
+    }
+    cfg = {
+        "model": {"backbone": args.backbone, "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
+        "data": {"batch_size": args.batch, "resolution": args.size},
+        "train": train,
+    }
     toy = ToyTranslationPairs(args.batch, args.size, seed=0)
     tr = Trainer(cfg, train_dataset=toy, val_dataset=toy)
     tr._build()
@@ -95,7 +98,7 @@ def count_syncs(tr: Trainer, batch: dict, n: int, device: str) -> float:
         return sum("synchronizing" in str(w.message).lower() for w in caught) / n
     # On the CPU every tensor is a host tensor: count the reads inside the steps, plus one per
     # read of the pending records (the transfer that is a sync on a GPU).
-    from sync_guard import count_host_reads, optimizer_host_tensors
+    from tests.sync_guard import count_host_reads, optimizer_host_tensors
 
     total = 0
     for _ in range(n):
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
             trainers[name] = tr
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.reps):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 tr = trainers[name]
                 end_round(tr, args.device)
@@ -152,13 +155,27 @@ def main(argv=None) -> int:
         for name in names:
             syncs = count_syncs(trainers[name], batch, args.steps, args.device)
             step = med(times[name])
-            result["variants"][name] = {"step_s": times[name], "median_step_s": step, "syncs_per_step": syncs,
-                                        "warmup_s": first[name], "vs_fast": step / base if base else None}
-            rows.append([name, f"{1000 * step:.1f}", f"{step / base:.2f}" if base else "-", f"{syncs:.2f}",
-                         f"{first[name]:.1f}"])
+            result["variants"][name] = {
+                "step_s": times[name],
+                "median_step_s": step,
+                "syncs_per_step": syncs,
+                "warmup_s": first[name],
+                "vs_fast": step / base if base else None,
+            }
+            rows.append(
+                [
+                    name,
+                    f"{1000 * step:.1f}",
+                    f"{step / base:.2f}" if base else "-",
+                    f"{syncs:.2f}",
+                    f"{first[name]:.1f}",
+                ]
+            )
             trainers[name]._metrics_fh.close()
-    print(f"{args.backbone} {args.size}x{args.size} batch {args.batch} kps {args.kps} on {args.device}, "
-          f"{args.steps} steps x {args.reps} interleaved rounds")
+    print(
+        f"{args.backbone} {args.size}x{args.size} batch {args.batch} kps {args.kps} on {args.device}, "
+        f"{args.steps} steps x {args.reps} interleaved rounds"
+    )
     print(table(["variant", "step ms", "vs fast", "syncs/step", "warm-up s (2 steps)"], rows))
     write_json(args.out, result)
     return 0

@@ -1,6 +1,6 @@
 """Cost of the matching heads: training-step time and peak memory next to SimSC without a head.
 
-    nice -n 10 .venv/bin/python bench/bench_heads.py --backbone resnet101 --size 256 --batch 8 --reps 2
+    nice -n 10 .venv/bin/python -m bench.bench_heads --backbone resnet101 --size 256 --batch 8 --reps 2
 
 One full training step (forward, loss, backward, Adam) of ``SimSC(backbone, "mlp", head=...)``
 at the ``paper`` head preset, ``finetune=last_block`` (the last block of the deepest level a
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from _common import REPO, machine, med, table, write_json  # noqa: E402  (adds the repo to sys.path)
+from bench._common import REPO, machine, med, table, write_json
 
 HEADS = ("none", "sfnet", "ncnet", "cats")
 
@@ -34,16 +34,25 @@ def _rss_now() -> int:
 
 
 def run_head(head: str, backbone: str, size: int, batch: int, kps: int, reps: int, device: str, threads: int) -> dict:
-    from _common import make_batch
-
+    from bench._common import make_batch
     from simsc.config import load_config
     from simsc.engine import build_model, param_groups
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = load_config({"model": {"backbone": backbone, "pretrained": False, "finetune": "last_block",
-                                 "temperature": "mlp", "head": head, "head_preset": "paper"},
-                       "data": {"resolution": size, "batch_size": batch}})
+    cfg = load_config(
+        {
+            "model": {
+                "backbone": backbone,
+                "pretrained": False,
+                "finetune": "last_block",
+                "temperature": "mlp",
+                "head": head,
+                "head_preset": "paper",
+            },
+            "data": {"resolution": size, "batch_size": batch},
+        }
+    )
     dev = torch.device(device)
     model = build_model(cfg).to(dev).train()
     opt = torch.optim.Adam(param_groups(model, cfg))
@@ -74,8 +83,15 @@ def run_head(head: str, backbone: str, size: int, batch: int, kps: int, reps: in
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
         how = "peak RSS minus RSS after setup"
     head_params = sum(p.numel() for p in model.head.parameters()) if model.head is not None else 0
-    return {"head": head, "step_s": med(times), "times_s": times, "peak_bytes": int(peak), "memory": how,
-            "head_params": head_params, "trainable_params": sum(p.numel() for g in opt.param_groups for p in g["params"])}
+    return {
+        "head": head,
+        "step_s": med(times),
+        "times_s": times,
+        "peak_bytes": int(peak),
+        "memory": how,
+        "head_params": head_params,
+        "trainable_params": sum(p.numel() for g in opt.param_groups for p in g["params"]),
+    }
 
 
 def main(argv=None) -> int:
@@ -98,21 +114,50 @@ def main(argv=None) -> int:
 
     rows = []
     for head in [h for h in args.heads.split(",") if h]:
-        cmd = [sys.executable, __file__, "--child", head, "--backbone", args.backbone, "--size", str(args.size),
-               "--batch", str(args.batch), "--kps", str(args.kps), "--reps", str(args.reps), "--device", args.device,
-               "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO / "bench", check=False)
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.bench_heads",
+            "--child",
+            head,
+            "--backbone",
+            args.backbone,
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--kps",
+            str(args.kps),
+            "--reps",
+            str(args.reps),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"{head}: the benchmark subprocess failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(line[len("RESULT "):]))
+        rows.append(json.loads(line[len("RESULT ") :]))
         print(f"{head}: {rows[-1]['step_s']:.2f} s/step, peak {rows[-1]['peak_bytes'] / 2**20:.0f} MiB", flush=True)
     ref = next((r for r in rows if r["head"] == "none"), rows[0])
-    print(table(
-        ["head", "step (s)", "x none", "peak memory (MiB)", "x none", "head params"],
-        [[r["head"], f"{r['step_s']:.2f}", f"{r['step_s'] / ref['step_s']:.2f}", f"{r['peak_bytes'] / 2**20:.0f}",
-          f"{r['peak_bytes'] / max(ref['peak_bytes'], 1):.2f}", f"{r['head_params']:,}"] for r in rows],
-    ))
+    print(
+        table(
+            ["head", "step (s)", "x none", "peak memory (MiB)", "x none", "head params"],
+            [
+                [
+                    r["head"],
+                    f"{r['step_s']:.2f}",
+                    f"{r['step_s'] / ref['step_s']:.2f}",
+                    f"{r['peak_bytes'] / 2**20:.0f}",
+                    f"{r['peak_bytes'] / max(ref['peak_bytes'], 1):.2f}",
+                    f"{r['head_params']:,}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     result = {"setup": {k: v for k, v in vars(args).items() if k != "child"}, "rows": rows}
     if args.json:
         write_json(args.json, result)

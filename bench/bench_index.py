@@ -16,7 +16,7 @@ Each measurement is one fresh process (``python -c``), timing the dataset constr
 import time is reported apart), in wall-clock and CPU (process) time: on a machine shared with
 other work the CPU ratio is the steadier one. Prints a table of medians and the ratios; writes JSON.
 
-    .venv/bin/python bench/bench_index.py [--reps 3] [--splits test,trn] [--out bench/results/index.json]
+    .venv/bin/python -m bench.bench_index [--reps 3] [--splits test,trn] [--out bench/results/index.json]
 
 The per-category pair counts are an even spread of the real split totals (the real spread is
 uneven; only the totals matter for the cost). The PF-Pascal list sizes (trn 2,940 / val 308 /
@@ -41,13 +41,50 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-SPAIR_CATEGORIES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dog",
-                    "horse", "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor")
+SPAIR_CATEGORIES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "train",
+    "tvmonitor",
+)
 SPAIR_PAIRS = {"trn": 53_340, "val": 5_384, "test": 12_234}
 SPAIR_IMAGES_PER_CATEGORY = 100  # 1,800 images in SPair-71k
-PASCAL_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-                  "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-                  "tvmonitor")
+PASCAL_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 PFPASCAL_PAIRS = {"trn": 2_940, "val": 308, "test": 299}
 PFPASCAL_IMAGES = 1_351
 
@@ -87,17 +124,40 @@ def write_spair(root: Path, rng: np.random.Generator) -> Path:
             kid = sorted(rng.choice(30, nk, replace=False).tolist())
             sk = np.stack([rng.integers(0, sw, nk), rng.integers(0, sh, nk)], 1).tolist()
             tk = np.stack([rng.integers(0, tw, nk), rng.integers(0, th, nk)], 1).tolist()
-            sb = [int(rng.integers(0, sw // 3)), int(rng.integers(0, sh // 3)), int(rng.integers(sw // 2, sw)),
-                  int(rng.integers(sh // 2, sh))]
-            tb = [int(rng.integers(0, tw // 3)), int(rng.integers(0, th // 3)), int(rng.integers(tw // 2, tw)),
-                  int(rng.integers(th // 2, th))]
+            sb = [
+                int(rng.integers(0, sw // 3)),
+                int(rng.integers(0, sh // 3)),
+                int(rng.integers(sw // 2, sw)),
+                int(rng.integers(sh // 2, sh)),
+            ]
+            tb = [
+                int(rng.integers(0, tw // 3)),
+                int(rng.integers(0, th // 3)),
+                int(rng.integers(tw // 2, tw)),
+                int(rng.integers(th // 2, th)),
+            ]
             line = f"{number:06d}-{sn[:-4]}-{tn[:-4]}:{c}"
-            pair = {"pair_id": number, "filename": line, "src_imname": sn, "trg_imname": tn,
-                    "src_imsize": [sw, sh, 3], "trg_imsize": [tw, th, 3], "src_bndbox": sb, "trg_bndbox": tb,
-                    "category": c, "src_pose": "Left", "trg_pose": "Right", "src_kps": sk, "trg_kps": tk,
-                    "kps_ids": [str(i) for i in kid], "mirror": 0, "viewpoint_variation": int(rng.integers(0, 3)),
-                    "scale_variation": int(rng.integers(0, 3)), "truncation": int(rng.integers(0, 4)),
-                    "occlusion": int(rng.integers(0, 4))}
+            pair = {
+                "pair_id": number,
+                "filename": line,
+                "src_imname": sn,
+                "trg_imname": tn,
+                "src_imsize": [sw, sh, 3],
+                "trg_imsize": [tw, th, 3],
+                "src_bndbox": sb,
+                "trg_bndbox": tb,
+                "category": c,
+                "src_pose": "Left",
+                "trg_pose": "Right",
+                "src_kps": sk,
+                "trg_kps": tk,
+                "kps_ids": [str(i) for i in kid],
+                "mirror": 0,
+                "viewpoint_variation": int(rng.integers(0, 3)),
+                "scale_variation": int(rng.integers(0, 3)),
+                "truncation": int(rng.integers(0, 4)),
+                "occlusion": int(rng.integers(0, 4)),
+            }
             (adir / f"{line}.json").write_text(json.dumps(pair))
             lines.append(line)
         (root / "Layout" / "large" / f"{split}.txt").write_text("\n".join(lines) + "\n")
@@ -129,7 +189,9 @@ def write_pfpascal(root: Path, rng: np.random.Generator) -> Path:
         scipy.io.savemat(str(ann / f"{stem}.mat"), {"kps": kps, "bbox": np.array([[1.0, 2.0, w - 3.0, h - 2.0]])})
         per_class.setdefault(cls, []).append((stem, nk))
     for split, total in PFPASCAL_PAIRS.items():
-        rows = ["source_image,target_image,class,flip" if split != "test" else "source_image,target_image,class,XA,YA,XB,YB"]
+        rows = [
+            "source_image,target_image,class,flip" if split != "test" else "source_image,target_image,class,XA,YA,XB,YB"
+        ]
         for n in range(total):
             cls = n % len(PASCAL_CLASSES)
             (a, nk), (b, _) = (per_class[cls][i] for i in rng.choice(len(per_class[cls]), 2, replace=False))
@@ -161,13 +223,19 @@ print(t2 - t1, t1 - t0, len(ds), getattr(ds, "index_state", "-"), c2 - c1)
 """
 
 
-def child(pythonpath: Path, name: str, root: Path, split: str, cache: Path | None
-          ) -> tuple[float, float, int, str, float]:
+def child(
+    pythonpath: Path, name: str, root: Path, split: str, cache: Path | None
+) -> tuple[float, float, int, str, float]:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1"}
     # cwd: the data folder, not the repository (``python -c`` puts the cwd first on sys.path)
-    out = subprocess.run([sys.executable, "-c", _CHILD, name, str(root), split, str(cache) if cache else "-",
-                          str(pythonpath)], env=env, check=True, capture_output=True, text=True,
-                         cwd=root.parent).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, name, str(root), split, str(cache) if cache else "-", str(pythonpath)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=root.parent,
+    ).stdout.split()
     return float(out[0]), float(out[1]), int(out[2]), out[3], float(out[4])
 
 
@@ -191,8 +259,9 @@ def main() -> None:
         if not args.no_baseline:
             baseline = tmp / "baseline"
             baseline.mkdir()
-            arc = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_rev, "simsc"], check=True,
-                                 capture_output=True).stdout
+            arc = subprocess.run(
+                ["git", "-C", str(REPO), "archive", args.baseline_rev, "simsc"], check=True, capture_output=True
+            ).stdout
             subprocess.run(["tar", "-x", "-C", str(baseline)], input=arc, check=True)
         jobs = [("spair", spair, s) for s in args.splits.split(",")] + [("pfpascal", pfp, s) for s in PFPASCAL_PAIRS]
         rows, result = [], {"reps": args.reps, "baseline_rev": args.baseline_rev, "jobs": []}
@@ -203,7 +272,7 @@ def main() -> None:
             for r in range(args.reps):
                 cache = tmp / "cache" / f"{name}-{split}-{r}"
                 order = ["baseline", "cold", "cold+write", "load"]
-                order = order[r % 2:] + order[: r % 2]  # interleave; "load" always after its "cold+write"
+                order = order[r % 2 :] + order[: r % 2]  # interleave; "load" always after its "cold+write"
                 if order.index("load") < order.index("cold+write"):
                     order.remove("load")
                     order.append("load")
@@ -211,7 +280,9 @@ def main() -> None:
                     if mode == "baseline" and baseline is None:
                         continue
                     path = baseline if mode == "baseline" else REPO
-                    t, imp, n, state, c = child(path, name, root, split, None if mode in ("baseline", "cold") else cache)
+                    t, imp, n, state, c = child(
+                        path, name, root, split, None if mode in ("baseline", "cold") else cache
+                    )
                     times[mode].append(t)
                     cpu[mode].append(c)
                     imports.append(imp)
@@ -220,27 +291,59 @@ def main() -> None:
                 shutil.rmtree(cache, ignore_errors=True)
             med = {m: statistics.median(v) for m, v in times.items() if v}
             med_cpu = {m: statistics.median(v) for m, v in cpu.items() if v}
-            job = {"dataset": name, "split": split, "pairs": sorted(n_pairs), "median_s": med, "times_s": times,
-                   "median_cpu_s": med_cpu, "cpu_s": cpu, "states": sorted(states),
-                   "import_s_median": statistics.median(imports)}
+            job = {
+                "dataset": name,
+                "split": split,
+                "pairs": sorted(n_pairs),
+                "median_s": med,
+                "times_s": times,
+                "median_cpu_s": med_cpu,
+                "cpu_s": cpu,
+                "states": sorted(states),
+                "import_s_median": statistics.median(imports),
+            }
             if "baseline" in med:
                 job["cold_speedup"] = med["baseline"] / med["cold"]
                 job["load_speedup"] = med["baseline"] / med["load"]
                 job["cold_speedup_cpu"] = med_cpu["baseline"] / med_cpu["cold"]
             result["jobs"].append(job)
-            rows.append([name, split, "/".join(map(str, sorted(n_pairs))), *(f"{med.get(m, float('nan')):.3f}" for m in
-                        ("baseline", "cold", "cold+write", "load")),
-                         f"{job.get('cold_speedup', float('nan')):.2f}x", f"{job.get('load_speedup', float('nan')):.1f}x",
-                         f"{med_cpu.get('baseline', float('nan')):.3f}/{med_cpu['cold']:.3f}",
-                         f"{job.get('cold_speedup_cpu', float('nan')):.2f}x"])
+            rows.append(
+                [
+                    name,
+                    split,
+                    "/".join(map(str, sorted(n_pairs))),
+                    *(f"{med.get(m, float('nan')):.3f}" for m in ("baseline", "cold", "cold+write", "load")),
+                    f"{job.get('cold_speedup', float('nan')):.2f}x",
+                    f"{job.get('load_speedup', float('nan')):.1f}x",
+                    f"{med_cpu.get('baseline', float('nan')):.3f}/{med_cpu['cold']:.3f}",
+                    f"{job.get('cold_speedup_cpu', float('nan')):.2f}x",
+                ]
+            )
             print(rows[-1], file=sys.stderr)
-        sys.path.insert(0, str(REPO / "bench"))
-        from _common import table, write_json  # torch only here, after the timed children
+        from bench._common import table, write_json  # torch only here, after the timed children
 
-        print(table(["dataset", "split", "pairs", "baseline s", "cold s", "cold+write s", "load s", "cold speedup",
-                     "load speedup", "CPU s baseline/cold", "cold speedup (CPU)"], rows))
-        print("wall-clock medians of the constructor in a fresh process (import apart: median "
-              f"{statistics.median(j['import_s_median'] for j in result['jobs']):.2f} s); CPU: its process time")
+        print(
+            table(
+                [
+                    "dataset",
+                    "split",
+                    "pairs",
+                    "baseline s",
+                    "cold s",
+                    "cold+write s",
+                    "load s",
+                    "cold speedup",
+                    "load speedup",
+                    "CPU s baseline/cold",
+                    "cold speedup (CPU)",
+                ],
+                rows,
+            )
+        )
+        print(
+            "wall-clock medians of the constructor in a fresh process (import apart: median "
+            f"{statistics.median(j['import_s_median'] for j in result['jobs']):.2f} s); CPU: its process time"
+        )
         write_json(args.out, result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,7 @@ one, then in one run measures, at the same resolution, batch size and worker cou
 Each mode runs one warm-up epoch (persistent workers, warm OS page cache), then ``--epochs``
 timed epochs. Prints a table and writes JSON to ``--out``.
 
-    .venv/bin/python bench/bench_loader.py [--root SPAIR_ROOT] [--workers 2] [--out bench/results/loader.json]
+    .venv/bin/python -m bench.bench_loader [--root SPAIR_ROOT] [--workers 2] [--out bench/results/loader.json]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +26,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from simsc.data.cache import build_cache
+from simsc.data.records import collate_pairs
+from simsc.data.spair import SPairDataset
 
-from simsc.data.cache import build_cache  # noqa: E402
-from simsc.data.records import collate_pairs  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def time_epochs(ds: SPairDataset, batch_size: int, workers: int, epochs: int) -> dict[str, float]:
@@ -55,7 +52,12 @@ def time_epochs(ds: SPairDataset, batch_size: int, workers: int, epochs: int) ->
             n += batch["src_img"].shape[0]
         times.append(time.perf_counter() - t0)
     best = min(times)
-    return {"pairs": n, "epoch_s": [round(t, 4) for t in times], "best_epoch_s": round(best, 4), "pairs_per_s": round(n / best, 1)}
+    return {
+        "pairs": n,
+        "epoch_s": [round(t, 4) for t in times],
+        "best_epoch_s": round(best, 4),
+        "pairs_per_s": round(n / best, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         root = args.root
         if root is None:
-            from data_fixtures import make_spair_synthetic
+            from tests.data_fixtures import make_spair_synthetic
 
             root = make_spair_synthetic(
                 Path(tmp) / "spair", n_images=args.n_images, n_pairs=args.n_pairs,

@@ -8,44 +8,50 @@ step time); validation and checkpoints excluded). The settings run one after the
 as many ``--reps`` times (interleaved), medians reported. The default ``data.workers`` /
 pinned memory should be the cheapest setting whose wait fraction is small (< 5 %).
 
-    python bench/bench_loader_wait.py --device cuda [--backbone resnet101] [--workers 0,2,4,8]
-    python bench/bench_loader_wait.py --device cpu --backbone resnet18 --resolution 64 --workers 0,1 --steps 4
+    python -m bench.bench_loader_wait --device cuda [--backbone resnet101] [--workers 0,2,4,8]
+    python -m bench.bench_loader_wait --device cpu --backbone resnet18 --resolution 64 --workers 0,1 --steps 4
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import RESULTS, machine, table, write_json  # noqa: E402
-
-from simsc.data.cache import build_cache  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
-from simsc.engine import Trainer  # noqa: E402
+from bench._common import RESULTS, machine, table, write_json
+from simsc.data.cache import build_cache
+from simsc.data.spair import SPairDataset
+from simsc.engine import Trainer
 
 
 def run_once(ds, args, workers: int, pin: bool, out_dir: Path) -> dict:
     cfg = {
         "model": {"backbone": args.backbone, "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
         "data": {"batch_size": args.batch, "resolution": args.resolution, "workers": workers},
-        "train": {"device": args.device, "out_dir": str(out_dir), "progress": "off", "max_steps": args.steps,
-                  "epochs": 1000, "val_max_pairs": 1, "deterministic": False},
+        "train": {
+            "device": args.device,
+            "out_dir": str(out_dir),
+            "progress": "off",
+            "max_steps": args.steps,
+            "epochs": 1000,
+            "val_max_pairs": 1,
+            "deterministic": False,
+        },
     }
     tr = Trainer(cfg, train_dataset=ds, val_dataset=ds)
     tr.pin_memory = pin
     t0 = time.perf_counter()
     summary = tr.fit(overwrite=True)
-    return {"wall_s": time.perf_counter() - t0, "data_wait_fraction": summary["data_wait_fraction"],
-            "data_wait_s": summary["data_wait_s"], "steps_per_s": summary["steps_per_s"]}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "data_wait_fraction": summary["data_wait_fraction"],
+        "data_wait_s": summary["data_wait_s"],
+        "steps_per_s": summary["steps_per_s"],
+    }
 
 
 def main(argv=None) -> int:
@@ -56,14 +62,18 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--workers", default="0,2,4,8")
     ap.add_argument("--pin", default="auto", help="auto (both on CUDA, off on CPU), on, off")
-    ap.add_argument("--steps", type=int, default=60, help="optimiser steps a run (more than one epoch: "
-                                                          "workers restart at epoch ends)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=60,
+        help="optimiser steps a run (more than one epoch: workers restart at epoch ends)",
+    )
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--n-pairs", type=int, default=128)
     ap.add_argument("--n-images", type=int, default=48)
     ap.add_argument("--out", type=Path, default=RESULTS / "loader_wait.json")
     args = ap.parse_args(argv)
-    from data_fixtures import make_spair_synthetic
+    from tests.data_fixtures import make_spair_synthetic
 
     cuda = torch.device(args.device).type == "cuda"
     pins = {"auto": [False, True] if cuda else [False], "on": [True], "off": [False]}[args.pin]
@@ -74,7 +84,7 @@ def main(argv=None) -> int:
         ds = SPairDataset(root, "trn", str(args.resolution), cache_dir=Path(tmp) / "cache")
         build_cache(ds, show_progress=False)
         for r in range(args.reps):
-            order = settings[r % len(settings):] + settings[: r % len(settings)]
+            order = settings[r % len(settings) :] + settings[: r % len(settings)]
             for w, p in order:
                 runs[(w, p)].append(run_once(ds, args, w, p, Path(tmp) / f"run-{w}-{p}"))
     rows, out = [], []
@@ -83,8 +93,10 @@ def main(argv=None) -> int:
         sps = statistics.median(x["steps_per_s"] for x in rs)
         rows.append([w, "on" if p else "off", f"{100 * frac:.1f}%", f"{sps:.2f}"])
         out.append({"workers": w, "pin_memory": p, "data_wait_fraction": frac, "steps_per_s": sps, "runs": rs})
-    print(f"{args.backbone} {args.resolution}x{args.resolution} batch {args.batch} on {args.device}: "
-          f"{args.steps} steps a run, {args.reps} run(s) a setting, {len(ds)} cached pairs")
+    print(
+        f"{args.backbone} {args.resolution}x{args.resolution} batch {args.batch} on {args.device}: "
+        f"{args.steps} steps a run, {args.reps} run(s) a setting, {len(ds)} cached pairs"
+    )
     print(table(["workers", "pin_memory", "waiting for data", "steps/s"], rows))
     write_json(args.out, {"rows": out, "args": {k: str(v) for k, v in vars(args).items()}, "machine": machine()})
     return 0

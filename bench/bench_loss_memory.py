@@ -14,7 +14,7 @@ so that lazily loaded kernels are not counted; glibc told to mmap blocks >= 128 
 follows the live tensors). CUDA: ``torch.cuda.max_memory_allocated`` minus the
 allocation after setup. Both losses are checked to agree.
 
-    .venv/bin/python bench/bench_loss_memory.py [--batch 8] [--kps 20] [--device cpu]
+    .venv/bin/python -m bench.bench_loss_memory [--batch 8] [--kps 20] [--device cpu]
 """
 
 from __future__ import annotations
@@ -31,11 +31,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, table, write_json  # noqa: E402
-
-from simsc.loss import cross_entropy, gaussian_target  # noqa: E402
-from simsc.matching import full_correlation, query_score_maps  # noqa: E402
+from bench._common import REPO, RESULTS, machine, table, write_json
+from simsc.loss import cross_entropy, gaussian_target
+from simsc.matching import full_correlation, query_score_maps
 
 # (label, image H, image W, stride, channels): ResNet layer3 (stride 16, C=1024), ViT-B/8 (stride 8, C=768)
 CASES = [
@@ -57,7 +55,12 @@ def full4d_scores(feat_a: torch.Tensor, feat_b: torch.Tensor, uv_a: torch.Tensor
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
     out = 0
-    for yy, xx, wt in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x1, fx * (1 - fy)), (y1, x0, (1 - fx) * fy), (y1, x1, fx * fy)):
+    for yy, xx, wt in (
+        (y0, x0, (1 - fx) * (1 - fy)),
+        (y0, x1, fx * (1 - fy)),
+        (y1, x0, (1 - fx) * fy),
+        (y1, x1, fx * fy),
+    ):
         idx = (yy * w + xx).unsqueeze(-1).expand(-1, -1, corr.shape[-1])
         out = out + corr.gather(1, idx) * wt.unsqueeze(-1)
     return out.view(b, -1, *feat_b.shape[-2:])
@@ -122,15 +125,34 @@ def child(variant: str, batch: int, c: int, h: int, w: int, kps: int, device: st
         peak = max_rss - base_rss
         how = "peak RSS (ru_maxrss) minus RSS after setup"
     grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in (fa, fb))
-    return {"variant": variant, "peak_bytes": int(peak), "how": how, "loss": loss, "seconds": time.perf_counter() - t0,
-            "feature_bytes": 2 * fa.numel() * fa.element_size(), "feature_grad_bytes": grad_bytes,
-            "loss_own_bytes": max(int(peak) - grad_bytes, 0)}
+    return {
+        "variant": variant,
+        "peak_bytes": int(peak),
+        "how": how,
+        "loss": loss,
+        "seconds": time.perf_counter() - t0,
+        "feature_bytes": 2 * fa.numel() * fa.element_size(),
+        "feature_grad_bytes": grad_bytes,
+        "loss_own_bytes": max(int(peak) - grad_bytes, 0),
+    }
 
 
 def run_child(variant, batch, c, h, w, kps, device) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, str(batch), str(c), str(h), str(w), str(kps), device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_loss_memory",
+        "--child",
+        variant,
+        str(batch),
+        str(c),
+        str(h),
+        str(w),
+        str(kps),
+        device,
+    ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -158,25 +180,65 @@ def main(argv=None) -> int:
         f = run_child("full4d", args.batch, c, h, w, args.kps, args.device)
         if not math.isclose(q["loss"], f["loss"], rel_tol=1e-3):
             raise SystemExit(f"losses differ: query {q['loss']} vs full4d {f['loss']}")
-        rows.append({
-            "resolution": label, "stride": stride, "channels": c, "feat_hw": [h, w], "batch_pairs": args.batch,
-            "kps": args.kps, "query": q, "full4d": f,
-            "query_scores_bytes": args.batch * args.kps * h * w * 4,
-            "corr_bytes": args.batch * (h * w) ** 2 * 4,
-            "ratio_incl_feature_grads": f["peak_bytes"] / max(q["peak_bytes"], 1),
-            "ratio": f["loss_own_bytes"] / max(q["loss_own_bytes"], 1),
-        })
-    print(f"peak memory of loss forward+backward above the features ({rows[0]['query']['how']}), "
-          f"batch {args.batch} pairs, {args.kps} keypoints, device {args.device}")
-    print(table(
-        ["resolution", "stride", "C", "h x w", "feat grads MiB", "query peak", "full-4D peak", "ratio",
-         "query own", "full-4D own", "own ratio", "4D corr tensor MiB"],
-        [[r["resolution"], r["stride"], r["channels"], f"{r['feat_hw'][0]}x{r['feat_hw'][1]}",
-          mib(r["query"]["feature_grad_bytes"]), mib(r["query"]["peak_bytes"]), mib(r["full4d"]["peak_bytes"]),
-          f"{r['ratio_incl_feature_grads']:.1f}x", mib(r["query"]["loss_own_bytes"]),
-          mib(r["full4d"]["loss_own_bytes"]), f"{r['ratio']:.1f}x", mib(r["corr_bytes"])] for r in rows]))
-    print("peak: RSS/allocation delta of forward+backward (includes the two feature-gradient tensors every loss "
-          "produces); own: peak minus those gradients (MiB)")
+        rows.append(
+            {
+                "resolution": label,
+                "stride": stride,
+                "channels": c,
+                "feat_hw": [h, w],
+                "batch_pairs": args.batch,
+                "kps": args.kps,
+                "query": q,
+                "full4d": f,
+                "query_scores_bytes": args.batch * args.kps * h * w * 4,
+                "corr_bytes": args.batch * (h * w) ** 2 * 4,
+                "ratio_incl_feature_grads": f["peak_bytes"] / max(q["peak_bytes"], 1),
+                "ratio": f["loss_own_bytes"] / max(q["loss_own_bytes"], 1),
+            }
+        )
+    print(
+        f"peak memory of loss forward+backward above the features ({rows[0]['query']['how']}), "
+        f"batch {args.batch} pairs, {args.kps} keypoints, device {args.device}"
+    )
+    print(
+        table(
+            [
+                "resolution",
+                "stride",
+                "C",
+                "h x w",
+                "feat grads MiB",
+                "query peak",
+                "full-4D peak",
+                "ratio",
+                "query own",
+                "full-4D own",
+                "own ratio",
+                "4D corr tensor MiB",
+            ],
+            [
+                [
+                    r["resolution"],
+                    r["stride"],
+                    r["channels"],
+                    f"{r['feat_hw'][0]}x{r['feat_hw'][1]}",
+                    mib(r["query"]["feature_grad_bytes"]),
+                    mib(r["query"]["peak_bytes"]),
+                    mib(r["full4d"]["peak_bytes"]),
+                    f"{r['ratio_incl_feature_grads']:.1f}x",
+                    mib(r["query"]["loss_own_bytes"]),
+                    mib(r["full4d"]["loss_own_bytes"]),
+                    f"{r['ratio']:.1f}x",
+                    mib(r["corr_bytes"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print(
+        "peak: RSS/allocation delta of forward+backward (includes the two feature-gradient tensors every loss "
+        "produces); own: peak minus those gradients (MiB)"
+    )
     write_json(args.out, {"rows": rows, "machine": machine()})
     return 0
 

@@ -11,7 +11,7 @@ model (same weights) and the same inputs.
 * loader (cached SPair-layout set): workers 0 vs 2, ``persistent_workers`` on/off, ``pin_memory``
   (only meaningful with CUDA), whole epochs including worker start-up.
 
-    .venv/bin/python bench/bench_options.py [--backbone resnet50] [--size 256] [--batch 8] [--reps 3] [--compile]
+    .venv/bin/python -m bench.bench_options [--backbone resnet50] [--size 256] [--batch 8] [--reps 3] [--compile]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import copy
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import RESULTS, interleaved, machine, make_batch, med, table, write_json  # noqa: E402
-
-from simsc.evaluate import localise, score_maps  # noqa: E402
-from simsc.model import SimSC  # noqa: E402
+from bench._common import RESULTS, interleaved, machine, make_batch, med, table, write_json
+from simsc.evaluate import localise, score_maps
+from simsc.model import SimSC
 
 
 def variants(model: SimSC, device: str, compile_: bool) -> dict[str, tuple[SimSC, bool, bool]]:
@@ -75,6 +70,7 @@ def bench_model(args) -> tuple[list[dict], list[dict]]:
                 loss = m.loss(d)["loss"]
             loss.backward()
             return float(loss.detach())
+
         return f
 
     def eval_fn(m, cl, bf):
@@ -85,6 +81,7 @@ def bench_model(args) -> tuple[list[dict], list[dict]]:
             with torch.no_grad(), autocast(args.device, bf):
                 out = score_maps(m, d)
                 return localise(m, out["scores"].float(), 1.0)
+
         return f
 
     train_t = interleaved({n: train_fn(*v) for n, v in vs.items()}, args.reps, 1, args.device)
@@ -96,20 +93,33 @@ def bench_model(args) -> tuple[list[dict], list[dict]]:
     for n, v in vs.items():
         loss = train_fn(*v)()
         pred = eval_fn(*v)()
-        rows_t.append({"variant": n, "median_s": med(train_t[n]), "times_s": train_t[n],
-                       "speedup": med(train_t["fp32"]) / med(train_t[n]), "loss": loss, "loss_fp32": ref_loss})
-        rows_e.append({"variant": n, "median_s": med(eval_t[n]), "times_s": eval_t[n],
-                       "speedup": med(eval_t["fp32"]) / med(eval_t[n]),
-                       "max_pred_diff_px": float((pred.float() - ref_pred.float()).abs().max())})
+        rows_t.append(
+            {
+                "variant": n,
+                "median_s": med(train_t[n]),
+                "times_s": train_t[n],
+                "speedup": med(train_t["fp32"]) / med(train_t[n]),
+                "loss": loss,
+                "loss_fp32": ref_loss,
+            }
+        )
+        rows_e.append(
+            {
+                "variant": n,
+                "median_s": med(eval_t[n]),
+                "times_s": eval_t[n],
+                "speedup": med(eval_t["fp32"]) / med(eval_t[n]),
+                "max_pred_diff_px": float((pred.float() - ref_pred.float()).abs().max()),
+            }
+        )
     return rows_t, rows_e
 
 
 def bench_loader_options(args) -> list[dict]:
-    from data_fixtures import make_spair_synthetic
-
     from simsc.data.cache import build_cache
     from simsc.data.records import collate_pairs
     from simsc.data.spair import SPairDataset
+    from tests.data_fixtures import make_spair_synthetic
 
     configs = {
         "workers=0": dict(num_workers=0),
@@ -122,12 +132,14 @@ def bench_loader_options(args) -> list[dict]:
         root = make_spair_synthetic(Path(tmp) / "spair", n_images=32, n_pairs=args.loader_pairs)
         ds = SPairDataset(root, "trn", str(args.size), cache_dir=Path(tmp) / "cache")
         build_cache(ds, show_progress=False)
-        loaders = {k: DataLoader(ds, batch_size=args.batch, collate_fn=collate_pairs, **kw) for k, kw in configs.items()}
-        for k, ld in loaders.items():  # warm the page cache once
+        loaders = {
+            k: DataLoader(ds, batch_size=args.batch, collate_fn=collate_pairs, **kw) for k, kw in configs.items()
+        }
+        for ld in loaders.values():  # warm the page cache once
             for _ in ld:
                 pass
             break
-        for r in range(args.reps):
+        for _ in range(args.reps):
             for k, ld in loaders.items():
                 t0 = time.perf_counter()
                 for _ in range(2):  # two epochs: persistent workers start once, others twice
@@ -136,8 +148,10 @@ def bench_loader_options(args) -> list[dict]:
                 times[k].append(time.perf_counter() - t0)
     n = 2 * len(ds)
     base = statistics.median(times["workers=0"])
-    return [{"variant": k, "pairs_per_s": n / statistics.median(v), "times_s": v,
-             "speedup": base / statistics.median(v)} for k, v in times.items()]
+    return [
+        {"variant": k, "pairs_per_s": n / statistics.median(v), "times_s": v, "speedup": base / statistics.median(v)}
+        for k, v in times.items()
+    ]
 
 
 def main(argv=None) -> int:
@@ -156,20 +170,53 @@ def main(argv=None) -> int:
     rows_t, rows_e = bench_model(args)
     print(f"{args.backbone}, {args.size}x{args.size}, batch {args.batch} pairs, device {args.device}")
     print("train step (loss + backward):")
-    print(table(["variant", "s/step", "speedup", "loss", "loss fp32"],
-                [[r["variant"], f"{r['median_s']:.3f}", f"{r['speedup']:.2f}x", f"{r['loss']:.4f}",
-                  f"{r['loss_fp32']:.4f}"] for r in rows_t]))
+    print(
+        table(
+            ["variant", "s/step", "speedup", "loss", "loss fp32"],
+            [
+                [
+                    r["variant"],
+                    f"{r['median_s']:.3f}",
+                    f"{r['speedup']:.2f}x",
+                    f"{r['loss']:.4f}",
+                    f"{r['loss_fp32']:.4f}",
+                ]
+                for r in rows_t
+            ],
+        )
+    )
     print("evaluator forward (score maps + soft-argmax):")
-    print(table(["variant", "s/batch", "speedup", "max |pred - fp32| px"],
-                [[r["variant"], f"{r['median_s']:.3f}", f"{r['speedup']:.2f}x", f"{r['max_pred_diff_px']:.2f}"]
-                 for r in rows_e]))
+    print(
+        table(
+            ["variant", "s/batch", "speedup", "max |pred - fp32| px"],
+            [
+                [r["variant"], f"{r['median_s']:.3f}", f"{r['speedup']:.2f}x", f"{r['max_pred_diff_px']:.2f}"]
+                for r in rows_e
+            ],
+        )
+    )
     rows_l = [] if args.no_loader else bench_loader_options(args)
     if rows_l:
         print("loader (cache, 2 epochs incl. worker start-up):")
-        print(table(["variant", "pairs/s", "speedup"],
-                    [[r["variant"], f"{r['pairs_per_s']:.1f}", f"{r['speedup']:.2f}x"] for r in rows_l]))
-    write_json(args.out, {"backbone": args.backbone, "size": args.size, "batch": args.batch, "device": args.device,
-                          "train_step": rows_t, "evaluator": rows_e, "loader": rows_l, "machine": machine()})
+        print(
+            table(
+                ["variant", "pairs/s", "speedup"],
+                [[r["variant"], f"{r['pairs_per_s']:.1f}", f"{r['speedup']:.2f}x"] for r in rows_l],
+            )
+        )
+    write_json(
+        args.out,
+        {
+            "backbone": args.backbone,
+            "size": args.size,
+            "batch": args.batch,
+            "device": args.device,
+            "train_step": rows_t,
+            "evaluator": rows_e,
+            "loader": rows_l,
+            "machine": machine(),
+        },
+    )
     return 0
 
 

@@ -9,28 +9,34 @@ Interleaved repetitions, medians; overhead = simsc / backbone - 1, one SimSC col
 ``--ce-interpolation`` form (``prob``: the paper's log of the interpolated probability;
 ``logprob``: the splatted target), all measured in the same interleaved run.
 
-    .venv/bin/python bench/bench_overhead.py [--backbones resnet50,resnet101,dino_vitb8] [--size 256]
+    .venv/bin/python -m bench.bench_overhead [--backbones resnet50,resnet101,dino_vitb8] [--size 256]
         [--batch 8] [--kps 16] [--reps 5] [--device cpu] [--ce-interpolation prob,logprob]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, interleaved, machine, make_batch, med, table, write_json  # noqa: E402
-
-from simsc.loss import simsc_loss  # noqa: E402
-from simsc.model import SimSC  # noqa: E402
+from bench._common import RESULTS, interleaved, machine, make_batch, med, table, write_json
+from simsc.loss import simsc_loss
+from simsc.model import SimSC
 
 
-def measure(backbone: str, size: int, batch: int, kps: int, reps: int, device: str, finetune: str = "last_block",
-            warmup: int = 1, forms: tuple[str, ...] = ("prob",)) -> dict:
+def measure(
+    backbone: str,
+    size: int,
+    batch: int,
+    kps: int,
+    reps: int,
+    device: str,
+    finetune: str = "last_block",
+    warmup: int = 1,
+    forms: tuple[str, ...] = ("prob",),
+) -> dict:
     torch.manual_seed(0)
     model = SimSC(backbone, "mlp", pretrained=False, finetune=finetune).to(device).train()
     data = make_batch(batch, size, kps, device)
@@ -41,6 +47,7 @@ def measure(backbone: str, size: int, batch: int, kps: int, reps: int, device: s
             model.ce_interpolation = form
             model.zero_grad(set_to_none=True)
             model.loss(data)["loss"].backward()
+
         return step
 
     def backbone_step():
@@ -50,8 +57,17 @@ def measure(backbone: str, size: int, batch: int, kps: int, reps: int, device: s
     fns = {f"simsc_{form}": simsc_step(form) for form in forms}
     t = interleaved({**fns, "backbone": backbone_step}, reps, warmup, device)
     b = med(t["backbone"])
-    row = {"backbone": backbone, "size": size, "batch_pairs": batch, "kps": kps, "finetune": finetune,
-           "device": device, "reps": reps, "backbone_s": t["backbone"], "backbone_median_s": b}
+    row = {
+        "backbone": backbone,
+        "size": size,
+        "batch_pairs": batch,
+        "kps": kps,
+        "finetune": finetune,
+        "device": device,
+        "reps": reps,
+        "backbone_s": t["backbone"],
+        "backbone_median_s": b,
+    }
     for form in forms:
         a = med(t[f"simsc_{form}"])
         row[form] = {"simsc_s": t[f"simsc_{form}"], "simsc_median_s": a, "overhead": a / b - 1.0}
@@ -96,8 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args(argv)
     forms = tuple(f for f in args.ce_interpolation.split(",") if f)
-    rows = [measure(b, args.size, args.batch, args.kps, args.reps, args.device, args.finetune, args.warmup, forms)
-            for b in args.backbones.split(",")]
+    rows = [
+        measure(b, args.size, args.batch, args.kps, args.reps, args.device, args.finetune, args.warmup, forms)
+        for b in args.backbones.split(",")
+    ]
     headers = ["backbone", "size", "pairs", "kps", "finetune", "backbone s/step"]
     headers += [h for f in forms for h in (f"simsc[{f}] s/step", f"overhead[{f}]")]
     if len(forms) > 1:
@@ -113,9 +131,13 @@ def main(argv=None) -> int:
     for r in rows:
         if "loss_head_s" in r:
             heads = r["loss_head_s"]
-            print(f"{r['backbone']}: loss head alone (fwd + bwd, median of 200): "
-                  + ", ".join(f"{f} {1e3 * t:.2f} ms ({100 * t / r['backbone_median_s']:.2f}% of the backbone step)"
-                              for f, t in heads.items()))
+            print(
+                f"{r['backbone']}: loss head alone (fwd + bwd, median of 200): "
+                + ", ".join(
+                    f"{f} {1e3 * t:.2f} ms ({100 * t / r['backbone_median_s']:.2f}% of the backbone step)"
+                    for f, t in heads.items()
+                )
+            )
     write_json(args.out, {"rows": rows, "machine": machine()})
     return 0
 

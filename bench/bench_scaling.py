@@ -5,21 +5,18 @@ pairs of random images. Keypoints 8 -> 64 -> 256 at a fixed size, interleaved in
 the growth ratio is robust to load from other processes; then resolutions 256 -> 384 -> 512 at
 a fixed keypoint count (also interleaved). Medians.
 
-    .venv/bin/python bench/bench_scaling.py [--backbone resnet50] [--batch 8] [--reps 3]
+    .venv/bin/python -m bench.bench_scaling [--backbone resnet50] [--batch 8] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, interleaved, machine, make_batch, med, table, write_json  # noqa: E402
-
-from simsc.model import SimSC  # noqa: E402
+from bench._common import RESULTS, interleaved, machine, make_batch, med, table, write_json
+from simsc.model import SimSC
 
 
 def main(argv=None) -> int:
@@ -41,29 +38,51 @@ def main(argv=None) -> int:
         def f():
             model.zero_grad(set_to_none=True)
             model.loss(data)["loss"].backward()
+
         return f
 
     kps = [int(k) for k in args.kps.split(",")]
-    t = interleaved({k: step_fn(make_batch(args.batch, args.size, k, args.device)) for k in kps}, args.reps, 1,
-                    args.device)
+    t = interleaved(
+        {k: step_fn(make_batch(args.batch, args.size, k, args.device)) for k in kps}, args.reps, 1, args.device
+    )
     kp_rows = [{"kps": k, "size": args.size, "median_s": med(t[k]), "times_s": t[k]} for k in kps]
     for r in kp_rows:
         r["vs_first"] = r["median_s"] / kp_rows[0]["median_s"]
     sizes = [int(s) for s in args.sizes.split(",")]
-    t = interleaved({s: step_fn(make_batch(args.batch, s, args.sizes_kps, args.device)) for s in sizes}, args.reps,
-                    1, args.device)
+    t = interleaved(
+        {s: step_fn(make_batch(args.batch, s, args.sizes_kps, args.device)) for s in sizes}, args.reps, 1, args.device
+    )
     size_rows = [{"kps": args.sizes_kps, "size": s, "median_s": med(t[s]), "times_s": t[s]} for s in sizes]
     for r in size_rows:
         r["vs_first"] = r["median_s"] / size_rows[0]["median_s"]
         r["pixels_vs_first"] = (r["size"] / size_rows[0]["size"]) ** 2
     print(f"{args.backbone}, batch {args.batch} pairs, finetune last_block, device {args.device}")
-    print(table(["keypoints", "size", "s/step", "vs first"],
-                [[r["kps"], r["size"], f"{r['median_s']:.3f}", f"{r['vs_first']:.3f}x"] for r in kp_rows]))
-    print(table(["size", "keypoints", "s/step", "vs first", "pixels vs first"],
-                [[r["size"], r["kps"], f"{r['median_s']:.3f}", f"{r['vs_first']:.2f}x", f"{r['pixels_vs_first']:.2f}x"]
-                 for r in size_rows]))
-    write_json(args.out, {"backbone": args.backbone, "batch": args.batch, "device": args.device,
-                          "keypoints": kp_rows, "resolution": size_rows, "machine": machine()})
+    print(
+        table(
+            ["keypoints", "size", "s/step", "vs first"],
+            [[r["kps"], r["size"], f"{r['median_s']:.3f}", f"{r['vs_first']:.3f}x"] for r in kp_rows],
+        )
+    )
+    print(
+        table(
+            ["size", "keypoints", "s/step", "vs first", "pixels vs first"],
+            [
+                [r["size"], r["kps"], f"{r['median_s']:.3f}", f"{r['vs_first']:.2f}x", f"{r['pixels_vs_first']:.2f}x"]
+                for r in size_rows
+            ],
+        )
+    )
+    write_json(
+        args.out,
+        {
+            "backbone": args.backbone,
+            "batch": args.batch,
+            "device": args.device,
+            "keypoints": kp_rows,
+            "resolution": size_rows,
+            "machine": machine(),
+        },
+    )
     return 0
 
 

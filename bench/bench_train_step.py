@@ -1,6 +1,6 @@
 """Throughput of the SimSC training step (forward, loss, backward, Adam step), data loading excluded.
 
-    .venv/bin/python bench/bench_train_step.py --backbone resnet18 --sizes 160,256 --batches 8 --steps 20
+    .venv/bin/python -m bench.bench_train_step --backbone resnet18 --sizes 160,256 --batches 8 --steps 20
 
 Prints a table and a JSON document (also written to --json when given). Images are random
 ``[B, 3, S, S]`` tensors with ``--kps`` random keypoints a pair; the optimiser and parameter
@@ -12,24 +12,32 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from simsc.config import load_config  # noqa: E402
-from simsc.engine import build_model, param_groups  # noqa: E402
-from simsc.engine.trainer import resolve_device  # noqa: E402
+from simsc.config import load_config
+from simsc.engine import build_model, param_groups
+from simsc.engine.trainer import resolve_device
 
 
-def bench_one(backbone: str, size: int, batch: int, finetune: str, temperature: str, steps: int, warmup: int,
-              kps: int, device: torch.device, seed: int = 0) -> dict:
+def bench_one(
+    backbone: str,
+    size: int,
+    batch: int,
+    finetune: str,
+    temperature: str,
+    steps: int,
+    warmup: int,
+    kps: int,
+    device: torch.device,
+    seed: int = 0,
+) -> dict:
     torch.manual_seed(seed)
-    cfg = load_config({"model": {"backbone": backbone, "pretrained": False, "finetune": finetune,
-                                 "temperature": temperature}})
+    cfg = load_config(
+        {"model": {"backbone": backbone, "pretrained": False, "finetune": finetune, "temperature": temperature}}
+    )
     model = build_model(cfg).to(device).train()
     opt = torch.optim.Adam(param_groups(model, cfg))
     g = torch.Generator().manual_seed(seed)
@@ -62,8 +70,14 @@ def bench_one(backbone: str, size: int, batch: int, finetune: str, temperature: 
     median = times[len(times) // 2]
     total = sum(times)
     return {
-        "backbone": backbone, "size": size, "batch": batch, "finetune": finetune, "temperature": temperature,
-        "steps": steps, "steps_per_s": steps / total, "median_s_per_step": median,
+        "backbone": backbone,
+        "size": size,
+        "batch": batch,
+        "finetune": finetune,
+        "temperature": temperature,
+        "steps": steps,
+        "steps_per_s": steps / total,
+        "median_s_per_step": median,
         "pairs_per_s": steps * batch / total,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
@@ -90,14 +104,32 @@ def main(argv=None) -> int:
     for backbone in args.backbone.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             for batch in (int(b) for b in args.batches.split(",")):
-                rows.append(bench_one(backbone, size, batch, args.finetune, args.temperature, args.steps,
-                                      args.warmup, args.kps, device))
+                rows.append(
+                    bench_one(
+                        backbone,
+                        size,
+                        batch,
+                        args.finetune,
+                        args.temperature,
+                        args.steps,
+                        args.warmup,
+                        args.kps,
+                        device,
+                    )
+                )
     print(f"{'backbone':<12} {'size':>5} {'batch':>5} {'finetune':<10} {'steps/s':>8} {'s/step':>8} {'pairs/s':>8}")
     for r in rows:
-        print(f"{r['backbone']:<12} {r['size']:>5} {r['batch']:>5} {r['finetune']:<10} {r['steps_per_s']:>8.2f} "
-              f"{r['median_s_per_step']:>8.3f} {r['pairs_per_s']:>8.1f}")
-    out = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "machine": platform.machine(), "rows": rows}
+        print(
+            f"{r['backbone']:<12} {r['size']:>5} {r['batch']:>5} {r['finetune']:<10} {r['steps_per_s']:>8.2f} "
+            f"{r['median_s_per_step']:>8.3f} {r['pairs_per_s']:>8.1f}"
+        )
+    out = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "rows": rows,
+    }
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

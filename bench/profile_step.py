@@ -4,7 +4,7 @@ Prints the top operators by self time (CPU; and CUDA when on a GPU) and the numb
 host-device synchronisations (``aten::item`` / ``aten::is_nonzero`` / ``aten::_local_scalar_dense``)
 a step makes. Writes the table to ``--out``.
 
-    .venv/bin/python bench/profile_step.py [--backbone resnet101] [--device cpu] [--steps 3] [--checks]
+    .venv/bin/python -m bench.profile_step [--backbone resnet101] [--device cpu] [--steps 3] [--checks]
 
 The step is the trainer's: ``model.loss(batch, check=False)`` (the batch is checked on the CPU
 before it moves); ``--checks`` profiles the loss with its value checks (the step before issue 17).
@@ -13,16 +13,13 @@ before it moves); ``--checks`` profiles the loss with its value checks (the step
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, make_batch, sync  # noqa: E402
-
-from simsc.model import SimSC  # noqa: E402
+from bench._common import RESULTS, make_batch, sync
+from simsc.model import SimSC
 
 
 def main(argv=None) -> int:
@@ -52,14 +49,23 @@ def main(argv=None) -> int:
             step()
         sync(args.device)
     ka = prof.key_averages()
-    syncs = sum(e.count for e in ka if e.key in ("aten::item", "aten::is_nonzero", "aten::_local_scalar_dense")
-                and e.key == "aten::_local_scalar_dense") / args.steps
+    syncs = (
+        sum(
+            e.count
+            for e in ka
+            if e.key in ("aten::item", "aten::is_nonzero", "aten::_local_scalar_dense")
+            and e.key == "aten::_local_scalar_dense"
+        )
+        / args.steps
+    )
     n_ops = sum(e.count for e in ka if e.key.startswith("aten::")) / args.steps
     sort = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
-    text = (f"{args.backbone} {args.size}x{args.size} batch {args.batch} device {args.device}"
-            f"{' (value checks on)' if args.checks else ''}: "
-            f"{syncs:.0f} host-device syncs (aten::_local_scalar_dense) and {n_ops:.0f} aten ops a step\n"
-            + ka.table(sort_by=sort, row_limit=30, max_name_column_width=40))
+    text = (
+        f"{args.backbone} {args.size}x{args.size} batch {args.batch} device {args.device}"
+        f"{' (value checks on)' if args.checks else ''}: "
+        f"{syncs:.0f} host-device syncs (aten::_local_scalar_dense) and {n_ops:.0f} aten ops a step\n"
+        + ka.table(sort_by=sort, row_limit=30, max_name_column_width=40)
+    )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

@@ -6,7 +6,7 @@ field centre of cells near the middle of a square and a non-square input
 cell, minus its grid position ``u * s``) and prints it next to the declared ``cell_origin``
 and the old patch-centre mapping. Writes ``experiments/results/cell_centres.md``.
 
-    .venv/bin/python experiments/cell_centres.py
+    .venv/bin/python -m experiments.cell_centres
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from simsc.backbones import BACKBONES, build_backbone, measure_cell_origin
+from simsc.coords import patch_centre_origin
+from simsc.io import atomic_write_bytes
 
-from simsc.backbones import BACKBONES, build_backbone, measure_cell_origin  # noqa: E402
-from simsc.coords import patch_centre_origin  # noqa: E402
-from simsc.io import atomic_write_bytes  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sizes_for(name: str) -> tuple[tuple[int, int], ...]:
@@ -48,13 +47,16 @@ def main(argv=None) -> int:
             rows.append(f"| {name} | {bb.stride} | {size[1]} x {size[0]} | {bb.cell_origin:.1f} | {mx:.2f} | {my:.2f} "
                         f"| {err:.2f} | {patch_centre_origin(bb.stride):.1f} | {time.time() - t:.1f} |")
             print(rows[-1], flush=True)
+    args_text = "".join(" " + a for a in (argv if argv is not None else sys.argv[1:]))
     text = "\n".join([
         "Cell 0's centre in input pixels (cell u at origin + u * stride): declared per backbone vs measured "
-        f"(centroid of the squared input gradient of {args.reps} cells near the middle, random weights, seed 0).",
+        f"(centroid of the squared input gradient of {args.reps} cells near the middle, "
+        "random weights, seed 0).",
         "",
-        f"Command: `python experiments/cell_centres.py{''.join(' ' + a for a in (argv if argv is not None else sys.argv[1:]))}`",
+        f"Command: `python -m experiments.cell_centres{args_text}`",
         "",
-        "| backbone | stride | input W x H | declared | measured x | measured y | max abs error (px) | old mapping (patch centre) | s |",
+        "| backbone | stride | input W x H | declared | measured x | measured y | max abs error (px) "
+        "| old mapping (patch centre) | s |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]) + "\n"

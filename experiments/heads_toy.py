@@ -15,7 +15,7 @@ Writes ``heads_toy.json`` and ``heads_toy.md`` (the Tab. 2 layout with the paper
 numbers beside ours) to ``--results``. Runs resume and cache their evaluation, as in
 miniature.py.
 
-    nice -n 10 .venv/bin/python experiments/heads_toy.py --jobs 1 --threads 1
+    nice -n 10 .venv/bin/python -m experiments.heads_toy --jobs 1 --threads 1
 """
 
 from __future__ import annotations
@@ -31,23 +31,23 @@ from typing import Any
 import torch
 import yaml
 
+from experiments.miniature import _mean_spread, _trajectory, base_config, train_run
+from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
+from simsc.data.embedded import build_embedded_dataset
+from simsc.data.registry import build_dataset
+from simsc.engine import load_model
+from simsc.evaluate import evaluate
+from simsc.io import atomic_write_bytes, atomic_write_json
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments"))
-
-from miniature import _mean_spread, _trajectory, base_config, train_run  # noqa: E402
-
-from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table  # noqa: E402
-from simsc.data.embedded import build_embedded_dataset  # noqa: E402
-from simsc.data.registry import build_dataset  # noqa: E402
-from simsc.engine import load_model  # noqa: E402
-from simsc.evaluate import evaluate  # noqa: E402
-from simsc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 HEADS = ("sfnet", "ncnet", "cats")
 TEMPERATURES = ("default", "mlp")
 # (key, label, temperature, beta_eval: None = the model's default)
-ROWS = tuple((k, label, t, b) for (k, label), (t, b) in zip(HEADS_TAB2_ROWS, (("default", None), ("mlp", 0.02), ("mlp", None))))
+ROWS = tuple(
+    (k, label, t, b)
+    for (k, label), (t, b) in zip(HEADS_TAB2_ROWS, (("default", None), ("mlp", 0.02), ("mlp", None)), strict=True)
+)
 ALPHAS = ("0.05", "0.1", "0.15")
 PAPER = REPO / "pipeline" / "paper_numbers.yaml"
 #: What the toy grid changes from the default run (params.yaml): 50 steps (epochs never the
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             "head_preset": cfg.model.head_preset, "seeds": seeds,
             "heads": heads, "threads": args.threads,
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
-            "command": "python experiments/heads_toy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m experiments.heads_toy " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
         },

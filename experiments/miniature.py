@@ -21,7 +21,7 @@ beta_eff during training) to ``--results``. Runs resume from their checkpoints a
 their evaluation in the run folder, so re-running after an interruption continues and a
 finished run is reused. ``--jobs 2`` trains two runs at a time (one thread each).
 
-    .venv/bin/python experiments/miniature.py --jobs 2
+    .venv/bin/python -m experiments.miniature --jobs 2
 """
 
 from __future__ import annotations
@@ -39,16 +39,15 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from simsc.config import Config, apply_overrides, engine_sections, load_config, read_yaml
+from simsc.data.embedded import build_embedded_dataset
+from simsc.data.registry import build_dataset
+from simsc.engine import load_model, train
+from simsc.evaluate import evaluate
+from simsc.io import atomic_write_bytes, atomic_write_json
+from simsc.model import SimSC
 
-from simsc.config import Config, apply_overrides, engine_sections, load_config, read_yaml  # noqa: E402
-from simsc.data.embedded import build_embedded_dataset  # noqa: E402
-from simsc.data.registry import build_dataset  # noqa: E402
-from simsc.engine import load_model, train  # noqa: E402
-from simsc.evaluate import evaluate  # noqa: E402
-from simsc.io import atomic_write_bytes, atomic_write_json  # noqa: E402
-from simsc.model import SimSC  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = ("mlp", "single", "fixed:1", "no-l2")
 FORMS = ("prob", "logprob")
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
             "steps": cfg.train.max_steps, "lr_backbone": cfg.resolved_lr_backbone(), "seeds": seeds, "forms": forms, "threads_per_run": threads, "jobs": args.jobs,
             "train_cell_centre": "backbone", "eval_sets": list(EVAL_SETS), "eval_mappings": list(MAPPINGS),
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
-            "command": "python experiments/miniature.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m experiments.miniature " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
         },
@@ -251,7 +250,8 @@ def markdown(out: dict) -> str:
         f"(mean ± standard deviation over the {n} seeds); checkpoint: {s['checkpoint']}. "
         "Trained with the backbone's cell centres (ResNet layer3: pixel 16 u). PCK in % (per image).",
         "",
-        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['jobs']} job(s) x {s['threads_per_run']} thread(s)).",
+        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, "
+        f"{s['jobs']} job(s) x {s['threads_per_run']} thread(s)).",
         "",
         "### Test PCK at 160 px and the learned temperature",
         "",
@@ -302,10 +302,10 @@ def plot_beta_eff(runs: list[dict], forms: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(forms), figsize=(5.5 * len(forms), 4), sharey=True, squeeze=False)
     colours = {"mlp": "tab:blue", "single": "tab:orange"}
-    for ax, form in zip(axes[0], forms):
+    for ax, form in zip(axes[0], forms, strict=True):
         for r in runs:
             if r["trained"] and r["form"] == form and r["variant"] in colours:
-                steps, beta = zip(*r["beta_eff_trajectory"])
+                steps, beta = zip(*r["beta_eff_trajectory"], strict=True)
                 ax.plot(steps, beta, color=colours[r["variant"]], alpha=0.85, lw=1.2,
                         ls="-" if r["seed"] == 0 else "--", label=f"{r['variant']} seed {r['seed']}")
         ax.axhline(PAPER_BETA_EFF, color="grey", ls=":", lw=1, label=f"paper ~{PAPER_BETA_EFF}")

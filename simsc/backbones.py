@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import timm
 import torch
@@ -37,6 +37,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FINETUNE_MODES = ("none", "last_block", "all")
 
+#: A timm model: ``feature_info``, ``forward_intermediates``, ``prune_intermediate_layers`` and
+#: ``pretrained_cfg`` are attributes nn.Module's type (``Tensor | Module``) knows nothing about.
+TimmModel = Any
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -47,7 +51,7 @@ class BackboneSpec:
     default_pretrained: str | None  # timm tag used for ``pretrained=True``
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    kwargs: Mapping[str, object] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: pixel of cell 0's centre; ``None`` = the patch centre for ViTs, 0 for CNNs (see ``cell_origin``).
     cell_origin: float | None = None
 
@@ -76,10 +80,14 @@ class BackboneCheckpointError(ValueError):
 class Backbone(nn.Module):
     """A timm model used as a dense feature extractor at one intermediate output."""
 
+    model: TimmModel
+    mean: torch.Tensor  # buffers, [1, 3, 1, 1]
+    std: torch.Tensor
+
     def __init__(
         self,
         name: str,
-        model: nn.Module,
+        model: TimmModel,
         feature_index: int,
         mean,
         std,
@@ -134,7 +142,7 @@ class Backbone(nn.Module):
         kwargs = {"norm": True} if self.is_vit else {}
         wanted = sorted(set(self.levels))
         feats = self.model.forward_intermediates(x, indices=wanted, intermediates_only=True, **kwargs)
-        by_index = dict(zip(wanted, feats))
+        by_index = dict(zip(wanted, feats, strict=True))
         return [by_index[i] for i in self.levels]
 
     def last_block(self) -> list[nn.Module]:
@@ -225,14 +233,16 @@ def measure_cell_origin(
     finally:
         backbone.train(was_training)
         backbone.zero_grad(set_to_none=True)
-    energy = images.grad.pow(2).sum(1)  # [reps, H, W]
+    grad = images.grad
+    assert grad is not None  # images is a leaf that requires grad and the sum above reached it
+    energy = grad.pow(2).sum(1)  # [reps, H, W]
     total = energy.sum((1, 2))
     cx = (energy.sum(1) * torch.arange(width)).sum(1) / total
     cy = (energy.sum(2) * torch.arange(height)).sum(1) / total
     return float((cx - cols * s).mean()), float((cy - rows * s).mean())
 
 
-def _auto_feature_index(model: nn.Module) -> int:
+def _auto_feature_index(model: TimmModel) -> int:
     infos = model.feature_info
     if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
         return len(infos) - 1
@@ -242,7 +252,7 @@ def _auto_feature_index(model: nn.Module) -> int:
     return len(infos) - 1
 
 
-def _prune(model: nn.Module, feature_index: int) -> None:  # feature_index: the deepest level kept
+def _prune(model: TimmModel, feature_index: int) -> None:  # feature_index: the deepest level kept
     """Drop the layers after the feature output so they cost nothing and never train."""
     model.prune_intermediate_layers([feature_index], prune_norm=False, prune_head=True)
     # timm's ResNet keeps layer4 after pruning; replace the stages past the output ourselves.
@@ -309,7 +319,7 @@ def build_backbone(
     else:
         raise TypeError(f"pretrained must be a bool, a timm tag or a path, got {pretrained!r}")
 
-    model = timm.create_model(tag or spec.arch, pretrained=tag is not None, num_classes=0, **dict(spec.kwargs))
+    model: TimmModel = timm.create_model(tag or spec.arch, pretrained=tag is not None, num_classes=0, **dict(spec.kwargs))
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"timm model {spec.arch!r} has no forward_intermediates: it cannot give dense features")
     mean, std = spec.mean, spec.std
@@ -319,7 +329,8 @@ def build_backbone(
 
     index = spec.feature_index if spec.feature_index is not None else _auto_feature_index(model)
     levels = tuple(index + int(o) for o in level_offsets) or (index,)
-    bad = [o for o, i in zip(level_offsets, levels) if not 0 <= i < len(model.feature_info)]
+    # no offsets: levels falls back to (index,), the main level, which is in range by construction
+    bad = [o for o, i in zip(level_offsets, levels, strict=False) if not 0 <= i < len(model.feature_info)]
     if bad:
         raise ValueError(
             f"backbone {name!r}: level offsets {bad} fall outside its {len(model.feature_info)} "

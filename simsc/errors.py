@@ -71,7 +71,7 @@ def describe_user_error(exc: BaseException, extra: tuple[type[BaseException], ..
     return None
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     """Messages carry advice on several lines; the contract is one line on stderr."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 

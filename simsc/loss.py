@@ -115,7 +115,8 @@ def cross_entropy_logprob(
     bilinearly onto the grid, renormalised where the border clips them). Queries whose
     target lies entirely off the map are ignored.
     """
-    target = gaussian_target(uv_b, tuple(scores.shape[-2:]), ns, nk)
+    h, w = scores.shape[-2:]
+    target = gaussian_target(uv_b, (h, w), ns, nk)
     valid = valid.bool() & (target.flatten(2).sum(-1) > 0)
     return cross_entropy(scores, target, valid, check)
 

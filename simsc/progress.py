@@ -17,7 +17,8 @@ PROGRESS_MODES = ("auto", "bar", "log", "off")
 
 
 def resolve_mode(mode: bool | str | None, stream: IO[str] | None = None) -> str:
-    """``True``/``None`` -> ``"auto"``, ``False`` -> ``"off"``; ``"auto"`` -> ``"bar"`` on a terminal, else ``"log"``."""
+    """``True``/``None`` -> ``"auto"``, ``False`` -> ``"off"``; ``"auto"`` -> ``"bar"`` on a terminal,
+    else ``"log"``."""
     if mode is None or mode is True:
         mode = "auto"
     elif mode is False:

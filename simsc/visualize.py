@@ -81,10 +81,13 @@ def predict_matches(
     a, b = _as_uint8(img_a), _as_uint8(img_b)
     res = parse_resolution(resolution)
     size_a, size_b = a.shape[:2], b.shape[:2]
-    pts_a = grid_points(*size_a, n=grid) if points is None else torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
+    ha, wa = size_a
+    if points is None:
+        pts_a = grid_points(ha, wa, n=grid)
+    else:
+        pts_a = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
     if pts_a.numel() == 0:
         raise ValueError("no query points")
-    ha, wa = size_a
     outside = (pts_a[:, 0] < -0.5) | (pts_a[:, 0] > wa - 0.5) | (pts_a[:, 1] < -0.5) | (pts_a[:, 1] > ha - 0.5)
     if bool(outside.any()):
         bad = pts_a[outside][0].tolist()
@@ -194,11 +197,11 @@ def draw_matches(
     cols = list(colors) if colors is not None else match_colors(len(pa))
     if gb is not None:  # under the matches: the true points and how far each prediction is off
         white = (255, 255, 255)
-        for (xp, yp), (xg, yg) in zip(pb.tolist(), gb.tolist()):
+        for (xp, yp), (xg, yg) in zip(pb.tolist(), gb.tolist(), strict=True):
             draw.line([(xp + wa, yp), (xg + wa, yg)], fill=white, width=1)
             r = radius + 2
             draw.ellipse([xg + wa - r, yg - r, xg + wa + r, yg + r], outline=white, width=2)
-    for i, ((xa, ya), (xb, yb)) in enumerate(zip(pa.tolist(), pb.tolist())):
+    for i, ((xa, ya), (xb, yb)) in enumerate(zip(pa.tolist(), pb.tolist(), strict=True)):
         c = cols[i % len(cols)]
         xb += wa
         draw.line([(xa, ya), (xb, yb)], fill=c, width=line_width)

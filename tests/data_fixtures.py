@@ -228,7 +228,7 @@ def make_spair_synthetic(
         same = [n for n in names if n[0] == cats[c]]
         a, b = rng.choice(len(same), 2, replace=False)
         n = int(rng.integers(3, 12))
-        kps = lambda: rng.integers(0, [w, h], (n, 2)).tolist()  # noqa: E731
-        pairs.append(spair_pair(k + 1, cats[c], (same[a][1], w, h), (same[b][1], w, h), kps(), kps(),
+        src_kps, trg_kps = (rng.integers(0, [w, h], (n, 2)).tolist() for _ in range(2))
+        pairs.append(spair_pair(k + 1, cats[c], (same[a][1], w, h), (same[b][1], w, h), src_kps, trg_kps,
                                 [20, 30, w - 40, h - 20]))  # fmt: skip
     return write_spair(root, {split: pairs}, write_images=False)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import psutil
-from http_server import unused_port
+from tests.http_server import unused_port
 
 RAY = Path(sys.executable).with_name("ray")
 

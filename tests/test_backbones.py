@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from simsc.backbones import BACKBONES, BackboneCheckpointError, build_backbone, measure_cell_origin, read_state_dict
+
 #: Backbones whose build and forward take seconds on a CPU: their cases run in `make test`, not in
 #: `make test-fast` (resnet18 keeps every check in the quick tier).
 HEAVY = ("resnet34", "resnet50", "resnet101", "dino_vitb8", "ibot_vitb16")
@@ -9,8 +11,6 @@ HEAVY = ("resnet34", "resnet50", "resnet101", "dino_vitb8", "ibot_vitb16")
 def heavy(*values):
     """A parametrize case, marked slow when its backbone (the first value) is heavy."""
     return pytest.param(*values, marks=pytest.mark.slow) if values[0] in HEAVY else values
-
-from simsc.backbones import BACKBONES, BackboneCheckpointError, build_backbone, measure_cell_origin, read_state_dict
 
 
 @pytest.mark.parametrize(

@@ -37,12 +37,8 @@ import torch
 import yaml
 from PIL import Image
 
-try:  # tests/ as a plain folder on sys.path, or as a package
-    from data_fixtures import PFP_IMAGES, SPAIR_DEFAULT, make_image, write_pfpascal, write_pfwillow, write_spair
-    from http_server import LocalHTTPServer
-except ImportError:  # pragma: no cover
-    from tests.data_fixtures import PFP_IMAGES, SPAIR_DEFAULT, make_image, write_pfpascal, write_pfwillow, write_spair
-    from tests.http_server import LocalHTTPServer
+from tests.data_fixtures import PFP_IMAGES, SPAIR_DEFAULT, make_image, write_pfpascal, write_pfwillow, write_spair
+from tests.http_server import LocalHTTPServer
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300

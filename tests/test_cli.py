@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from simsc.cli import main
+from simsc.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,13 +39,28 @@ def trained_run(tiny_embedded, tmp_path_factory):
     return out
 
 
+def _examples(text: str, command: str) -> list[list[str]]:
+    """The example command lines of a help text as argv lists (continuations joined, comments dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [shlex.split(line.strip(), comments=True)[1:] for line in joined.splitlines()
+            if line.strip().startswith(f"simsc {command} ")]
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "match"])
-def test_help(command, capsys):
+def test_help_lists_every_flag_and_its_examples_parse(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert f"simsc {command}" in text and "example" in text
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    assert flags and [f for f in flags if f not in text] == []
+    examples = _examples(text, command)
+    assert examples, text
+    for argv in examples:  # each one parses into this command (a renamed or removed flag exits 2 here)
+        args = parser.parse_args(argv)
+        assert args.command == command and callable(args.func)
 
 
 def test_train_writes_the_run_folder(trained_run, capsys):

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+from tests import data_fixtures as fx
 
-from simsc.data import images  # noqa: E402
-from simsc.data.cache import CachedImages, build_cache  # noqa: E402
-from simsc.data.records import collate_pairs  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
+from simsc.data import images
+from simsc.data.cache import CachedImages, build_cache
+from simsc.data.records import collate_pairs
+from simsc.data.spair import SPairDataset
 
 
 @pytest.fixture

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+from tests import data_fixtures as fx
 
-from simsc.data.records import collate_pairs  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
-from simsc.pck import theta_kps  # noqa: E402
+from simsc.data.records import collate_pairs
+from simsc.data.spair import SPairDataset
+from simsc.pck import theta_kps
 
 
 @pytest.fixture(scope="module")

@@ -304,7 +304,8 @@ def test_generated_pair_dot_check():
 
 
 def test_spair_loader_reads_the_embedded_set(built):
-    spair = pytest.importorskip("simsc.data.spair", reason="simsc.data.spair (the SPair loader) not available")
+    from simsc.data import spair  # the project's own loader: an import error fails the test
+
     for split, n in COUNTS.items():
         ds = spair.SPairDataset(built, split, "original", name="embedded")
         assert len(ds) == n and not ds.skipped and not ds.invalid_keypoints

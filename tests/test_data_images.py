@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
-
-from simsc.data import images  # noqa: E402
-from simsc.data.images import load_image, read_image_size, resize_uint8  # noqa: E402
-from simsc.data.records import DatasetFormatError  # noqa: E402
+from simsc.data import images
+from simsc.data.images import load_image, read_image_size, resize_uint8
+from simsc.data.records import DatasetFormatError
+from tests import data_fixtures as fx
 
 
 def check_rgb8(arr, h, w):
@@ -84,8 +82,25 @@ def test_decompression_bomb_refused_before_decoding(tmp_path, monkeypatch):
         read_image_size(path)
 
 
-def test_default_limit_is_64_megapixels():
-    assert images.MAX_PIXELS == 64_000_000
+def _png_header(path, width: int, height: int):
+    """A PNG that declares ``width x height`` and holds no pixel data: the size checks run before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+    return path
+
+
+def test_default_limit_refuses_just_over_64_megapixels(tmp_path):
+    at = _png_header(tmp_path / "at.png", 8000, 8000)  # exactly 64,000,000 pixels: allowed
+    assert read_image_size(at) == (8000, 8000)
+    over = _png_header(tmp_path / "over.png", 8000, 8001)
+    msg = r"over\.png: image is 8000x8001 = 64008000 pixels, over the decompression-bomb limit of 64000000 pixels"
+    for read in (read_image_size, load_image):
+        with pytest.raises(DatasetFormatError, match=msg):
+            read(over)
 
 
 def test_missing_file(tmp_path):

@@ -6,27 +6,25 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
 import warnings
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+from tests import data_fixtures as fx
 
-from simsc.data import index as index_mod  # noqa: E402
-from simsc.data.annotations import DatasetFormatError  # noqa: E402
-from simsc.data.index import PairTable  # noqa: E402
-from simsc.data.pfpascal import PFPascalDataset  # noqa: E402
-from simsc.data.pfwillow import PFWillowDataset  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
+from simsc.data import index as index_mod
+from simsc.data.annotations import DatasetFormatError
+from simsc.data.index import PairTable
+from simsc.data.pfpascal import PFPascalDataset
+from simsc.data.pfwillow import PFWillowDataset
+from simsc.data.spair import SPairDataset
 
 
 def same_pairs(a, b) -> None:
     """Two datasets hold the same pairs, field by field, and the same reported issues."""
     assert len(a.pairs) == len(b.pairs)
-    for x, y in zip(a.pairs, b.pairs):
+    for x, y in zip(a.pairs, b.pairs, strict=True):
         for f in ("pair_id", "category", "src_path", "trg_path", "source", "row", "flip", "src_size", "trg_size"):
             assert getattr(x, f) == getattr(y, f), f
         for f in ("src_kps", "trg_kps", "valid"):

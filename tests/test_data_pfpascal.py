@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -11,13 +9,12 @@ import pytest
 import scipy.io
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
-from data_fixtures import close  # noqa: E402
+from tests import data_fixtures as fx
+from tests.data_fixtures import close
 
-from simsc.data.images import DirectImages  # noqa: E402
-from simsc.data.pfpascal import PASCAL_CLASSES, PFPascalDataset  # noqa: E402
-from simsc.data.records import DatasetFormatError  # noqa: E402
+from simsc.data.images import DirectImages
+from simsc.data.pfpascal import PASCAL_CLASSES, PFPascalDataset
+from simsc.data.records import DatasetFormatError
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +109,9 @@ def test_test_split_uses_csv_keypoints(root):
     assert close(r2["src_kps"], [[10.5, 30], [20, 40.25]])
     assert close(r2["threshold"], 500.0)  # target 375x500 (WxH): max = 500
     r256 = PFPascalDataset(root, "test", 256)[0]
-    assert close(r256["trg_kps"], [[50.5 * 0.64 - 0.5, 60.5 * 256 / 300 - 0.5], [150.5 * 0.64 - 0.5, 160.5 * 256 / 300 - 0.5],
-                                   [250.5 * 0.64 - 0.5, 260.5 * 256 / 300 - 0.5]])  # fmt: skip
+    sx, sy = 0.64, 256 / 300  # 256 / 400 and 256 / 300: the target's width and height scales
+    assert close(r256["trg_kps"], [[50.5 * sx - 0.5, 60.5 * sy - 0.5], [150.5 * sx - 0.5, 160.5 * sy - 0.5],
+                                   [250.5 * sx - 0.5, 260.5 * sy - 0.5]])
     assert close(r256["trg_kps"][2], [159.82, 221.79333])
     assert close(r256["threshold"], 256.0)
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
-from data_fixtures import close  # noqa: E402
+from tests import data_fixtures as fx
+from tests.data_fixtures import close
 
-from simsc.data.records import DatasetFormatError  # noqa: E402
-from simsc.data.registry import DATASETS, build_dataset  # noqa: E402
-from simsc.data.spair import SPairDataset  # noqa: E402
+from simsc.data.records import DatasetFormatError
+from simsc.data.registry import DATASETS, build_dataset
+from simsc.data.spair import SPairDataset
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,7 @@ from simsc.data.download import (
 )
 from simsc.data.sources import DATASET_SOURCES, MIRROR_ENV, Dataset, SourceFile, resolve_url
 
-try:  # tests/ as a plain folder on sys.path, or as a package
-    from http_server import LocalHTTPServer, unused_port
-except ImportError:  # pragma: no cover
-    from tests.http_server import LocalHTTPServer, unused_port
+from tests.http_server import LocalHTTPServer, unused_port
 
 FAST = dict(retries=2, backoff=0.001, timeout=5.0, progress=False)
 

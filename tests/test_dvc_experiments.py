@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dvc_project import DVC, GIT, make_project, ran_stages, run
+from tests.dvc_project import DVC, GIT, make_project, ran_stages, run
 
 pytestmark = pytest.mark.slow
 

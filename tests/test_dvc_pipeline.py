@@ -7,17 +7,56 @@ evaluator), not download or preprocess."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 
 import pytest
+import torch
+import yaml
 
-from dvc_project import DVC, make_project, ran_stages, run, set_params
-from test_dvc_deps import closure
+from tests.dvc_project import DVC, make_project, ran_stages, run, set_params
+from tests.test_dvc_deps import closure
 
 pytestmark = pytest.mark.slow
 
 if not DVC.exists():  # pragma: no cover - dvc is a pipeline dependency
     pytest.skip("dvc is not installed", allow_module_level=True)
+
+
+def _rows(path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _check_outputs(work, lr: float) -> list[dict[str, float]]:
+    """The values the stages wrote agree with the params and with each other; returns the step rows."""
+    steps = _rows(work / "reports/train/steps.csv")
+    assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]  # train.max_steps of the shrunk params
+    for r in steps:
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert 0 < r["beta_a"] < 1 and 0 < r["beta_b"] < 1  # the mlp temperature ends in a sigmoid
+        # batch means: mean(beta_a * beta_b) is the product of the means up to their covariance over the batch
+        assert r["beta_eff"] == pytest.approx(r["beta_a"] * r["beta_b"], rel=1e-2)
+        assert r["lr_backbone"] == pytest.approx(lr)
+    summary = json.loads((work / "reports/train/metrics.json").read_text())
+    assert summary["steps"] == 4 and summary["final"]["loss"] == pytest.approx(steps[-1]["loss"], abs=1e-4)
+    ckpt = torch.load(work / "runs/default/checkpoints/best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == summary["best"]["step"] and ckpt["config"]["train"]["lr_backbone"] == pytest.approx(lr)
+
+    pck = json.loads((work / "reports/eval/test_64/pck.json").read_text())
+    assert pck["n_pairs"] == 4 and pck["beta_eval"] == 1.0  # embedded.n_test; the mlp model's default
+    assert 0.0 <= pck["pck@0.05"] <= pck["pck@0.1"] <= pck["pck@0.15"] <= 100.0  # a larger alpha accepts more
+    sweep = json.loads((work / "reports/eval/test_64/pck_vs_beta.json").read_text())
+    assert [r["beta_eval"] for r in sweep] == [0.02, 0.1, 1.0]  # eval.beta_sweep
+    assert sweep[-1]["pck@0.1"] == pytest.approx(pck["pck@0.1"], abs=1e-4)  # beta 1 is the evaluation itself
+    rep = json.loads((work / "reports/eval/test_64/report.json").read_text())
+    cells = " | ".join(f"{rep['per_image'][a]:.1f}" for a in ("0.05", "0.1", "0.15"))
+    report = (work / "reports/report.md").read_text()
+    assert f"| test_64 | embedded | test | 64 | 4 | 1.0 | {cells} |" in report
+    assert "no paper number" in report and "Table 1" in report
+    assert f"- training steps: 4\n- best step: {summary['best']['step']}\n" in report
+    return steps
 
 
 def test_dvc_repro_end_to_end(tmp_path):
@@ -26,19 +65,15 @@ def test_dvc_repro_end_to_end(tmp_path):
 
     out = run([str(DVC), "repro"], work, env)
     assert ran_stages(out) == ["download", "preprocess", "train", "evaluate@test_64", "report"]
-    for p in ("runs/default/checkpoints/best.pt", "runs/default/metrics.jsonl", "reports/train/steps.csv",
-              "reports/train/val_pck.csv", "reports/eval/test_64/pck.json", "reports/eval/test_64/pck_vs_beta.json", "reports/report.md", "reports/report.html",
-              "reports/figures/beta_trajectory.png", "reports/figures/pck_vs_beta_eval.png", "dvc.lock"):
-        assert (work / p).exists(), p
-    steps = (work / "reports/train/steps.csv").read_text().splitlines()
-    assert steps[0].startswith("step,loss,beta_a,beta_b,beta_eff") and len(steps) == 5
-    report = (work / "reports/report.md").read_text()
-    assert "no paper number" in report and "Table 1" in report
+    lr = yaml.safe_load((work / "params.yaml").read_text())["train"]["lr_backbone"]
+    first = _check_outputs(work, lr)
+    for p in ("reports/figures/beta_trajectory.png", "reports/figures/pck_vs_beta_eval.png"):
+        assert (work / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
 
-    metrics = json.loads(run([str(DVC), "metrics", "show", "--json"], work, env))
-    flat = json.dumps(metrics)
-    assert "reports/eval/test_64/pck.json" in flat
-    assert "0.1" in flat
+    # dvc reads the metrics the evaluate stage wrote, value for value
+    metrics = json.loads(run([str(DVC), "metrics", "show", "--json"], work, env))[""]["data"]
+    on_disk = json.loads((work / "reports/eval/test_64/pck.json").read_text())
+    assert metrics["reports/eval/test_64/pck.json"]["data"] == on_disk
 
     again = run([str(DVC), "repro"], work, env)
     assert ran_stages(again) == []
@@ -49,6 +84,8 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "train:" in status and "download:" not in status and "preprocess:" not in status
     third = run([str(DVC), "repro"], work, env)
     assert set(ran_stages(third)) == {"train", "evaluate@test_64", "report"}
+    rerun = _check_outputs(work, 0.0005)  # the outputs now come from the new learning rate
+    assert lr != 0.0005 and [r["loss"] for r in rerun[1:]] != [r["loss"] for r in first[1:]]
 
     # deps cannot go stale: one changed line of library code
     soft = work / "simsc/soft_argmax.py"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import math
 
 import pytest
 import torch
@@ -14,8 +13,6 @@ from simsc.engine.toy import ToyTranslationPairs
 from simsc.loss import gaussian_target, simsc_loss
 from simsc.matching import l2_normalize, query_score_maps
 from simsc.soft_argmax import kernel_soft_argmax
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 def _cfg(out_dir, **train):
@@ -75,11 +72,26 @@ def test_training_path_is_batched():
         torch.testing.assert_close(ce[form], torch.stack(values).mean())
 
 
-def test_full4d_baseline_of_the_memory_benchmark_gives_the_same_scores():
-    from bench_loss_memory import full4d_scores
-
+def test_query_scores_are_bilinear_rows_of_the_full_correlation():
+    """A query's score map is the bilinear blend of the 4D-correlation rows of its four neighbour cells (the full-4D
+    baseline of bench/bench_loss_memory.py relies on this); the expected maps are built with plain Python loops."""
     g = torch.Generator().manual_seed(1)
-    fa = l2_normalize(torch.randn(2, 8, 5, 6, generator=g))
-    fb = l2_normalize(torch.randn(2, 8, 5, 6, generator=g))
-    uv_a = torch.rand(2, 4, 2, generator=g) * torch.tensor([5.0, 4.0])
-    torch.testing.assert_close(full4d_scores(fa, fb, uv_a), query_score_maps(fa, fb, uv_a), rtol=1e-5, atol=1e-5)
+    b, c, h, w = 2, 8, 5, 6
+    fa = l2_normalize(torch.randn(b, c, h, w, generator=g))
+    fb = l2_normalize(torch.randn(b, c, h, w, generator=g))
+    # cell centres, corners of the map, and fractional points in both directions
+    uv_a = torch.tensor([[[0.0, 0.0], [2.25, 1.5], [5.0, 4.0], [3.7, 0.2]],
+                         [[1.5, 3.25], [0.0, 4.0], [4.9, 2.0], [2.0, 2.0]]])
+    expected = torch.zeros(b, uv_a.shape[1], h, w)
+    for k in range(b):
+        for n, (x, y) in enumerate(uv_a[k].tolist()):
+            x0, y0 = math.floor(x), math.floor(y)
+            fx, fy = x - x0, y - y0
+            for yy, xx, wt in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x0 + 1, fx * (1 - fy)),
+                               (y0 + 1, x0, (1 - fx) * fy), (y0 + 1, x0 + 1, fx * fy)):
+                if wt == 0.0:  # the neighbour past the last cell carries no weight
+                    continue
+                for i in range(h):
+                    for j in range(w):
+                        expected[k, n, i, j] += wt * float(fa[k, :, yy, xx] @ fb[k, :, i, j])
+    torch.testing.assert_close(query_score_maps(fa, fb, uv_a), expected, rtol=1e-5, atol=1e-5)

@@ -71,7 +71,7 @@ def test_fp16_run_resumes_exactly_with_its_grad_scaler(tmp_path):
     assert ck["step"] == 3 and "scale" in ck["scaler"]
     resumed = Trainer(_cfg(tmp_path / "run", amp="fp16"), train_dataset=trn, val_dataset=val)
     resumed.fit(resume=True)
-    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert ref.scaler.state_dict() == resumed.scaler.state_dict()
 

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 # module <-> file and the packages' lazy tables, read the way the DVC deps test reads them
-from test_dvc_deps import lazy_names as lazy_table
-from test_dvc_deps import module_file
-from test_dvc_deps import module_name as module_of
+from tests.test_dvc_deps import lazy_names as lazy_table
+from tests.test_dvc_deps import module_file
+from tests.test_dvc_deps import module_name as module_of
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "simsc"

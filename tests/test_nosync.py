@@ -19,7 +19,7 @@ from simsc.engine.toy import ToyTranslationPairs
 from simsc.evaluate import predict_batch
 from simsc.loss import simsc_loss
 from simsc.model import SimSC, check_batch
-from sync_guard import HostSyncError, no_host_sync, optimizer_host_tensors
+from tests.sync_guard import HostSyncError, no_host_sync, optimizer_host_tensors
 
 
 def _batch(b=3, n=6, size=64, seed=0):
@@ -204,7 +204,7 @@ def test_batched_record_reads_give_the_same_metrics(tmp_path):
         runs[every] = (hist.steps, [x for x in lines if x["type"] == "epoch"])
         assert [r["step"] for r in hist.steps] == list(range(1, 7))
     assert runs[1][0] == runs[2][0]
-    for a, b in zip(runs[1][1], runs[2][1]):
+    for a, b in zip(runs[1][1], runs[2][1], strict=True):
         assert a["train_loss_mean"] == b["train_loss_mean"] and a["val"] == b["val"]
 
 

@@ -21,8 +21,8 @@ pytest.importorskip("mlflow")
 
 from simsc.data.embedded import build_embedded_dataset  # noqa: E402
 
-from http_server import unused_port  # noqa: E402
-from mlflow_server import MlflowServer as Server  # noqa: E402
+from tests.http_server import unused_port  # noqa: E402
+from tests.mlflow_server import MlflowServer as Server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -25,9 +25,9 @@ import yaml
 pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
-from http_server import unused_port  # noqa: E402
-from mlflow_server import MlflowServer  # noqa: E402
-from ray_cluster import LocalRayCluster  # noqa: E402
+from tests.http_server import unused_port
+from tests.mlflow_server import MlflowServer
+from tests.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
-Resolution = Union[int, Literal["original"]]
+Resolution = int | Literal["original"]
 ThresholdKind = Literal["img", "kps", "bbox"]
 THRESHOLD_KINDS: tuple[str, ...] = ("img", "kps", "bbox")
 

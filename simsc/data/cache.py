@@ -39,7 +39,7 @@ MANIFEST = "manifest.json"
 
 def pixel_digest(arr: np.ndarray) -> str:
     """SHA-256 of an image array's bytes (C order)."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(arr).data.cast("B")).hexdigest()
 
 
 class CachedImages:
@@ -84,7 +84,7 @@ class CachedImages:
             return None
         if meta.get("sha256") != pixel_digest(arr):
             return None  # corrupted in place (same size): decoded again by the caller
-        return arr, orig  # type: ignore[return-value]
+        return arr, orig
 
     def get(self, relpath: str) -> tuple[np.ndarray, tuple[int, int]]:
         """``(uint8 image at the resolution, original (H, W))``, from the cache when possible."""
@@ -157,7 +157,7 @@ def build_cache(
         )
     hits = sum(1 for _, hit in results if hit)
     cache.hits, cache.misses = h0 + hits, m0 + len(results) - hits
-    current = {p: key for (key, _), p in zip(results, paths)}
+    current = {p: key for (key, _), p in zip(results, paths, strict=True)}
     pruned = 0
     if prune:
         for key, meta in list(cache.entries()):

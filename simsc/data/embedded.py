@@ -168,7 +168,7 @@ class Warp:
         """``d(q)`` for ``[N, 2]`` target points."""
         q = np.asarray(q, dtype=np.float64).reshape(-1, 2)
         out = np.zeros_like(q)
-        for c, a, s in zip(self.centers, self.amplitudes, self.sigmas):
+        for c, a, s in zip(self.centers, self.amplitudes, self.sigmas, strict=True):
             g = np.exp(-((q - c) ** 2).sum(axis=1) / (2.0 * s * s))
             out += g[:, None] * a
         return out
@@ -179,7 +179,7 @@ class Warp:
         ys = np.arange(height, dtype=np.float64)
         dx = np.zeros((height, width))
         dy = np.zeros((height, width))
-        for c, a, s in zip(self.centers, self.amplitudes, self.sigmas):
+        for c, a, s in zip(self.centers, self.amplitudes, self.sigmas, strict=True):
             gx = np.exp(-((xs - c[0]) ** 2) / (2.0 * s * s))
             gy = np.exp(-((ys - c[1]) ** 2) / (2.0 * s * s))
             g = np.outer(gy, gx)
@@ -212,7 +212,7 @@ class Warp:
             "homography": [[_r(v, 9) for v in row] for row in self.h],
             "bumps": [
                 {"center": [_r(c[0], 6), _r(c[1], 6)], "amplitude": [_r(a[0], 6), _r(a[1], 6)], "sigma": _r(s, 6)}
-                for c, a, s in zip(self.centers, self.amplitudes, self.sigmas)
+                for c, a, s in zip(self.centers, self.amplitudes, self.sigmas, strict=True)
             ],
         }
 
@@ -575,7 +575,7 @@ def _pair_record(split: str, split_index: int, index: int, seed: int, image_size
             "occluded": 0,
             "difficult": 0,
             "bndbox": box,
-            "kps": {k: p for k, p in zip(kps_ids, kps)},
+            "kps": {k: p for k, p in zip(kps_ids, kps, strict=True)},
             "azimuth_id": 0,
         }
 
@@ -594,7 +594,7 @@ def _pair_record(split: str, split_index: int, index: int, seed: int, image_size
 
 
 def _manifest(seed: int, counts: dict[str, int], image_size) -> dict[str, Any]:
-    import skimage
+    from importlib.metadata import version  # skimage's lazy module hides __version__ from type checkers
 
     return {
         "generator": "simsc.data.embedded",
@@ -607,7 +607,7 @@ def _manifest(seed: int, counts: dict[str, int], image_size) -> dict[str, Any]:
         "layout": "SPair-71k",
         "coordinates": "simsc.coords: (x, y), 0-based, integers at pixel centres; boxes [x1, y1, x2, y2] inclusive",
         "jpeg_quality": JPEG_QUALITY,
-        "skimage_version": skimage.__version__,
+        "skimage_version": version("scikit-image"),
     }
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def _open_error(path: Path, e: BaseException) -> DatasetFormatError:
     return DatasetFormatError(f"{path}: cannot decode image ({e}); {_EXPECTED}, is it truncated or corrupt?")
 
 
-def read_image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+def read_image_size(path: str | os.PathLike[str], max_pixels: int | None = None) -> tuple[int, int]:
     """``(H, W)`` from the file header only (cheap); same errors as :func:`load_image`."""
     path = Path(path)
     try:
@@ -72,15 +73,15 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
         g = ((np.clip(a, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=-1)
     if mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        if a.size and a.max() <= 1.0:
-            a = a * 255.0
-        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        f = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        if f.size and f.max() <= 1.0:
+            f = f * 255.0
+        g = np.clip(np.rint(f), 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=-1)
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to a uint8 ``H x W x 3`` RGB array (see the module docstring)."""
     path = Path(path)
     try:

@@ -161,7 +161,7 @@ class PairTable(SequenceABC):
 
     def image_paths(self) -> list[str]:
         """Unique image paths in first-use order (source, target, next pair ...)."""
-        return list(dict.fromkeys(p for pair in zip(self.strings["src_path"], self.strings["trg_path"]) for p in pair))
+        return list(dict.fromkeys(p for pair in zip(self.strings["src_path"], self.strings["trg_path"], strict=True) for p in pair))
 
 
 def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, list[Issue], list[Issue]]:
@@ -251,7 +251,8 @@ def save_index(
     cols["dep_stats"] = np.asarray(stats, dtype=np.int64).reshape(-1, 2)
     cols["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     cols["key"] = np.frombuffer(key.encode(), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **cols))
+    # numpy's stub also types **kwds against savez's own allow_pickle flag
+    atomic_write(path, lambda f: np.savez(f, **cols))  # type: ignore[arg-type]
     return key
 
 
@@ -292,7 +293,7 @@ def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[
                 rows = z[f"i_{name}_row"]
                 src = _split(z[f"i_{name}_source"], len(rows))
                 msg = _split(z[f"i_{name}_message"], len(rows))
-                issues[name] = [Issue(a, None if r < 0 else int(r), m) for a, r, m in zip(src, rows.tolist(), msg)]
+                issues[name] = [Issue(a, None if r < 0 else int(r), m) for a, r, m in zip(src, rows.tolist(), msg, strict=True)]
     except KeyError as e:
         raise _corrupt(path, f"missing column {e}") from e
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:

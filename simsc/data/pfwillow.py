@@ -14,9 +14,9 @@ PF-Willow has no object box: ``trg_bbox`` is the bounding box of the *valid* tar
 keypoints, so ``thresholds["bbox"] == thresholds["kps"]`` for this dataset.
 
 Errors (:class:`DatasetFormatError` naming file and row): missing CSV or image, a row without
-42 columns, an image path that leaves the root (absolute or ``..``), a non-numeric coordinate, an empty list. Reported skips: NaN coordinates and
-keypoints outside their image are marked invalid; pairs left with no valid keypoint or with
-``theta_kps = 0`` are dropped.
+42 columns, an image path that leaves the root (absolute or ``..``), a non-numeric coordinate, an
+empty list. Reported skips: NaN coordinates and keypoints outside their image are marked
+invalid; pairs left with no valid keypoint or with ``theta_kps = 0`` are dropped.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class PFWillowDataset(PairDataset):
             where = f"{path}, row {line}"
             if len(row) != N_COLUMNS:
                 raise DatasetFormatError(
-                    f"{where}: expected {N_COLUMNS} columns (imageA, imageB, 10 XA, 10 YA, 10 XB, 10 YB), got {len(row)}"
+                    f"{where}: expected {N_COLUMNS} columns (imageA, imageB, 10 XA, 10 YA, 10 XB, 10 YB), "
+                    f"got {len(row)}"
                 )
             vals = np.array(
                 [parse_float(v.strip(), where, f"column {j + 3} (coordinate)") for j, v in enumerate(row[2:])]

@@ -178,9 +178,9 @@ class SPairDataset(PairDataset):
         if not ((bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])).all():
             return None
         root = str(self.root)
-        src_paths = [f"JPEGImages/{c}/{n}" for c, n in zip(cats, srcs)]
-        trg_paths = [f"JPEGImages/{c}/{n}" for c, n in zip(cats, trgs)]
-        images = [f"{root}/{p}" for p in dict.fromkeys(chain.from_iterable(zip(src_paths, trg_paths)))]
+        src_paths = [f"JPEGImages/{c}/{n}" for c, n in zip(cats, srcs, strict=True)]
+        trg_paths = [f"JPEGImages/{c}/{n}" for c, n in zip(cats, trgs, strict=True)]
+        images = [f"{root}/{p}" for p in dict.fromkeys(chain.from_iterable(zip(src_paths, trg_paths, strict=True)))]
         if not all(map(os.path.isfile, images)):
             return None
         self._json_files, self._image_files = files, images
@@ -283,7 +283,8 @@ class SPairDataset(PairDataset):
 
 
 _NUMBER_TYPES = {int, float}
-_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # (text, index) -> (value, end)
+# (text, index) -> (value, end); typeshed declares the C scanner's context as a scanner, not a decoder
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def _field(data: dict, key: str, jpath: Path, kind: type) -> Any:

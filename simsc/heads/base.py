@@ -27,7 +27,8 @@ class MatchingHead(nn.Module):
         super().__init__()
         if len(level_channels) != len(self.level_offsets):
             raise ValueError(
-                f"{type(self).__name__} reads {len(self.level_offsets)} backbone levels, got channels for {len(level_channels)}"
+                f"{type(self).__name__} reads {len(self.level_offsets)} backbone levels, "
+                f"got channels for {len(level_channels)}"
             )
         self.level_channels = tuple(int(c) for c in level_channels)
         self.preset = preset

@@ -51,16 +51,16 @@ class MultiLevelBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, L, N, E] -> [B, L, N, E]``."""
-        b, l, n, e = x.shape
-        t = x.reshape(b * l, n, e)
+        b, lv, n, e = x.shape
+        t = x.reshape(b * lv, n, e)
         h = self.norm1(t)
         t = t + self.attn_cells(h, h, h, need_weights=False)[0]
         t = t + self.mlp1(self.norm2(t))
-        t = t.view(b, l, n, e).transpose(1, 2).reshape(b * n, l, e)
+        t = t.view(b, lv, n, e).transpose(1, 2).reshape(b * n, lv, e)
         h = self.norm3(t)
         t = t + self.attn_levels(h, h, h, need_weights=False)[0]
         t = t + self.mlp2(self.norm4(t))
-        return t.view(b, n, l, e).transpose(1, 2)
+        return t.view(b, n, lv, e).transpose(1, 2)
 
 
 def _resize_grid(feat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -77,7 +77,8 @@ class CATsHead(MatchingHead):
     def __init__(self, level_channels, preset: str = "paper", grid: tuple[int, int] | None = None) -> None:
         super().__init__(level_channels, preset, grid)
         p = _PRESETS[preset]
-        self.grid = tuple(int(g) for g in (grid or (16, 16)))
+        gh, gw = grid or (16, 16)
+        self.grid: tuple[int, int] = (int(gh), int(gw))
         n = self.grid[0] * self.grid[1]
         heads = p["heads"]
         app_dim = p["app_dim"] + (-(n + p["app_dim"])) % heads  # the token width must split into heads
@@ -105,12 +106,12 @@ class CATsHead(MatchingHead):
         corr = torch.stack(
             [
                 torch.einsum("bci,bcj->bij", self.scaled(fa, beta_a, l2).flatten(2), self.scaled(fb, beta_b, l2).flatten(2))
-                for fa, fb in zip(feats_a, feats_b)
+                for fa, fb in zip(feats_a, feats_b, strict=True)
             ],
             1,
         )  # [B, L, N, N]
-        app_a = torch.stack([p(f.flatten(2).transpose(1, 2)) for p, f in zip(self.proj, feats_a)], 1)
-        app_b = torch.stack([p(f.flatten(2).transpose(1, 2)) for p, f in zip(self.proj, feats_b)], 1)
+        app_a = torch.stack([p(f.flatten(2).transpose(1, 2)) for p, f in zip(self.proj, feats_a, strict=True)], 1)
+        app_b = torch.stack([p(f.flatten(2).transpose(1, 2)) for p, f in zip(self.proj, feats_b, strict=True)], 1)
         refined = self.refine(corr, app_a, app_b)
         b = refined.shape[0]
         gh, gw = self.grid

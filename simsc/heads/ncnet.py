@@ -42,15 +42,16 @@ class Conv4d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, I, J, K, L] -> [B, C_out, I, J, K, L]``."""
-        b, c, i, j, k, l = x.shape
+        b, c, i, j, k, l_ = x.shape
         p = self.k // 2
         xp = F.pad(x, (0, 0, 0, 0, 0, 0, p, p))  # pad I only; J, K, L are padded by conv3d
-        out = None
+        out: torch.Tensor | None = None
         for d in range(self.k):
-            sl = xp[:, :, d : d + i].transpose(1, 2).reshape(b * i, c, j, k, l)
+            sl = xp[:, :, d : d + i].transpose(1, 2).reshape(b * i, c, j, k, l_)
             y = F.conv3d(sl, self.weight[:, :, d], None, padding=p)
             out = y if out is None else out + y
-        out = out.view(b, i, -1, j, k, l).transpose(1, 2)
+        assert out is not None  # self.k >= 1
+        out = out.view(b, i, -1, j, k, l_).transpose(1, 2)
         return out + self.bias.view(1, -1, 1, 1, 1, 1)
 
 
@@ -73,7 +74,7 @@ class NCNetHead(MatchingHead):
         kernels, channels = _PRESETS[preset]
         layers: list[nn.Module] = []
         c_in = 1
-        for k, c in zip(kernels, channels):
+        for k, c in zip(kernels, channels, strict=True):
             layers += [Conv4d(c_in, c, k), nn.ReLU(inplace=False)]
             c_in = c
         self.consensus = nn.Sequential(*layers)
@@ -82,6 +83,7 @@ class NCNetHead(MatchingHead):
         # dead everywhere at initialisation (with one output channel and a random init it is
         # for about one seed in two, and then no gradient ever flows).
         last = layers[-2]
+        assert isinstance(last, Conv4d)
         with torch.no_grad():
             last.weight.abs_()
             last.bias.zero_()

@@ -40,14 +40,14 @@ class SFNetHead(MatchingHead):
         self.adapt = nn.ModuleList(_adaptation(c) for c in self.level_channels)
 
     def _embed(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
-        f3, f4 = (a(f) for a, f in zip(self.adapt, levels))
+        f3, f4 = (a(f) for a, f in zip(self.adapt, levels, strict=True))
         f4 = F.interpolate(f4, size=f3.shape[-2:], mode="bilinear", align_corners=False)
         return [f3, f4]
 
     def forward(self, levels_a, levels_b, beta_a, beta_b, l2: bool = True) -> dict[str, torch.Tensor]:
         if levels_a[0].shape[-2:] == levels_b[0].shape[-2:]:
             # One pass for both images, as the backbone does (BatchNorm sees the pair batch).
-            both = self._embed([torch.cat([a, b]) for a, b in zip(levels_a, levels_b)])
+            both = self._embed([torch.cat([a, b]) for a, b in zip(levels_a, levels_b, strict=True)])
             (a3, b3), (a4, b4) = (t.chunk(2) for t in both)
         else:
             a3, a4 = self._embed(levels_a)

@@ -1,0 +1,1 @@
+"""Performance benchmarks: run from the repository root as ``python -m bench.<script>`` (bench/RESULTS.md)."""

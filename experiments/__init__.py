@@ -1,0 +1,1 @@
+"""Experiment scripts: run from the repository root as ``python -m experiments.<script>``."""

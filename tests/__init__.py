@@ -1,0 +1,1 @@
+"""The test suite; shared helpers (data_fixtures, dvc_project, ...) are imported as ``tests.<module>``."""
