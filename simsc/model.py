@@ -23,6 +23,7 @@ from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
 
 if TYPE_CHECKING:
+    from .config import Config
     from .heads import MatchingHead
 
 
@@ -286,3 +287,25 @@ class SimSC(nn.Module):
         scores = self.query_scores(out, uv_a)
         uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval)
         return self.to_image(uv_b)
+
+
+def build_model(cfg: "Config", pretrained: bool | str | None = None) -> SimSC:
+    """The :class:`SimSC` model a config describes (``pretrained`` overrides ``model.pretrained``)."""
+    m = cfg.model
+    return SimSC(
+        m.backbone,
+        m.temperature,
+        pretrained=m.pretrained if pretrained is None else pretrained,
+        finetune=m.finetune,
+        ns=m.ns,
+        nk=m.nk,
+        sigma=m.sigma,
+        gamma=m.gamma,
+        beta_thres=m.beta_thres,
+        ce_interpolation=m.ce_interpolation,
+        reg_over_images=m.reg_over_images,
+        cell_centre=m.cell_centre,
+        head=m.head,
+        head_preset=m.head_preset,
+        head_resolution=cfg.data.resolution,
+    )

@@ -39,16 +39,15 @@ from ..config import Config, dump_config, diff_configs, load_config
 from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
-from ..model import SimSC, check_batch
+from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
 from .callbacks import CallbackList, CallbackProtocol
 from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
+    BestSoFar,
     CheckpointError,
+    TrainState,
     atomic_save,
-    build_model,
-    capture_rng_state,
+    build_checkpoint,
     load_checkpoint,
     restore_rng_state,
 )
@@ -360,6 +359,7 @@ class Trainer:
             return loss
 
     def _load_resume_state(self) -> dict[str, Any]:
+        """Load ``last.pt`` into the model, optimiser, scaler and global RNGs; returns the checkpoint."""
         ckpt = load_checkpoint(self.last_path)
         if ckpt.get("kind") != "last":
             raise CheckpointError(f"{self.last_path}: not a training checkpoint (kind={ckpt.get('kind')!r})")
@@ -422,16 +422,10 @@ class Trainer:
             self._check_fresh_folder(overwrite)
         self._build()
         model = self.model
-        state = {
-            "epoch": 0, "batch_in_epoch": 0, "step": 0, "sampler": None,
-            "best": {"metric": None, "epoch": None, "step": None},
-            "epoch_loss": [0.0, 0], "train_time": 0.0, "finished": False,
-        }
+        state = TrainState()
         if resume and self.last_path.exists():
             ckpt = self._load_resume_state()
-            for k in ("epoch", "batch_in_epoch", "step", "best", "epoch_loss", "train_time", "finished"):
-                state[k] = ckpt[k]
-            state["sampler"] = ckpt["rng"].get("sampler")
+            state = TrainState.from_dict(ckpt, self.last_path)
             self._open_metrics(int(ckpt["metrics_offset"]))
             self._resumed_from = int(ckpt["step"])
         else:
@@ -446,7 +440,7 @@ class Trainer:
         worker_gen = torch.Generator()
         model.train()
         total = t.epochs * n_batches if t.max_steps is None else min(t.max_steps, t.epochs * n_batches)
-        self.progress = Progress(t.progress, "train", total, initial=state["step"], every_s=t.progress_every_s,
+        self.progress = Progress(t.progress, "train", total, initial=state.step, every_s=t.progress_every_s,
                                  lines_on_advance=False)
         self._last_flush = time.monotonic()
         try:
@@ -462,18 +456,18 @@ class Trainer:
         cfg, t, state = self.cfg, self.cfg.train, self.state
 
         def done() -> bool:
-            return state["epoch"] >= t.epochs or (t.max_steps is not None and state["step"] >= t.max_steps)
+            return state.epoch >= t.epochs or (t.max_steps is not None and state.step >= t.max_steps)
 
         while not done():
-            epoch = state["epoch"]
-            start = state["batch_in_epoch"]
+            epoch = state.epoch
+            start = state.batch_in_epoch
             g = torch.Generator()
-            if start > 0 and state["sampler"] is not None:
-                g.set_state(state["sampler"])
+            if start > 0 and state.sampler is not None:
+                g.set_state(state.sampler)
             else:
                 g.manual_seed(epoch_seed(t.seed, epoch))
-                state["epoch_loss"] = [0.0, 0]
-            state["sampler"] = g.get_state()
+                state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+            state.sampler = g.get_state()
             order = torch.randperm(n, generator=g)[start * bs:].tolist()
             worker_gen.manual_seed(epoch_seed(t.seed, epoch) + 1)
             loader = DataLoader(
@@ -489,30 +483,30 @@ class Trainer:
                 check_batch(batch)  # on the CPU, before the batch moves: reading it costs no device sync
                 self._pending.append(self._train_step(batch, epoch))
                 dt = time.perf_counter() - t0
-                state["train_time"] += dt
+                state.train_time += dt
                 self._step_time += dt
                 batch_i += 1
-                state["batch_in_epoch"] = batch_i
+                state.batch_in_epoch = batch_i
                 self.progress.advance()
                 # Reading the records is the step's only host sync: batched, every log_every
                 # steps, and at least every progress_every_s seconds so that logs move.
                 if (len(self._pending) >= self.log_every
                         or time.monotonic() - self._last_flush >= t.progress_every_s):
                     self._flush()
-                stop = t.max_steps is not None and state["step"] >= t.max_steps
+                stop = t.max_steps is not None and state.step >= t.max_steps
                 if stop:
                     break
-                if t.checkpoint_every_steps and state["step"] % t.checkpoint_every_steps == 0 and batch_i < n_batches:
+                if t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0 and batch_i < n_batches:
                     self._save_last()
                 ready = time.perf_counter()
             self._flush()
             partial = batch_i < n_batches
             self._end_epoch(epoch, partial)
             if not partial:
-                state["epoch"] = epoch + 1
-                state["batch_in_epoch"] = 0
-                state["sampler"] = None
-            state["finished"] = done()
+                state.epoch = epoch + 1
+                state.batch_in_epoch = 0
+                state.sampler = None
+            state.finished = done()
             self._save_last()
 
     def _train_step(self, batch: dict[str, Any], epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -525,16 +519,18 @@ class Trainer:
         if self.cfg.train.channels_last:
             batch = {k: (v.contiguous(memory_format=torch.channels_last) if k in ("src_img", "trg_img") else v)
                      for k, v in batch.items()}
-        step = state["step"] + 1
+        step = state.step + 1
         opt.zero_grad(set_to_none=True)
         try:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self._call_loss(batch)
         except ValueError as exc:
-            msg = str(exc)
-            if "temperature" in msg or "beta" in msg or not self._params_finite():
+            # The loss runs unchecked (its beta > 0 and NaN checks are host reads), so a
+            # ValueError here is a shape or config error: it propagates as one, unless the
+            # weights went non-finite, when it is how a divergence shows.
+            if not self._params_finite():
                 self._flush()
-                self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({msg})")
+                self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({exc})")
             raise
         loss = out["loss"]
         if self.scaler is not None:
@@ -556,7 +552,7 @@ class Trainer:
             if m.weight.grad is not None:
                 tensors[f"grad:{name}"] = m.weight.grad.abs().mean()
         lrs = {g.get("name"): g["lr"] for g in opt.param_groups}
-        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state["batch_in_epoch"],
+        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state.batch_in_epoch,
                                   "lr_backbone": lrs.get("backbone"), "lr_temperature": lrs.get("temperature")}
         if self.scaler is not None:
             self.scaler.step(opt)  # skips the update on inf/NaN gradients (a sync: fp16 only)
@@ -565,7 +561,7 @@ class Trainer:
             # A non-finite step still updates the weights here; the flush that finds it raises
             # before any checkpoint or validation sees them (at most log_every steps later).
             opt.step()
-        state["step"] = step
+        state.step = step
         return record, tensors
 
     def _call_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -598,7 +594,7 @@ class Trainer:
             dtype = torch.promote_types(dtype, t.dtype)
         host = torch.cat([t.to(dtype) for t in flat]).cpu()  # the sync
         dt = time.perf_counter() - t0
-        self.state["train_time"] += dt
+        self.state.train_time += dt
         self._step_time += dt
         values = iter(host.split([t.numel() for t in flat]))
         state = self.state
@@ -619,8 +615,8 @@ class Trainer:
             order = ("type", "step", "epoch", "batch", "loss", "ce", "reg", "beta_a_mean", "beta_a_std",
                      "beta_b_mean", "beta_b_std", "beta_eff_mean", "lr_backbone", "lr_temperature", "grad_abs_mean")
             record = {k: record[k] for k in order if k in record}
-            state["epoch_loss"][0] += record["loss"]
-            state["epoch_loss"][1] += 1
+            state.epoch_loss_sum += record["loss"]
+            state.epoch_loss_count += 1
             self._log(record)
             self.callbacks.on_step(record)
         self.progress.set_values(epoch=record["epoch"], loss=record["loss"], beta_eff=record["beta_eff_mean"])
@@ -663,18 +659,18 @@ class Trainer:
         key = alpha_key(t.best_alpha)
         metric = rep["per_image"][key]
         self.progress.line(f"epoch {epoch}{' (partial)' if partial else ''} validated: PCK@{key} {metric:.2f}")
-        best = state["best"]
-        is_best = best["metric"] is None or metric > best["metric"]
+        best = state.best
+        is_best = best.metric is None or metric > best.metric
         if is_best:
-            state["best"] = {"metric": metric, "epoch": epoch, "step": state["step"]}
-        loss_sum, loss_n = state["epoch_loss"]
+            state.best = BestSoFar(metric, epoch, state.step)
+        loss_sum, loss_n = state.epoch_loss_sum, state.epoch_loss_count
         record = {
-            "type": "epoch", "epoch": epoch, "step": state["step"], "partial": partial,
+            "type": "epoch", "epoch": epoch, "step": state.step, "partial": partial,
             "train_loss_mean": loss_sum / loss_n if loss_n else None,
             "val": {k: rep[k] for k in ("per_image", "per_keypoint", "per_category", "n_pairs", "beta_eff", "beta_eval")},
             **{f"val_pck@{a}": v for a, v in rep["per_image"].items()},
             "val_beta_eff_mean": rep["beta_eff"]["mean"],
-            "best_metric": state["best"]["metric"], "is_best": is_best,
+            "best_metric": state.best.metric, "is_best": is_best,
         }
         self._log(record)
         self.callbacks.on_epoch(record)
@@ -686,59 +682,34 @@ class Trainer:
     def _check_finite_weights(self, epoch: int) -> None:
         if not self._params_finite():
             nan = float("nan")
-            self._diverged(self.state["step"], epoch, nan, {}, "non-finite weights (checkpoint not written)")
+            self._diverged(self.state.step, epoch, nan, {}, "non-finite weights (checkpoint not written)")
 
     def _save_last(self) -> None:
         self._flush()  # a checkpoint never precedes the records (and divergence check) of its steps
-        self._check_finite_weights(self.state["epoch"])
+        self._check_finite_weights(self.state.epoch)
         atomic_save(self._payload("last"), self.last_path)
         self.callbacks.on_checkpoint(self.last_path, False)
 
     def _payload(self, kind: str) -> dict[str, Any]:
-        s = self.state
-        payload: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "kind": kind,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "config": self.cfg.to_dict(),
-            "step": s["step"],
-            "epoch": s["epoch"],
-            "best": dict(s["best"]),
-            "torch_version": str(torch.__version__),
-        }
-        if kind == "last":
-            rng = capture_rng_state()
-            if s["sampler"] is not None and s["batch_in_epoch"] > 0:
-                rng["sampler"] = s["sampler"]
-            if self.scaler is not None:
-                payload["scaler"] = self.scaler.state_dict()
-            payload.update(
-                optimizer=self.optimizer.state_dict(),
-                batch_in_epoch=s["batch_in_epoch"],
-                rng=rng,
-                epoch_loss=list(s["epoch_loss"]),
-                train_time=float(s["train_time"]),
-                finished=bool(s["finished"]),
-                metrics_offset=self._metrics_fh.tell(),
-            )
-        return payload
+        assert self._metrics_fh is not None
+        return build_checkpoint(kind, model=self.model, config=self.cfg, state=self.state, optimizer=self.optimizer,
+                                scaler=self.scaler, metrics_offset=self._metrics_fh.tell())
 
     def _summary(self) -> dict[str, Any]:
         s = self.state
-        steps_run = s["step"]
+        steps_run = s.step
         return {
             "status": "finished",
-            "step": s["step"],
-            "epoch": s["epoch"],
-            "best_metric": s["best"]["metric"],
+            "step": s.step,
+            "epoch": s.epoch,
+            "best_metric": s.best.metric,
             "best_alpha": self.cfg.train.best_alpha,
-            "best_epoch": s["best"]["epoch"],
-            "best_step": s["best"]["step"],
+            "best_epoch": s.best.epoch,
+            "best_step": s.best.step,
             "best_checkpoint": str(self.best_path) if self.best_path.exists() else None,
             "last_checkpoint": str(self.last_path),
-            "train_time_s": s["train_time"],
-            "steps_per_s": steps_run / s["train_time"] if s["train_time"] > 0 else None,
+            "train_time_s": s.train_time,
+            "steps_per_s": steps_run / s.train_time if s.train_time > 0 else None,
             "resumed_from_step": self._resumed_from,
             # Of this process's training loop (steps + waits for batches; not validation or
             # checkpoints): the share spent waiting for the loader.
