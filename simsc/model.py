@@ -265,6 +265,29 @@ class SimSC(nn.Module):
         losses["beta_eff"] = effective_temperature(out["beta_a"], out["beta_b"]).detach()
         return losses
 
+    def score_maps(
+        self,
+        src_img: torch.Tensor,
+        trg_img: torch.Tensor,
+        src_kps: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        check: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Score maps ``[B, N, h_B, w_B]`` of the source keypoints (image pixels) under
+        ``"scores"``, and the per-image ``beta_a`` / ``beta_b``: inference up to the
+        soft-argmax, so that several ``beta_eval`` values can reuse one forward pass.
+        ``check=False`` skips the ``beta > 0`` check (a host read: a device sync)."""
+        out = self(src_img, trg_img, check)
+        uv_a = self.to_feature(src_kps.to(out["feat_a"].dtype), valid)
+        return {"scores": self.query_scores(out, uv_a), "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
+
+    def localise(self, scores: torch.Tensor, beta_eval: float, *, check: bool = True) -> torch.Tensor:
+        """Kernel soft-argmax of score maps -> target image pixels ``[B, N, 2]``. ``check=False``
+        skips the finiteness check of the scores (a host read)."""
+        uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval, check=check)
+        return self.to_image(uv_b)
+
     @torch.no_grad()
     def predict(
         self,
@@ -279,14 +302,13 @@ class SimSC(nn.Module):
         ``beta_eval=None`` uses the temperature's default: 1 for learned temperatures (the
         scores are already scaled), 0.02 for the no-temperature baseline ``fixed:1``.
         Invalid (padded) rows are returned as given by the sampler and should be ignored.
+        The same computation as :func:`simsc.evaluate.evaluate` (:meth:`score_maps`, then
+        :meth:`localise`), with the value checks on.
         """
         valid = _check_keypoints(src_kps, valid, "src_kps")
         beta_eval = self.temperature.default_beta_eval if beta_eval is None else float(beta_eval)
-        out = self(src_img, trg_img)
-        uv_a = self.to_feature(src_kps.to(out["feat_a"].dtype), valid)
-        scores = self.query_scores(out, uv_a)
-        uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval)
-        return self.to_image(uv_b)
+        scores = self.score_maps(src_img, trg_img, src_kps, valid)["scores"]
+        return self.localise(scores, beta_eval)
 
 
 def build_model(cfg: "Config", pretrained: bool | str | None = None) -> SimSC:
