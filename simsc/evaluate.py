@@ -21,7 +21,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Sized
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ def pair_loader(
     ``pin_memory``: page-locked batches, for asynchronous copies to a CUDA device."""
     if getattr(dataset, "resolution", None) == "original":
         batch_size = 1
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"evaluate: the dataset ({type(dataset).__name__}) must have a length (__len__)")
     if max_pairs is not None and max_pairs < len(dataset):
         dataset = Subset(dataset, range(max_pairs))
     return DataLoader(
@@ -311,7 +313,7 @@ def beta_sweep(
 def eval_dataset(
     ev: "EvalConfig",
     name: str,
-    root: str | os.PathLike,
+    root: str | Path,
     *,
     split: str | None = None,
     resolution: int | str | None = None,

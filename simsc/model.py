@@ -110,7 +110,7 @@ class SimSC(nn.Module):
         super().__init__()
         head_name = head if isinstance(head, str) else getattr(head, "name", "")
         if isinstance(backbone, str):
-            offsets = (0,)
+            offsets: tuple[int, ...] = (0,)
             if head_name != "none":
                 from .heads import head_level_offsets
 
@@ -200,7 +200,9 @@ class SimSC(nn.Module):
 
     def _forward_head(self, src_img: torch.Tensor, trg_img: torch.Tensor, check: bool = True) -> dict:
         """Backbone levels -> temperature (from the main level) -> the head's state under ``"head"``."""
-        bb = self.backbone
+        bb, head = self.backbone, self.head
+        if head is None:  # forward() takes this path only with a head
+            raise RuntimeError("SimSC._forward_head: the model has no matching head")
         if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
             levels = bb.forward_levels(torch.cat([src_img, trg_img]))
             beta_a, beta_b = self.temperature(levels[0]).chunk(2)
@@ -215,7 +217,7 @@ class SimSC(nn.Module):
             "feat_b": normalize_and_scale(levels_b[0], beta_b, l2=l2, check=check),
             "beta_a": beta_a,
             "beta_b": beta_b,
-            "head": self.head(levels_a, levels_b, beta_a, beta_b, l2=l2),
+            "head": head(levels_a, levels_b, beta_a, beta_b, l2=l2),
         }
 
     def query_scores(self, out: Mapping, uv_a: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # .data: the buffer, no copy
     elif isinstance(obj, Mapping):
         h.update(b"{")
         for k in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
@@ -90,7 +90,7 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
         h.update(b"]")
     elif isinstance(obj, np.ndarray):
         h.update(f"A{obj.dtype}{obj.shape}".encode())
-        h.update(memoryview(np.ascontiguousarray(obj)).cast("B"))
+        h.update(np.ascontiguousarray(obj).data.cast("B"))
     else:
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
 

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Sequence, Sized
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ class RunLock:
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / RUN_LOCK
-        self._fh = None
+        self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
         import fcntl
@@ -220,10 +220,10 @@ def param_groups(model: SimSC, cfg: Config) -> list[dict[str, Any]]:
     return groups
 
 
-def _grad_layers(model: SimSC) -> list[tuple[str, nn.Module]]:
+def _grad_layers(model: SimSC) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """Conv / linear layers of the last backbone block, named relative to the timm model."""
     names = {id(m): n for n, m in model.backbone.model.named_modules()}
-    out = []
+    out: list[tuple[str, nn.Conv2d | nn.Linear]] = []
     for block in model.backbone.last_block():
         for m in block.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -262,18 +262,25 @@ class Trainer:
     ) -> None:
         self.cfg = load_config(config)
         self.callbacks = CallbackList(callbacks)
-        self.train_dataset = train_dataset
-        self.val_dataset = val_dataset
-        self.model = model
+        # What the caller gave; _build makes the rest and keeps it (a second fit reuses it).
+        self._given_model, self._given_train, self._given_val = model, train_dataset, val_dataset
         self.out_dir = Path(self.cfg.train.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.last_path = self.ckpt_dir / "last.pt"
         self.best_path = self.ckpt_dir / "best.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._metrics_fh = None
+        self._metrics_fh: IO[str] | None = None
+        self._resumed_from: int | None = None
         self._data_wait = 0.0
         self._step_time = 0.0
+
+    # Set by _build at the start of fit (the given ones, else built from the config).
+    model: SimSC
+    optimizer: torch.optim.Optimizer
+    train_dataset: Dataset
+    val_dataset: Dataset
+    scaler: torch.amp.GradScaler | None
+    grad_layers: list[tuple[str, nn.Conv2d | nn.Linear]]
 
     #: page-locked loader batches (asynchronous host-to-device copies); ``None``: on for CUDA.
     pin_memory: bool | None = None
@@ -311,26 +318,31 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
-        if self.model is None:
-            self.model = build_model(cfg)
+        self.model = self._given_model = self._given_model if self._given_model is not None else build_model(cfg)
         self.device = resolve_device(cfg.train.device, "train.device")
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.train_dataset is None or self.val_dataset is None:
+        train_ds, val_ds = self._given_train, self._given_val
+        if train_ds is None or val_ds is None:
             from ..data.registry import build_dataset
 
             d = cfg.data
-            if self.train_dataset is None:
-                self.train_dataset = build_dataset(d.dataset, d.root, d.train_split, d.resolution, cache_dir=d.cache_dir)
-            if self.val_dataset is None:
-                self.val_dataset = build_dataset(d.dataset, d.root, d.val_split, d.resolution, cache_dir=d.cache_dir)
-        if len(self.train_dataset) == 0:
+            if train_ds is None:
+                train_ds = build_dataset(d.dataset, d.root, d.train_split, d.resolution, cache_dir=d.cache_dir)
+            if val_ds is None:
+                val_ds = build_dataset(d.dataset, d.root, d.val_split, d.resolution, cache_dir=d.cache_dir)
+        if not isinstance(train_ds, Sized):
+            raise TypeError(f"the training dataset ({type(train_ds).__name__}) must have a length (__len__)")
+        self.train_dataset = self._given_train = train_ds
+        self.val_dataset = self._given_val = val_ds
+        self._n_train = len(train_ds)
+        if self._n_train == 0:
             raise ValueError("the training split has no pairs")
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg))
         self.grad_layers = _grad_layers(self.model) if cfg.train.log_grad_stats else []
         t = cfg.train
-        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        self.amp_dtype = _AMP_DTYPES[str(t.amp)]  # the config check leaves one of these names
         # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16") if t.amp == "fp16" else None
         self._loss_fn = self._compiled_loss(t.compile)
@@ -388,8 +400,11 @@ class Trainer:
         self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
 
     def _log(self, record: dict[str, Any]) -> None:
-        self._metrics_fh.write(json.dumps(record) + "\n")
-        self._metrics_fh.flush()
+        fh = self._metrics_fh
+        if fh is None:  # a bug, not a user error: records are written only during fit
+            raise RuntimeError("Trainer._log: metrics.jsonl is not open (only fit writes records)")
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
 
     # -- the loop --------------------------------------------------------------------------
     def _check_fresh_folder(self, overwrite: bool) -> None:
@@ -430,11 +445,10 @@ class Trainer:
             self._resumed_from = int(ckpt["step"])
         else:
             self._open_metrics(None)
-            self._resumed_from = None
         dump_config(cfg, self.out_dir / "config.yaml")
         self.state = state
 
-        n = len(self.train_dataset)
+        n = self._n_train
         bs = cfg.data.batch_size
         n_batches = math.ceil(n / bs)
         worker_gen = torch.Generator()
@@ -691,9 +705,11 @@ class Trainer:
         self.callbacks.on_checkpoint(self.last_path, False)
 
     def _payload(self, kind: str) -> dict[str, Any]:
-        assert self._metrics_fh is not None
+        fh = self._metrics_fh
+        if fh is None:  # a bug: checkpoints are written only during fit
+            raise RuntimeError("Trainer._payload: metrics.jsonl is not open (only fit writes checkpoints)")
         return build_checkpoint(kind, model=self.model, config=self.cfg, state=self.state, optimizer=self.optimizer,
-                                scaler=self.scaler, metrics_offset=self._metrics_fh.tell())
+                                scaler=self.scaler, metrics_offset=fh.tell())
 
     def _summary(self) -> dict[str, Any]:
         s = self.state
@@ -719,6 +735,8 @@ class Trainer:
             "out_dir": str(self.out_dir),
         }
 
+
+_AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Steps between two reads of the step records on accelerators (``train.log_every_steps: null``).
 DEVICE_LOG_EVERY_STEPS = 25
