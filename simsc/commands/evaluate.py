@@ -63,10 +63,7 @@ def add_parser(sub) -> None:
 
 
 def _parse_betas(text: str) -> list[float]:
-    from ..evaluate import DEFAULT_BETA_SWEEP
-
-    if text == "default":
-        return list(DEFAULT_BETA_SWEEP)
+    """The values of ``--beta-sweep V,V,...`` (the bare flag, ``"default"``, is not parsed)."""
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
