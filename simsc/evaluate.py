@@ -311,7 +311,7 @@ def beta_sweep(
 
 
 def eval_dataset(
-    ev: "EvalConfig",
+    ev: EvalConfig,
     name: str,
     root: str | Path,
     *,
@@ -328,7 +328,7 @@ def eval_dataset(
     return build_dataset(name, root, split or ev.split, res, cache_dir=cache_dir)
 
 
-def sweep_betas(ev: "EvalConfig", betas: Sequence[float] | None = None) -> list[float]:
+def sweep_betas(ev: EvalConfig, betas: Sequence[float] | None = None) -> list[float]:
     """The beta_eval values of a sweep: ``betas`` if given, else the ``eval`` section's (when
     set and not empty), else :data:`DEFAULT_BETA_SWEEP`."""
     if betas is not None:

@@ -103,7 +103,7 @@ class SimSC(nn.Module):
         ce_interpolation: str = "prob",
         reg_over_images: str = "sum",
         cell_centre: str = "backbone",
-        head: "MatchingHead | str" = "none",
+        head: MatchingHead | str = "none",
         head_preset: str = "paper",
         head_resolution: int = 256,
     ) -> None:
@@ -313,7 +313,7 @@ class SimSC(nn.Module):
         return self.localise(scores, beta_eval)
 
 
-def build_model(cfg: "Config", pretrained: bool | str | None = None) -> SimSC:
+def build_model(cfg: Config, pretrained: bool | str | None = None) -> SimSC:
     """The :class:`SimSC` model a config describes (``pretrained`` overrides ``model.pretrained``)."""
     m = cfg.model
     return SimSC(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..io import atomic_write_json
 from . import add_model_source, load_model_from_args, positive_int, user_errors
@@ -111,8 +112,8 @@ def _run(args: argparse.Namespace) -> int:
                            cache_dir=args.cache_dir)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the evaluation
-    common = dict(batch_size=batch_size, alphas=ev.alphas, workers=args.workers, max_pairs=args.max_pairs,
-                  progress="off" if args.quiet else "auto")
+    common: dict[str, Any] = {"batch_size": batch_size, "alphas": ev.alphas, "workers": args.workers,
+                              "max_pairs": args.max_pairs, "progress": "off" if args.quiet else "auto"}
     source = {"model": args.model} if getattr(args, "model", None) else \
         {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
                                                                       "pretrained": args.pretrained}

@@ -69,7 +69,7 @@ LAST_KEYS = ("optimizer", "rng", "step", "epoch", "batch_in_epoch", "best", "epo
              "finished", "metrics_offset")
 
 
-def _feed(h: "hashlib._Hash", obj: Any) -> None:
+def _feed(h: hashlib._Hash, obj: Any) -> None:
     # A canonical walk: the same content hashes the same after a save/load round trip
     # (tuples may come back as lists, dict order may differ).
     if isinstance(obj, torch.Tensor):
@@ -128,7 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                               "copy or a full disk?); use another checkpoint or rerun the training")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a damaged file; all mean that
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path} ({size} bytes): {reason}; the file is damaged "
                               "or not a torch checkpoint") from None
@@ -246,7 +246,7 @@ class TrainState:
         }
 
     @classmethod
-    def from_dict(cls, ckpt: Mapping[str, Any], source: str | os.PathLike = "checkpoint") -> "TrainState":
+    def from_dict(cls, ckpt: Mapping[str, Any], source: str | os.PathLike = "checkpoint") -> TrainState:
         """The state a ``last`` checkpoint holds (its ``rng.sampler`` included). Checkpoints of
         every version so far share this layout. Raises :class:`CheckpointError` naming
         ``source`` and the missing or malformed entry."""

@@ -138,7 +138,9 @@ class RunLock:
         import socket
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")  # not "w": the holder's line must survive a refusal
+        # Open for the whole run (the lock lives as long as the handle), hence no `with`.
+        # Not "w": the holder's line must survive a refusal.
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held by another process; other errors (no locks on this FS) propagate
@@ -363,7 +365,7 @@ class Trainer:
         backend = _compile_backend(option)
         try:
             return torch.compile(loss, backend=backend)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager (a warning)
             if type(exc).__name__ == "InvalidBackend":  # a typo is the user's error, not a fallback
                 raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
                                  "false or a name from torch._dynamo.list_backends()") from None
@@ -391,13 +393,13 @@ class Trainer:
     def _open_metrics(self, offset: int | None) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if offset is None:
-            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")
+            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
             return
         # Drop the records written after the checkpoint (by the interrupted run).
         if self.metrics_path.exists() and self.metrics_path.stat().st_size > offset:
             with open(self.metrics_path, "r+b") as f:
                 f.truncate(offset)
-        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
+        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
 
     def _log(self, record: dict[str, Any]) -> None:
         fh = self._metrics_fh
@@ -528,7 +530,7 @@ class Trainer:
         :func:`~simsc.model.check_batch`); the step's values stay on the device until
         :meth:`_flush` reads them. Returns the record's host fields and its device tensors.
         """
-        model, opt, state = self.model, self.optimizer, self.state
+        opt, state = self.optimizer, self.state
         batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if self.cfg.train.channels_last:
             batch = {k: (v.contiguous(memory_format=torch.channels_last) if k in ("src_img", "trg_img") else v)
@@ -651,7 +653,7 @@ class Trainer:
                 m = self.model
                 beta_a = m.temperature(m.backbone(batch["src_img"])).tolist()
                 beta_b = m.temperature(m.backbone(batch["trg_img"])).tolist()
-            except Exception:  # the diagnosis must not mask the divergence
+            except Exception:  # noqa: BLE001, S110 - the diagnosis must not mask the divergence
                 pass
         last = self.last_path if self.last_path.exists() else None
         err = TrainingDivergedError(step, epoch, loss, beta_a, beta_b, reason, last)
