@@ -278,6 +278,8 @@ class Trainer:
 
     # Set by _build at the start of fit (the given ones, else built from the config).
     model: SimSC
+    #: where the run stands (set by fit; its checkpointed part: see TrainState)
+    state: TrainState
     optimizer: torch.optim.Optimizer
     train_dataset: Dataset
     val_dataset: Dataset
