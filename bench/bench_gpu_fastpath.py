@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from bench._common import RESULTS, machine, make_batch, med, sync, table, write_json
-from simsc.engine import Trainer
+from simsc.engine import Trainer, TrainState
 from simsc.engine.toy import ToyTranslationPairs
 from simsc.progress import Progress
 
@@ -62,7 +62,7 @@ def build(variant: str, args, out_dir: Path) -> Trainer:
     toy = ToyTranslationPairs(args.batch, args.size, seed=0)
     tr = Trainer(cfg, train_dataset=toy, val_dataset=toy)
     tr._build()
-    tr.state = {"step": 0, "batch_in_epoch": 0, "epoch_loss": [0.0, 0], "train_time": 0.0}
+    tr.state = TrainState()
     tr._metrics_fh = open(os.devnull, "w", encoding="utf-8")
     tr.progress = Progress("off", "bench", None)
     tr._last_flush = time.monotonic()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from simsc.errors import UserError
+from simsc.io import atomic_write_json
 
 from pipeline.stage_common import round_metric, section, stage_main
 
@@ -24,10 +24,8 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     ``predictions.jsonl``.
     """
     from simsc.config import EvalConfig, load_config
-    from simsc.data.records import parse_resolution
-    from simsc.data.registry import build_dataset
     from simsc.engine.checkpoint import load_model
-    from simsc.evaluate import beta_sweep, evaluate
+    from simsc.evaluate import beta_sweep, eval_dataset, evaluate_to_files, sweep_betas
 
     ev_sec = section(params, "evaluate", ["sets"])
     sets = ev_sec["sets"]
@@ -39,27 +37,21 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     ckpt = Path(train_sec["out_dir"]) / "checkpoints" / "best.pt"
     model, _, _ = load_model(ckpt)
     cache_dir = (params.get("preprocess") or {}).get("cache_dir")
-    resolution = parse_resolution(spec.get("resolution", ev.resolution))
-    dataset = build_dataset(spec["dataset"], spec["root"], spec.get("split", ev.split), resolution,
-                            cache_dir=cache_dir)
+    dataset = eval_dataset(ev, spec["dataset"], spec["root"], split=spec.get("split"),
+                           resolution=spec.get("resolution"), cache_dir=cache_dir)
     out = EVAL_DIR / name
-    out.mkdir(parents=True, exist_ok=True)
     max_pairs = ev_sec.get("max_pairs")
-    report = evaluate(model, dataset, beta_eval=ev.beta_eval, batch_size=ev.batch_size, alphas=ev.alphas,
-                      max_pairs=max_pairs, predictions=out / "predictions.jsonl")
-    report["name"] = name
-    report["checkpoint"] = str(ckpt)
-    _write_json(out / "report.json", report)
+    report = evaluate_to_files(model, dataset, out / "report.json", out / "predictions.jsonl",
+                               beta_eval=ev.beta_eval, batch_size=ev.batch_size, alphas=ev.alphas,
+                               max_pairs=max_pairs, extra={"name": name, "checkpoint": str(ckpt)})
     _write_json(out / "pck.json", pck_metrics(report))
     _write_json(out / "pck_vs_alpha.json",
                 [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
     rows = []
     sweep_on = ev_sec.get("sweep", True)
     if sweep_on is True or (isinstance(sweep_on, list) and name in sweep_on):
-        from simsc.evaluate import DEFAULT_BETA_SWEEP
-
-        betas = ev.beta_sweep or list(DEFAULT_BETA_SWEEP)
-        sweep = beta_sweep(model, dataset, betas, batch_size=ev.batch_size, alphas=ev.alphas, max_pairs=max_pairs)
+        sweep = beta_sweep(model, dataset, sweep_betas(ev), batch_size=ev.batch_size, alphas=ev.alphas,
+                           max_pairs=max_pairs)
         rows = [{"beta_eval": r["beta_eval"], **{f"pck@{a}": v for a, v in r["per_image"].items()}}
                 for r in sweep["rows"]]
     _write_json(out / "pck_vs_beta.json", rows)
@@ -77,7 +69,7 @@ def pck_metrics(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(path, obj, indent=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

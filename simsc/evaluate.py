@@ -21,16 +21,19 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Sized
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .io import atomic_write, atomic_write_json
 from .model import SimSC
 from .pck import DEFAULT_ALPHAS, PCKAccumulator
 from .progress import track
-from .soft_argmax import kernel_soft_argmax
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 #: Batches between two reads of the predictions from the device (one transfer for all of them).
 READ_EVERY_BATCHES = 16
@@ -61,6 +64,8 @@ def pair_loader(
     ``pin_memory``: page-locked batches, for asynchronous copies to a CUDA device."""
     if getattr(dataset, "resolution", None) == "original":
         batch_size = 1
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"evaluate: the dataset ({type(dataset).__name__}) must have a length (__len__)")
     if max_pairs is not None and max_pairs < len(dataset):
         dataset = Subset(dataset, range(max_pairs))
     return DataLoader(
@@ -75,22 +80,14 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def score_maps(model: SimSC, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Score maps ``[B, N, h, w]`` of the source keypoints, and the per-image betas.
-
-    The same computation as :meth:`SimSC.predict` up to the soft-argmax, so that several
-    ``beta_eval`` values can reuse it. No value is read on the host (no device sync).
-    """
-    valid = batch["valid"].bool()
-    out = model(batch["src_img"], batch["trg_img"], check=False)
-    uv_a = model.to_feature(batch["src_kps"].to(out["feat_a"].dtype), valid)
-    scores = model.query_scores(out, uv_a)
-    return {"scores": scores, "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
+    """:meth:`SimSC.score_maps` of a pair batch, unchecked: no value is read on the host (no
+    device sync; :func:`_host_copy` checks the predictions once per transfer instead)."""
+    return model.score_maps(batch["src_img"], batch["trg_img"], batch["src_kps"], batch["valid"].bool(), check=False)
 
 
 def localise(model: SimSC, scores: torch.Tensor, beta_eval: float) -> torch.Tensor:
-    """Kernel soft-argmax of score maps -> target image pixels ``[B, N, 2]``."""
-    uv_b = kernel_soft_argmax(scores, sigma=model.sigma, beta=beta_eval, check=False)
-    return model.to_image(uv_b)
+    """:meth:`SimSC.localise` without the finiteness check (a host read)."""
+    return model.localise(scores, beta_eval, check=False)
 
 
 @torch.no_grad()
@@ -212,7 +209,7 @@ def evaluate(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     acc = PCKAccumulator(alphas)
     betas: list[float] = []
-    sink, fh = _open_sink(predictions)
+    sink, commit = _open_sink(predictions)
 
     def score(pending):
         for batch, pred, beta_eff in _host_copy(pending):
@@ -224,18 +221,16 @@ def evaluate(
                     sink(row)
         pending.clear()
 
-    try:
-        loader = pair_loader(dataset, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
-        pending: list = []
-        for batch in _progress(loader, progress, "evaluate", len(loader), progress_every_s):
-            pred, beta_eff = predict_batch(model, batch, [beta], device)
-            pending.append((_meta(batch), pred, beta_eff))
-            if len(pending) >= READ_EVERY_BATCHES:
-                score(pending)
-        score(pending)
-    finally:
-        if fh is not None:
-            fh.close()
+    loader = pair_loader(dataset, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
+    pending: list = []
+    for batch in _progress(loader, progress, "evaluate", len(loader), progress_every_s):
+        pred, beta_eff = predict_batch(model, batch, [beta], device)
+        pending.append((_meta(batch), pred, beta_eff))
+        if len(pending) >= READ_EVERY_BATCHES:
+            score(pending)
+    score(pending)
+    if commit is not None:
+        commit()
     report = _json_report(acc.report())
     report.update(_dataset_info(dataset))
     report.update({"alphas": [float(a) for a in alphas], "beta_eval": beta, "beta_eval_source": source,
@@ -244,18 +239,22 @@ def evaluate(
 
 
 def _open_sink(predictions):
+    """A row sink for ``predictions``, and for a path the callable that writes the file once
+    the evaluation succeeded (atomically: an interrupted run leaves no partial file)."""
     if predictions is None:
         return None, None
     if isinstance(predictions, list):
         return predictions.append, None
     path = Path(predictions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "w", encoding="utf-8")
+    lines: list[str] = []
 
     def write(row):
-        fh.write(json.dumps(row) + "\n")
+        lines.append(json.dumps(row) + "\n")
 
-    return write, fh
+    def commit():
+        atomic_write(path, lambda f: f.write("".join(lines).encode("utf-8")))
+
+    return write, commit
 
 
 def beta_sweep(
@@ -309,6 +308,57 @@ def beta_sweep(
     result.update({"alphas": [float(a) for a in alphas], "beta_eff": _beta_stats(beta_effs),
                    "model_default_beta_eval": float(model.temperature.default_beta_eval)})
     return result
+
+
+def eval_dataset(
+    ev: EvalConfig,
+    name: str,
+    root: str | Path,
+    *,
+    split: str | None = None,
+    resolution: int | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """The dataset an evaluation reads: ``split`` and ``resolution`` default to the
+    ``eval`` section's (``simsc evaluate`` and the DVC evaluate stage both build it here)."""
+    from .data.records import parse_resolution
+    from .data.registry import build_dataset
+
+    res = parse_resolution(resolution if resolution is not None else ev.resolution)
+    return build_dataset(name, root, split or ev.split, res, cache_dir=cache_dir)
+
+
+def sweep_betas(ev: EvalConfig, betas: Sequence[float] | None = None) -> list[float]:
+    """The beta_eval values of a sweep: ``betas`` if given, else the ``eval`` section's (when
+    set and not empty), else :data:`DEFAULT_BETA_SWEEP`."""
+    if betas is not None:
+        return [float(b) for b in betas]
+    return list(ev.beta_sweep) if ev.beta_sweep else list(DEFAULT_BETA_SWEEP)
+
+
+def evaluate_to_files(
+    model: SimSC,
+    dataset: Dataset,
+    report_path: str | os.PathLike,
+    predictions_path: str | os.PathLike,
+    *,
+    beta_eval: float | None = None,
+    batch_size: int = 8,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    workers: int = 0,
+    max_pairs: int | None = None,
+    progress: bool | str = "auto",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate`, then write its report (JSON, with the ``extra`` entries appended) to
+    ``report_path`` and the per-pair predictions (JSON lines) to ``predictions_path``, each
+    atomically. Returns the report. The one evaluation behind ``simsc evaluate`` and the DVC
+    evaluate stage, so that both write the same numbers for the same model and data."""
+    report = evaluate(model, dataset, beta_eval=beta_eval, batch_size=batch_size, alphas=alphas, workers=workers,
+                      max_pairs=max_pairs, predictions=predictions_path, progress=progress)
+    report.update(extra or {})
+    atomic_write_json(report_path, report, indent=2)
+    return report
 
 
 #: Alias for package-level export (``simsc.evaluate_model``) without shadowing this module.

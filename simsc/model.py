@@ -23,6 +23,7 @@ from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
 
 if TYPE_CHECKING:
+    from .config import Config
     from .heads import MatchingHead
 
 
@@ -102,14 +103,14 @@ class SimSC(nn.Module):
         ce_interpolation: str = "prob",
         reg_over_images: str = "sum",
         cell_centre: str = "backbone",
-        head: "MatchingHead | str" = "none",
+        head: MatchingHead | str = "none",
         head_preset: str = "paper",
         head_resolution: int = 256,
     ) -> None:
         super().__init__()
         head_name = head if isinstance(head, str) else getattr(head, "name", "")
         if isinstance(backbone, str):
-            offsets = (0,)
+            offsets: tuple[int, ...] = (0,)
             if head_name != "none":
                 from .heads import head_level_offsets
 
@@ -199,7 +200,9 @@ class SimSC(nn.Module):
 
     def _forward_head(self, src_img: torch.Tensor, trg_img: torch.Tensor, check: bool = True) -> dict:
         """Backbone levels -> temperature (from the main level) -> the head's state under ``"head"``."""
-        bb = self.backbone
+        bb, head = self.backbone, self.head
+        if head is None:  # forward() takes this path only with a head
+            raise RuntimeError("SimSC._forward_head: the model has no matching head")
         if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
             levels = bb.forward_levels(torch.cat([src_img, trg_img]))
             beta_a, beta_b = self.temperature(levels[0]).chunk(2)
@@ -214,7 +217,7 @@ class SimSC(nn.Module):
             "feat_b": normalize_and_scale(levels_b[0], beta_b, l2=l2, check=check),
             "beta_a": beta_a,
             "beta_b": beta_b,
-            "head": self.head(levels_a, levels_b, beta_a, beta_b, l2=l2),
+            "head": head(levels_a, levels_b, beta_a, beta_b, l2=l2),
         }
 
     def query_scores(self, out: Mapping, uv_a: torch.Tensor) -> torch.Tensor:
@@ -264,6 +267,29 @@ class SimSC(nn.Module):
         losses["beta_eff"] = effective_temperature(out["beta_a"], out["beta_b"]).detach()
         return losses
 
+    def score_maps(
+        self,
+        src_img: torch.Tensor,
+        trg_img: torch.Tensor,
+        src_kps: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        check: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Score maps ``[B, N, h_B, w_B]`` of the source keypoints (image pixels) under
+        ``"scores"``, and the per-image ``beta_a`` / ``beta_b``: inference up to the
+        soft-argmax, so that several ``beta_eval`` values can reuse one forward pass.
+        ``check=False`` skips the ``beta > 0`` check (a host read: a device sync)."""
+        out = self(src_img, trg_img, check)
+        uv_a = self.to_feature(src_kps.to(out["feat_a"].dtype), valid)
+        return {"scores": self.query_scores(out, uv_a), "beta_a": out["beta_a"], "beta_b": out["beta_b"]}
+
+    def localise(self, scores: torch.Tensor, beta_eval: float, *, check: bool = True) -> torch.Tensor:
+        """Kernel soft-argmax of score maps -> target image pixels ``[B, N, 2]``. ``check=False``
+        skips the finiteness check of the scores (a host read)."""
+        uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval, check=check)
+        return self.to_image(uv_b)
+
     @torch.no_grad()
     def predict(
         self,
@@ -278,11 +304,32 @@ class SimSC(nn.Module):
         ``beta_eval=None`` uses the temperature's default: 1 for learned temperatures (the
         scores are already scaled), 0.02 for the no-temperature baseline ``fixed:1``.
         Invalid (padded) rows are returned as given by the sampler and should be ignored.
+        The same computation as :func:`simsc.evaluate.evaluate` (:meth:`score_maps`, then
+        :meth:`localise`), with the value checks on.
         """
         valid = _check_keypoints(src_kps, valid, "src_kps")
         beta_eval = self.temperature.default_beta_eval if beta_eval is None else float(beta_eval)
-        out = self(src_img, trg_img)
-        uv_a = self.to_feature(src_kps.to(out["feat_a"].dtype), valid)
-        scores = self.query_scores(out, uv_a)
-        uv_b = kernel_soft_argmax(scores, sigma=self.sigma, beta=beta_eval)
-        return self.to_image(uv_b)
+        scores = self.score_maps(src_img, trg_img, src_kps, valid)["scores"]
+        return self.localise(scores, beta_eval)
+
+
+def build_model(cfg: Config, pretrained: bool | str | None = None) -> SimSC:
+    """The :class:`SimSC` model a config describes (``pretrained`` overrides ``model.pretrained``)."""
+    m = cfg.model
+    return SimSC(
+        m.backbone,
+        m.temperature,
+        pretrained=m.pretrained if pretrained is None else pretrained,
+        finetune=m.finetune,
+        ns=m.ns,
+        nk=m.nk,
+        sigma=m.sigma,
+        gamma=m.gamma,
+        beta_thres=m.beta_thres,
+        ce_interpolation=m.ce_interpolation,
+        reg_over_images=m.reg_over_images,
+        cell_centre=m.cell_centre,
+        head=m.head,
+        head_preset=m.head_preset,
+        head_resolution=cfg.data.resolution,
+    )

@@ -278,3 +278,109 @@ def test_injected_nan_names_step_and_betas_and_writes_no_checkpoint(tmp_path):
     ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 2
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+# -- the checkpoint format: one writer (build_checkpoint), one reader (load_checkpoint + TrainState) --
+
+
+def _written_state(model, cfg, tmp_path, **state):
+    """A ``last`` checkpoint of ``state`` written with build_checkpoint and read back."""
+    from simsc.engine import TrainState, build_checkpoint
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    s = TrainState(**state)
+    ck = build_checkpoint("last", model=model, config=cfg, state=s, optimizer=opt, metrics_offset=123)
+    atomic_save(ck, tmp_path / "last.pt")
+    return s, load_checkpoint(tmp_path / "last.pt")
+
+
+def test_build_checkpoint_round_trips_the_train_state(tmp_path):
+    from simsc.config import load_config
+    from simsc.engine import BestSoFar, TrainState
+    from simsc.model import build_model
+
+    cfg = load_config(tiny_config(tmp_path))
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(5)
+    torch.randperm(10, generator=g)
+    # awkward values: a float sum that is not a round number, a metric with many digits
+    state, ck = _written_state(model, cfg, tmp_path, epoch=2, batch_in_epoch=3, step=13, sampler=g.get_state(),
+                               best=BestSoFar(41.123456789, 1, 10), epoch_loss_sum=0.1 + 0.2,
+                               epoch_loss_count=3, train_time=1.5, finished=False)
+    back = TrainState.from_dict(ck, "last.pt")
+    assert torch.equal(back.sampler, state.sampler)
+    back.sampler = state.sampler = None  # tensors do not compare with ==
+    assert back == state and back.epoch_loss_sum == 0.30000000000000004
+    assert ck["metrics_offset"] == 123 and ck["kind"] == "last" and ck["rng"]["sampler"] is not None
+    assert all(torch.equal(ck["model"][k], v) for k, v in model.state_dict().items())
+    # the layout main wrote (flat entries, epoch_loss as [sum, count]) is the layout read
+    assert ck["epoch_loss"] == [0.30000000000000004, 3] and ck["best"] == {"metric": 41.123456789, "epoch": 1,
+                                                                          "step": 10}
+    # between epochs the sampler is not stored: the next epoch reseeds its generator
+    _, ck = _written_state(model, cfg, tmp_path, epoch=3, sampler=g.get_state())
+    assert "sampler" not in ck["rng"] and TrainState.from_dict(ck).sampler is None
+    assert TrainState.from_dict(ck).best == BestSoFar()
+
+
+@pytest.mark.parametrize("field", ["optimizer", "rng", "step", "epoch", "batch_in_epoch", "best", "epoch_loss",
+                                   "train_time", "finished", "metrics_offset", "model", "config"])
+def test_checkpoint_without_a_field_names_it(tmp_path, field):
+    from simsc.config import load_config
+    from simsc.model import build_model
+
+    cfg = load_config(tiny_config(tmp_path))
+    _, ck = _written_state(build_model(cfg), cfg, tmp_path)
+    del ck[field]
+    atomic_save(ck, tmp_path / "cut.pt")  # a fresh digest: the missing entry is the only fault
+    with pytest.raises(CheckpointError, match=rf"cut\.pt: simsc checkpoint without its '{field}' entry"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("step", -1, "'step' must be an integer >= 0"),
+    ("epoch", 1.5, "'epoch' must be an integer >= 0"),
+    ("best", {"metric": 1.0}, "'best' must be a mapping of metric, epoch and step"),
+    ("epoch_loss", [0.0], r"'epoch_loss' must be \[sum, count\]"),
+    ("finished", "yes", "'finished' must be true or false"),
+])
+def test_malformed_train_state_names_the_file_and_field(tmp_path, field, value, expected):
+    from simsc.config import load_config
+    from simsc.engine import TrainState
+    from simsc.model import build_model
+
+    cfg = load_config(tiny_config(tmp_path))
+    _, ck = _written_state(build_model(cfg), cfg, tmp_path)
+    ck[field] = value
+    with pytest.raises(CheckpointError, match=rf"^last\.pt: checkpoint entry {expected}"):
+        TrainState.from_dict(ck, "last.pt")
+
+
+def test_a_value_error_in_the_forward_pass_is_not_taken_for_a_divergence(tmp_path):
+    """The loss runs unchecked, so a ValueError there is a shape / config error and propagates
+    as itself, whatever its message says (it once counted as a divergence when it named beta);
+    only with non-finite weights is it a divergence."""
+    trn, val = datasets()
+
+    def run(out_dir, poison):
+        trainer = Trainer(tiny_config(out_dir, epochs=1), train_dataset=trn, val_dataset=val)
+        build = trainer._build
+
+        def patched():
+            build()
+
+            def loss(batch, **kwargs):
+                if poison:
+                    with torch.no_grad():
+                        next(trainer.model.parameters()).fill_(float("nan"))
+                raise ValueError("beta must have shape [2], got (3,)")
+
+            trainer.model.loss = loss
+
+        trainer._build = patched
+        trainer.fit()
+
+    with pytest.raises(ValueError, match="beta must have shape") as e:
+        run(tmp_path / "a", poison=False)
+    assert not isinstance(e.value, TrainingDivergedError)
+    with pytest.raises(TrainingDivergedError, match=r"the forward pass failed \(beta must have shape"):
+        run(tmp_path / "b", poison=True)

@@ -121,3 +121,79 @@ def test_embedded_test_split(untrained, tiny_embedded, resolution):
     assert (rep["dataset"], rep["split"], rep["resolution"], rep["threshold_kind"]) == (
         "embedded", "test", resolution, "bbox")
     assert rep["n_pairs"] == 4 and set(rep["per_category"]) <= {"chelsea", "motorcycle"}
+
+
+# -- one inference path (SimSC.score_maps + SimSC.localise) and one evaluation writer --
+
+
+@pytest.mark.parametrize("temperature,beta_eval", [("fixed:1", 0.02), ("mlp", None), ("mlp", 0.1)])
+def test_evaluation_step_is_model_predict_bit_for_bit(temperature, beta_eval):
+    from simsc.evaluate import predict_batch
+
+    torch.manual_seed(0)
+    model = SimSC("resnet18", temperature, pretrained=False, finetune="none").eval()
+    batch = next(iter(pair_loader(ToyTranslationPairs(3, 64, max_shift=8), 3)))
+    expected = model.predict(batch["src_img"], batch["trg_img"], batch["src_kps"], batch["valid"], beta_eval)
+    beta = model.temperature.default_beta_eval if beta_eval is None else beta_eval
+    pred, beta_eff = predict_batch(model, batch, [0.5, beta], torch.device("cpu"))
+    assert torch.equal(pred[1], expected)
+    out = model(batch["src_img"], batch["trg_img"])
+    assert torch.equal(beta_eff, out["beta_a"] * out["beta_b"])
+
+
+@pytest.fixture(scope="module")
+def best_checkpoint(tmp_path_factory, tiny_embedded):
+    """An untrained model saved as a run's best.pt (the writer the trainer uses)."""
+    from simsc.config import load_config
+    from simsc.engine.checkpoint import TrainState, atomic_save, build_checkpoint
+    from simsc.model import build_model
+
+    run = tmp_path_factory.mktemp("eval-run")
+    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "temperature": "mlp"},
+                       "data": {"dataset": "embedded", "root": str(tiny_embedded), "resolution": 64},
+                       "eval": {"resolution": 64, "batch_size": 3}})
+    torch.manual_seed(0)
+    ck = build_checkpoint("best", model=build_model(cfg), config=cfg, state=TrainState())
+    atomic_save(ck, run / "checkpoints" / "best.pt")
+    return run
+
+
+def test_cli_and_dvc_stage_write_the_same_evaluation(best_checkpoint, tiny_embedded, tmp_path, monkeypatch):
+    from pipeline.stage_evaluate import stage_evaluate
+    from simsc.cli import main
+
+    ckpt = best_checkpoint / "checkpoints" / "best.pt"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "cli.json"), "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path)
+    params = {"eval": {"resolution": 64, "batch_size": 3},
+              "evaluate": {"sets": {"emb": {"dataset": "embedded", "root": str(tiny_embedded)}}, "sweep": False},
+              "train": {"out_dir": str(best_checkpoint)}}
+    stage_evaluate(params, "emb")
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    stage = json.loads((tmp_path / "reports/eval/emb/report.json").read_text())
+    assert cli.pop("model") == {"checkpoint": str(ckpt)} and cli.pop("predictions").endswith("cli.predictions.jsonl")
+    assert stage.pop("name") == "emb" and stage.pop("checkpoint") == str(ckpt)
+    assert cli == stage and cli["n_pairs"] == 4 and cli["resolution"] == 64 and cli["split"] == "test"
+    assert (tmp_path / "cli.predictions.jsonl").read_bytes() == (tmp_path / "reports/eval/emb/predictions.jsonl"
+                                                                 ).read_bytes()
+
+
+def test_a_failed_evaluation_leaves_no_report_or_partial_predictions(tmp_path):
+    from simsc.evaluate import evaluate_to_files
+
+    torch.manual_seed(0)
+    model = SimSC("resnet18", "fixed:1", pretrained=False, finetune="none").eval()
+    with torch.no_grad():
+        next(model.backbone.parameters()).fill_(float("nan"))  # non-finite score maps
+    with pytest.raises(ValueError, match="non-finite predictions"):
+        evaluate_to_files(model, ToyTranslationPairs(3, 64), tmp_path / "r.json", tmp_path / "p.jsonl", batch_size=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sweep_betas_defaults():
+    from simsc.config import EvalConfig
+    from simsc.evaluate import sweep_betas
+
+    assert sweep_betas(EvalConfig()) == list(DEFAULT_BETA_SWEEP)
+    assert sweep_betas(EvalConfig(beta_sweep=[0.1, 1.0])) == [0.1, 1.0]
+    assert sweep_betas(EvalConfig(beta_sweep=[0.1]), [2]) == [2.0]

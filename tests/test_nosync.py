@@ -181,11 +181,11 @@ def test_trainer_step_makes_no_host_read(tmp_path):
     guarded = []
 
     def step(batch, epoch):
-        if trainer.state["step"] == 0:
+        if trainer.state.step == 0:
             return real(batch, epoch)  # Adam's first step creates its host-side counters
         with no_host_sync(allow=optimizer_host_tensors(trainer.optimizer)):
             out = real(batch, epoch)
-        guarded.append(trainer.state["step"])
+        guarded.append(trainer.state.step)
         return out
 
     trainer._train_step = step
@@ -220,7 +220,7 @@ def test_divergence_found_by_a_batched_read_names_its_step_and_keeps_the_good_ch
 
         def loss(batch, **kwargs):
             out = real(batch, **kwargs)
-            if trainer.state["step"] == 2:  # the third step
+            if trainer.state.step == 2:  # the third step
                 out["loss"] = out["loss"] * float("nan")
             return out
 

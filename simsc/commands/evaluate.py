@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..io import atomic_write_json
 from . import add_model_source, load_model_from_args, positive_int, user_errors
@@ -63,10 +64,7 @@ def add_parser(sub) -> None:
 
 
 def _parse_betas(text: str) -> list[float]:
-    from ..evaluate import DEFAULT_BETA_SWEEP
-
-    if text == "default":
-        return list(DEFAULT_BETA_SWEEP)
+    """The values of ``--beta-sweep V,V,...`` (the bare flag, ``"default"``, is not parsed)."""
     try:
         vals = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
@@ -94,9 +92,7 @@ def _fetch_registered(uri: str) -> str:
 @user_errors("evaluate")
 def _run(args: argparse.Namespace) -> int:
     from ..config import EvalConfig
-    from ..data.records import parse_resolution
-    from ..data.registry import build_dataset
-    from ..evaluate import beta_sweep, evaluate
+    from ..evaluate import beta_sweep, eval_dataset, evaluate_to_files, sweep_betas
 
     if getattr(args, "model", None):
         args.checkpoint = _fetch_registered(args.model)
@@ -106,25 +102,23 @@ def _run(args: argparse.Namespace) -> int:
     root = args.root or (cfg.data.root if cfg is not None else None)
     if not dataset_name or not root:
         raise ValueError("--dataset and --root are required with --backbone")
-    resolution = parse_resolution(args.resolution if args.resolution is not None else ev.resolution)
-    split = args.split or ev.split
     batch_size = args.batch_size if args.batch_size is not None else ev.batch_size
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     beta_eval = args.beta_eval if args.beta_eval is not None else ev.beta_eval
-    dataset = build_dataset(dataset_name, root, split, resolution, cache_dir=args.cache_dir)
+    dataset = eval_dataset(ev, dataset_name, root, split=args.split, resolution=args.resolution,
+                           cache_dir=args.cache_dir)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    common = dict(batch_size=batch_size, alphas=ev.alphas, workers=args.workers, max_pairs=args.max_pairs,
-                  progress="off" if args.quiet else "auto")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the evaluation
+    common: dict[str, Any] = {"batch_size": batch_size, "alphas": ev.alphas, "workers": args.workers,
+                              "max_pairs": args.max_pairs, "progress": "off" if args.quiet else "auto"}
     source = {"model": args.model} if getattr(args, "model", None) else \
         {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
                                                                       "pretrained": args.pretrained}
     if args.beta_sweep is not None:
-        betas = _parse_betas(args.beta_sweep) if args.beta_sweep != "default" or ev.beta_sweep is None \
-            else list(ev.beta_sweep)
+        betas = sweep_betas(ev, None if args.beta_sweep == "default" else _parse_betas(args.beta_sweep))
         result = beta_sweep(model, dataset, betas, **common)
         result["model"] = source
         atomic_write_json(out, result, indent=2)
@@ -134,10 +128,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {out}", file=sys.stderr)
         return 0
     preds = Path(args.predictions) if args.predictions else out.with_name(out.stem + ".predictions.jsonl")
-    report = evaluate(model, dataset, beta_eval=beta_eval, predictions=preds, **common)
-    report["model"] = source
-    report["predictions"] = str(preds)
-    atomic_write_json(out, report, indent=2)
+    report = evaluate_to_files(model, dataset, out, preds, beta_eval=beta_eval, **common,
+                               extra={"model": source, "predictions": str(preds)})
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
     print(f"{report['dataset']} {report['split']} @{report['resolution']} ({report['n_pairs']} pairs, "
           f"beta_eval {report['beta_eval']:g}): {pck}")

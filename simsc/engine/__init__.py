@@ -10,8 +10,12 @@ _LAZY = {
     'CallbackList': 'callbacks',
     'CallbackProtocol': 'callbacks',
     'HistoryCallback': 'callbacks',
+    'BestSoFar': 'checkpoint',
     'CheckpointError': 'checkpoint',
+    'TrainState': 'checkpoint',
     'atomic_save': 'checkpoint',
+    'build_checkpoint': 'checkpoint',
+    # re-exported by checkpoint from simsc.model (its home), for the engine's public API
     'build_model': 'checkpoint',
     'capture_rng_state': 'checkpoint',
     'load_checkpoint': 'checkpoint',
@@ -28,14 +32,17 @@ _LAZY = {
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
+    "BestSoFar",
     "Callback",
     "CallbackList",
     "CallbackProtocol",
     "CheckpointError",
     "HistoryCallback",
+    "TrainState",
     "Trainer",
     "TrainingDivergedError",
     "atomic_save",
+    "build_checkpoint",
     "build_model",
     "capture_rng_state",
     "epoch_seed",

@@ -1,4 +1,7 @@
-"""Checkpoints: atomic writes, safe (``weights_only=True``) reads, RNG state capture.
+"""The checkpoint format, written and read here only: :func:`build_checkpoint` makes the
+dict (from the model, config, optimiser, scaler and the trainer's :class:`TrainState`),
+:func:`atomic_save` writes it with its digest, :func:`load_checkpoint` reads and validates
+it (``weights_only=True``) and :meth:`TrainState.from_dict` turns it back into the state.
 
 A training checkpoint (``<run>/checkpoints/last.pt``) is a plain dict that
 ``torch.load(path, weights_only=True)`` reads (tensors, numbers, strings, lists, dicts only):
@@ -15,12 +18,19 @@ A training checkpoint (``<run>/checkpoints/last.pt``) is a plain dict that
                      ``sampler``: the state of the epoch's data-order generator
 ``config``           the run's :class:`~simsc.config.Config` as a plain nested dict
 ``best``             ``{"metric", "epoch", "step"}`` of the best validation so far
+``epoch_loss``       ``[sum, count]`` of the epoch's step losses so far (its mean is logged)
+``train_time``       seconds of training so far
 ``metrics_offset``   size of ``metrics.jsonl`` when written (resume truncates it there)
+``scaler``           ``GradScaler.state_dict()`` (``last`` with ``train.amp: fp16`` only)
 ``finished``         the run reached its end (``epochs`` / ``max_steps``)
+``torch_version``    the torch that wrote it (information only)
 ``digest``           ``"sha256:<hex>"`` of the content (every other entry, tensors as
                      dtype, shape and bytes): :func:`load_checkpoint` recomputes it, so a
                      flipped byte in a weight is an error, not a silently different model
 ===================  ==================================================================
+
+The trainer's state is stored as flat entries (the layout of version 1, unchanged since:
+checkpoints written before :class:`TrainState` existed load as they are).
 
 Files are written to a temporary file in the same folder, flushed, fsynced and moved into
 place with :func:`os.replace`, so a reader (or a crash) never sees a partial file.
@@ -31,15 +41,17 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import Config, ConfigError, load_config
 from ..io import atomic_write
-from ..model import SimSC
+from ..model import SimSC, build_model  # build_model: re-exported, simsc.engine.build_model
 
 CHECKPOINT_FORMAT = "simsc.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -57,13 +69,13 @@ LAST_KEYS = ("optimizer", "rng", "step", "epoch", "batch_in_epoch", "best", "epo
              "finished", "metrics_offset")
 
 
-def _feed(h: "hashlib._Hash", obj: Any) -> None:
+def _feed(h: hashlib._Hash, obj: Any) -> None:
     # A canonical walk: the same content hashes the same after a save/load round trip
     # (tuples may come back as lists, dict order may differ).
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # .data: the buffer, no copy
     elif isinstance(obj, Mapping):
         h.update(b"{")
         for k in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
@@ -78,7 +90,7 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
         h.update(b"]")
     elif isinstance(obj, np.ndarray):
         h.update(f"A{obj.dtype}{obj.shape}".encode())
-        h.update(memoryview(np.ascontiguousarray(obj)).cast("B"))
+        h.update(np.ascontiguousarray(obj).data.cast("B"))
     else:
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
 
@@ -116,7 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                               "copy or a full disk?); use another checkpoint or rerun the training")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a damaged file; all mean that
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path} ({size} bytes): {reason}; the file is damaged "
                               "or not a torch checkpoint") from None
@@ -184,30 +196,166 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# Models from configs and checkpoints
+# The trainer's state, and the checkpoint that holds it
 # ----------------------------------------------------------------------------------------
 
 
-def build_model(cfg: Config, pretrained: bool | str | None = None) -> SimSC:
-    """The :class:`~simsc.model.SimSC` a config describes (``pretrained`` overrides the config)."""
-    m = cfg.model
-    return SimSC(
-        m.backbone,
-        m.temperature,
-        pretrained=m.pretrained if pretrained is None else pretrained,
-        finetune=m.finetune,
-        ns=m.ns,
-        nk=m.nk,
-        sigma=m.sigma,
-        gamma=m.gamma,
-        beta_thres=m.beta_thres,
-        ce_interpolation=m.ce_interpolation,
-        reg_over_images=m.reg_over_images,
-        cell_centre=m.cell_centre,
-        head=m.head,
-        head_preset=m.head_preset,
-        head_resolution=cfg.data.resolution,
-    )
+@dataclass
+class BestSoFar:
+    """The best validation so far (all ``None`` before the first validation)."""
+
+    metric: float | None = None
+    epoch: int | None = None
+    step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``best`` entry."""
+        return {"metric": self.metric, "epoch": self.epoch, "step": self.step}
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands: what a ``last`` checkpoint must hold to resume exactly.
+
+    ``sampler`` is the state of the running epoch's data-order generator (``None`` between
+    epochs); ``epoch_loss_sum`` / ``epoch_loss_count`` accumulate the epoch's mean loss.
+    """
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    sampler: torch.Tensor | None = None
+    best: BestSoFar = field(default_factory=BestSoFar)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    train_time: float = 0.0
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint entries of this state (plain types, ``weights_only``-loadable), in
+        the layout of the module docstring; ``sampler`` goes under ``rng`` (see
+        :func:`build_checkpoint`), so it is not among them."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "best": self.best.to_dict(),
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss": [self.epoch_loss_sum, self.epoch_loss_count],
+            "train_time": float(self.train_time),
+            "finished": bool(self.finished),
+        }
+
+    @classmethod
+    def from_dict(cls, ckpt: Mapping[str, Any], source: str | os.PathLike = "checkpoint") -> TrainState:
+        """The state a ``last`` checkpoint holds (its ``rng.sampler`` included). Checkpoints of
+        every version so far share this layout. Raises :class:`CheckpointError` naming
+        ``source`` and the missing or malformed entry."""
+
+        def bad(key: str, expected: str, got: Any) -> CheckpointError:
+            return CheckpointError(f"{source}: checkpoint entry {key!r} must be {expected}, got {got!r:.80}; "
+                                   "the file was edited or written by other code, it cannot be resumed")
+
+        def integer(key: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(key, "an integer >= 0", value)
+            return value
+
+        missing = [k for k in ("step", "epoch", "batch_in_epoch", "best", "epoch_loss", "train_time", "finished", "rng")
+                   if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{source}: checkpoint without its {', '.join(repr(k) for k in missing)} "
+                                  f"entr{'y' if len(missing) == 1 else 'ies'}; it cannot be resumed")
+        best = ckpt["best"]
+        if not isinstance(best, Mapping) or set(best) != {"metric", "epoch", "step"}:
+            raise bad("best", "a mapping of metric, epoch and step", best)
+        metric = best["metric"]
+        if metric is not None and (isinstance(metric, bool) or not isinstance(metric, (int, float))):
+            raise bad("best.metric", "a number or null", metric)
+        for k in ("epoch", "step"):
+            if best[k] is not None:
+                integer(f"best.{k}", best[k])
+        loss = ckpt["epoch_loss"]
+        if (not isinstance(loss, (list, tuple)) or len(loss) != 2 or isinstance(loss[0], bool)
+                or not isinstance(loss[0], (int, float))):
+            raise bad("epoch_loss", "[sum, count]", loss)
+        train_time = ckpt["train_time"]
+        if isinstance(train_time, bool) or not isinstance(train_time, (int, float)):
+            raise bad("train_time", "a number of seconds", train_time)
+        if not isinstance(ckpt["finished"], bool):
+            raise bad("finished", "true or false", ckpt["finished"])
+        rng = ckpt["rng"]
+        sampler = rng.get("sampler") if isinstance(rng, Mapping) else None
+        if not isinstance(rng, Mapping) or not (sampler is None or isinstance(sampler, torch.Tensor)):
+            raise bad("rng", "a mapping of generator states", type(rng).__name__)
+        return cls(
+            epoch=integer("epoch", ckpt["epoch"]),
+            batch_in_epoch=integer("batch_in_epoch", ckpt["batch_in_epoch"]),
+            step=integer("step", ckpt["step"]),
+            sampler=sampler,
+            best=BestSoFar(metric, best["epoch"], best["step"]),
+            epoch_loss_sum=loss[0],
+            epoch_loss_count=integer("epoch_loss[1]", loss[1]),
+            train_time=train_time,
+            finished=ckpt["finished"],
+        )
+
+
+def build_checkpoint(
+    kind: str,
+    *,
+    model: nn.Module,
+    config: Config,
+    state: TrainState,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    metrics_offset: int | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict (layout: the module docstring) of a run in ``state``; save it with
+    :func:`atomic_save`, read it back with :func:`load_checkpoint` and
+    :meth:`TrainState.from_dict`.
+
+    ``kind="best"``: model, config and the step / epoch / best entries. ``kind="last"`` adds
+    what an exact resume needs: ``optimizer``, ``scaler`` (fp16 loss scaling, when given),
+    the RNG states captured now, the rest of ``state`` and ``metrics_offset`` (required).
+    """
+    if kind not in ("last", "best"):
+        raise ValueError(f"checkpoint kind must be 'last' or 'best', got {kind!r}")
+    entries = state.to_dict()
+    ckpt: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": kind,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.to_dict(),
+        "step": entries["step"],
+        "epoch": entries["epoch"],
+        "best": entries["best"],
+        "torch_version": str(torch.__version__),
+    }
+    if kind == "last":
+        if optimizer is None or metrics_offset is None:
+            raise ValueError("a 'last' checkpoint needs the optimizer and the metrics offset")
+        rng = capture_rng_state()
+        # Mid-epoch only: a finished epoch's successor reseeds its generator (epoch_seed).
+        if state.sampler is not None and state.batch_in_epoch > 0:
+            rng["sampler"] = state.sampler
+        if scaler is not None:
+            ckpt["scaler"] = scaler.state_dict()
+        ckpt.update(
+            optimizer=optimizer.state_dict(),
+            batch_in_epoch=entries["batch_in_epoch"],
+            rng=rng,
+            epoch_loss=entries["epoch_loss"],
+            train_time=entries["train_time"],
+            finished=entries["finished"],
+            metrics_offset=int(metrics_offset),
+        )
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------
+# Models from configs and checkpoints
+# ----------------------------------------------------------------------------------------
 
 
 def load_model(path: str | os.PathLike) -> tuple[SimSC, Config, dict[str, Any]]:

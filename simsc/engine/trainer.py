@@ -28,7 +28,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Sequence, Sized
 
 import numpy as np
 import torch
@@ -39,16 +39,15 @@ from ..config import Config, dump_config, diff_configs, load_config
 from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
-from ..model import SimSC, check_batch
+from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
 from .callbacks import CallbackList, CallbackProtocol
 from .checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
+    BestSoFar,
     CheckpointError,
+    TrainState,
     atomic_save,
-    build_model,
-    capture_rng_state,
+    build_checkpoint,
     load_checkpoint,
     restore_rng_state,
 )
@@ -132,14 +131,16 @@ class RunLock:
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / RUN_LOCK
-        self._fh = None
+        self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
         import fcntl
         import socket
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")  # not "w": the holder's line must survive a refusal
+        # Open for the whole run (the lock lives as long as the handle), hence no `with`.
+        # Not "w": the holder's line must survive a refusal.
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held by another process; other errors (no locks on this FS) propagate
@@ -221,10 +222,10 @@ def param_groups(model: SimSC, cfg: Config) -> list[dict[str, Any]]:
     return groups
 
 
-def _grad_layers(model: SimSC) -> list[tuple[str, nn.Module]]:
+def _grad_layers(model: SimSC) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """Conv / linear layers of the last backbone block, named relative to the timm model."""
     names = {id(m): n for n, m in model.backbone.model.named_modules()}
-    out = []
+    out: list[tuple[str, nn.Conv2d | nn.Linear]] = []
     for block in model.backbone.last_block():
         for m in block.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -263,18 +264,27 @@ class Trainer:
     ) -> None:
         self.cfg = load_config(config)
         self.callbacks = CallbackList(callbacks)
-        self.train_dataset = train_dataset
-        self.val_dataset = val_dataset
-        self.model = model
+        # What the caller gave; _build makes the rest and keeps it (a second fit reuses it).
+        self._given_model, self._given_train, self._given_val = model, train_dataset, val_dataset
         self.out_dir = Path(self.cfg.train.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.last_path = self.ckpt_dir / "last.pt"
         self.best_path = self.ckpt_dir / "best.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._metrics_fh = None
+        self._metrics_fh: IO[str] | None = None
+        self._resumed_from: int | None = None
         self._data_wait = 0.0
         self._step_time = 0.0
+
+    # Set by _build at the start of fit (the given ones, else built from the config).
+    model: SimSC
+    #: where the run stands (set by fit; its checkpointed part: see TrainState)
+    state: TrainState
+    optimizer: torch.optim.Optimizer
+    train_dataset: Dataset
+    val_dataset: Dataset
+    scaler: torch.amp.GradScaler | None
+    grad_layers: list[tuple[str, nn.Conv2d | nn.Linear]]
 
     #: page-locked loader batches (asynchronous host-to-device copies); ``None``: on for CUDA.
     pin_memory: bool | None = None
@@ -312,26 +322,31 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
-        if self.model is None:
-            self.model = build_model(cfg)
+        self.model = self._given_model = self._given_model if self._given_model is not None else build_model(cfg)
         self.device = resolve_device(cfg.train.device, "train.device")
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.train_dataset is None or self.val_dataset is None:
+        train_ds, val_ds = self._given_train, self._given_val
+        if train_ds is None or val_ds is None:
             from ..data.registry import build_dataset
 
             d = cfg.data
-            if self.train_dataset is None:
-                self.train_dataset = build_dataset(d.dataset, d.root, d.train_split, d.resolution, cache_dir=d.cache_dir)
-            if self.val_dataset is None:
-                self.val_dataset = build_dataset(d.dataset, d.root, d.val_split, d.resolution, cache_dir=d.cache_dir)
-        if len(self.train_dataset) == 0:
+            if train_ds is None:
+                train_ds = build_dataset(d.dataset, d.root, d.train_split, d.resolution, cache_dir=d.cache_dir)
+            if val_ds is None:
+                val_ds = build_dataset(d.dataset, d.root, d.val_split, d.resolution, cache_dir=d.cache_dir)
+        if not isinstance(train_ds, Sized):
+            raise TypeError(f"the training dataset ({type(train_ds).__name__}) must have a length (__len__)")
+        self.train_dataset = self._given_train = train_ds
+        self.val_dataset = self._given_val = val_ds
+        self._n_train = len(train_ds)
+        if self._n_train == 0:
             raise ValueError("the training split has no pairs")
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg))
         self.grad_layers = _grad_layers(self.model) if cfg.train.log_grad_stats else []
         t = cfg.train
-        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        self.amp_dtype = _AMP_DTYPES[str(t.amp)]  # the config check leaves one of these names
         # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16") if t.amp == "fp16" else None
         self._loss_fn = self._compiled_loss(t.compile)
@@ -352,7 +367,7 @@ class Trainer:
         backend = _compile_backend(option)
         try:
             return torch.compile(loss, backend=backend)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager (a warning)
             if type(exc).__name__ == "InvalidBackend":  # a typo is the user's error, not a fallback
                 raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
                                  "false or a name from torch._dynamo.list_backends()") from None
@@ -360,6 +375,7 @@ class Trainer:
             return loss
 
     def _load_resume_state(self) -> dict[str, Any]:
+        """Load ``last.pt`` into the model, optimiser, scaler and global RNGs; returns the checkpoint."""
         ckpt = load_checkpoint(self.last_path)
         if ckpt.get("kind") != "last":
             raise CheckpointError(f"{self.last_path}: not a training checkpoint (kind={ckpt.get('kind')!r})")
@@ -379,17 +395,20 @@ class Trainer:
     def _open_metrics(self, offset: int | None) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if offset is None:
-            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")
+            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
             return
         # Drop the records written after the checkpoint (by the interrupted run).
         if self.metrics_path.exists() and self.metrics_path.stat().st_size > offset:
             with open(self.metrics_path, "r+b") as f:
                 f.truncate(offset)
-        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
+        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
 
     def _log(self, record: dict[str, Any]) -> None:
-        self._metrics_fh.write(json.dumps(record) + "\n")
-        self._metrics_fh.flush()
+        fh = self._metrics_fh
+        if fh is None:  # a bug, not a user error: records are written only during fit
+            raise RuntimeError("Trainer._log: metrics.jsonl is not open (only fit writes records)")
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
 
     # -- the loop --------------------------------------------------------------------------
     def _check_fresh_folder(self, overwrite: bool) -> None:
@@ -422,31 +441,24 @@ class Trainer:
             self._check_fresh_folder(overwrite)
         self._build()
         model = self.model
-        state = {
-            "epoch": 0, "batch_in_epoch": 0, "step": 0, "sampler": None,
-            "best": {"metric": None, "epoch": None, "step": None},
-            "epoch_loss": [0.0, 0], "train_time": 0.0, "finished": False,
-        }
+        state = TrainState()
         if resume and self.last_path.exists():
             ckpt = self._load_resume_state()
-            for k in ("epoch", "batch_in_epoch", "step", "best", "epoch_loss", "train_time", "finished"):
-                state[k] = ckpt[k]
-            state["sampler"] = ckpt["rng"].get("sampler")
+            state = TrainState.from_dict(ckpt, self.last_path)
             self._open_metrics(int(ckpt["metrics_offset"]))
             self._resumed_from = int(ckpt["step"])
         else:
             self._open_metrics(None)
-            self._resumed_from = None
         dump_config(cfg, self.out_dir / "config.yaml")
         self.state = state
 
-        n = len(self.train_dataset)
+        n = self._n_train
         bs = cfg.data.batch_size
         n_batches = math.ceil(n / bs)
         worker_gen = torch.Generator()
         model.train()
         total = t.epochs * n_batches if t.max_steps is None else min(t.max_steps, t.epochs * n_batches)
-        self.progress = Progress(t.progress, "train", total, initial=state["step"], every_s=t.progress_every_s,
+        self.progress = Progress(t.progress, "train", total, initial=state.step, every_s=t.progress_every_s,
                                  lines_on_advance=False)
         self._last_flush = time.monotonic()
         try:
@@ -462,18 +474,18 @@ class Trainer:
         cfg, t, state = self.cfg, self.cfg.train, self.state
 
         def done() -> bool:
-            return state["epoch"] >= t.epochs or (t.max_steps is not None and state["step"] >= t.max_steps)
+            return state.epoch >= t.epochs or (t.max_steps is not None and state.step >= t.max_steps)
 
         while not done():
-            epoch = state["epoch"]
-            start = state["batch_in_epoch"]
+            epoch = state.epoch
+            start = state.batch_in_epoch
             g = torch.Generator()
-            if start > 0 and state["sampler"] is not None:
-                g.set_state(state["sampler"])
+            if start > 0 and state.sampler is not None:
+                g.set_state(state.sampler)
             else:
                 g.manual_seed(epoch_seed(t.seed, epoch))
-                state["epoch_loss"] = [0.0, 0]
-            state["sampler"] = g.get_state()
+                state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+            state.sampler = g.get_state()
             order = torch.randperm(n, generator=g)[start * bs:].tolist()
             worker_gen.manual_seed(epoch_seed(t.seed, epoch) + 1)
             loader = DataLoader(
@@ -489,30 +501,30 @@ class Trainer:
                 check_batch(batch)  # on the CPU, before the batch moves: reading it costs no device sync
                 self._pending.append(self._train_step(batch, epoch))
                 dt = time.perf_counter() - t0
-                state["train_time"] += dt
+                state.train_time += dt
                 self._step_time += dt
                 batch_i += 1
-                state["batch_in_epoch"] = batch_i
+                state.batch_in_epoch = batch_i
                 self.progress.advance()
                 # Reading the records is the step's only host sync: batched, every log_every
                 # steps, and at least every progress_every_s seconds so that logs move.
                 if (len(self._pending) >= self.log_every
                         or time.monotonic() - self._last_flush >= t.progress_every_s):
                     self._flush()
-                stop = t.max_steps is not None and state["step"] >= t.max_steps
+                stop = t.max_steps is not None and state.step >= t.max_steps
                 if stop:
                     break
-                if t.checkpoint_every_steps and state["step"] % t.checkpoint_every_steps == 0 and batch_i < n_batches:
+                if t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0 and batch_i < n_batches:
                     self._save_last()
                 ready = time.perf_counter()
             self._flush()
             partial = batch_i < n_batches
             self._end_epoch(epoch, partial)
             if not partial:
-                state["epoch"] = epoch + 1
-                state["batch_in_epoch"] = 0
-                state["sampler"] = None
-            state["finished"] = done()
+                state.epoch = epoch + 1
+                state.batch_in_epoch = 0
+                state.sampler = None
+            state.finished = done()
             self._save_last()
 
     def _train_step(self, batch: dict[str, Any], epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -520,21 +532,23 @@ class Trainer:
         :func:`~simsc.model.check_batch`); the step's values stay on the device until
         :meth:`_flush` reads them. Returns the record's host fields and its device tensors.
         """
-        model, opt, state = self.model, self.optimizer, self.state
+        opt, state = self.optimizer, self.state
         batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if self.cfg.train.channels_last:
             batch = {k: (v.contiguous(memory_format=torch.channels_last) if k in ("src_img", "trg_img") else v)
                      for k, v in batch.items()}
-        step = state["step"] + 1
+        step = state.step + 1
         opt.zero_grad(set_to_none=True)
         try:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self._call_loss(batch)
         except ValueError as exc:
-            msg = str(exc)
-            if "temperature" in msg or "beta" in msg or not self._params_finite():
+            # The loss runs unchecked (its beta > 0 and NaN checks are host reads), so a
+            # ValueError here is a shape or config error: it propagates as one, unless the
+            # weights went non-finite, when it is how a divergence shows.
+            if not self._params_finite():
                 self._flush()
-                self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({msg})")
+                self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({exc})")
             raise
         loss = out["loss"]
         if self.scaler is not None:
@@ -556,7 +570,7 @@ class Trainer:
             if m.weight.grad is not None:
                 tensors[f"grad:{name}"] = m.weight.grad.abs().mean()
         lrs = {g.get("name"): g["lr"] for g in opt.param_groups}
-        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state["batch_in_epoch"],
+        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state.batch_in_epoch,
                                   "lr_backbone": lrs.get("backbone"), "lr_temperature": lrs.get("temperature")}
         if self.scaler is not None:
             self.scaler.step(opt)  # skips the update on inf/NaN gradients (a sync: fp16 only)
@@ -565,7 +579,7 @@ class Trainer:
             # A non-finite step still updates the weights here; the flush that finds it raises
             # before any checkpoint or validation sees them (at most log_every steps later).
             opt.step()
-        state["step"] = step
+        state.step = step
         return record, tensors
 
     def _call_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -598,7 +612,7 @@ class Trainer:
             dtype = torch.promote_types(dtype, t.dtype)
         host = torch.cat([t.to(dtype) for t in flat]).cpu()  # the sync
         dt = time.perf_counter() - t0
-        self.state["train_time"] += dt
+        self.state.train_time += dt
         self._step_time += dt
         values = iter(host.split([t.numel() for t in flat]))
         state = self.state
@@ -619,8 +633,8 @@ class Trainer:
             order = ("type", "step", "epoch", "batch", "loss", "ce", "reg", "beta_a_mean", "beta_a_std",
                      "beta_b_mean", "beta_b_std", "beta_eff_mean", "lr_backbone", "lr_temperature", "grad_abs_mean")
             record = {k: record[k] for k in order if k in record}
-            state["epoch_loss"][0] += record["loss"]
-            state["epoch_loss"][1] += 1
+            state.epoch_loss_sum += record["loss"]
+            state.epoch_loss_count += 1
             self._log(record)
             self.callbacks.on_step(record)
         self.progress.set_values(epoch=record["epoch"], loss=record["loss"], beta_eff=record["beta_eff_mean"])
@@ -641,7 +655,7 @@ class Trainer:
                 m = self.model
                 beta_a = m.temperature(m.backbone(batch["src_img"])).tolist()
                 beta_b = m.temperature(m.backbone(batch["trg_img"])).tolist()
-            except Exception:  # the diagnosis must not mask the divergence
+            except Exception:  # noqa: BLE001, S110 - the diagnosis must not mask the divergence
                 pass
         last = self.last_path if self.last_path.exists() else None
         err = TrainingDivergedError(step, epoch, loss, beta_a, beta_b, reason, last)
@@ -663,18 +677,18 @@ class Trainer:
         key = alpha_key(t.best_alpha)
         metric = rep["per_image"][key]
         self.progress.line(f"epoch {epoch}{' (partial)' if partial else ''} validated: PCK@{key} {metric:.2f}")
-        best = state["best"]
-        is_best = best["metric"] is None or metric > best["metric"]
+        best = state.best
+        is_best = best.metric is None or metric > best.metric
         if is_best:
-            state["best"] = {"metric": metric, "epoch": epoch, "step": state["step"]}
-        loss_sum, loss_n = state["epoch_loss"]
+            state.best = BestSoFar(metric, epoch, state.step)
+        loss_sum, loss_n = state.epoch_loss_sum, state.epoch_loss_count
         record = {
-            "type": "epoch", "epoch": epoch, "step": state["step"], "partial": partial,
+            "type": "epoch", "epoch": epoch, "step": state.step, "partial": partial,
             "train_loss_mean": loss_sum / loss_n if loss_n else None,
             "val": {k: rep[k] for k in ("per_image", "per_keypoint", "per_category", "n_pairs", "beta_eff", "beta_eval")},
             **{f"val_pck@{a}": v for a, v in rep["per_image"].items()},
             "val_beta_eff_mean": rep["beta_eff"]["mean"],
-            "best_metric": state["best"]["metric"], "is_best": is_best,
+            "best_metric": state.best.metric, "is_best": is_best,
         }
         self._log(record)
         self.callbacks.on_epoch(record)
@@ -686,59 +700,36 @@ class Trainer:
     def _check_finite_weights(self, epoch: int) -> None:
         if not self._params_finite():
             nan = float("nan")
-            self._diverged(self.state["step"], epoch, nan, {}, "non-finite weights (checkpoint not written)")
+            self._diverged(self.state.step, epoch, nan, {}, "non-finite weights (checkpoint not written)")
 
     def _save_last(self) -> None:
         self._flush()  # a checkpoint never precedes the records (and divergence check) of its steps
-        self._check_finite_weights(self.state["epoch"])
+        self._check_finite_weights(self.state.epoch)
         atomic_save(self._payload("last"), self.last_path)
         self.callbacks.on_checkpoint(self.last_path, False)
 
     def _payload(self, kind: str) -> dict[str, Any]:
-        s = self.state
-        payload: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "kind": kind,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "config": self.cfg.to_dict(),
-            "step": s["step"],
-            "epoch": s["epoch"],
-            "best": dict(s["best"]),
-            "torch_version": str(torch.__version__),
-        }
-        if kind == "last":
-            rng = capture_rng_state()
-            if s["sampler"] is not None and s["batch_in_epoch"] > 0:
-                rng["sampler"] = s["sampler"]
-            if self.scaler is not None:
-                payload["scaler"] = self.scaler.state_dict()
-            payload.update(
-                optimizer=self.optimizer.state_dict(),
-                batch_in_epoch=s["batch_in_epoch"],
-                rng=rng,
-                epoch_loss=list(s["epoch_loss"]),
-                train_time=float(s["train_time"]),
-                finished=bool(s["finished"]),
-                metrics_offset=self._metrics_fh.tell(),
-            )
-        return payload
+        fh = self._metrics_fh
+        if fh is None:  # a bug: checkpoints are written only during fit
+            raise RuntimeError("Trainer._payload: metrics.jsonl is not open (only fit writes checkpoints)")
+        return build_checkpoint(kind, model=self.model, config=self.cfg, state=self.state, optimizer=self.optimizer,
+                                scaler=self.scaler, metrics_offset=fh.tell())
 
     def _summary(self) -> dict[str, Any]:
         s = self.state
-        steps_run = s["step"]
+        steps_run = s.step
         return {
             "status": "finished",
-            "step": s["step"],
-            "epoch": s["epoch"],
-            "best_metric": s["best"]["metric"],
+            "step": s.step,
+            "epoch": s.epoch,
+            "best_metric": s.best.metric,
             "best_alpha": self.cfg.train.best_alpha,
-            "best_epoch": s["best"]["epoch"],
-            "best_step": s["best"]["step"],
+            "best_epoch": s.best.epoch,
+            "best_step": s.best.step,
             "best_checkpoint": str(self.best_path) if self.best_path.exists() else None,
             "last_checkpoint": str(self.last_path),
-            "train_time_s": s["train_time"],
-            "steps_per_s": steps_run / s["train_time"] if s["train_time"] > 0 else None,
+            "train_time_s": s.train_time,
+            "steps_per_s": steps_run / s.train_time if s.train_time > 0 else None,
             "resumed_from_step": self._resumed_from,
             # Of this process's training loop (steps + waits for batches; not validation or
             # checkpoints): the share spent waiting for the loader.
@@ -748,6 +739,8 @@ class Trainer:
             "out_dir": str(self.out_dir),
         }
 
+
+_AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Steps between two reads of the step records on accelerators (``train.log_every_steps: null``).
 DEVICE_LOG_EVERY_STEPS = 25
