@@ -36,7 +36,7 @@ import yaml
 from .backbones import FINETUNE_MODES
 from . import defaults as D
 from .coords import CELL_CENTRES
-from .io import read_overlay, yaml_load
+from .io import merge_mappings, read_overlay, yaml_load
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
 from .progress import PROGRESS_MODES
 from .temperature import build_temperature
@@ -238,6 +238,18 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     (:func:`simsc.io.read_overlay`); :class:`ConfigError` naming the file when it cannot be read."""
     return read_overlay(path, what="config file", contents="a mapping of sections (model, data, train, eval)",
                         error=ConfigError)
+
+
+def read_configs(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Any], list[str]]:
+    """Config files composed in order (each through :func:`read_yaml`, so ``defaults:`` lists
+    count), over nothing: the schema's defaults fill the rest when the result is loaded.
+    Returns the engine sections and the names of the other top-level sections, which a
+    ``params.yaml`` holds for the pipeline and a config file leaves to it (the caller says
+    that it ignored them, so a misspelt section does not pass unnoticed)."""
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = merge_mappings(data, read_yaml(path))
+    return engine_sections(data), [k for k in data if k not in SECTIONS]
 
 
 def engine_sections(params: Mapping[str, Any], sections: Sequence[str] = tuple(SECTIONS)) -> dict[str, Any]:

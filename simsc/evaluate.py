@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from . import defaults as D
 from .io import atomic_write, atomic_write_json
 from .model import SimSC
 from .pck import DEFAULT_ALPHAS, PCKAccumulator
@@ -57,7 +58,7 @@ def collate_with_sizes(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def pair_loader(
-    dataset: Dataset, batch_size: int = 8, workers: int = 0, max_pairs: int | None = None, pin_memory: bool = False
+    dataset: Dataset, batch_size: int = D.EVAL_BATCH_SIZE, workers: int = D.WORKERS, max_pairs: int | None = None, pin_memory: bool = False
 ) -> DataLoader:
     """A sequential loader over ``dataset`` (the first ``max_pairs`` pairs when given).
     Datasets at ``resolution="original"`` hold images of different sizes: batch size 1.
@@ -186,14 +187,14 @@ def evaluate(
     dataset: Dataset,
     *,
     beta_eval: float | None = None,
-    batch_size: int = 8,
+    batch_size: int = D.EVAL_BATCH_SIZE,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
-    workers: int = 0,
+    workers: int = D.WORKERS,
     max_pairs: int | None = None,
     predictions: str | os.PathLike | list | None = None,
-    progress: bool | str = "auto",
+    progress: bool | str = D.PROGRESS,
     device: str | torch.device | None = None,
-    progress_every_s: float = 20.0,
+    progress_every_s: float = D.PROGRESS_EVERY_S,
 ) -> dict[str, Any]:
     """PCK report of ``model`` on ``dataset`` (see the module docstring for the layout).
 
@@ -262,13 +263,13 @@ def beta_sweep(
     dataset: Dataset,
     betas: Sequence[float] = DEFAULT_BETA_SWEEP,
     *,
-    batch_size: int = 8,
+    batch_size: int = D.EVAL_BATCH_SIZE,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
-    workers: int = 0,
+    workers: int = D.WORKERS,
     max_pairs: int | None = None,
-    progress: bool | str = "auto",
+    progress: bool | str = D.PROGRESS,
     device: str | torch.device | None = None,
-    progress_every_s: float = 20.0,
+    progress_every_s: float = D.PROGRESS_EVERY_S,
 ) -> dict[str, Any]:
     """PCK as a function of ``beta_eval`` (paper Fig. 6 as data), features computed once a pair.
 
@@ -343,11 +344,11 @@ def evaluate_to_files(
     predictions_path: str | os.PathLike,
     *,
     beta_eval: float | None = None,
-    batch_size: int = 8,
+    batch_size: int = D.EVAL_BATCH_SIZE,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
-    workers: int = 0,
+    workers: int = D.WORKERS,
     max_pairs: int | None = None,
-    progress: bool | str = "auto",
+    progress: bool | str = D.PROGRESS,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate`, then write its report (JSON, with the ``extra`` entries appended) to

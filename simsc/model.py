@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
+from . import defaults as D
 from .backbones import Backbone, build_backbone
 from .coords import CELL_CENTRES, feature_to_image, image_to_feature, patch_centre_origin
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES, simsc_loss
@@ -90,22 +91,22 @@ class SimSC(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone | str = "resnet101",
-        temperature: Temperature | str = "mlp",
+        backbone: Backbone | str = D.BACKBONE,
+        temperature: Temperature | str = D.TEMPERATURE,
         *,
         pretrained: bool | str = False,
-        finetune: str = "last_block",
-        ns: int = 3,
-        nk: int = 5,
-        sigma: float = 7.0,
-        gamma: float = 0.2,
-        beta_thres: float = 0.1,
-        ce_interpolation: str = "prob",
-        reg_over_images: str = "sum",
-        cell_centre: str = "backbone",
-        head: MatchingHead | str = "none",
-        head_preset: str = "paper",
-        head_resolution: int = 256,
+        finetune: str = D.FINETUNE,
+        ns: int = D.NS,
+        nk: int = D.NK,
+        sigma: float = D.SIGMA,
+        gamma: float = D.GAMMA,
+        beta_thres: float = D.BETA_THRES,
+        ce_interpolation: str = D.CE_INTERPOLATION,
+        reg_over_images: str = D.REG_OVER_IMAGES,
+        cell_centre: str = D.CELL_CENTRE,
+        head: MatchingHead | str = D.HEAD,
+        head_preset: str = D.HEAD_PRESET,
+        head_resolution: int = D.RESOLUTION,
     ) -> None:
         super().__init__()
         head_name = head if isinstance(head, str) else getattr(head, "name", "")

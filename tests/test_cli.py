@@ -27,13 +27,16 @@ def trained_run(tiny_embedded, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli-run")
     cfg = {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
-        "data": {"dataset": "embedded", "root": str(tiny_embedded), "resolution": 64, "batch_size": 4},
+        "data": {"dataset": "embedded", "root": str(tiny_embedded), "resolution": 96, "batch_size": 4},
         "train": {"epochs": 1, "lr_backbone": 1e-3, "device": "cpu"},
         "eval": {"resolution": 64},
+        "report": {"n_pictures": 1},  # a params.yaml pipeline section: ignored by simsc train
     }
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp / "small.yaml").write_text("data: {resolution: 64}\n")  # composed after cfg.yaml
     out = tmp / "run"
-    rc = main(["train", "--config", str(tmp / "cfg.yaml"), "--set", "train.max_steps=2", "--set",
+    rc = main(["train", "--config", str(tmp / "cfg.yaml"), "--config", str(tmp / "small.yaml"),
+               "--set", "train.max_steps=2", "--set",
                "train.checkpoint_every_steps=1", "--out", str(out), "--no-progress"])
     assert rc == 0
     return out
@@ -68,6 +71,8 @@ def test_train_writes_the_run_folder(trained_run, capsys):
     assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"} <= names
     cfg = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert cfg["train"]["max_steps"] == 2 and cfg["train"]["out_dir"] == str(trained_run)
+    # both --config files composed in order (the second's resolution wins), schema defaults below
+    assert cfg["data"]["resolution"] == 64 and cfg["data"]["batch_size"] == 4 and cfg["model"]["sigma"] == 7.0
     steps = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["type"] == "step"] == [1, 2]
     # --resume on a finished run is a no-op that succeeds

@@ -16,6 +16,7 @@ from simsc.config import (
     dump_config,
     engine_sections,
     load_config,
+    read_configs,
     read_yaml,
 )
 
@@ -157,3 +158,16 @@ def test_every_allowed_key_round_trips_through_set():
         overrides.append(f"{key}={text}")
     assert load_config(apply_overrides({}, overrides)) == load_config({})
     assert load_config(apply_overrides({}, ["train.seed=7", "eval.alphas=[0.1]"])).train.seed == 7
+
+
+def test_read_configs_composes_files_in_order_and_names_what_it_ignores(tmp_path):
+    """``simsc train --config params.yaml --config configs/overlays/toy.yaml``: the engine
+    sections of both, the later file winning; params.yaml's pipeline sections are named."""
+    engine, ignored = read_configs([REPO / "params.yaml", REPO / "configs" / "overlays" / "toy.yaml"])
+    cfg = load_config(engine)
+    assert (cfg.model.backbone, cfg.data.resolution, cfg.train.epochs, cfg.train.max_steps) == ("resnet18", 128, 3, None)
+    assert cfg.data.cache_dir is None and cfg.train.lr_backbone == 1e-4  # toy overrides, params.yaml's kept
+    assert ignored == ["embedded", "preprocess", "evaluate", "report", "tracking"]
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("modle: {backbone: resnet50}\n")
+    assert read_configs([typo]) == ({}, ["modle"])

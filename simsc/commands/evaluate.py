@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import defaults as D
 from ..io import atomic_write_json
 from . import add_model_source, load_model_from_args, positive_int, user_errors
 
@@ -53,8 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="report JSON")
     p.add_argument("--predictions", metavar="FILE", help="per-pair predictions (JSON lines)")
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="pairs per batch (default: 8; 1 at original size)")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers (default: 0)")
+                   help=f"pairs per batch (default: {D.EVAL_BATCH_SIZE}; 1 at original size)")
+    p.add_argument("--workers", type=int, default=D.WORKERS, help=f"data loader workers (default: {D.WORKERS})")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
     p.add_argument("--max-pairs", type=positive_int, default=None,
                    help="evaluate only the first N pairs (N >= 1)")

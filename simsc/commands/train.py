@@ -10,10 +10,15 @@ from . import user_errors
 
 _EPILOG = """\
 examples:
-  simsc train --config configs/default.yaml
-  simsc train --config configs/default.yaml --set train.max_steps=100 --set model.temperature=single \\
+  simsc train --config params.yaml                   # the default run (its engine sections)
+  simsc train --config params.yaml --set train.max_steps=100 --set model.temperature=single \\
       --out runs/single
-  simsc train --config configs/default.yaml --out runs/default --resume   # continue after a crash
+  simsc train --config params.yaml --config configs/overlays/toy.yaml --out runs/toy
+  simsc train --config params.yaml --out runs/default --resume   # continue after a crash
+
+Configs compose in order over the schema's defaults (simsc/defaults.py, simsc/config.py); a
+file's defaults: list is read before it; --set comes last. Sections other than model, data,
+train and eval (params.yaml's pipeline sections) are ignored, with a note.
 
 The run folder (--out, or train.out_dir) receives config.yaml, metrics.jsonl (one JSON record per
 step and per validation), checkpoints/last.pt (every epoch, and every train.checkpoint_every_steps
@@ -33,8 +38,9 @@ def add_parser(sub) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="YAML", help="config file (sections model, data, train, eval); "
-                   "without it the built-in defaults are used")
+    p.add_argument("--config", metavar="YAML", action="append", default=[],
+                   help="config file (sections model, data, train, eval), e.g. params.yaml; repeatable: "
+                        "later files override earlier ones; without it the schema's defaults are used")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr_backbone=1e-3 (repeatable; values are YAML)")
     p.add_argument("--out", metavar="DIR", help="run folder (overrides train.out_dir)")
@@ -51,10 +57,13 @@ def add_parser(sub) -> None:
 
 @user_errors("train")
 def _run(args: argparse.Namespace) -> int:
-    from ..config import apply_overrides, load_config, read_yaml
+    from ..config import apply_overrides, load_config, read_configs
     from ..engine.trainer import resolve_device, train
 
-    data = read_yaml(args.config) if args.config else {}
+    data, ignored = read_configs(args.config)
+    if ignored:
+        print(f"simsc train: ignoring sections {', '.join(ignored)} of {', '.join(args.config)} "
+              "(not engine config: model, data, train, eval)", file=sys.stderr)
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
