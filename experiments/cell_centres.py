@@ -44,22 +44,29 @@ def main(argv=None) -> int:
             t = time.time()
             mx, my = measure_cell_origin(bb, size=size, reps=args.reps, seed=0)
             err = max(abs(mx - bb.cell_origin), abs(my - bb.cell_origin))
-            rows.append(f"| {name} | {bb.stride} | {size[1]} x {size[0]} | {bb.cell_origin:.1f} | {mx:.2f} | {my:.2f} "
-                        f"| {err:.2f} | {patch_centre_origin(bb.stride):.1f} | {time.time() - t:.1f} |")
+            rows.append(
+                f"| {name} | {bb.stride} | {size[1]} x {size[0]} | {bb.cell_origin:.1f} | {mx:.2f} | {my:.2f} "
+                f"| {err:.2f} | {patch_centre_origin(bb.stride):.1f} | {time.time() - t:.1f} |"
+            )
             print(rows[-1], flush=True)
     args_text = "".join(" " + a for a in (argv if argv is not None else sys.argv[1:]))
-    text = "\n".join([
-        "Cell 0's centre in input pixels (cell u at origin + u * stride): declared per backbone vs measured "
-        f"(centroid of the squared input gradient of {args.reps} cells near the middle, "
-        "random weights, seed 0).",
-        "",
-        f"Command: `python -m experiments.cell_centres{args_text}`",
-        "",
-        "| backbone | stride | input W x H | declared | measured x | measured y | max abs error (px) "
-        "| old mapping (patch centre) | s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "Cell 0's centre in input pixels (cell u at origin + u * stride): declared per backbone vs measured "
+                f"(centroid of the squared input gradient of {args.reps} cells near the middle, "
+                "random weights, seed 0).",
+                "",
+                f"Command: `python -m experiments.cell_centres{args_text}`",
+                "",
+                "| backbone | stride | input W x H | declared | measured x | measured y | max abs error (px) "
+                "| old mapping (patch centre) | s |",
+                "|---|---|---|---|---|---|---|---|---|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
     atomic_write_bytes(args.out, text.encode("utf-8"))
     print(f"wrote {args.out}")
     return 0

@@ -53,16 +53,30 @@ PAPER = REPO / "pipeline" / "paper_numbers.yaml"
 #: What the toy grid changes from the default run (params.yaml): 50 steps (epochs never the
 #: limit), images decoded from the data set (no cache), the heads' small preset and a head
 #: learning rate 3x the backbone's (the heads start from random weights).
-HEADS_SET = ("train.max_steps=50", "train.epochs=1000", "data.cache_dir=null", "model.head_preset=small",
-             "train.lr_head=0.0003")
+HEADS_SET = (
+    "train.max_steps=50",
+    "train.epochs=1000",
+    "data.cache_dir=null",
+    "model.head_preset=small",
+    "train.lr_head=0.0003",
+)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "params.yaml"),
-                    help="the base config (its engine sections; default: the default run's params.yaml)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value after the toy grid's own changes (HEADS_SET), repeatable")
+    ap.add_argument(
+        "--config",
+        default=str(REPO / "params.yaml"),
+        help="the base config (its engine sections; default: the default run's params.yaml)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value after the toy grid's own changes (HEADS_SET), repeatable",
+    )
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "heads_toy"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
@@ -82,20 +96,36 @@ def main(argv=None) -> int:
     cfg = base_config(args.config, overrides)
     test = build_dataset("embedded", str(data_dir), "test", cfg.data.resolution)
     runs = [
-        run_one(dict(vars(args), overrides=overrides, data_dir=str(data_dir), variant=temp, form="prob", seed=seed,
-                     head=head), test)
-        for seed in seeds for head in heads for temp in TEMPERATURES
+        run_one(
+            dict(
+                vars(args), overrides=overrides, data_dir=str(data_dir), variant=temp, form="prob", seed=seed, head=head
+            ),
+            test,
+        )
+        for seed in seeds
+        for head in heads
+        for temp in TEMPERATURES
     ]
     out = {
         "setup": {
-            "data": str(data_dir), "split": "test", "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
-            "finetune": cfg.model.finetune, "resolution": cfg.data.resolution, "batch_size": cfg.data.batch_size,
-            "steps": cfg.train.max_steps, "lr_backbone": cfg.resolved_lr_backbone(), "lr_head": cfg.resolved_lr_head(),
-            "head_preset": cfg.model.head_preset, "seeds": seeds,
-            "heads": heads, "threads": args.threads,
+            "data": str(data_dir),
+            "split": "test",
+            "backbone": cfg.model.backbone,
+            "pretrained": cfg.model.pretrained,
+            "finetune": cfg.model.finetune,
+            "resolution": cfg.data.resolution,
+            "batch_size": cfg.data.batch_size,
+            "steps": cfg.train.max_steps,
+            "lr_backbone": cfg.resolved_lr_backbone(),
+            "lr_head": cfg.resolved_lr_head(),
+            "head_preset": cfg.model.head_preset,
+            "seeds": seeds,
+            "heads": heads,
+            "threads": args.threads,
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python -m experiments.heads_toy " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
         },
         "runs": runs,
@@ -126,9 +156,16 @@ def run_one(task: dict[str, Any], test) -> dict[str, Any]:
             rep = evaluate(model, test, batch_size=batch_size, beta_eval=beta_eval)
             evals[key] = {k: rep[k] for k in ("per_image", "beta_eval", "beta_eff", "n_pairs")}
     row = {
-        "head": head, "temperature": temp, "seed": seed, "model_temperature": model.temperature.name,
-        "test": evals, "best_step": meta["best"]["step"], "best_val_pck@0.1": meta["best"]["metric"],
-        "steps": summary["step"], "train_time_s": summary["train_time_s"], "steps_per_s": summary["steps_per_s"],
+        "head": head,
+        "temperature": temp,
+        "seed": seed,
+        "model_temperature": model.temperature.name,
+        "test": evals,
+        "best_step": meta["best"]["step"],
+        "best_val_pck@0.1": meta["best"]["metric"],
+        "steps": summary["step"],
+        "train_time_s": summary["train_time_s"],
+        "steps_per_s": summary["steps_per_s"],
         "beta_eff_trajectory": _trajectory(out_dir / "metrics.jsonl"),
     }
     atomic_write_json(cached, row)
@@ -174,7 +211,11 @@ def markdown(out: dict) -> str:
         parts = []
         for h in heads:
             c = summ.get(f"{key}|{h}")
-            parts += ["-", "-"] if c is None else [f"{c['beta_eval']:g}", f"{c['beta_eff']['mean']:.4f} ± {c['beta_eff']['std']:.4f}"]
+            parts += (
+                ["-", "-"]
+                if c is None
+                else [f"{c['beta_eval']:g}", f"{c['beta_eff']['mean']:.4f} ± {c['beta_eff']['std']:.4f}"]
+            )
         lines.append(f"| {label} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
 

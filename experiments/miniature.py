@@ -61,11 +61,20 @@ MINIATURE_SET = ("train.max_steps=600", "train.epochs=1000", "train.val_max_pair
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "params.yaml"),
-                    help="the base config (its engine sections; default: the default run's params.yaml)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value after the miniature's own changes (MINIATURE_SET), "
-                         "e.g. --set train.max_steps=300 (repeatable)")
+    ap.add_argument(
+        "--config",
+        default=str(REPO / "params.yaml"),
+        help="the base config (its engine sections; default: the default run's params.yaml)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value after the miniature's own changes (MINIATURE_SET), "
+        "e.g. --set train.max_steps=300 (repeatable)",
+    )
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "miniature"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
@@ -101,13 +110,26 @@ def main(argv=None) -> int:
 
     out = {
         "setup": {
-            "data": str(data_dir), "split": "test", "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
-            "finetune": cfg.model.finetune, "resolution": cfg.data.resolution, "batch_size": cfg.data.batch_size,
-            "steps": cfg.train.max_steps, "lr_backbone": cfg.resolved_lr_backbone(), "seeds": seeds, "forms": forms, "threads_per_run": threads, "jobs": args.jobs,
-            "train_cell_centre": "backbone", "eval_sets": list(EVAL_SETS), "eval_mappings": list(MAPPINGS),
+            "data": str(data_dir),
+            "split": "test",
+            "backbone": cfg.model.backbone,
+            "pretrained": cfg.model.pretrained,
+            "finetune": cfg.model.finetune,
+            "resolution": cfg.data.resolution,
+            "batch_size": cfg.data.batch_size,
+            "steps": cfg.train.max_steps,
+            "lr_backbone": cfg.resolved_lr_backbone(),
+            "seeds": seeds,
+            "forms": forms,
+            "threads_per_run": threads,
+            "jobs": args.jobs,
+            "train_cell_centre": "backbone",
+            "eval_sets": list(EVAL_SETS),
+            "eval_mappings": list(MAPPINGS),
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python -m experiments.miniature " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
         },
         "runs": runs,
@@ -138,7 +160,9 @@ def _evaluate_all(model: SimSC, sets: dict[str, Any], batch_size: int, beta_eval
             model.cell_centre = mapping
             for name, ds in sets.items():
                 rep = evaluate(model, ds, batch_size=batch_size, beta_eval=beta_eval)
-                reports[f"{name}/{mapping}"] = {k: rep[k] for k in ("per_image", "per_keypoint", "beta_eval", "beta_eff", "n_pairs")}
+                reports[f"{name}/{mapping}"] = {
+                    k: rep[k] for k in ("per_image", "per_keypoint", "beta_eval", "beta_eff", "n_pairs")
+                }
     finally:
         model.cell_centre = keep
     return reports
@@ -154,12 +178,21 @@ def train_run(task: dict[str, Any], out_dir: Path, overrides: list[str] | tuple[
     ``task["overrides"]``, the run's own variant, form and seed, then ``overrides`` (e.g.
     ``model.head=ncnet`` for the matching-head grid, heads_toy.py)."""
     base = base_config(task["config"], task["overrides"])
-    cfg = base_config(task["config"], [
-        *task["overrides"], f"model.temperature={task['variant']}", f"model.ce_interpolation={task['form']}",
-        f"data.root={task['data_dir']}", f"train.seed={task['seed']}", f"train.out_dir={out_dir}",
-        f"train.num_threads={task['threads']}", f"train.progress={not task['no_progress'] and task['jobs'] == 1}",
-        f"eval.resolution={base.data.resolution}", *overrides,
-    ])
+    cfg = base_config(
+        task["config"],
+        [
+            *task["overrides"],
+            f"model.temperature={task['variant']}",
+            f"model.ce_interpolation={task['form']}",
+            f"data.root={task['data_dir']}",
+            f"train.seed={task['seed']}",
+            f"train.out_dir={out_dir}",
+            f"train.num_threads={task['threads']}",
+            f"train.progress={not task['no_progress'] and task['jobs'] == 1}",
+            f"eval.resolution={base.data.resolution}",
+            *overrides,
+        ],
+    )
     return train(cfg, resume=True)
 
 
@@ -179,16 +212,25 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     sets = _test_sets(task["data_dir"], res)
     last, _, _ = load_model(out_dir / "checkpoints" / "last.pt")
     row = {
-        "variant": variant, "form": form, "seed": seed, "trained": True,
+        "variant": variant,
+        "form": form,
+        "seed": seed,
+        "trained": True,
         "test": _evaluate_all(model, sets, batch_size),
         "test_last_160": evaluate(last, sets["160"], batch_size=batch_size)["per_image"],
-        "best_step": meta["best"]["step"], "best_val_pck@0.1": meta["best"]["metric"],
-        "steps": summary["step"], "train_time_s": summary["train_time_s"], "steps_per_s": summary["steps_per_s"],
+        "best_step": meta["best"]["step"],
+        "best_val_pck@0.1": meta["best"]["metric"],
+        "steps": summary["step"],
+        "train_time_s": summary["train_time_s"],
+        "steps_per_s": summary["steps_per_s"],
         "beta_eff_trajectory": _trajectory(out_dir / "metrics.jsonl"),
     }
     atomic_write_json(cached, row)
     pck = row["test"]["160/backbone"]["per_image"]["0.1"]
-    print(f"   {form} {variant} seed {seed}: test PCK@0.1 {pck:.1f}, beta_eff {row['test']['160/backbone']['beta_eff']}", flush=True)
+    print(
+        f"   {form} {variant} seed {seed}: test PCK@0.1 {pck:.1f}, beta_eff {row['test']['160/backbone']['beta_eff']}",
+        flush=True,
+    )
     return row
 
 
@@ -214,7 +256,9 @@ def _mean_spread(values: list[float]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(values),
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values), "max": max(values), "n": len(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
     }
 
 
@@ -255,7 +299,9 @@ def markdown(out: dict) -> str:
         "",
         "### Test PCK at 160 px and the learned temperature",
         "",
-        "| variant | beta_eval | " + " | ".join(f"{f}: PCK@0.05 | {f}: PCK@0.1 | {f}: PCK@0.15 | {f}: beta_eff (test)" for f in forms) + " |",
+        "| variant | beta_eval | "
+        + " | ".join(f"{f}: PCK@0.05 | {f}: PCK@0.1 | {f}: PCK@0.15 | {f}: beta_eff (test)" for f in forms)
+        + " |",
         "|---|---|" + "---|---|---|---|" * len(forms),
     ]
     for variant in [*VARIANTS, "untrained"]:
@@ -287,7 +333,9 @@ def markdown(out: dict) -> str:
                 continue
             lines.append(
                 f"| {variant} | {f if variant != 'untrained' else '-'} | "
-                + " | ".join(_fmt(c[f"{k}@0.1"]) for k in ("160/backbone", "160/patch", "original/backbone", "original/patch"))
+                + " | ".join(
+                    _fmt(c[f"{k}@0.1"]) for k in ("160/backbone", "160/patch", "original/backbone", "original/patch")
+                )
                 + " |"
             )
     return "\n".join(lines) + "\n"
@@ -306,8 +354,15 @@ def plot_beta_eff(runs: list[dict], forms: list[str], path: Path) -> None:
         for r in runs:
             if r["trained"] and r["form"] == form and r["variant"] in colours:
                 steps, beta = zip(*r["beta_eff_trajectory"], strict=True)
-                ax.plot(steps, beta, color=colours[r["variant"]], alpha=0.85, lw=1.2,
-                        ls="-" if r["seed"] == 0 else "--", label=f"{r['variant']} seed {r['seed']}")
+                ax.plot(
+                    steps,
+                    beta,
+                    color=colours[r["variant"]],
+                    alpha=0.85,
+                    lw=1.2,
+                    ls="-" if r["seed"] == 0 else "--",
+                    label=f"{r['variant']} seed {r['seed']}",
+                )
         ax.axhline(PAPER_BETA_EFF, color="grey", ls=":", lw=1, label=f"paper ~{PAPER_BETA_EFF}")
         ax.set_yscale("log")
         ax.set_title(f"ce_interpolation = {form}")

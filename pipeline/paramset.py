@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from simsc.config import SECTIONS, engine_sections, load_config
 from simsc.data.registry import DATASETS
@@ -76,8 +77,11 @@ def effective(params: dict[str, Any]) -> dict[str, Any]:
     """The engine sections as the trainer sees them: every key, learning rates resolved."""
     cfg = load_config(engine_sections(params))
     out = cfg.to_dict()
-    out["train"].update(lr_backbone=cfg.resolved_lr_backbone(), lr_temperature=cfg.resolved_lr_temperature(),
-                        lr_head=cfg.resolved_lr_head())
+    out["train"].update(
+        lr_backbone=cfg.resolved_lr_backbone(),
+        lr_temperature=cfg.resolved_lr_temperature(),
+        lr_head=cfg.resolved_lr_head(),
+    )
     return out
 
 
@@ -85,8 +89,9 @@ def changes(base: dict[str, Any], merged: dict[str, Any]) -> list[str]:
     """``key: old -> new`` lines for every value that changes: engine keys compare their
     effective values (a key left to its default shows the default), pipeline keys as written."""
     lines = _leaf_changes(effective(base), effective(merged))
-    lines += _leaf_changes({k: v for k, v in base.items() if k not in SECTIONS},
-                           {k: v for k, v in merged.items() if k not in SECTIONS})
+    lines += _leaf_changes(
+        {k: v for k, v in base.items() if k not in SECTIONS}, {k: v for k, v in merged.items() if k not in SECTIONS}
+    )
     return lines
 
 
@@ -156,16 +161,21 @@ def _flow_empty(data: Any, key: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.paramset", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.paramset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paramset", type=Path, help="a parameter set, e.g. configs/paper/X.yaml")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--apply", action="store_true", help="write the new params.yaml")
     args = parser.parse_args(argv)
-    base = read_yaml_mapping(args.params, what="params file", contents="a mapping of stage sections",
-                             error=SystemExit)
-    paramset = read_overlay(args.paramset, what="parameter set", contents="a mapping of params.yaml sections",
-                            error=SystemExit, replace=REPLACED)
+    base = read_yaml_mapping(args.params, what="params file", contents="a mapping of stage sections", error=SystemExit)
+    paramset = read_overlay(
+        args.paramset,
+        what="parameter set",
+        contents="a mapping of params.yaml sections",
+        error=SystemExit,
+        replace=REPLACED,
+    )
     merged = keep_declared(apply_set(base, paramset), dvc_declared(args.params.parent / "dvc.yaml"))
     check(merged, str(args.paramset))
     for line in changes(base, merged):

@@ -19,9 +19,13 @@ from typing import Any
 from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
 
 
-def relog(run_dir: str | os.PathLike[str], reports: Mapping[str, Mapping[str, Any]] | None = None,
-          tracking_uri: str | None = None, experiment: str | None = None,
-          registered_model: str | None = None) -> dict[str, Any]:
+def relog(
+    run_dir: str | os.PathLike[str],
+    reports: Mapping[str, Mapping[str, Any]] | None = None,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    registered_model: str | None = None,
+) -> dict[str, Any]:
     """Log a finished run from its local outputs: params, every step and epoch metric missing
     on the server, the best checkpoint (model + registration unless already registered) and
     the results. Reuses the recorded run when the server knows it, else creates one.
@@ -62,14 +66,23 @@ def relog(run_dir: str | os.PathLike[str], reports: Mapping[str, Mapping[str, An
         have[key] = {m.step for m in client.get_metric_history(run_id, key)}
     missing = [m for m in metrics if m.step not in have.get(m.key, set())]
     for i in range(0, len(missing), 900):  # under MLflow's 1000 metrics per batch
-        client.log_batch(run_id, metrics=missing[i:i + 900])
+        client.log_batch(run_id, metrics=missing[i : i + 900])
     version = state.get("model_version")
     best = run_dir / "checkpoints" / "best.pt"
     if (created or not version) and best.exists():
         version = log_checkpoint_model(client, run_id, best, registered_model, cfg)
     client.set_terminated(run_id, "FINISHED")
-    state.update({"tracking_uri": client.tracking_uri, "experiment": experiment, "run_id": run_id,
-                  "registered_model": registered_model, "model_version": version, "failed": {}, "relogged": True})
+    state.update(
+        {
+            "tracking_uri": client.tracking_uri,
+            "experiment": experiment,
+            "run_id": run_id,
+            "registered_model": registered_model,
+            "model_version": version,
+            "failed": {},
+            "relogged": True,
+        }
+    )
     write_state(run_dir, state)
     if reports:
         upload_results(lambda: client, run_id, reports, pck_table(reports))
@@ -80,8 +93,9 @@ def relog(run_dir: str | os.PathLike[str], reports: Mapping[str, Mapping[str, An
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status as :mod:`simsc.errors` says: 0 logged, 2 user error, 3 internal error."""
-    p = ArgumentParser(prog="python -m pipeline.relog", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m pipeline.relog", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--reports", type=Path, default=None, help="evaluation folder (reports/eval)")
     p.add_argument("--tracking-uri", default=None)
@@ -98,8 +112,13 @@ def _relog(args: argparse.Namespace) -> int:
     from .tracking.results import load_reports
 
     reports = load_reports(args.reports) if args.reports else None
-    out = relog(args.run_dir, reports, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                registered_model=args.registered_model)
+    out = relog(
+        args.run_dir,
+        reports,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        registered_model=args.registered_model,
+    )
     print(json.dumps(out))
     return 0
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -36,8 +37,9 @@ def paper_column(dataset: str, train_dataset: str) -> str | None:
     return None
 
 
-def paper_reference(cfg: Mapping[str, Any], dataset: str, resolution: str,
-                    numbers: Mapping[str, Any]) -> tuple[str, dict[str, float]] | None:
+def paper_reference(
+    cfg: Mapping[str, Any], dataset: str, resolution: str, numbers: Mapping[str, Any]
+) -> tuple[str, dict[str, float]] | None:
     """``(paper model name, {alpha: PCK})`` when our configuration matches a paper row."""
     col = paper_column(dataset, cfg["data"]["dataset"])
     if col is None or not cfg["model"].get("pretrained") or cfg["model"].get("head", "none") != "none":
@@ -69,8 +71,9 @@ def heads_tab2_table(summary: Mapping[str, Any], heads: list[str], paper: Mappin
         cells = []
         for h in heads:
             c = summary.get(f"{key}|{h}")
-            cells.append("-" if c is None else " / ".join(
-                f"{c[a]['mean']:.1f} ± {c[a]['std']:.1f}" for a in ("0.05", "0.1")))
+            cells.append(
+                "-" if c is None else " / ".join(f"{c[a]['mean']:.1f} ± {c[a]['std']:.1f}" for a in ("0.05", "0.1"))
+            )
             p = (paper.get(h) or {}).get(key)
             cells.append("-" if p is None else f"{p['0.05']} / {p['0.1']}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -82,20 +85,30 @@ def heads_tab2_section(results: Path, numbers: Mapping[str, Any]) -> list[str]:
     res = json.loads(Path(results).read_text(encoding="utf-8"))
     setup = res["setup"]
     data = Path(str(setup.get("data", ""))).name or "?"
-    where = ("PF-Pascal" if "pfpascal" in data.lower() else
-             f"**{data}** (not PF-Pascal: compare the ordering, not the values)")
-    return ["## Matching heads (supp. Tab. 2), PCK@0.05 / 0.1 per image, %", "",
-            f"Ours: {where}, {setup.get('backbone')} at {setup.get('resolution')} px, {setup.get('steps')} steps, "
-            f"seeds {setup.get('seeds')} (`{results}`). Paper: PF-Pascal, 256 px, ResNet-101.", "",
-            heads_tab2_table(res["summary"], list(setup["heads"]), numbers.get("heads_tab2") or {}), ""]
+    where = (
+        "PF-Pascal"
+        if "pfpascal" in data.lower()
+        else f"**{data}** (not PF-Pascal: compare the ordering, not the values)"
+    )
+    return [
+        "## Matching heads (supp. Tab. 2), PCK@0.05 / 0.1 per image, %",
+        "",
+        f"Ours: {where}, {setup.get('backbone')} at {setup.get('resolution')} px, {setup.get('steps')} steps, "
+        f"seeds {setup.get('seeds')} (`{results}`). Paper: PF-Pascal, 256 px, ResNet-101.",
+        "",
+        heads_tab2_table(res["summary"], list(setup["heads"]), numbers.get("heads_tab2") or {}),
+        "",
+    ]
 
 
 def _read_csv(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: (float(v) if v not in ("", None) else float("nan")) for k, v in row.items()}
-                for row in csv.DictReader(fh)]
+        return [
+            {k: (float(v) if v not in ("", None) else float("nan")) for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
 
 
 def _plot_beta(steps: list[dict[str, float]], out: Path) -> None:
@@ -167,8 +180,9 @@ def _pictures(params: Mapping[str, Any], eval_dir: Path, out_dir: Path) -> list[
     for line in preds_p.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         rows[str(row["pair_id"])] = row
-    ds = build_dataset(spec["dataset"], spec["root"], spec.get("split", "test"),
-                       parse_resolution(spec.get("resolution", 256)))
+    ds = build_dataset(
+        spec["dataset"], spec["root"], spec.get("split", "test"), parse_resolution(spec.get("resolution", 256))
+    )
     ids = [i for i, ann in enumerate(ds.pairs) if str(ann.pair_id) in rows]
     step = max(1, len(ids) // n) if ids else 1
     out = []
@@ -177,14 +191,17 @@ def _pictures(params: Mapping[str, Any], eval_dir: Path, out_dir: Path) -> list[
         row = rows[str(rec["pair_id"])]
         keep = [k for k, ok in enumerate(row["valid"]) if ok]
         src, pred, gt = ([row[key][k] for k in keep] for key in ("src", "pred", "gt"))
-        pic, right = draw_judged_matches(rec["src_img"], rec["trg_img"], src, pred, gt, row["threshold"],
-                                         PICTURE_ALPHA, height=240)
+        pic, right = draw_judged_matches(
+            rec["src_img"], rec["trg_img"], src, pred, gt, row["threshold"], PICTURE_ALPHA, height=240
+        )
         path = out_dir / f"match_{i:03d}.png"
         pic.save(path, format="PNG")
         n_right = int(right.sum())
-        caption = (f"{name}, pair {row['pair_id']} ({row['category']}): PCK@{PICTURE_ALPHA} "
-                   f"{100.0 * n_right / max(len(keep), 1):.1f}% ({n_right} of {len(keep)} keypoints within "
-                   f"{PICTURE_ALPHA} x {row['threshold']:.1f} px)")
+        caption = (
+            f"{name}, pair {row['pair_id']} ({row['category']}): PCK@{PICTURE_ALPHA} "
+            f"{100.0 * n_right / max(len(keep), 1):.1f}% ({n_right} of {len(keep)} keypoints within "
+            f"{PICTURE_ALPHA} x {row['threshold']:.1f} px)"
+        )
         out.append((str(path), caption))
     return out
 
@@ -206,11 +223,16 @@ def beta_eval_lines(reports: Mapping[str, Mapping[str, Any]], sweeps: Mapping[st
         if best is None or rep is None:
             continue
         used = rep.get("beta_eval")
-        used_txt = (f"beta_eval {used:g}" if used is not None
-                    else f"the learned temperature (mean beta_eff {rep['beta_eff']['mean']:.3g})")
-        lines.append(f"{name}: PCK@0.1 peaks at {best['pck@0.1']:.1f} with beta_eval {best['beta_eval']:.3g} "
-                     f"(of {len(rows)} values swept); the evaluation above used {used_txt}: "
-                     f"{rep['per_image']['0.1']:.1f}.")
+        used_txt = (
+            f"beta_eval {used:g}"
+            if used is not None
+            else f"the learned temperature (mean beta_eff {rep['beta_eff']['mean']:.3g})"
+        )
+        lines.append(
+            f"{name}: PCK@0.1 peaks at {best['pck@0.1']:.1f} with beta_eval {best['beta_eval']:.3g} "
+            f"(of {len(rows)} values swept); the evaluation above used {used_txt}: "
+            f"{rep['per_image']['0.1']:.1f}."
+        )
     return lines
 
 
@@ -267,8 +289,10 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
             if ref:
                 paper = ref[0]
             elif rep:
-                notes.append(f"{DATASET_TITLES.get(d, d)} @ {res}: no paper number for this configuration"
-                             + (" (the embedded set is this project's own)" if d == "embedded" else ""))
+                notes.append(
+                    f"{DATASET_TITLES.get(d, d)} @ {res}: no paper number for this configuration"
+                    + (" (the embedded set is this project's own)" if d == "embedded" else "")
+                )
         rows.append(ours)
         rows.append([f"paper: {paper}" if paper else "paper", res] + paper_row)
 
@@ -285,15 +309,26 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
     summary_p = run_dir / "summary.json"
     summary = json.loads(summary_p.read_text()) if summary_p.exists() else {}
 
-    md = ["# SimSC pipeline report", "",
-          "## PCK (per image, %), laid out like the paper's Table 1", "",
-          md_table(header, rows), ""]
+    md = [
+        "# SimSC pipeline report",
+        "",
+        "## PCK (per image, %), laid out like the paper's Table 1",
+        "",
+        md_table(header, rows),
+        "",
+    ]
     md += [f"- {n}" for n in dict.fromkeys(notes)]
     if rep_cfg.get("heads_tab2"):
         md += [""] + heads_tab2_section(Path(rep_cfg["heads_tab2"]), numbers)
     md += ["", "### The evaluation sets that ran", ""]
-    set_rows = [{**r, "beta_eval": "learned" if r.get("beta_eval") is None else r["beta_eval"],
-                 **{k: _r1(v) for k, v in r.items() if k.startswith("PCK@")}} for r in pck_table(reports)]
+    set_rows = [
+        {
+            **r,
+            "beta_eval": "learned" if r.get("beta_eval") is None else r["beta_eval"],
+            **{k: _r1(v) for k, v in r.items() if k.startswith("PCK@")},
+        }
+        for r in pck_table(reports)
+    ]
     md += [table_markdown(set_rows)]
     best_lines = beta_eval_lines(reports, sweeps)
     if best_lines:
@@ -301,8 +336,12 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
     md += ["## Figures", ""]
     md += [f"![{t}]({p})" for t, p in figs]
     if pics:
-        md += ["", f"## Matches on test pairs: green within {PICTURE_ALPHA} x threshold of the truth, red "
-               "farther; white rings are the true points", ""]
+        md += [
+            "",
+            f"## Matches on test pairs: green within {PICTURE_ALPHA} x threshold of the truth, red "
+            "farther; white rings are the true points",
+            "",
+        ]
         for p, caption in pics:
             md += [f"![{caption}]({Path(p).relative_to(out_md.parent)})", caption, ""]
     meta = {
@@ -310,22 +349,42 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
         "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
         "MLflow tracking URI": state.get("tracking_uri") or "-",
         "MLflow run page": run_page_url(run_dir) or "-",
-        "final PCK logged to MLflow": {None: "-", True: "yes", False: "no (see the warning; "
-                                       "python -m pipeline.relog RUN_DIR --reports reports/eval)"}[results_logged],
-        "registered model": (f"{state.get('registered_model')} v{state['model_version']}"
-                             if state.get("model_version") else "-"),
-        "training steps": summary.get("step"), "best step": summary.get("best_step"),
-        "best val PCK@0.1": _r1(summary.get("best_metric")), "train time (s)": _r1(summary.get("train_time_s")),
+        "final PCK logged to MLflow": {
+            None: "-",
+            True: "yes",
+            False: "no (see the warning; python -m pipeline.relog RUN_DIR --reports reports/eval)",
+        }[results_logged],
+        "registered model": (
+            f"{state.get('registered_model')} v{state['model_version']}" if state.get("model_version") else "-"
+        ),
+        "training steps": summary.get("step"),
+        "best step": summary.get("best_step"),
+        "best val PCK@0.1": _r1(summary.get("best_metric")),
+        "train time (s)": _r1(summary.get("train_time_s")),
     }
     md += ["", "## Run metadata", ""] + [f"- {k}: {v}" for k, v in meta.items()]
     # the run's eval section holds the engine defaults, not what ran: show the protocol instead
     trained = {k: v for k, v in cfg.items() if k != "eval"}
-    protocol = {"sets": sets, "beta_eval": (params.get("eval") or {}).get("beta_eval"),
-                "max_pairs": (params.get("evaluate") or {}).get("max_pairs")}
-    md += ["", "### Training configuration (runs/.../config.yaml)", "", "```yaml",
-           yaml.safe_dump(trained, sort_keys=False).rstrip(), "```", "",
-           "### Evaluation protocol (params.yaml: evaluate, eval.beta_eval)", "", "```yaml",
-           yaml.safe_dump(protocol, sort_keys=False).rstrip(), "```", ""]
+    protocol = {
+        "sets": sets,
+        "beta_eval": (params.get("eval") or {}).get("beta_eval"),
+        "max_pairs": (params.get("evaluate") or {}).get("max_pairs"),
+    }
+    md += [
+        "",
+        "### Training configuration (runs/.../config.yaml)",
+        "",
+        "```yaml",
+        yaml.safe_dump(trained, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "### Evaluation protocol (params.yaml: evaluate, eval.beta_eval)",
+        "",
+        "```yaml",
+        yaml.safe_dump(protocol, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
     text = "\n".join(md)
     out_md.write_text(text, encoding="utf-8")
     out_md.with_suffix(".html").write_text(_html(text), encoding="utf-8")
@@ -375,5 +434,8 @@ def _html(md: str) -> str:
         out.append("</table>")
     if in_list:
         out.append("</ul>")
-    return "<!doctype html>\n<html><head><meta charset='utf-8'><title>SimSC report</title></head><body>\n" \
-        + "\n".join(out) + "\n</body></html>\n"
+    return (
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>SimSC report</title></head><body>\n"
+        + "\n".join(out)
+        + "\n</body></html>\n"
+    )

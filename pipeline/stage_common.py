@@ -14,8 +14,9 @@ Each stage module declares the ``params.yaml`` keys it reads in one constant, ``
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
 from simsc.io import read_yaml_mapping
@@ -25,8 +26,13 @@ PARAMS_FILE = Path("params.yaml")
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """``params.yaml`` as a mapping; :class:`UserError` naming the file when it is not one."""
-    return read_yaml_mapping(path, what="params file", contents="a mapping of stage sections", error=UserError,
-                             hint=" (run the stages from the project root)")
+    return read_yaml_mapping(
+        path,
+        what="params file",
+        contents="a mapping of stage sections",
+        error=UserError,
+        hint=" (run the stages from the project root)",
+    )
 
 
 def section(params: dict[str, Any], name: str, keys: Sequence[str]) -> dict[str, Any]:
@@ -46,8 +52,9 @@ def tracking_section(params: dict[str, Any]) -> dict[str, Any]:
     if tracking is None:
         return {}
     if not isinstance(tracking, dict):
-        raise UserError(f"params.yaml: tracking must be a mapping (enabled, experiment, registered_model), "
-                        f"got {tracking!r}")
+        raise UserError(
+            f"params.yaml: tracking must be a mapping (enabled, experiment, registered_model), got {tracking!r}"
+        )
     enabled = tracking.get("enabled", False)
     if not isinstance(enabled, bool):
         raise UserError(f"params.yaml: tracking.enabled must be true or false, got {enabled!r}")
@@ -82,8 +89,15 @@ def add_stage_arguments(parser: ArgumentParser) -> None:
     add_debug_flag(parser)
 
 
-def run_stage(stage: str, func: Callable[..., None], keys: Sequence[str], params_path: Path,
-              *args: str, debug: bool = False, user_errors: tuple[type[BaseException], ...] = ()) -> int:
+def run_stage(
+    stage: str,
+    func: Callable[..., None],
+    keys: Sequence[str],
+    params_path: Path,
+    *args: str,
+    debug: bool = False,
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> int:
     """Run ``func(params, *args)`` on the declared ``keys`` of ``params_path`` under the error
     contract of :mod:`simsc.errors` (user error: exit 2; ``user_errors``: the stage's own
     exception types that count as user errors)."""
@@ -95,9 +109,16 @@ def run_stage(stage: str, func: Callable[..., None], keys: Sequence[str], params
     return run_main(f"pipeline.stages {stage}", body, debug=debug, user_errors=tuple(user_errors))
 
 
-def stage_main(stage: str, func: Callable[..., None], keys: Sequence[str], argv: Sequence[str] | None = None,
-               *, with_name: bool = False, doc: str | None = None,
-               user_errors: tuple[type[BaseException], ...] = ()) -> int:
+def stage_main(
+    stage: str,
+    func: Callable[..., None],
+    keys: Sequence[str],
+    argv: Sequence[str] | None = None,
+    *,
+    with_name: bool = False,
+    doc: str | None = None,
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> int:
     """The command line of one stage module (``python -m pipeline.stage_<name>``)."""
     parser = ArgumentParser(prog=f"python -m pipeline.stage_{stage}", description=doc)
     if with_name:
@@ -106,7 +127,6 @@ def stage_main(stage: str, func: Callable[..., None], keys: Sequence[str], argv:
     args = parser.parse_args(argv)
     extra = (args.name,) if with_name else ()
     return run_stage(stage, func, keys, args.params, *extra, debug=args.debug, user_errors=user_errors)
-
 
 
 def round_metric(x: float | None, digits: int = 5) -> float | None:

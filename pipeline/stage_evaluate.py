@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-from simsc.errors import UserError
-from simsc.io import atomic_write_json
+from typing import Any
 
 from pipeline.stage_common import round_metric, section, stage_main
+from simsc.errors import UserError
+from simsc.io import atomic_write_json
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("eval", "evaluate", "train.out_dir", "preprocess.cache_dir")
@@ -37,23 +37,38 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     ckpt = Path(train_sec["out_dir"]) / "checkpoints" / "best.pt"
     model, _, _ = load_model(ckpt)
     cache_dir = (params.get("preprocess") or {}).get("cache_dir")
-    dataset = eval_dataset(ev, spec["dataset"], spec["root"], split=spec.get("split"),
-                           resolution=spec.get("resolution"), cache_dir=cache_dir)
+    dataset = eval_dataset(
+        ev,
+        spec["dataset"],
+        spec["root"],
+        split=spec.get("split"),
+        resolution=spec.get("resolution"),
+        cache_dir=cache_dir,
+    )
     out = EVAL_DIR / name
     max_pairs = ev_sec.get("max_pairs")
-    report = evaluate_to_files(model, dataset, out / "report.json", out / "predictions.jsonl",
-                               beta_eval=ev.beta_eval, batch_size=ev.batch_size, alphas=ev.alphas,
-                               max_pairs=max_pairs, extra={"name": name, "checkpoint": str(ckpt)})
+    report = evaluate_to_files(
+        model,
+        dataset,
+        out / "report.json",
+        out / "predictions.jsonl",
+        beta_eval=ev.beta_eval,
+        batch_size=ev.batch_size,
+        alphas=ev.alphas,
+        max_pairs=max_pairs,
+        extra={"name": name, "checkpoint": str(ckpt)},
+    )
     _write_json(out / "pck.json", pck_metrics(report))
-    _write_json(out / "pck_vs_alpha.json",
-                [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
+    _write_json(out / "pck_vs_alpha.json", [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
     rows = []
     sweep_on = ev_sec.get("sweep", True)
     if sweep_on is True or (isinstance(sweep_on, list) and name in sweep_on):
-        sweep = beta_sweep(model, dataset, sweep_betas(ev), batch_size=ev.batch_size, alphas=ev.alphas,
-                           max_pairs=max_pairs)
-        rows = [{"beta_eval": r["beta_eval"], **{f"pck@{a}": v for a, v in r["per_image"].items()}}
-                for r in sweep["rows"]]
+        sweep = beta_sweep(
+            model, dataset, sweep_betas(ev), batch_size=ev.batch_size, alphas=ev.alphas, max_pairs=max_pairs
+        )
+        rows = [
+            {"beta_eval": r["beta_eval"], **{f"pck@{a}": v for a, v in r["per_image"].items()}} for r in sweep["rows"]
+        ]
     _write_json(out / "pck_vs_beta.json", rows)
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
     print(f"{name}: {report['n_pairs']} pairs, {pck}")
@@ -62,10 +77,13 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
 def pck_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """The DVC metrics of one evaluation: flat keys, so ``dvc exp show`` has one column each
     (``pck@0.1`` per image as in the paper, ``pck_kp@0.1`` per keypoint, the mean beta_eff)."""
-    return {**{f"pck@{a}": round_metric(v) for a, v in report["per_image"].items()},
-            **{f"pck_kp@{a}": round_metric(v) for a, v in report["per_keypoint"].items()},
-            "beta_eff": round_metric(report["beta_eff"]["mean"]), "beta_eval": report["beta_eval"],
-            "n_pairs": report["n_pairs"]}
+    return {
+        **{f"pck@{a}": round_metric(v) for a, v in report["per_image"].items()},
+        **{f"pck_kp@{a}": round_metric(v) for a, v in report["per_keypoint"].items()},
+        "beta_eff": round_metric(report["beta_eff"]["mean"]),
+        "beta_eval": report["beta_eval"],
+        "n_pairs": report["n_pairs"],
+    }
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -5,8 +5,9 @@ and write each split's pair index (``<cache_dir>/<dataset>/index/<split>.npz``, 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.stage_common import section, stage_main
 
@@ -30,8 +31,9 @@ def stage_preprocess(params: dict[str, Any]) -> None:
             info = build_cache(ds, show_progress=True)
             # the index path, not its load state: the file must be the same on every run
             index = Path(ds.index_path).relative_to(pre["cache_dir"]).as_posix() if ds.index_path else None
-            summary.append({"split": split, "resolution": resolution, "images": info["images"],
-                            "pairs": len(ds), "index": index})
+            summary.append(
+                {"split": split, "resolution": resolution, "images": info["images"], "pairs": len(ds), "index": index}
+            )
     atomic_write_json(Path(pre["cache_dir"], "summary.json"), summary, indent=2)
 
 

@@ -5,12 +5,12 @@ the champion decision (``tracking.champion_set`` / ``tracking.champion_metric``)
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-from simsc.errors import UserError
+from typing import Any
 
 from pipeline.stage_common import stage_main, tracking_section
+from simsc.errors import UserError
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("report", "evaluate", "tracking", "train.out_dir")
@@ -42,8 +42,11 @@ def stage_report(params: dict[str, Any]) -> None:
         raise UserError(f"params.yaml: {exc}") from None
     if decision:
         where = "moved to" if decision["moved"] else "stays on"
-        print(f"champion: {decision['key']} = {decision['value']:.2f} for v{decision['version']}; alias "
-              f"{where} v{decision['champion']} ({decision['reason']})", file=sys.stderr)
+        print(
+            f"champion: {decision['key']} = {decision['value']:.2f} for v{decision['version']}; alias "
+            f"{where} v{decision['champion']} ({decision['reason']})",
+            file=sys.stderr,
+        )
     from .tracking.runs import run_page_url
 
     url = run_page_url(run_dir)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.stage_common import round_metric, stage_main, tracking_section
 
@@ -34,9 +35,15 @@ def stage_train(params: dict[str, Any]) -> None:
     if tracking.get("enabled", False):
         from .tracking.callback import MlflowCallback
 
-        callbacks.append(MlflowCallback(cfg, cfg.train.out_dir, experiment=tracking.get("experiment"),
-                                        registered_model=tracking.get("registered_model"),
-                                        tags={"dvc.stage": "train"}))
+        callbacks.append(
+            MlflowCallback(
+                cfg,
+                cfg.train.out_dir,
+                experiment=tracking.get("experiment"),
+                registered_model=tracking.get("registered_model"),
+                tags={"dvc.stage": "train"},
+            )
+        )
     summary = train(cfg, callbacks=callbacks)
     metrics = Path(cfg.train.out_dir) / "metrics.jsonl"
     export_train_plots(metrics, PLOTS_DIR)
@@ -67,9 +74,16 @@ def export_train_plots(metrics: Path, out_dir: Path) -> None:
     for line in metrics.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if rec.get("type") == "step":
-            steps.append({"step": rec["step"], "loss": rec["loss"], "beta_a": rec["beta_a_mean"],
-                          "beta_b": rec["beta_b_mean"], "beta_eff": rec["beta_eff_mean"],
-                          "lr_backbone": rec.get("lr_backbone")})
+            steps.append(
+                {
+                    "step": rec["step"],
+                    "loss": rec["loss"],
+                    "beta_a": rec["beta_a_mean"],
+                    "beta_b": rec["beta_b_mean"],
+                    "beta_eff": rec["beta_eff_mean"],
+                    "lr_backbone": rec.get("lr_backbone"),
+                }
+            )
         elif rec.get("type") == "epoch":
             row = {"epoch": rec["epoch"], "step": rec["step"]}
             row.update({f"pck@{a}": v for a, v in rec["val"]["per_image"].items()})
@@ -100,11 +114,17 @@ def export_train_metrics(metrics: Path, out: Path) -> dict[str, Any]:
             best = rec
     result: dict[str, Any] = {"steps": last_step["step"] if last_step else 0}
     if last_step:
-        result["final"] = {"loss": round_metric(last_step["loss"]), "beta_eff": round_metric(last_step["beta_eff_mean"])}
+        result["final"] = {
+            "loss": round_metric(last_step["loss"]),
+            "beta_eff": round_metric(last_step["beta_eff_mean"]),
+        }
     if best:
-        result["best"] = {"epoch": best["epoch"], "step": best["step"],
-                          **{f"val_pck@{a}": round_metric(v) for a, v in best["val"]["per_image"].items()},
-                          "val_beta_eff": round_metric(best["val_beta_eff_mean"])}
+        result["best"] = {
+            "epoch": best["epoch"],
+            "step": best["step"],
+            **{f"val_pck@{a}": round_metric(v) for a, v in best["val"]["per_image"].items()},
+            "val_beta_eff": round_metric(best["val_beta_eff_mean"]),
+        }
     atomic_write_json(out, result, indent=2)
     return result
 

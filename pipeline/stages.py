@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.stage_common import add_stage_arguments, run_stage
 from simsc.errors import ArgumentParser

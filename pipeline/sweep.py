@@ -31,13 +31,13 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from simsc.errors import ArgumentParser, add_debug_flag, run_main
 from simsc.io import atomic_copy, atomic_write_json
 
-from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec, n_trials, param_space
 from .sweep_results import (
     STATUS_COMPLETED,
     STATUS_DIVERGED,
@@ -48,6 +48,7 @@ from .sweep_results import (
     rows_from_results,
     write_results,
 )
+from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec, n_trials, param_space
 
 STATE_FILE = "sweep.json"
 EXIT_TRIAL_ERRORS = 1
@@ -96,25 +97,35 @@ def _start_parent(ml, spec: SweepSpec) -> str | None:
     def create():
         client = ml.connect()
         exp = experiment_id(client, spec.tracking.get("experiment"))
-        run = client.create_run(exp, run_name=spec.name, tags={
-            "mlflow.runName": spec.name, "sweep.name": spec.name, "sweep.role": "parent",
-            "sweep.spec": str(Path(spec.path).as_posix()), "sweep.spec_digest": spec.digest(),
-            "git_revision": git_revision(spec.root)})
+        run = client.create_run(
+            exp,
+            run_name=spec.name,
+            tags={
+                "mlflow.runName": spec.name,
+                "sweep.name": spec.name,
+                "sweep.role": "parent",
+                "sweep.spec": str(Path(spec.path).as_posix()),
+                "sweep.spec_digest": spec.digest(),
+                "git_revision": git_revision(spec.root),
+            },
+        )
         from mlflow.entities import Param
 
         summary = spec.summary()
         params = [Param(k, str(v)[:6000]) for k, v in summary.items()]
-        params += [Param(f"base.{k}", v[:6000]) for k, v in flatten(spec.engine_base()).items()
-                   if f"set.{k}" not in summary]
+        params += [
+            Param(f"base.{k}", v[:6000]) for k, v in flatten(spec.engine_base()).items() if f"set.{k}" not in summary
+        ]
         for i in range(0, len(params), 100):
-            client.log_batch(run.info.run_id, params=params[i:i + 100])
+            client.log_batch(run.info.run_id, params=params[i : i + 100])
         return run.info.run_id
 
     return ml.call("the sweep's parent run", create)
 
 
-def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]], paths: dict[str, Path],
-                   best_ckpt: Path | None) -> dict[str, Any]:
+def _finish_mlflow(
+    ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]], paths: dict[str, Path], best_ckpt: Path | None
+) -> dict[str, Any]:
     """Close the child runs (status, tags), log the results to the parent, the best model."""
     from .tracking.client import metric
     from .tracking.models import log_checkpoint_model
@@ -146,24 +157,37 @@ def _finish_mlflow(ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str,
         if key in paths:
             ml.call(f"sweep {key}", client.log_artifact, parent_run_id, str(paths[key]), "results")
     if best is not None:
-        ml.call("best result", client.log_batch, parent_run_id,
-                metrics=[metric("best_val_pck", best["best_val_pck"], 0)])
+        ml.call(
+            "best result", client.log_batch, parent_run_id, metrics=[metric("best_val_pck", best["best_val_pck"], 0)]
+        )
         ml.call("best trial tag", client.set_tag, parent_run_id, "sweep.best_trial", best["trial_id"])
         rid = best.get("mlflow_run_id")
         if rid and best_ckpt is not None:
             from simsc.engine.checkpoint import load_checkpoint
 
             cfg = load_checkpoint(best_ckpt).get("config") or {}
-            version = ml.call("the best checkpoint (model + registration)", log_checkpoint_model, client, rid,
-                              best_ckpt, spec.tracking.get("registered_model"), cfg)
+            version = ml.call(
+                "the best checkpoint (model + registration)",
+                log_checkpoint_model,
+                client,
+                rid,
+                best_ckpt,
+                spec.tracking.get("registered_model"),
+                cfg,
+            )
             out["model_version"] = version
             out["best_run_id"] = rid
-    counts = {s: sum(r["status"] == s for r in rows)
-              for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_ERROR)}
-    ml.call("trial counts", client.log_batch, parent_run_id,
-            metrics=[metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()])
-    ml.call("parent run status", client.set_terminated, parent_run_id,
-            "FAILED" if counts[STATUS_ERROR] else "FINISHED")
+    counts = {
+        s: sum(r["status"] == s for r in rows)
+        for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_ERROR)
+    }
+    ml.call(
+        "trial counts",
+        client.log_batch,
+        parent_run_id,
+        metrics=[metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()],
+    )
+    ml.call("parent run status", client.set_terminated, parent_run_id, "FAILED" if counts[STATUS_ERROR] else "FINISHED")
     return out
 
 
@@ -195,33 +219,49 @@ def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | Non
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )
     if restore_path is not None:
-        return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     if spec.scheduler["type"] == "asha":
-        scheduler = ASHAScheduler(time_attr="epochs_done", max_t=spec.max_epochs(),
-                                  grace_period=spec.scheduler["grace_period"],
-                                  reduction_factor=spec.scheduler["reduction_factor"])
+        scheduler = ASHAScheduler(
+            time_attr="epochs_done",
+            max_t=spec.max_epochs(),
+            grace_period=spec.scheduler["grace_period"],
+            reduction_factor=spec.scheduler["reduction_factor"],
+        )
     else:
         scheduler = FIFOScheduler()
     search_alg = BasicVariantGenerator(random_state=spec.seed) if spec.search_alg == "random" else None
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
-                                    search_alg=search_alg, num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials,
-                                    reuse_actors=spec.reuse_actors),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=spec.reuse_actors,
+        ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=storage,
+            name=spec.name,
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-            verbose=1, log_to_file=True,
+            verbose=1,
+            log_to_file=True,
         ),
     )
 
 
-def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, storage: str | None = None,
-              address: str | None = None, resume: bool = False, tracking: bool | None = None) -> dict[str, Any]:
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    storage: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    tracking: bool | None = None,
+) -> dict[str, Any]:
     """Run (or ``resume``) a sweep; returns a summary with the rows and output paths.
 
     Raises :class:`SweepError` when the sweep exists and ``resume`` is false, or when a
@@ -241,18 +281,28 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
     exp_path = _experiment_path(storage, spec.name)
     state = _read_state(out)
     if state is not None and not resume:
-        raise SweepError(f"{out} already holds sweep {state.get('name')!r} ({state.get('status')}); continue it "
-                         "with --resume, or pick another --name / --out")
+        raise SweepError(
+            f"{out} already holds sweep {state.get('name')!r} ({state.get('status')}); continue it "
+            "with --resume, or pick another --name / --out"
+        )
     if resume:
         if state is None:
             raise SweepError(f"--resume: {out / STATE_FILE} not found: nothing to resume (run without --resume)")
         if state.get("spec_digest") != spec.digest():
-            raise SweepError(f"--resume: the spec changed since the sweep started (digest {state.get('spec_digest')} "
-                             f"-> {spec.digest()}); resume with the same spec and profile, or start a new --name")
+            raise SweepError(
+                f"--resume: the spec changed since the sweep started (digest {state.get('spec_digest')} "
+                f"-> {spec.digest()}); resume with the same spec and profile, or start a new --name"
+            )
         exp_path = state.get("experiment_path", exp_path)
     use_tracking = spec.tracking.get("enabled", True) if tracking is None else tracking
-    state = state or {"name": spec.name, "spec": spec.path, "profile": spec.profile, "spec_digest": spec.digest(),
-                      "experiment_path": exp_path, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    state = state or {
+        "name": spec.name,
+        "spec": spec.path,
+        "profile": spec.profile,
+        "spec_digest": spec.digest(),
+        "experiment_path": exp_path,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     ml = SafeMlflow(tracking_uri(spec)) if use_tracking else None
     if ml is not None and not state.get("parent_run_id"):
         state["parent_run_id"] = _start_parent(ml, spec)
@@ -265,11 +315,20 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
 
     parent = state.get("parent_run_id") if ml is not None and not ml.offline else None
     context = TrialContext(
-        spec_name=spec.name, engine_base=spec.engine_base(), search=spec.search,
-        best_alpha=spec.engine_config().train.best_alpha, root=spec.root,
+        spec_name=spec.name,
+        engine_base=spec.engine_base(),
+        search=spec.search,
+        best_alpha=spec.engine_config().train.best_alpha,
+        root=spec.root,
         # the trials run in scratch folders outside the checkout: they get its revision from here
-        tracking={"uri": ml.tracking_uri, "experiment": spec.tracking.get("experiment"),
-                  "parent_run_id": parent, "git_revision": git_revision(spec.root)} if parent else None,
+        tracking={
+            "uri": ml.tracking_uri,
+            "experiment": spec.tracking.get("experiment"),
+            "parent_run_id": parent,
+            "git_revision": git_revision(spec.root),
+        }
+        if parent
+        else None,
         cpus_per_trial=spec.resources["cpu"],
     )
     if not ray.is_initialized():
@@ -307,14 +366,25 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
         if ml.failed:
             warnings.warn(f"MLflow: not logged: {', '.join(ml.failed)}", stacklevel=2)
     errors = sum(r["status"] == STATUS_ERROR for r in rows)
-    state.update(status="finished" if not errors else "finished with errors", wall_s=round(wall, 1),
-                 n_trials=len(rows), best_trial=best["trial_id"] if best else None,
-                 best_val_pck=best["best_val_pck"] if best else None, model_version=mlflow_out.get("model_version"),
-                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    state.update(
+        status="finished" if not errors else "finished with errors",
+        wall_s=round(wall, 1),
+        n_trials=len(rows),
+        best_trial=best["trial_id"] if best else None,
+        best_val_pck=best["best_val_pck"] if best else None,
+        model_version=mlflow_out.get("model_version"),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     atomic_write_json(out / STATE_FILE, state, indent=2)
-    return {"state": state, "rows": [public(r) for r in rows], "paths": {k: str(v) for k, v in paths.items()},
-            "best_checkpoint": str(best_ckpt) if best_ckpt else None, "mlflow": mlflow_out,
-            "experiment_path": exp_path, "wall_s": wall}
+    return {
+        "state": state,
+        "rows": [public(r) for r in rows],
+        "paths": {k: str(v) for k, v in paths.items()},
+        "best_checkpoint": str(best_ckpt) if best_ckpt else None,
+        "mlflow": mlflow_out,
+        "experiment_path": exp_path,
+        "wall_s": wall,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -323,21 +393,35 @@ def run_sweep(spec: SweepSpec, *, out_dir: str | os.PathLike | None = None, stor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m pipeline.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("spec", type=Path, help="the sweep spec (YAML), e.g. configs/sweeps/lr_beta1.yaml")
     p.add_argument("--profile", help="a profile of the spec (e.g. toy, full; default: the spec's default_profile)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="add a fixed override to the spec's set: (repeatable), e.g. --set train.epochs=2")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add a fixed override to the spec's set: (repeatable), e.g. --set train.epochs=2",
+    )
     p.add_argument("--name", help="the sweep's name (default: the spec's name)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray instance)")
-    p.add_argument("--storage", help="Ray results storage: folder, NFS path or s3://bucket/prefix "
-                   "(default: the spec's storage, else sweeps/ray_results)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray instance)"
+    )
+    p.add_argument(
+        "--storage",
+        help="Ray results storage: folder, NFS path or s3://bucket/prefix "
+        "(default: the spec's storage, else sweeps/ray_results)",
+    )
     p.add_argument("--out", type=Path, help="local outputs folder (default: sweeps/<name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted sweep: finished trials are kept, unfinished ones resume from "
-                        "their last checkpoint, errored ones are retried")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep: finished trials are kept, unfinished ones resume from "
+        "their last checkpoint, errored ones are retried",
+    )
     p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
@@ -362,20 +446,30 @@ def _main(args: argparse.Namespace) -> int:
         spec.max_concurrent_trials = args.max_concurrent
     if args.dry_run:
         trials = expand_grid(spec)
-        print(f"sweep {spec.name} (profile {spec.profile}): {n_trials(spec)} trials, "
-              f"resources {spec.resources}, scheduler {spec.scheduler}")
+        print(
+            f"sweep {spec.name} (profile {spec.profile}): {n_trials(spec)} trials, "
+            f"resources {spec.resources}, scheduler {spec.scheduler}"
+        )
         for i, ov in enumerate(trials):
             print(f"  {i:3d}  " + "  ".join(f"{k}={v}" for k, v in ov.items()))
         return 0
     try:
-        summary = run_sweep(spec, out_dir=args.out, storage=args.storage, address=args.address,
-                            resume=args.resume, tracking=False if args.no_tracking else None)
+        summary = run_sweep(
+            spec,
+            out_dir=args.out,
+            storage=args.storage,
+            address=args.address,
+            resume=args.resume,
+            tracking=False if args.no_tracking else None,
+        )
     except KeyboardInterrupt:
         print("sweep: interrupted; continue with the same command and --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(Path(summary["paths"]["md"]).read_text(encoding="utf-8"))
-    print(f"sweep {spec.name}: {summary['state']['status']} in {summary['wall_s']:.0f} s; outputs in "
-          f"{Path(summary['paths']['md']).parent}")
+    print(
+        f"sweep {spec.name}: {summary['state']['status']} in {summary['wall_s']:.0f} s; outputs in "
+        f"{Path(summary['paths']['md']).parent}"
+    )
     if summary["best_checkpoint"]:
         print(f"best checkpoint: {summary['best_checkpoint']}")
     errors = sum(r["status"] == STATUS_ERROR for r in summary["rows"])

@@ -12,18 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
-
-from simsc.config import engine_sections, load_config
-from simsc.io import atomic_write_bytes, read_yaml_mapping
 
 # A trial trains with the train stage's sections (model, data, train): what its PCK measured.
 # Other keys of a spec's ``set`` (e.g. ``eval.*``, which trials never read) are not handed to
 # DVC as if the sweep had tuned them.
 from simsc.config import TRAIN_SECTIONS as TRIAL_SECTIONS
+from simsc.config import engine_sections, load_config
+from simsc.io import atomic_write_bytes, read_yaml_mapping
 
 from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
@@ -62,22 +62,25 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
         if history is not None and "val_pck" in history:
             # the divergence report repeats the last validation: one value per epoch
             flags = history["diverged"] if "diverged" in history else [False] * len(history)
-            val_hist = [float(v) for v, d in zip(history["val_pck"], flags) if not _is_true(d)]
+            val_hist = [float(v) for v, d in zip(history["val_pck"], flags, strict=True) if not _is_true(d)]
         row: dict[str, Any] = {"trial_id": trial_id, "label": trial_label(spec, config), "status": status}
         row.update({k: v for k, v in overrides.items()})
-        row.update({
-            "epochs_done": done,
-            "epochs": epochs,
-            "best_val_pck": metrics.get("best_val_pck"),
-            "val_pck_last": metrics.get("val_pck"),
-            **{k: v for k, v in metrics.items() if k.startswith("val_pck@")},
-            "val_beta_eff": metrics.get("val_beta_eff"),
-            "beta_eff_last_step": metrics.get("beta_eff"),
-            "val_pck_history": json.dumps([round(v, 3) for v in val_hist]),
-            "trial_starts": metrics.get("trial_starts"),
-            "error": (_error_line(res.error) if res.error is not None
-                      else str(metrics.get("diverged_reason") or "")),
-        })
+        row.update(
+            {
+                "epochs_done": done,
+                "epochs": epochs,
+                "best_val_pck": metrics.get("best_val_pck"),
+                "val_pck_last": metrics.get("val_pck"),
+                **{k: v for k, v in metrics.items() if k.startswith("val_pck@")},
+                "val_beta_eff": metrics.get("val_beta_eff"),
+                "beta_eff_last_step": metrics.get("beta_eff"),
+                "val_pck_history": json.dumps([round(v, 3) for v in val_hist]),
+                "trial_starts": metrics.get("trial_starts"),
+                "error": (
+                    _error_line(res.error) if res.error is not None else str(metrics.get("diverged_reason") or "")
+                ),
+            }
+        )
         row["_overrides"] = overrides
         row["_checkpoint"] = res.checkpoint
         row["_path"] = str(res.path)
@@ -128,15 +131,22 @@ def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]], spec: SweepSpec, best_flags: str | None = None,
-                     left_out: Mapping[str, str] | None = None) -> str:
+def results_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    spec: SweepSpec,
+    best_flags: str | None = None,
+    left_out: Mapping[str, str] | None = None,
+) -> str:
     skip = {"val_pck_history", "error", "label"}
     cols = [c for c in _columns(rows) if c not in skip]
     lines = [f"# Sweep `{spec.name}`" + (f" (profile {spec.profile})" if spec.profile else ""), ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
-    lines += [f"{len(rows)} trials; metric `{spec.metric}` = validation PCK@{spec.engine_config().train.best_alpha} (per image), "
-              f"best over each trial's epochs.", ""]
+    lines += [
+        f"{len(rows)} trials; metric `{spec.metric}` = validation PCK@{spec.engine_config().train.best_alpha} "
+        f"(per image), best over each trial's epochs.",
+        "",
+    ]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(public(r).get(c)) for c in cols) + " |" for r in rows]
     errors = [r for r in rows if r.get("error")]
@@ -202,11 +212,16 @@ def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], di
     _, dropped = _trial_keys(spec, row)
     trial = trial_config(spec, row)
     params_file = Path(spec.root) / "params.yaml"
-    current = engine_sections(read_yaml_mapping(params_file, what="params file", error=ValueError)
-                              if params_file.is_file() else {})
+    current = engine_sections(
+        read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
+    )
     now = load_config(current).to_dict()
-    kept = {f"{section}.{key}": value for section in TRIAL_SECTIONS for key, value in trial[section].items()
-            if now[section][key] != value}
+    kept = {
+        f"{section}.{key}": value
+        for section in TRIAL_SECTIONS
+        for key, value in trial[section].items()
+        if now[section][key] != value
+    }
     return kept, dropped
 
 
@@ -224,8 +239,10 @@ def dvc_flags(spec: SweepSpec, row: Mapping[str, Any]) -> str:
     """``dvc exp run -S '++key=value' ...`` for the keys of :func:`handoff` (``++``: add the key
     when params.yaml leaves it to its default, override it otherwise)."""
     kept, _ = handoff(spec, row)
-    flags = " ".join(f"-S '++{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
-                     for k, v in kept.items())
+    flags = " ".join(
+        f"-S '++{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
+        for k, v in kept.items()
+    )
     return f"dvc exp run {flags}"
 
 
@@ -237,10 +254,12 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[dict[str, Any]]) ->
     flags, left_out = None, None
     if best is not None:
         params = best_params(spec, best)
-        header = (f"# Best trial {best['trial_id']} of sweep {spec.name} ({best['label']}): "
-                  f"best val PCK {best['best_val_pck']:.2f}\n"
-                  f"# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
-                  f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && dvc exp run\n")
+        header = (
+            f"# Best trial {best['trial_id']} of sweep {spec.name} ({best['label']}): "
+            f"best val PCK {best['best_val_pck']:.2f}\n"
+            f"# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
+            f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && dvc exp run\n"
+        )
         paths["best_params"] = out_dir / "best_params.yaml"
         atomic_write_bytes(paths["best_params"], (header + yaml.safe_dump(params, sort_keys=False)).encode())
         flags = dvc_flags(spec, best)

@@ -50,10 +50,10 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
-
+from typing import Any
 
 from simsc.config import SECTIONS, ConfigError, engine_sections, load_config, parse_override
 from simsc.io import read_overlay, read_yaml_mapping
@@ -113,8 +113,9 @@ class SweepSpec:
     keep_checkpoints: int = 2
     reuse_actors: bool = True
     storage: str | None = None
-    tracking: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "experiment": "simsc-sweeps",
-                                                               "registered_model": None})
+    tracking: dict[str, Any] = field(
+        default_factory=lambda: {"enabled": True, "experiment": "simsc-sweeps", "registered_model": None}
+    )
 
     # -- derived -------------------------------------------------------------------------
     def engine_base(self) -> dict[str, Any]:
@@ -136,18 +137,28 @@ class SweepSpec:
 
     def digest(self) -> str:
         """A short hash of everything that decides the trials (resume checks it)."""
-        blob = {"params": self.params, "search": [dataclasses.asdict(e) for e in self.search],
-                "search_alg": self.search_alg, "num_samples": self.num_samples, "seed": self.seed}
+        blob = {
+            "params": self.params,
+            "search": [dataclasses.asdict(e) for e in self.search],
+            "search_alg": self.search_alg,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+        }
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def summary(self) -> dict[str, Any]:
         """Flat description for the MLflow parent run's params."""
-        out: dict[str, Any] = {"sweep.name": self.name, "sweep.profile": self.profile,
-                               "sweep.search_alg": self.search_alg, "sweep.num_samples": self.num_samples,
-                               "sweep.metric": self.metric, "sweep.scheduler": json.dumps(self.scheduler),
-                               "sweep.resources": json.dumps(self.resources),
-                               "sweep.max_concurrent_trials": self.max_concurrent_trials,
-                               "sweep.n_trials": n_trials(self)}
+        out: dict[str, Any] = {
+            "sweep.name": self.name,
+            "sweep.profile": self.profile,
+            "sweep.search_alg": self.search_alg,
+            "sweep.num_samples": self.num_samples,
+            "sweep.metric": self.metric,
+            "sweep.scheduler": json.dumps(self.scheduler),
+            "sweep.resources": json.dumps(self.resources),
+            "sweep.max_concurrent_trials": self.max_concurrent_trials,
+            "sweep.n_trials": n_trials(self),
+        }
         for e in self.search:
             vals = list(e.bundles) if e.is_bundle else e.values
             out[f"search.{e.key}"] = f"{e.sampler}{json.dumps(vals, default=str)}"
@@ -164,8 +175,13 @@ _DERIVED = {"path", "params", "params_raw", "root", "profile"}  # SweepSpec fiel
 _TOP_KEYS = ({f.name for f in dataclasses.fields(SweepSpec)} - _DERIVED) | {"base", "profiles", "default_profile"}
 
 
-def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
-                    overrides: Sequence[str] = (), root: str | os.PathLike | None = None) -> SweepSpec:
+def load_sweep_spec(
+    path: str | os.PathLike,
+    profile: str | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    root: str | os.PathLike | None = None,
+) -> SweepSpec:
     """Read, merge (profile), compose and validate a sweep spec.
 
     Args:
@@ -182,8 +198,13 @@ def load_sweep_spec(path: str | os.PathLike, profile: str | None = None, *,
     name = raw.get("name")
     if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
         raise SweepSpecError(f"{where}: name: expected a non-empty string without '/', '\\' or spaces, got {name!r}")
-    spec = SweepSpec(name=name, path=str(path), profile=profile, description=str(raw.get("description") or ""),
-                     root=str(root.absolute()))
+    spec = SweepSpec(
+        name=name,
+        path=str(path),
+        profile=profile,
+        description=str(raw.get("description") or ""),
+        root=str(root.absolute()),
+    )
     _compose_params(spec, raw, overrides, root, where)
     _parse_search(spec, raw, root, where)
     _parse_options(spec, raw, where)
@@ -236,8 +257,7 @@ def base_params(base: Any, root: Path, where: str) -> dict[str, Any]:
     return params
 
 
-def _compose_params(spec: SweepSpec, raw: Mapping[str, Any], overrides: Sequence[str], root: Path,
-                    where: str) -> None:
+def _compose_params(spec: SweepSpec, raw: Mapping[str, Any], overrides: Sequence[str], root: Path, where: str) -> None:
     """``spec.params``: the base files, then ``set`` and the command line's ``--set``."""
     params = base_params(raw.get("base") or [], root, where)
     set_ = dict(raw.get("set") or {})
@@ -273,8 +293,10 @@ def _parse_search(spec: SweepSpec, raw: Mapping[str, Any], root: Path, where: st
     if spec.search_alg == "grid":
         rnd = [e.key for e in spec.search if e.sampler != "grid"]
         if rnd:
-            raise SweepSpecError(f"{where}: search.{rnd[0]}: search_alg grid takes only grid entries "
-                                 "(choice and distributions need search_alg: random)")
+            raise SweepSpecError(
+                f"{where}: search.{rnd[0]}: search_alg grid takes only grid entries "
+                "(choice and distributions need search_alg: random)"
+            )
     spec.num_samples = _int(raw.get("num_samples", _default("num_samples")), f"{where}: num_samples", 1)
     spec.seed = _int(raw.get("seed", _default("seed")), f"{where}: seed", 0)
 
@@ -315,8 +337,9 @@ def _parse_options(spec: SweepSpec, raw: Mapping[str, Any], where: str) -> None:
     mct = raw.get("max_concurrent_trials", _default("max_concurrent_trials"))
     spec.max_concurrent_trials = None if mct is None else _int(mct, f"{where}: max_concurrent_trials", 1)
     spec.max_failures = _int(raw.get("max_failures", _default("max_failures")), f"{where}: max_failures", -1)
-    spec.keep_checkpoints = _int(raw.get("keep_checkpoints", _default("keep_checkpoints")),
-                                 f"{where}: keep_checkpoints", 1)
+    spec.keep_checkpoints = _int(
+        raw.get("keep_checkpoints", _default("keep_checkpoints")), f"{where}: keep_checkpoints", 1
+    )
     reuse = raw.get("reuse_actors", _default("reuse_actors"))
     if not isinstance(reuse, bool):
         raise SweepSpecError(f"{where}: reuse_actors: expected true or false, got {reuse!r}")
@@ -328,10 +351,15 @@ def _parse_options(spec: SweepSpec, raw: Mapping[str, Any], where: str) -> None:
     tr = {**_default("tracking"), **(raw.get("tracking") or {})}
     bad_tr = sorted(set(tr) - {"enabled", "experiment", "registered_model", "uri"})
     if bad_tr:
-        raise SweepSpecError(f"{where}: tracking: unknown key {bad_tr[0]!r} (enabled, experiment, registered_model, uri)")
+        raise SweepSpecError(
+            f"{where}: tracking: unknown key {bad_tr[0]!r} (enabled, experiment, registered_model, uri)"
+        )
     spec.tracking = tr
-    if spec.scheduler["type"] == "asha" and spec.metric not in ("val_pck", "best_val_pck") \
-            and not spec.metric.startswith("val_pck@"):
+    if (
+        spec.scheduler["type"] == "asha"
+        and spec.metric not in ("val_pck", "best_val_pck")
+        and not spec.metric.startswith("val_pck@")
+    ):
         raise SweepSpecError(f"{where}: metric: expected val_pck, best_val_pck or val_pck@<alpha>, got {spec.metric!r}")
 
 
@@ -382,7 +410,9 @@ def _absolute_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
         value = (out.get(section) or {}).get(name)
         if not isinstance(value, str) or not value:
             continue
-        if key == "model.pretrained" and not (("/" in value) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        if key == "model.pretrained" and not (
+            ("/" in value) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        ):
             continue  # a timm tag or "true"
         if "://" in value or Path(value).is_absolute():
             continue
@@ -399,8 +429,9 @@ def _validate_engine(engine: Mapping[str, Any], where: str) -> None:
 
 def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
     if not isinstance(value, Mapping) or len(value) != 1:
-        raise SweepSpecError(f"{where}: expected one of {{{' | '.join(SAMPLERS)}: ...}}, got {value!r} "
-                             "(fixed values go under set:)")
+        raise SweepSpecError(
+            f"{where}: expected one of {{{' | '.join(SAMPLERS)}: ...}}, got {value!r} (fixed values go under set:)"
+        )
     sampler, values = next(iter(value.items()))
     if sampler not in SAMPLERS:
         raise SweepSpecError(f"{where}: unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -408,8 +439,10 @@ def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
         if key in SECTIONS:
             raise SweepSpecError(f"{where}: a bundle label must not be a config section name")
         if sampler not in ("grid", "choice") or not isinstance(values, Mapping) or not values:
-            raise SweepSpecError(f"{where}: a bundle (a label without a dot) needs grid or choice over named "
-                                 "mappings, e.g. {grid: {pfpascal: {data.dataset: pfpascal, data.root: ...}}}")
+            raise SweepSpecError(
+                f"{where}: a bundle (a label without a dot) needs grid or choice over named "
+                "mappings, e.g. {grid: {pfpascal: {data.dataset: pfpascal, data.root: ...}}}"
+            )
         bundles = {}
         for label, ov in values.items():
             if not isinstance(ov, Mapping) or not ov:
@@ -423,8 +456,11 @@ def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
         raise SweepSpecError(f"{where}: {sampler}: expected a non-empty list, got {values!r}")
     if sampler in ("uniform", "loguniform", "randint"):
         values = [_number(v) for v in values]
-        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
-                or not values[0] < values[1]:
+        if (
+            len(values) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            or not values[0] < values[1]
+        ):
             raise SweepSpecError(f"{where}: {sampler}: expected [low, high] with low < high, got {values!r}")
         if sampler == "loguniform" and values[0] <= 0:
             raise SweepSpecError(f"{where}: loguniform: low must be > 0, got {values[0]!r}")
@@ -471,8 +507,9 @@ def _int(value: Any, where: str, minimum: int) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def compose(engine_base: Mapping[str, Any], overrides: Mapping[str, Any], *,
-            root: str | os.PathLike | None = None) -> dict[str, Any]:
+def compose(
+    engine_base: Mapping[str, Any], overrides: Mapping[str, Any], *, root: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """``engine_base`` with dotted ``overrides`` applied (relative paths made absolute)."""
     out = _apply_dotted(engine_base, overrides)
     return _absolute_paths(out, Path(root)) if root is not None else out
@@ -550,7 +587,7 @@ def expand_grid(spec: SweepSpec) -> list[dict[str, Any]]:
     for _ in range(spec.num_samples):
         for combo in itertools.product(*[list(e.bundles.items()) if e.is_bundle else e.values for e in grids]):
             ov: dict[str, Any] = {}
-            for e, v in zip(grids, combo):
+            for e, v in zip(grids, combo, strict=True):
                 if e.is_bundle:
                     ov[e.key] = v[0]
                     ov.update(v[1])

@@ -27,9 +27,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from simsc.engine.callbacks import Callback
 from simsc.io import atomic_copy
@@ -84,8 +85,9 @@ def checkpoint_folder(run_dir: Path, trial_state: dict[str, Any]) -> Iterator[Pa
 class TuneReporter(Callback):
     """Reports each validated epoch to Ray Tune with the checkpoint written right after it."""
 
-    def __init__(self, run_dir: Path, best_alpha: float, trial_state: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, best_alpha: float, trial_state: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> None:
         from simsc.evaluate import alpha_key
 
         self.run_dir = Path(run_dir)
@@ -132,8 +134,13 @@ class TuneReporter(Callback):
         (supp. Fig. 3: beta_trn = 0.004 gives NaN). Its last validated numbers stay."""
         from ray import tune
 
-        metrics = dict(self.last_report) or {"epochs_done": 0, "val_pck": float("nan"), "best_val_pck": None,
-                                             "trial_starts": self.trial_state["starts"], **self.extra}
+        metrics = dict(self.last_report) or {
+            "epochs_done": 0,
+            "val_pck": float("nan"),
+            "best_val_pck": None,
+            "trial_starts": self.trial_state["starts"],
+            **self.extra,
+        }
         metrics.update(diverged=True, diverged_step=getattr(exc, "step", None), diverged_reason=str(exc)[:300])
         tune.report(metrics)
 
@@ -208,13 +215,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         from .tracking.callback import MlflowCallback
         from .tracking.runs import describe_run
 
-        tags = {"mlflow.parentRunId": tr["parent_run_id"], "sweep.name": context.spec_name,
-                "sweep.trial_id": trial_id}
-        callbacks.append(MlflowCallback(
-            cfg, run_dir, experiment=tr["experiment"], tracking_uri=tr["uri"],
-            run_name=f"{context.spec_name}/{trial_id} {describe_run(cfg.to_dict())} {trial_label(shim, config)}",
-            tags=tags, reuse_tagged_run=True, log_model=False, run_dir_tag=False,
-            extra_tags={"git_revision": tr.get("git_revision") or "unknown"}))
+        tags = {"mlflow.parentRunId": tr["parent_run_id"], "sweep.name": context.spec_name, "sweep.trial_id": trial_id}
+        callbacks.append(
+            MlflowCallback(
+                cfg,
+                run_dir,
+                experiment=tr["experiment"],
+                tracking_uri=tr["uri"],
+                run_name=f"{context.spec_name}/{trial_id} {describe_run(cfg.to_dict())} {trial_label(shim, config)}",
+                tags=tags,
+                reuse_tagged_run=True,
+                log_model=False,
+                run_dir_tag=False,
+                extra_tags={"git_revision": tr.get("git_revision") or "unknown"},
+            )
+        )
     reporter = TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra={"node_id": node_id})
     callbacks.append(reporter)
     try:

@@ -9,7 +9,8 @@ really imports (``tests/test_dvc_deps.py`` reads the tables).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def lazy_attributes(

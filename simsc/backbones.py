@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import timm
 import torch
@@ -67,7 +68,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet101": BackboneSpec("resnet101", 3, "resnet101.tv_in1k", cell_origin=0.0),
     # ViTs: patch tokens of the last block (after the final LayerNorm) as a C x h x w map;
     # a token sits at its patch centre, (s - 1) / 2 + s u.
-    "dino_vitb8": BackboneSpec("vit_base_patch8_224", None, "vit_base_patch8_224.dino", kwargs=_VIT_KWARGS, cell_origin=3.5),
+    "dino_vitb8": BackboneSpec(
+        "vit_base_patch8_224", None, "vit_base_patch8_224.dino", kwargs=_VIT_KWARGS, cell_origin=3.5
+    ),
     # timm ships no iBOT weights: pass the iBOT release checkpoint as a local path.
     "ibot_vitb16": BackboneSpec("vit_base_patch16_224", None, None, kwargs=_VIT_KWARGS, cell_origin=7.5),
 }
@@ -127,9 +130,7 @@ class Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self._prepare(images)
         kwargs = {"norm": True} if self.is_vit else {}
-        (feat,) = self.model.forward_intermediates(
-            x, indices=[self.feature_index], intermediates_only=True, **kwargs
-        )
+        (feat,) = self.model.forward_intermediates(x, indices=[self.feature_index], intermediates_only=True, **kwargs)
         return feat
 
     def forward_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -171,7 +172,7 @@ class Backbone(nn.Module):
                 for p in m.parameters():
                     p.requires_grad_(True)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -182,7 +183,7 @@ class Backbone(nn.Module):
         return (p for p in self.parameters() if p.requires_grad)
 
 
-def default_cell_origin(backbone: "Backbone") -> float:
+def default_cell_origin(backbone: Backbone) -> float:
     """Where cell 0's centre lies in input pixels when the registry does not say.
 
     A ViT patch ``u`` covers pixels ``[u*s, (u+1)*s)``: its centre is ``(s - 1) / 2``. A CNN
@@ -200,13 +201,19 @@ def default_cell_origin(backbone: "Backbone") -> float:
     snapped = min((0.0, patch), key=lambda o: abs(o - measured))
     if abs(snapped - measured) > 1.0:
         snapped = round(measured * 2) / 2
-        log.warning("%s: cell centre measured at %.2f px, neither 0 nor %.1f; using %.1f", backbone.name, measured, patch, snapped)
+        log.warning(
+            "%s: cell centre measured at %.2f px, neither 0 nor %.1f; using %.1f",
+            backbone.name,
+            measured,
+            patch,
+            snapped,
+        )
     log.info("%s: cell 0 centred at pixel %.1f (measured %.2f)", backbone.name, snapped, measured)
     return snapped
 
 
 def measure_cell_origin(
-    backbone: "Backbone", size: tuple[int, int] | None = None, reps: int = 16, seed: int = 0
+    backbone: Backbone, size: tuple[int, int] | None = None, reps: int = 16, seed: int = 0
 ) -> tuple[float, float]:
     """Measure where cell 0's centre lies in input pixels, ``(x, y)``, from the gradients.
 
@@ -289,9 +296,7 @@ def build_backbone(
     if spec is None:
         arch = name.split(".")[0]
         if arch not in timm.list_models():
-            raise ValueError(
-                f"unknown backbone {name!r}: use one of {sorted(BACKBONES)} or a timm architecture name"
-            )
+            raise ValueError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)} or a timm architecture name")
         is_vit = arch.startswith(("vit_", "deit", "eva", "beit"))
         spec = BackboneSpec(arch, None, None, kwargs=_VIT_KWARGS if is_vit else {})
 
@@ -305,7 +310,11 @@ def build_backbone(
         pass
     elif isinstance(pretrained, (str, os.PathLike)):
         p = Path(pretrained).expanduser()
-        if p.exists() or str(pretrained).endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors")) or os.sep in str(pretrained):
+        if (
+            p.exists()
+            or str(pretrained).endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors"))
+            or os.sep in str(pretrained)
+        ):
             if not p.is_file():
                 raise FileNotFoundError(f"backbone checkpoint not found: {p}")
             local_path = p
@@ -319,7 +328,9 @@ def build_backbone(
     else:
         raise TypeError(f"pretrained must be a bool, a timm tag or a path, got {pretrained!r}")
 
-    model: TimmModel = timm.create_model(tag or spec.arch, pretrained=tag is not None, num_classes=0, **dict(spec.kwargs))
+    model: TimmModel = timm.create_model(
+        tag or spec.arch, pretrained=tag is not None, num_classes=0, **dict(spec.kwargs)
+    )
     if not hasattr(model, "forward_intermediates"):
         raise ValueError(f"timm model {spec.arch!r} has no forward_intermediates: it cannot give dense features")
     mean, std = spec.mean, spec.std
@@ -362,8 +373,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
             if inner is None:
                 raise BackboneCheckpointError(
-                    f"{path}: expected a state dict or one wrapped under {_WRAPPER_KEYS}, "
-                    f"found keys {sorted(obj)[:10]}"
+                    f"{path}: expected a state dict or one wrapped under {_WRAPPER_KEYS}, found keys {sorted(obj)[:10]}"
                 )
             obj = inner
     if not isinstance(obj, Mapping) or not _is_state_dict(obj):
@@ -375,7 +385,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             changed = False
             for pre in _PREFIXES:
                 if k.startswith(pre):
-                    k, changed = k[len(pre):], True
+                    k, changed = k[len(pre) :], True
         out[k] = v
     return out
 
@@ -397,7 +407,9 @@ def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     if missing or mis_shaped:
         parts = []
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+            parts.append(
+                f"missing keys ({len(missing)}): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else "")
+            )
         if mis_shaped:
             parts.append(f"mis-shaped keys ({len(mis_shaped)}): {'; '.join(mis_shaped[:20])}")
         raise BackboneCheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: " + " | ".join(parts))

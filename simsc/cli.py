@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import ArgumentParser, add_debug_flag, run_main
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="simsc",
         description="SimSC semantic correspondence: data, training, evaluation and matching.",
         epilog="exit status: 0 done, 1 training diverged, 2 user error (one line naming the file or flag), "
-               "3 internal error; --debug prints tracebacks",
+        "3 internal error; --debug prints tracebacks",
     )
     add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -27,14 +27,15 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from .backbones import FINETUNE_MODES
 from . import defaults as D
+from .backbones import FINETUNE_MODES
 from .coords import CELL_CENTRES
 from .io import merge_mappings, read_overlay, yaml_load
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
@@ -48,7 +49,6 @@ class ConfigError(ValueError):
 
 #: ``train.amp`` values: autocast dtype of the forward pass, or none.
 AMP_MODES = ("off", "bf16", "fp16")
-
 
 
 @dataclass
@@ -219,9 +219,7 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike | None = 
         raise ConfigError(f"config must be a mapping, a YAML path or a Config, got {type(source).__name__}")
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise ConfigError(
-            f"unknown config section {unknown[0]!r}; allowed sections: {', '.join(SECTIONS)}"
-        )
+        raise ConfigError(f"unknown config section {unknown[0]!r}; allowed sections: {', '.join(SECTIONS)}")
     sections = {}
     for name, cls in SECTIONS.items():
         raw = data.get(name) or {}
@@ -236,8 +234,9 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike | None = 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A config file as a mapping, composed with the files its ``defaults:`` list names
     (:func:`simsc.io.read_overlay`); :class:`ConfigError` naming the file when it cannot be read."""
-    return read_overlay(path, what="config file", contents="a mapping of sections (model, data, train, eval)",
-                        error=ConfigError)
+    return read_overlay(
+        path, what="config file", contents="a mapping of sections (model, data, train, eval)", error=ConfigError
+    )
 
 
 def read_configs(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, Any], list[str]]:
@@ -262,9 +261,7 @@ def _build_section(section: str, cls: type, raw: Mapping[str, Any]):
     kwargs = {}
     for key, value in raw.items():
         if key not in allowed:
-            raise ConfigError(
-                f"unknown config key {section}.{key}; allowed keys in {section!r}: {', '.join(allowed)}"
-            )
+            raise ConfigError(f"unknown config key {section}.{key}; allowed keys in {section!r}: {', '.join(allowed)}")
         kwargs[key] = _coerce(f"{section}.{key}", allowed[key], value)
     return cls(**kwargs)
 

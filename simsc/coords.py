@@ -20,7 +20,7 @@ stays affine even for odd original sizes (e.g. 500 x 375).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

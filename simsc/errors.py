@@ -19,7 +19,8 @@ import argparse
 import errno
 import sys
 import traceback
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -59,8 +60,10 @@ def describe_user_error(exc: BaseException, extra: tuple[type[BaseException], ..
     """The one-line message of a user error, or ``None`` when ``exc`` is not one (a bug)."""
     if isinstance(exc, UnicodeDecodeError):
         # Reached only where a reader did not name its file; say what was wrong at least.
-        return (f"a file is not valid UTF-8 text (byte {exc.start}: {exc.reason}); "
-                "rerun with --debug to see which reader failed")
+        return (
+            f"a file is not valid UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "rerun with --debug to see which reader failed"
+        )
     if isinstance(exc, OSError):
         return _oserror_text(exc)
     if isinstance(exc, (ValueError, UserError) + tuple(extra)):
@@ -103,8 +106,11 @@ def run_main(
         if message is not None:
             print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
             return EXIT_USER_ERROR
-        print(f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} "
-              "(a bug; rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} "
+            "(a bug; rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 
@@ -119,7 +125,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def add_debug_flag(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
     """``--debug``: print the traceback of an error. On subparsers it must not reset a
     ``--debug`` given before the subcommand, hence ``SUPPRESS``."""
-    parser.add_argument("--debug", action="store_true",
-                        default=argparse.SUPPRESS if sub else False,
-                        help="print the traceback of an error (for bug reports)")
-
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if sub else False,
+        help="print the traceback of an error (for bug reports)",
+    )

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -58,7 +59,11 @@ def collate_with_sizes(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def pair_loader(
-    dataset: Dataset, batch_size: int = D.EVAL_BATCH_SIZE, workers: int = D.WORKERS, max_pairs: int | None = None, pin_memory: bool = False
+    dataset: Dataset,
+    batch_size: int = D.EVAL_BATCH_SIZE,
+    workers: int = D.WORKERS,
+    max_pairs: int | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A sequential loader over ``dataset`` (the first ``max_pairs`` pairs when given).
     Datasets at ``resolution="original"`` hold images of different sizes: batch size 1.
@@ -70,7 +75,11 @@ def pair_loader(
     if max_pairs is not None and max_pairs < len(dataset):
         dataset = Subset(dataset, range(max_pairs))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_with_sizes,
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_with_sizes,
         pin_memory=pin_memory,
     )
 
@@ -115,8 +124,10 @@ def _host_copy(pending: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]])
         p, b = next(host).view(pred.shape), next(host).view(beta.shape)
         if not bool(torch.isfinite(p).all()):
             ids = batch.get("pair_id") or []
-            raise ValueError(f"evaluate: the score maps of pair(s) {', '.join(map(str, ids)) or '?'} contain NaN "
-                             "or inf (non-finite predictions)")
+            raise ValueError(
+                f"evaluate: the score maps of pair(s) {', '.join(map(str, ids)) or '?'} contain NaN "
+                "or inf (non-finite predictions)"
+            )
         yield batch, p, b
 
 
@@ -234,8 +245,15 @@ def evaluate(
         commit()
     report = _json_report(acc.report())
     report.update(_dataset_info(dataset))
-    report.update({"alphas": [float(a) for a in alphas], "beta_eval": beta, "beta_eval_source": source,
-                   "beta_eff": _beta_stats(betas), "temperature": getattr(model.temperature, "name", "")})
+    report.update(
+        {
+            "alphas": [float(a) for a in alphas],
+            "beta_eval": beta,
+            "beta_eval_source": source,
+            "beta_eff": _beta_stats(betas),
+            "temperature": getattr(model.temperature, "name", ""),
+        }
+    )
     return report
 
 
@@ -287,7 +305,7 @@ def beta_sweep(
     def score(pending):
         for batch, preds, beta_eff in _host_copy(pending):
             beta_effs.extend(beta_eff.double().tolist())
-            for acc, pred in zip(accs, preds):
+            for acc, pred in zip(accs, preds, strict=True):
                 acc.update(pred, batch["trg_kps"], batch["threshold"], batch["valid"], batch.get("category"))
         pending.clear()
 
@@ -299,15 +317,20 @@ def beta_sweep(
             score(pending)
     score(pending)
     rows = []
-    for acc, beta in zip(accs, betas):
+    for acc, beta in zip(accs, betas, strict=True):
         rep = _json_report(acc.report())
         rows.append({"beta_eval": beta, "per_image": rep["per_image"], "per_keypoint": rep["per_keypoint"]})
     key = alpha_key(0.1 if 0.1 in alphas else alphas[len(alphas) // 2])
     best = max(rows, key=lambda r: r["per_image"][key])
     result = {"rows": rows, "best": {"alpha": key, **best}, "n_pairs": rows and accs[0].report()["n_pairs"]}
     result.update(_dataset_info(dataset))
-    result.update({"alphas": [float(a) for a in alphas], "beta_eff": _beta_stats(beta_effs),
-                   "model_default_beta_eval": float(model.temperature.default_beta_eval)})
+    result.update(
+        {
+            "alphas": [float(a) for a in alphas],
+            "beta_eff": _beta_stats(beta_effs),
+            "model_default_beta_eval": float(model.temperature.default_beta_eval),
+        }
+    )
     return result
 
 
@@ -355,8 +378,17 @@ def evaluate_to_files(
     ``report_path`` and the per-pair predictions (JSON lines) to ``predictions_path``, each
     atomically. Returns the report. The one evaluation behind ``simsc evaluate`` and the DVC
     evaluate stage, so that both write the same numbers for the same model and data."""
-    report = evaluate(model, dataset, beta_eval=beta_eval, batch_size=batch_size, alphas=alphas, workers=workers,
-                      max_pairs=max_pairs, predictions=predictions_path, progress=progress)
+    report = evaluate(
+        model,
+        dataset,
+        beta_eval=beta_eval,
+        batch_size=batch_size,
+        alphas=alphas,
+        workers=workers,
+        max_pairs=max_pairs,
+        predictions=predictions_path,
+        progress=progress,
+    )
     report.update(extra or {})
     atomic_write_json(report_path, report, indent=2)
     return report

@@ -8,8 +8,9 @@ import functools
 import json
 import os
 import tempfile
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import IO, Any, Callable, Collection, Mapping
+from typing import IO, Any
 
 
 def current_umask() -> int:
@@ -78,7 +79,7 @@ def yaml_load(text: str) -> Any:
     and PyYAML's YAML 1.1 resolver would return the string ``'2e-05'``."""
     import yaml
 
-    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,8 +99,14 @@ def _yaml_loader():
     return Loader
 
 
-def read_yaml_mapping(path: str | os.PathLike, *, what: str = "YAML file", contents: str = "a mapping",
-                      error: Callable[[str], Exception] = ValueError, hint: str = "") -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | os.PathLike,
+    *,
+    what: str = "YAML file",
+    contents: str = "a mapping",
+    error: Callable[[str], Exception] = ValueError,
+    hint: str = "",
+) -> dict[str, Any]:
     """The mapping a YAML file holds (an empty file is ``{}``).
 
     Every failure raises ``error(message)`` with a message that starts with ``what`` and names
@@ -128,8 +135,9 @@ def read_yaml_mapping(path: str | os.PathLike, *, what: str = "YAML file", conte
     return data
 
 
-def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any], *, replace: Collection[str] = (),
-                   _prefix: str = "") -> dict[str, Any]:
+def merge_mappings(
+    base: Mapping[str, Any], over: Mapping[str, Any], *, replace: Collection[str] = (), _prefix: str = ""
+) -> dict[str, Any]:
     """Deep-merge ``over`` into a copy of ``base``: mappings merge key by key, everything else
     (lists, scalars, and mappings at the dotted keys in ``replace``) replaces the base value."""
     import copy
@@ -148,9 +156,15 @@ def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any], *, replace:
 DEFAULTS_KEY = "defaults"
 
 
-def read_overlay(path: str | os.PathLike, *, what: str = "YAML file", contents: str = "a mapping",
-                 error: Callable[[str], Exception] = ValueError, replace: Collection[str] = (),
-                 _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_overlay(
+    path: str | os.PathLike,
+    *,
+    what: str = "YAML file",
+    contents: str = "a mapping",
+    error: Callable[[str], Exception] = ValueError,
+    replace: Collection[str] = (),
+    _chain: tuple[Path, ...] = (),
+) -> dict[str, Any]:
     """An overlay file composed with the files it builds on.
 
     An overlay may start with ``defaults: [a.yaml, b.yaml]`` (paths relative to the overlay):
@@ -171,7 +185,13 @@ def read_overlay(path: str | os.PathLike, *, what: str = "YAML file", contents: 
     out: dict[str, Any] = {}
     for parent in parents:
         parent_path = Path(parent) if Path(parent).is_absolute() else p.parent / parent
-        layer = read_overlay(parent_path, what=f"{p}: {DEFAULTS_KEY} file", contents=contents, error=error,
-                             replace=replace, _chain=(*_chain, p.resolve()))
+        layer = read_overlay(
+            parent_path,
+            what=f"{p}: {DEFAULTS_KEY} file",
+            contents=contents,
+            error=error,
+            replace=replace,
+            _chain=(*_chain, p.resolve()),
+        )
         out = merge_mappings(out, layer, replace=replace)
     return merge_mappings(out, data, replace=replace)

@@ -41,7 +41,7 @@ def _profile(coord: torch.Tensor, length: int, taps: torch.Tensor) -> torch.Tens
     half = taps.numel() // 2
     cells = torch.arange(length, dtype=coord.dtype, device=coord.device)
     base = torch.floor(coord).unsqueeze(-1)
-    frac = (coord.unsqueeze(-1) - base)
+    frac = coord.unsqueeze(-1) - base
     offset = cells - base  # cell index relative to floor(coord)
     prof = torch.zeros(*coord.shape, length, dtype=coord.dtype, device=coord.device)
     # sum_k w_k * t(cell - (base + k)) for the two bilinear neighbours k = 0, 1
@@ -77,7 +77,9 @@ def _loss_dtype(scores: torch.Tensor) -> torch.dtype:
     return torch.promote_types(scores.dtype, torch.float32)
 
 
-def _mean_over_valid_queries(per_query: torch.Tensor, valid: torch.Tensor, who: str, check: bool = True) -> torch.Tensor:
+def _mean_over_valid_queries(
+    per_query: torch.Tensor, valid: torch.Tensor, who: str, check: bool = True
+) -> torch.Tensor:
     """Average ``[B, N]`` per-query losses over each pair's valid queries, then over the pairs
     that have one (masked means: no data-dependent shapes, no host sync).
 
@@ -164,7 +166,9 @@ def cross_entropy_prob(
     ignored.
     """
     if scores.dim() != 4 or uv_b.shape != (*scores.shape[:2], 2):
-        raise ValueError(f"scores must be [B, N, h, w] and uv_b [B, N, 2], got {tuple(scores.shape)}, {tuple(uv_b.shape)}")
+        raise ValueError(
+            f"scores must be [B, N, h, w] and uv_b [B, N, 2], got {tuple(scores.shape)}, {tuple(uv_b.shape)}"
+        )
     b, n, h, w = scores.shape
     dtype = _loss_dtype(scores)
     logp = torch.log_softmax(scores.flatten(2).to(dtype), dim=-1)  # [B, N, h*w]
@@ -233,8 +237,10 @@ def simsc_loss(
     ce = CE_INTERPOLATIONS[ce_interpolation](scores, uv_b, valid, ns, nk, check)
     reg = ce.new_zeros(())
     if beta_a is not None and beta_b is not None:
-        reg = (temperature_regularizer(beta_a, beta_thres, check).mean()
-               + temperature_regularizer(beta_b, beta_thres, check).mean())
+        reg = (
+            temperature_regularizer(beta_a, beta_thres, check).mean()
+            + temperature_regularizer(beta_b, beta_thres, check).mean()
+        )
         if reg_over_images == "mean":
             reg = reg / 2
     return {"loss": ce + gamma * reg, "ce": ce, "reg": reg}

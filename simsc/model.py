@@ -10,7 +10,8 @@ soft-argmax and the PCK path are the same.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,9 +29,7 @@ if TYPE_CHECKING:
     from .heads import MatchingHead
 
 
-def _check_keypoints(
-    kps: torch.Tensor, valid: torch.Tensor | None, name: str, values: bool = True
-) -> torch.Tensor:
+def _check_keypoints(kps: torch.Tensor, valid: torch.Tensor | None, name: str, values: bool = True) -> torch.Tensor:
     """Shape checks (metadata only, free) and, with ``values``, the NaN check, which reads a
     value on the host: a device sync when ``kps`` is on an accelerator."""
     if not isinstance(kps, torch.Tensor) or kps.dim() != 3 or kps.shape[-1] != 2:
@@ -207,7 +206,7 @@ class SimSC(nn.Module):
         if src_img.shape[-2:] == trg_img.shape[-2:] and src_img.shape[0] == trg_img.shape[0]:
             levels = bb.forward_levels(torch.cat([src_img, trg_img]))
             beta_a, beta_b = self.temperature(levels[0]).chunk(2)
-            levels_a, levels_b = map(list, zip(*(f.chunk(2) for f in levels)))
+            levels_a, levels_b = map(list, zip(*(f.chunk(2) for f in levels), strict=True))
         else:
             levels_a, levels_b = bb.forward_levels(src_img), bb.forward_levels(trg_img)
             beta_a, beta_b = self.temperature(levels_a[0]), self.temperature(levels_b[0])

@@ -15,8 +15,8 @@ scheme a URI is an error that says which package provides one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ENTRY_POINT_GROUP = "simsc.model_uri"
 
@@ -50,12 +50,14 @@ def resolver_for(name: str) -> Resolver:
     if not found:
         raise NoResolverError(
             f"no resolver for {name}: URIs (entry point group {ENTRY_POINT_GROUP!r}); MLflow URIs "
-            "(models:/, runs:/) need the project installed with its pipeline extra: pip install -e '.[pipeline]'")
+            "(models:/, runs:/) need the project installed with its pipeline extra: pip install -e '.[pipeline]'"
+        )
     try:
         fn = found[0].load()
     except ImportError as exc:
-        raise NoResolverError(f"the resolver of {name}: URIs ({found[0].value}) cannot be imported: {exc}; "
-                              "pip install -e '.[pipeline]'") from None
+        raise NoResolverError(
+            f"the resolver of {name}: URIs ({found[0].value}) cannot be imported: {exc}; pip install -e '.[pipeline]'"
+        ) from None
     _RESOLVERS[name] = fn
     return fn
 

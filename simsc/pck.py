@@ -8,7 +8,7 @@ numerator, the denominator, nor in ``theta_kps``.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 PROGRESS_MODES = ("auto", "bar", "log", "off")
 
@@ -76,8 +77,9 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(desc=desc, total=total, initial=initial, unit=unit, leave=leave, file=self.stream,
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                desc=desc, total=total, initial=initial, unit=unit, leave=leave, file=self.stream, dynamic_ncols=True
+            )
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more units; in ``log`` mode print a line when one is due (unless the
@@ -133,8 +135,15 @@ class Progress:
             self._bar = None
 
 
-def track(iterable: Iterable, mode: bool | str | None, desc: str, total: int | None = None, *,
-          unit: str = "batch", every_s: float = 20.0) -> Iterator:
+def track(
+    iterable: Iterable,
+    mode: bool | str | None,
+    desc: str,
+    total: int | None = None,
+    *,
+    unit: str = "batch",
+    every_s: float = 20.0,
+) -> Iterator:
     """Iterate ``iterable`` with a :class:`Progress` (a final line at the end in ``log`` mode)."""
     if resolve_mode(mode) == "off":
         yield from iterable

@@ -7,7 +7,9 @@ import torch
 from . import defaults as D
 
 
-def kernel_soft_argmax(scores: torch.Tensor, sigma: float = D.SIGMA, beta: float = 1.0, check: bool = True) -> torch.Tensor:
+def kernel_soft_argmax(
+    scores: torch.Tensor, sigma: float = D.SIGMA, beta: float = 1.0, check: bool = True
+) -> torch.Tensor:
     """Localise the match of each score map: ``[B, N, h, w] -> [B, N, 2]`` (x, y) in feature cells.
 
     The map is multiplied by a Gaussian of std ``sigma`` cells centred at its argmax, turned

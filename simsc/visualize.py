@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import colorsys
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .coords import rescale_points
 from . import defaults as D
+from .coords import rescale_points
 from .data.images import load_image, resize_uint8, target_size
 from .data.records import image_to_tensor, parse_resolution
 from .io import atomic_write

@@ -18,5 +18,4 @@ def tiny_embedded(tmp_path_factory):
     from simsc.data.embedded import build_embedded_dataset
 
     root = tmp_path_factory.getbasetemp() / "embedded-tiny"
-    return build_embedded_dataset(root, n_train=8, n_val=4, n_test=4, progress=False,
-                                  image_size=((96, 72), (128, 96)))
+    return build_embedded_dataset(root, n_train=8, n_val=4, n_test=4, progress=False, image_size=((96, 72), (128, 96)))

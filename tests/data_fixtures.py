@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -51,7 +52,11 @@ PFP_IMAGES: dict[str, tuple[int, int, str, list[list[float]], list[float]]] = {
     "2009_000003": (500, 375, "cat", [[10, 20], [30, 40], [50, 60]], [0, 0, 499, 374]),
     "2009_000004": (375, 500, "cat", [[100, 200], [110, 210], [NAN, NAN]], [20, 30, 300, 400]),
 }
-PFP_TRN = [("2008_000001", "2008_000002", 1, 0), ("2008_000002", "2008_000001", 1, 1), ("2009_000003", "2009_000004", 8, 0)]
+PFP_TRN = [
+    ("2008_000001", "2008_000002", 1, 0),
+    ("2008_000002", "2008_000001", 1, 1),
+    ("2009_000003", "2009_000004", 8, 0),
+]
 PFP_VAL = [("2009_000003", "2009_000004", 8, 0)]
 #: test rows: (src, trg, class, XA, YA, XB, YB) as the ';'-joined strings of the real file
 PFP_TEST = [
@@ -111,7 +116,9 @@ def pfw_default_pairs() -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     return out
 
 
-def write_pfwillow(root: Path, pairs: Sequence[tuple[str, str, Any, Any]] | None = None, in_subdir: bool = False) -> Path:
+def write_pfwillow(
+    root: Path, pairs: Sequence[tuple[str, str, Any, Any]] | None = None, in_subdir: bool = False
+) -> Path:
     """PF-Willow layout: PNG images and ``test_pairs_pf.csv`` (header, then 42 columns a row)."""
     for i, (rel, (w, h)) in enumerate(PFW_IMAGES.items()):
         make_image(root / rel, w, h, seed=100 + i)
@@ -213,7 +220,12 @@ def write_spair(root: Path, splits: dict[str, list[dict]] | None = None, write_i
 
 
 def make_spair_synthetic(
-    root: Path, n_images: int = 64, n_pairs: int = 256, size: tuple[int, int] = (500, 375), split: str = "trn", seed: int = 0
+    root: Path,
+    n_images: int = 64,
+    n_pairs: int = 256,
+    size: tuple[int, int] = (500, 375),
+    split: str = "trn",
+    seed: int = 0,
 ) -> Path:
     """A larger SPair-layout set with realistic image sizes (for the loader benchmark)."""
     rng = np.random.default_rng(seed)

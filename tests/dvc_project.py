@@ -12,8 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -23,24 +24,36 @@ KEEP = ("simsc/", "pipeline/", ".dvc/", "dvc.yaml", "params.yaml", ".dvcignore",
 
 # Every key the tests shrink, dotted; values as DVC's ``-S`` would set them.
 SHRINK: dict[str, Any] = {
-    "embedded.n_train": 12, "embedded.n_val": 4, "embedded.n_test": 4,
+    "embedded.n_train": 12,
+    "embedded.n_val": 4,
+    "embedded.n_test": 4,
     "preprocess.resolutions": [64],
-    "data.resolution": 64, "data.batch_size": 4,
-    "train.max_steps": 4, "train.val_max_pairs": 4, "train.checkpoint_every_steps": None,
-    "eval.resolution": 64, "eval.batch_size": 4, "eval.beta_sweep": [0.02, 0.1, 1.0],
+    "data.resolution": 64,
+    "data.batch_size": 4,
+    "train.max_steps": 4,
+    "train.val_max_pairs": 4,
+    "train.checkpoint_every_steps": None,
+    "eval.resolution": 64,
+    "eval.batch_size": 4,
+    "eval.beta_sweep": [0.02, 0.1, 1.0],
     # one set keeps the tests short; the foreach over several sets is the same code path
-    "evaluate.sets": {"test_64": {"dataset": "embedded", "root": "data/embedded", "split": "test",
-                                  "resolution": 64}},
+    "evaluate.sets": {"test_64": {"dataset": "embedded", "root": "data/embedded", "split": "test", "resolution": 64}},
     "evaluate.sweep": ["test_64"],
-    "report.n_pictures": 1, "report.picture_set": "test_64",
+    "report.n_pictures": 1,
+    "report.picture_set": "test_64",
     "tracking.enabled": False,
 }
 
 
 def project_files() -> list[str]:
     """The project's tracked and untracked-but-not-ignored files that the pipeline needs."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [f for f in out if f.startswith(KEEP) and (REPO / f).is_file()]
 
 
@@ -58,8 +71,13 @@ def set_params(path: Path, updates: Mapping[str, Any]) -> None:
 
 
 def dvc_env(work: Path) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-            "PYTHONPATH": str(work), "OMP_NUM_THREADS": "2"}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(work),
+        "OMP_NUM_THREADS": "2",
+    }
 
 
 def make_project(work: Path, updates: Mapping[str, Any] = SHRINK) -> dict[str, str]:

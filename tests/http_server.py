@@ -53,13 +53,13 @@ class LocalHTTPServer:
             self._failures.setdefault(path, []).extend([status] * times)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "LocalHTTPServer":
+    def start(self) -> LocalHTTPServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"  # one request a connection: a cut is a plain close
 
-            def log_message(self, format, *args):  # noqa: A002 - silence the default stderr log
+            def log_message(self, format, *args):
                 pass
 
             def do_HEAD(self):
@@ -127,7 +127,9 @@ class LocalHTTPServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), name="LocalHTTPServer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.02,), name="LocalHTTPServer", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -140,7 +142,7 @@ class LocalHTTPServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "LocalHTTPServer":
+    def __enter__(self) -> LocalHTTPServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

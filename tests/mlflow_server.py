@@ -1,6 +1,6 @@
 """A real ``mlflow server`` process on 127.0.0.1 for tests (sqlite store, local artifacts).
 
-    srv = MlflowServer(tmp_path, unused_port()); srv.start(); ... srv.uri ...; srv.stop()   # unused_port: http_server
+srv = MlflowServer(tmp_path, unused_port()); srv.start(); ... srv.uri ...; srv.stop()   # unused_port: http_server
 """
 
 from __future__ import annotations
@@ -15,16 +15,26 @@ from pathlib import Path
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
 
-
 class MlflowServer:
     def __init__(self, root: Path, port: int) -> None:
         self.root, self.port, self.proc = root, port, None
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
-        cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
+        cmd = [
+            str(MLFLOW),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 60

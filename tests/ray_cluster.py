@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import psutil
+
 from tests.http_server import unused_port
 
 RAY = Path(sys.executable).with_name("ray")
-
 
 
 class LocalRayCluster:
@@ -42,29 +42,44 @@ class LocalRayCluster:
         self.node_ids: dict[int, str] = {}
         # Token authentication, as a real cluster should run: every node and driver gets the
         # token through the environment (not ~/.ray/auth_token, shared with other clusters).
-        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
-                        RAY_AUTH_TOKEN=secrets.token_hex(32))
+        self.env = dict(
+            os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)
+        )
         self.env.pop("RAY_ADDRESS", None)
 
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([str(RAY), "start", "--block", "--node-ip-address=127.0.0.1",
-                                 "--object-store-memory=100000000", *args],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+        proc = subprocess.Popen(
+            [str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
+        )
         self.nodes.append(proc)
         return proc
 
     def start_head(self, num_cpus: int = 1) -> subprocess.Popen:
-        proc = self._start(["--head", f"--port={self.port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
-                            "--include-dashboard=false", f"--temp-dir={self.temp_dir}"], "head")
+        proc = self._start(
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={num_cpus}",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                f"--temp-dir={self.temp_dir}",
+            ],
+            "head",
+        )
         self.wait_nodes(1)
         return proc
 
     def add_worker(self, num_cpus: int = 1) -> subprocess.Popen:
         """Start a worker node; its Ray node id is ``self.node_ids[proc.pid]``."""
         before = self.alive_nodes()
-        proc = self._start([f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0"],
-                           f"worker{len(self.nodes)}")
+        proc = self._start(
+            [f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0"], f"worker{len(self.nodes)}"
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             new = self.alive_nodes() - before
@@ -72,14 +87,17 @@ class LocalRayCluster:
                 self.node_ids[proc.pid] = sorted(new)[0]
                 return proc
             if proc.poll() is not None:
-                raise RuntimeError("ray worker exited:\n" + (self.log_dir / f"worker{len(self.nodes) - 1}.log").read_text()[-3000:])
+                raise RuntimeError(
+                    "ray worker exited:\n" + (self.log_dir / f"worker{len(self.nodes) - 1}.log").read_text()[-3000:]
+                )
             time.sleep(0.5)
         raise RuntimeError("the worker node did not join in 90 s")
 
     def alive_nodes(self) -> set[str]:
         """Ids of the alive nodes, as ``ray status`` lists them."""
-        out = subprocess.run([str(RAY), "status", f"--address={self.address}"], capture_output=True, text=True,
-                             env=self.env, timeout=60)
+        out = subprocess.run(
+            [str(RAY), "status", f"--address={self.address}"], capture_output=True, text=True, env=self.env, timeout=60
+        )
         if out.returncode != 0:
             return set()
         active = out.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]

@@ -11,17 +11,34 @@ on purpose) may be read.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 _READS = {
-    torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
-    torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero,
-    torch.Tensor.numpy, torch.Tensor.masked_select, torch.masked_select, torch.Tensor.unique, torch.unique,
-    torch.Tensor.is_nonzero, torch.is_nonzero, torch.equal, torch.Tensor.equal, torch.allclose,
-    torch.Tensor.allclose, torch.Tensor.argwhere, torch.argwhere, torch.Tensor.nonzero_static,
+    torch.Tensor.item,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__index__,
+    torch.Tensor.tolist,
+    torch.Tensor.nonzero,
+    torch.nonzero,
+    torch.Tensor.numpy,
+    torch.Tensor.masked_select,
+    torch.masked_select,
+    torch.Tensor.unique,
+    torch.unique,
+    torch.Tensor.is_nonzero,
+    torch.is_nonzero,
+    torch.equal,
+    torch.Tensor.equal,
+    torch.allclose,
+    torch.Tensor.allclose,
+    torch.Tensor.argwhere,
+    torch.argwhere,
+    torch.Tensor.nonzero_static,
 }
 
 
@@ -94,5 +111,8 @@ def count_host_reads(allow: Iterable[torch.Tensor] = ()) -> Iterator[dict[str, i
 
 def optimizer_host_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     """Adam's ``step`` counters: host tensors (unless ``capturable``), read on purpose."""
-    return [s["step"] for s in opt.state.values() if isinstance(s.get("step"), torch.Tensor)
-            and s["step"].device.type == "cpu"]
+    return [
+        s["step"]
+        for s in opt.state.values()
+        if isinstance(s.get("step"), torch.Tensor) and s["step"].device.type == "cpu"
+    ]

@@ -27,9 +27,9 @@ import struct
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -87,8 +87,9 @@ def changed_outside(before: dict[str, str], after: dict[str, str], allowed: tupl
 def run_case(case: Case, folder: Path, repo: Path = REPO) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(repo), **case.env)
     env.pop("SIMSC_MIRROR", None)
-    return subprocess.run([sys.executable, *case.argv], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, *case.argv], cwd=folder, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -98,12 +99,48 @@ def error_lines(stderr: str) -> list[str]:
 # ----------------------------------------------------------------------------- inputs
 
 SIMSC = ["-m", "simsc.cli"]
-EVAL_SPAIR = ["evaluate", "--backbone", "resnet18", "--dataset", "spair", "--root", "spair", "--split", "test",
-              "--resolution", "64", "--out", "out/r.json", "--no-progress", "--device", "cpu"]
-TRAIN_SPAIR = ["train", "--set", "model.backbone=resnet18", "--set", "model.pretrained=false",
-               "--set", "model.finetune=last_block", "--set", "data.dataset=spair", "--set", "data.root=spair",
-               "--set", "data.resolution=64", "--set", "data.batch_size=1", "--set", "train.max_steps=1",
-               "--set", "train.device=cpu", "--set", "eval.resolution=64", "--no-progress"]
+EVAL_SPAIR = [
+    "evaluate",
+    "--backbone",
+    "resnet18",
+    "--dataset",
+    "spair",
+    "--root",
+    "spair",
+    "--split",
+    "test",
+    "--resolution",
+    "64",
+    "--out",
+    "out/r.json",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+TRAIN_SPAIR = [
+    "train",
+    "--set",
+    "model.backbone=resnet18",
+    "--set",
+    "model.pretrained=false",
+    "--set",
+    "model.finetune=last_block",
+    "--set",
+    "data.dataset=spair",
+    "--set",
+    "data.root=spair",
+    "--set",
+    "data.resolution=64",
+    "--set",
+    "data.batch_size=1",
+    "--set",
+    "train.max_steps=1",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "eval.resolution=64",
+    "--no-progress",
+]
 
 
 def spair(folder: Path, edit: Callable[[dict], None] | None = None) -> Path:
@@ -124,12 +161,24 @@ def simsc_checkpoint(path: Path, drop: str | None = None) -> Path:
     from simsc.config import load_config
     from simsc.engine.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save, build_model
 
-    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "temperature": "mlp"},
-                       "data": {"dataset": "spair", "root": "spair", "resolution": 64}, "eval": {"resolution": 64}})
+    cfg = load_config(
+        {
+            "model": {"backbone": "resnet18", "pretrained": False, "temperature": "mlp"},
+            "data": {"dataset": "spair", "root": "spair", "resolution": 64},
+            "eval": {"resolution": 64},
+        }
+    )
     torch.manual_seed(0)
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "best",
-               "model": build_model(cfg).state_dict(), "config": cfg.to_dict(), "step": 1, "epoch": 1,
-               "best": {"metric": 0.0, "epoch": 0, "step": 1}}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": "best",
+        "model": build_model(cfg).state_dict(),
+        "config": cfg.to_dict(),
+        "step": 1,
+        "epoch": 1,
+        "best": {"metric": 0.0, "epoch": 0, "step": 1},
+    }
     if drop:
         payload.pop(drop)
     return atomic_save(payload, path)
@@ -158,15 +207,24 @@ def toy_zip(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-WILLOW_CSV = ("imageA,imageB," + ",".join(f"X{i}" for i in range(40)) + "\n" + "".join(
-    f"PF-dataset/car(G)/Cars_{k:03d}a.png,PF-dataset/car(G)/Cars_{k:03d}b.png," + ",".join(["10"] * 40) + "\n"
-    for k in range(200))).encode()
+WILLOW_CSV = (
+    "imageA,imageB,"
+    + ",".join(f"X{i}" for i in range(40))
+    + "\n"
+    + "".join(
+        f"PF-dataset/car(G)/Cars_{k:03d}a.png,PF-dataset/car(G)/Cars_{k:03d}b.png," + ",".join(["10"] * 40) + "\n"
+        for k in range(200)
+    )
+).encode()
 WILLOW_ZIP = toy_zip({"PF-dataset/car(G)/Cars_000a.png": os.urandom(20_000)})
 
 
 def params_file(folder: Path, tracking) -> None:
-    params = {"model": {"backbone": "resnet18", "pretrained": False}, "train": {"out_dir": "run", "device": "cpu"},
-              "tracking": tracking}
+    params = {
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "train": {"out_dir": "run", "device": "cpu"},
+        "tracking": tracking,
+    }
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -250,8 +308,24 @@ def _pfpascal_with_test_row(d: Path, src: str, trg: str) -> None:
     (root / "test_pairs.csv").write_text("\n".join(lines) + "\n")
 
 
-EVAL_PFP = ["evaluate", "--backbone", "resnet18", "--dataset", "pfpascal", "--root", "pfp", "--split", "test",
-            "--resolution", "64", "--out", "out/r.json", "--no-progress", "--device", "cpu"]
+EVAL_PFP = [
+    "evaluate",
+    "--backbone",
+    "resnet18",
+    "--dataset",
+    "pfpascal",
+    "--root",
+    "pfp",
+    "--split",
+    "test",
+    "--resolution",
+    "64",
+    "--out",
+    "out/r.json",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 @case("pfpascal_csv_absolute_path")
@@ -274,8 +348,22 @@ def _(d: Path):
     lines = (root / "test_pairs_pf.csv").read_text().splitlines()
     lines[1] = lines[1].replace("PF-dataset/car(G)/Cars_006a.png", "../outside/Cars_006a.png", 1)
     (root / "test_pairs_pf.csv").write_text("\n".join(lines) + "\n")
-    argv = ["evaluate", "--backbone", "resnet18", "--dataset", "pfwillow", "--root", "pfw", "--resolution", "64",
-            "--out", "out/r.json", "--no-progress", "--device", "cpu"]
+    argv = [
+        "evaluate",
+        "--backbone",
+        "resnet18",
+        "--dataset",
+        "pfwillow",
+        "--root",
+        "pfw",
+        "--resolution",
+        "64",
+        "--out",
+        "out/r.json",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     yield Case(SIMSC + argv, 2, ("test_pairs_pf.csv, row 2", "imageA"))
 
 
@@ -283,8 +371,21 @@ def _(d: Path):
 
 
 def _willow_download(server: LocalHTTPServer) -> list[str]:
-    return SIMSC + ["download", "pfwillow", "--root", "data", "--mirror", server.base_url, "--retries", "0",
-                    "--backoff", "0", "--timeout", "10", "--no-progress"]
+    return SIMSC + [
+        "download",
+        "pfwillow",
+        "--root",
+        "data",
+        "--mirror",
+        server.base_url,
+        "--retries",
+        "0",
+        "--backoff",
+        "0",
+        "--timeout",
+        "10",
+        "--no-progress",
+    ]
 
 
 @case("download_no_length_cut_csv_completed_by_range")
@@ -314,8 +415,13 @@ def _(d: Path):
             assert not (folder / "data" / "simsc-download.lock.json").exists()  # nothing trusted
             assert not (folder / "data" / ".downloads" / "test_pairs_pf.csv").exists()
 
-        yield Case(_willow_download(server), 2, ("test_pairs_pf.csv", "Content-Length"),
-                   may_change=("data/.downloads",), check=check)
+        yield Case(
+            _willow_download(server),
+            2,
+            ("test_pairs_pf.csv", "Content-Length"),
+            may_change=("data/.downloads",),
+            check=check,
+        )
 
 
 @case("download_no_length_truncated_zip_not_installed")
@@ -330,8 +436,13 @@ def _(d: Path):
             assert not (folder / "data" / "pf-willow").exists()
             assert not (folder / "data" / "simsc-download.lock.json").exists()
 
-        yield Case(_willow_download(server), 2, ("PF-dataset.zip", "truncated or corrupt"),
-                   may_change=("data/.downloads",), check=check)
+        yield Case(
+            _willow_download(server),
+            2,
+            ("PF-dataset.zip", "truncated or corrupt"),
+            may_change=("data/.downloads",),
+            check=check,
+        )
 
 
 # -- failures 3 and 4: the run folder
@@ -345,8 +456,11 @@ def _(d: Path):
     lock = RunLock(d / "run")
     lock.acquire()  # a real flock held by this process, as a running training holds it
     try:
-        yield Case(SIMSC + TRAIN_SPAIR + ["--out", "run"], 2,
-                   (f"pid {os.getpid()}", socket.gethostname(), "in use by another training run"))
+        yield Case(
+            SIMSC + TRAIN_SPAIR + ["--out", "run"],
+            2,
+            (f"pid {os.getpid()}", socket.gethostname(), "in use by another training run"),
+        )
     finally:
         lock.release()
 
@@ -355,16 +469,24 @@ def _(d: Path):
 def _(d: Path):
     spair(d)
     run_folder_with_outputs(d)
-    yield Case(SIMSC + TRAIN_SPAIR + ["--out", "run"], 2, ("run", "best.pt", "metrics.jsonl", "--overwrite"),
-               may_change=("run/.simsc-run.lock",))
+    yield Case(
+        SIMSC + TRAIN_SPAIR + ["--out", "run"],
+        2,
+        ("run", "best.pt", "metrics.jsonl", "--overwrite"),
+        may_change=("run/.simsc-run.lock",),
+    )
 
 
 @case("train_resume_outputs_without_last_pt_refused")
 def _(d: Path):
     spair(d)
     run_folder_with_outputs(d)
-    yield Case(SIMSC + TRAIN_SPAIR + ["--out", "run", "--resume"], 2, ("no last.pt to resume", "--overwrite"),
-               may_change=("run/.simsc-run.lock",))
+    yield Case(
+        SIMSC + TRAIN_SPAIR + ["--out", "run", "--resume"],
+        2,
+        ("no last.pt to resume", "--overwrite"),
+        may_change=("run/.simsc-run.lock",),
+    )
 
 
 # -- failure 5: pipeline.stages train with a non-boolean tracking setting
@@ -403,15 +525,21 @@ def _(d: Path):
 @case("match_height_zero")
 def _(d: Path):
     two_images(d)
-    yield Case(SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--out", "m.png", "--height", "0"],
-               2, ("--height", "got 0"))
+    yield Case(
+        SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--out", "m.png", "--height", "0"],
+        2,
+        ("--height", "got 0"),
+    )
 
 
 @case("match_height_negative")
 def _(d: Path):
     two_images(d)
-    yield Case(SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--out", "m.png", "--height=-5"],
-               2, ("--height", "got -5"))
+    yield Case(
+        SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--out", "m.png", "--height=-5"],
+        2,
+        ("--height", "got -5"),
+    )
 
 
 # -- failure 7: a checkpoint without its model / config entry
@@ -421,16 +549,18 @@ def _(d: Path):
 def _(d: Path):
     spair(d)
     simsc_checkpoint(d / "c.pt", drop="model")
-    yield Case(SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"], 2,
-               ("c.pt", "'model'"))
+    yield Case(
+        SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"], 2, ("c.pt", "'model'")
+    )
 
 
 @case("checkpoint_without_config")
 def _(d: Path):
     spair(d)
     simsc_checkpoint(d / "c.pt", drop="config")
-    yield Case(SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"], 2,
-               ("c.pt", "'config'"))
+    yield Case(
+        SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"], 2, ("c.pt", "'config'")
+    )
 
 
 # -- the error contract: files, disks, folders
@@ -473,8 +603,11 @@ def _(d: Path):
         filler = d / "small" / "filler"
         with contextlib.suppress(OSError), open(filler, "wb") as f:
             f.write(bytes(200 << 10))  # fills it up: the picture cannot be written
-        yield Case(SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--resolution", "64",
-                            "--out", "small/m.png"], 2, ("small/m.png", "No space left on device"))
+        yield Case(
+            SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--resolution", "64", "--out", "small/m.png"],
+            2,
+            ("small/m.png", "No space left on device"),
+        )
 
 
 @case("read_only_file_system_erofs")
@@ -503,8 +636,11 @@ def _(d: Path):
 def _(d: Path):
     (d / "mine").mkdir()
     (d / "mine" / "notes.txt").write_text("my own files\n")
-    yield Case(["-m", "simsc.data.embedded", "mine", "--n-train", "1", "--n-val", "1", "--n-test", "1",
-                "--no-progress"], 2, ("mine", "not an embedded data set"))
+    yield Case(
+        ["-m", "simsc.data.embedded", "mine", "--n-train", "1", "--n-val", "1", "--n-test", "1", "--no-progress"],
+        2,
+        ("mine", "not an embedded data set"),
+    )
 
 
 # -- flags and devices
@@ -539,8 +675,11 @@ def _(d: Path):
 
 @case("bad_flag_value_one_line")
 def _(d: Path):
-    yield Case(SIMSC + ["evaluate", "--backbone", "resnet18", "--batch-size", "eight", "--out", "x.json"], 2,
-               ("--batch-size", "'eight'"))
+    yield Case(
+        SIMSC + ["evaluate", "--backbone", "resnet18", "--batch-size", "eight", "--out", "x.json"],
+        2,
+        ("--batch-size", "'eight'"),
+    )
 
 
 # -- checkpoints and annotations
@@ -557,8 +696,11 @@ def _(d: Path):
     spair(d)
     simsc_checkpoint(d / "c.pt")
     flip_tensor_byte(d / "c.pt")
-    yield Case(SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"], 2,
-               ("c.pt", "digest mismatch", "corrupted"))
+    yield Case(
+        SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"],
+        2,
+        ("c.pt", "digest mismatch", "corrupted"),
+    )
 
 
 @case("spair_zero_size_box")
@@ -588,8 +730,26 @@ def _(d: Path):
         assert len(points) == 4 and all(p["b"] == [0.0, 0.0] for p in points)  # the only pixel there is
         assert Image.open(folder / "m.png").size == (61, 45)
 
-    yield Case(SIMSC + ["match", "a.png", "b.png", "--backbone", "resnet18", "--resolution", "original",
-                        "--grid", "2", "--out", "m.png"], 0, ("wrote m.png",), may_change=("m.png",), check=check)
+    yield Case(
+        SIMSC
+        + [
+            "match",
+            "a.png",
+            "b.png",
+            "--backbone",
+            "resnet18",
+            "--resolution",
+            "original",
+            "--grid",
+            "2",
+            "--out",
+            "m.png",
+        ],
+        0,
+        ("wrote m.png",),
+        may_change=("m.png",),
+        check=check,
+    )
 
 
 @case("match_original_size_too_large_for_memory")
@@ -601,8 +761,11 @@ def _(d: Path):
         pytest.skip("this host has the memory for it")
     Image.new("RGB", (side, side), (90, 120, 30)).save(d / "big.png", compress_level=1)
     make_image(d / "a.png", 60, 45, seed=1)
-    yield Case(SIMSC + ["match", "a.png", "big.png", "--backbone", "resnet50", "--resolution", "original",
-                        "--out", "m.png"], 2, ("7900 x 7900", "GiB", "--resolution"))
+    yield Case(
+        SIMSC + ["match", "a.png", "big.png", "--backbone", "resnet50", "--resolution", "original", "--out", "m.png"],
+        2,
+        ("7900 x 7900", "GiB", "--resolution"),
+    )
 
 
 # -- --debug
@@ -642,8 +805,7 @@ def _(d: Path):
 @case("clean_sweep_dry_run")
 def _(d: Path):
     shutil.copy(REPO / "params.yaml", d / "params.yaml")  # the spec's base, relative to the working folder
-    yield Case(["-m", "pipeline.sweep", str(REPO / "configs/sweeps/single_vs_mlp.yaml"), "--dry-run"], 0,
-               ("trials",))
+    yield Case(["-m", "pipeline.sweep", str(REPO / "configs/sweeps/single_vs_mlp.yaml"), "--dry-run"], 0, ("trials",))
 
 
 # ----------------------------------------------------------------------------- the table test
@@ -671,8 +833,9 @@ def test_bad_input(name: str, tmp_path: Path) -> None:
     if "--debug" not in c.argv:
         assert "Traceback" not in proc.stderr, detail
     assert changed_outside(before, after, c.may_change) == [], detail
-    assert not [p for p in after if p.endswith((".tmp", ".part")) and p not in before
-                and not p.startswith("data/.downloads")], after
+    assert not [
+        p for p in after if p.endswith((".tmp", ".part")) and p not in before and not p.startswith("data/.downloads")
+    ], after
     if c.check is not None:
         c.check(folder, proc)
 
@@ -687,12 +850,20 @@ def test_archive_bomb_is_capped_by_the_known_size(tmp_path):
 
     bomb = toy_zip({"toy/images/zeros.bin": bytes(50 << 20)})
     assert len(bomb) < 100_000
-    sources = {"toy": Dataset("toy", "toy-set", (SourceFile("https://x.invalid/toy.zip", "toy.zip", "archive", ""),),
-                              expect=("toy/images",), max_bytes=1 << 20)}
+    sources = {
+        "toy": Dataset(
+            "toy",
+            "toy-set",
+            (SourceFile("https://x.invalid/toy.zip", "toy.zip", "archive", ""),),
+            expect=("toy/images",),
+            max_bytes=1 << 20,
+        )
+    }
     with LocalHTTPServer({"/toy.zip": bomb}) as server:
         with pytest.raises(DownloadError, match=r"toy.zip: it expands beyond|members declare"):
-            download_dataset("toy", tmp_path, mirror=server.base_url, retries=0, backoff=0, progress=False,
-                             sources=sources)
+            download_dataset(
+                "toy", tmp_path, mirror=server.base_url, retries=0, backoff=0, progress=False, sources=sources
+            )
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data set, no temp folder, no lock, no download
 
 
@@ -791,16 +962,22 @@ def test_two_concurrent_trainings_the_second_refuses_naming_the_first(tmp_path):
     spair(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run"]
-    a = subprocess.Popen(cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"], cwd=tmp_path,
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a = subprocess.Popen(
+        cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         lock = tmp_path / "run" / ".simsc-run.lock"
         deadline = time.monotonic() + TIMEOUT
         while not (lock.exists() and f"pid {a.pid} " in lock.read_text()):
             assert a.poll() is None and time.monotonic() < deadline, "training A did not start"
             time.sleep(0.2)
-        b = subprocess.run(cmd + ["--set", "train.seed=1"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=TIMEOUT)
+        b = subprocess.run(
+            cmd + ["--set", "train.seed=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
         assert b.returncode == 2, b.stderr
         assert f"pid {a.pid} on host {socket.gethostname()}" in b.stderr and "Traceback" not in b.stderr
         assert a.poll() is None  # A carries on

@@ -35,9 +35,16 @@ def tiny_config(out_dir, **train):
     cfg = {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
         "data": {"batch_size": 2, "resolution": 64},
-        "train": {"epochs": 3, "lr_backbone": 1e-3, "out_dir": str(out_dir), "progress": False,
-                  "val_max_pairs": 2, "checkpoint_every_steps": 3, "num_threads": 1,
-                  "device": "cpu"},
+        "train": {
+            "epochs": 3,
+            "lr_backbone": 1e-3,
+            "out_dir": str(out_dir),
+            "progress": False,
+            "val_max_pairs": 2,
+            "checkpoint_every_steps": 3,
+            "num_threads": 1,
+            "device": "cpu",
+        },
     }
     cfg["train"].update(train)
     return cfg
@@ -133,9 +140,15 @@ def test_resume_in_process_is_exact_and_metrics_are_not_duplicated(tmp_path):
     assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (6, 1, 1)
     summary = Trainer(tiny_config(run), train_dataset=trn, val_dataset=val).fit(resume=True)
     assert summary["resumed_from_step"] == 6 and summary["step"] == 15
-    assert max_abs_diff(weights(run / "checkpoints" / "last.pt"), weights(tmp_path / "ref" / "checkpoints" / "last.pt")) == 0
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["type"] == "step"]
+    assert (
+        max_abs_diff(weights(run / "checkpoints" / "last.pt"), weights(tmp_path / "ref" / "checkpoints" / "last.pt"))
+        == 0
+    )
+    steps = [
+        json.loads(x)["step"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["type"] == "step"
+    ]
     assert steps == list(range(1, 16))
     # resuming a finished run does nothing
     again = Trainer(tiny_config(run), train_dataset=trn, val_dataset=val).fit(resume=True)
@@ -185,7 +198,10 @@ def _child(tmp_path, cfg, stall, resume):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
         [sys.executable, str(script), str(cfg_path), str(stall), str(tmp_path / "marker"), "1" if resume else "0"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -211,8 +227,11 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["type"] == "step"]
+    steps = [
+        json.loads(x)["step"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["type"] == "step"
+    ]
     assert steps[-1] == 8  # the killed run had gone past its checkpoint
 
     resumed = _child(tmp_path, cfg, stall=-1, resume=True)
@@ -221,8 +240,11 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
     final = weights(run / "checkpoints" / "last.pt")
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 15
     assert max_abs_diff(final, weights(tmp_path / "ref" / "checkpoints" / "last.pt")) == 0
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["type"] == "step"]
+    steps = [
+        json.loads(x)["step"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["type"] == "step"
+    ]
     assert steps == list(range(1, 16))
 
 
@@ -271,8 +293,11 @@ def test_injected_nan_names_step_and_betas_and_writes_no_checkpoint(tmp_path):
             seen.append(summary)
 
     trainer.callbacks.callbacks.append(End())
-    with pytest.raises(TrainingDivergedError, match=r"diverged at step 3 \(epoch 0\): non-finite loss; loss = nan, "
-                                                    r"beta_a = \[0\.\d+, 0\.\d+\] \(mean 0\.\d+\), beta_b = \["):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"diverged at step 3 \(epoch 0\): non-finite loss; loss = nan, "
+        r"beta_a = \[0\.\d+, 0\.\d+\] \(mean 0\.\d+\), beta_b = \[",
+    ):
         trainer.fit()
     assert seen and seen[0]["status"] == "diverged" and seen[0]["step"] == 3
     ck = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
@@ -304,9 +329,20 @@ def test_build_checkpoint_round_trips_the_train_state(tmp_path):
     g = torch.Generator().manual_seed(5)
     torch.randperm(10, generator=g)
     # awkward values: a float sum that is not a round number, a metric with many digits
-    state, ck = _written_state(model, cfg, tmp_path, epoch=2, batch_in_epoch=3, step=13, sampler=g.get_state(),
-                               best=BestSoFar(41.123456789, 1, 10), epoch_loss_sum=0.1 + 0.2,
-                               epoch_loss_count=3, train_time=1.5, finished=False)
+    state, ck = _written_state(
+        model,
+        cfg,
+        tmp_path,
+        epoch=2,
+        batch_in_epoch=3,
+        step=13,
+        sampler=g.get_state(),
+        best=BestSoFar(41.123456789, 1, 10),
+        epoch_loss_sum=0.1 + 0.2,
+        epoch_loss_count=3,
+        train_time=1.5,
+        finished=False,
+    )
     back = TrainState.from_dict(ck, "last.pt")
     assert torch.equal(back.sampler, state.sampler)
     back.sampler = state.sampler = None  # tensors do not compare with ==
@@ -314,16 +350,34 @@ def test_build_checkpoint_round_trips_the_train_state(tmp_path):
     assert ck["metrics_offset"] == 123 and ck["kind"] == "last" and ck["rng"]["sampler"] is not None
     assert all(torch.equal(ck["model"][k], v) for k, v in model.state_dict().items())
     # the layout main wrote (flat entries, epoch_loss as [sum, count]) is the layout read
-    assert ck["epoch_loss"] == [0.30000000000000004, 3] and ck["best"] == {"metric": 41.123456789, "epoch": 1,
-                                                                          "step": 10}
+    assert ck["epoch_loss"] == [0.30000000000000004, 3] and ck["best"] == {
+        "metric": 41.123456789,
+        "epoch": 1,
+        "step": 10,
+    }
     # between epochs the sampler is not stored: the next epoch reseeds its generator
     _, ck = _written_state(model, cfg, tmp_path, epoch=3, sampler=g.get_state())
     assert "sampler" not in ck["rng"] and TrainState.from_dict(ck).sampler is None
     assert TrainState.from_dict(ck).best == BestSoFar()
 
 
-@pytest.mark.parametrize("field", ["optimizer", "rng", "step", "epoch", "batch_in_epoch", "best", "epoch_loss",
-                                   "train_time", "finished", "metrics_offset", "model", "config"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "optimizer",
+        "rng",
+        "step",
+        "epoch",
+        "batch_in_epoch",
+        "best",
+        "epoch_loss",
+        "train_time",
+        "finished",
+        "metrics_offset",
+        "model",
+        "config",
+    ],
+)
 def test_checkpoint_without_a_field_names_it(tmp_path, field):
     from simsc.config import load_config
     from simsc.model import build_model
@@ -336,13 +390,16 @@ def test_checkpoint_without_a_field_names_it(tmp_path, field):
         load_checkpoint(tmp_path / "cut.pt")
 
 
-@pytest.mark.parametrize("field,value,expected", [
-    ("step", -1, "'step' must be an integer >= 0"),
-    ("epoch", 1.5, "'epoch' must be an integer >= 0"),
-    ("best", {"metric": 1.0}, "'best' must be a mapping of metric, epoch and step"),
-    ("epoch_loss", [0.0], r"'epoch_loss' must be \[sum, count\]"),
-    ("finished", "yes", "'finished' must be true or false"),
-])
+@pytest.mark.parametrize(
+    "field,value,expected",
+    [
+        ("step", -1, "'step' must be an integer >= 0"),
+        ("epoch", 1.5, "'epoch' must be an integer >= 0"),
+        ("best", {"metric": 1.0}, "'best' must be a mapping of metric, epoch and step"),
+        ("epoch_loss", [0.0], r"'epoch_loss' must be \[sum, count\]"),
+        ("finished", "yes", "'finished' must be true or false"),
+    ],
+)
 def test_malformed_train_state_names_the_file_and_field(tmp_path, field, value, expected):
     from simsc.config import load_config
     from simsc.engine import TrainState

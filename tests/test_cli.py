@@ -35,9 +35,22 @@ def trained_run(tiny_embedded, tmp_path_factory):
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     (tmp / "small.yaml").write_text("data: {resolution: 64}\n")  # composed after cfg.yaml
     out = tmp / "run"
-    rc = main(["train", "--config", str(tmp / "cfg.yaml"), "--config", str(tmp / "small.yaml"),
-               "--set", "train.max_steps=2", "--set",
-               "train.checkpoint_every_steps=1", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(tmp / "cfg.yaml"),
+            "--config",
+            str(tmp / "small.yaml"),
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.checkpoint_every_steps=1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -45,8 +58,11 @@ def trained_run(tiny_embedded, tmp_path_factory):
 def _examples(text: str, command: str) -> list[list[str]]:
     """The example command lines of a help text as argv lists (continuations joined, comments dropped)."""
     joined = re.sub(r"\\\n\s*", " ", text)
-    return [shlex.split(line.strip(), comments=True)[1:] for line in joined.splitlines()
-            if line.strip().startswith(f"simsc {command} ")]
+    return [
+        shlex.split(line.strip(), comments=True)[1:]
+        for line in joined.splitlines()
+        if line.strip().startswith(f"simsc {command} ")
+    ]
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "match"])
@@ -82,8 +98,9 @@ def test_train_writes_the_run_folder(trained_run, capsys):
 
 def test_evaluate_checkpoint_report_and_predictions(trained_run, tmp_path, capsys):
     out = tmp_path / "r" / "report.json"
-    rc = main(["evaluate", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        ["evaluate", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--out", str(out), "--no-progress"]
+    )
     assert rc == 0
     rep = json.loads(out.read_text())
     assert (rep["dataset"], rep["split"], rep["resolution"], rep["n_pairs"]) == ("embedded", "test", 64, 4)
@@ -96,15 +113,45 @@ def test_evaluate_checkpoint_report_and_predictions(trained_run, tmp_path, capsy
 
 def test_evaluate_beta_sweep_and_backbone(tiny_embedded, tmp_path):
     out = tmp_path / "sweep.json"
-    rc = main(["evaluate", "--backbone", "resnet18", "--dataset", "embedded", "--root", str(tiny_embedded),
-               "--resolution", "64", "--beta-sweep", "0.01,0.1,1", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "--backbone",
+            "resnet18",
+            "--dataset",
+            "embedded",
+            "--root",
+            str(tiny_embedded),
+            "--resolution",
+            "64",
+            "--beta-sweep",
+            "0.01,0.1,1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     sweep = json.loads(out.read_text())
     assert [r["beta_eval"] for r in sweep["rows"]] == [0.01, 0.1, 1.0]
     assert sweep["model"] == {"backbone": "resnet18", "pretrained": None}
     out = tmp_path / "orig.json"
-    rc = main(["evaluate", "--backbone", "resnet18", "--dataset", "embedded", "--root", str(tiny_embedded),
-               "--resolution", "original", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "--backbone",
+            "resnet18",
+            "--dataset",
+            "embedded",
+            "--root",
+            str(tiny_embedded),
+            "--resolution",
+            "original",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["resolution"] == "original" and rep["beta_eval"] == 0.02
@@ -115,17 +162,41 @@ def test_match_writes_a_png(trained_run, tmp_path, capsys):
     Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
     Image.fromarray((rng.random((70, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
     out = tmp_path / "m.png"
-    rc = main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--checkpoint",
-               str(trained_run / "checkpoints" / "last.pt"), "--points", "10,10", "40.5,30", "--resolution", "64",
-               "--out", str(out)])
+    rc = main(
+        [
+            "match",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            "--checkpoint",
+            str(trained_run / "checkpoints" / "last.pt"),
+            "--points",
+            "10,10",
+            "40.5,30",
+            "--resolution",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     pic = Image.open(out)
     assert pic.format == "PNG" and pic.size == (80 + 50, 70)
     lines = capsys.readouterr().out.splitlines()
     assert json.loads(lines[0])["a"] == [10.0, 10.0] and len(lines) == 3
     # default: a 5 x 5 grid; the dots are drawn in saturated colours
-    rc = main(["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--backbone", "resnet18",
-               "--resolution", "64", "--out", str(out)])
+    rc = main(
+        [
+            "match",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            "--backbone",
+            "resnet18",
+            "--resolution",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert len(capsys.readouterr().out.splitlines()) == 26
     arr = np.asarray(Image.open(out)).astype(int)
@@ -141,8 +212,10 @@ def test_match_writes_a_png(trained_run, tmp_path, capsys):
         (["train", "--set", "model.finetune=some"], "model.finetune"),
         (["evaluate", "--checkpoint", "nope.pt", "--out", "x.json"], "checkpoint not found"),
         (["evaluate", "--backbone", "resnet18", "--out", "x.json"], "--dataset and --root are required"),
-        (["evaluate", "--backbone", "resnet18", "--dataset", "mnist", "--root", ".", "--out", "x.json"],
-         "unknown dataset"),
+        (
+            ["evaluate", "--backbone", "resnet18", "--dataset", "mnist", "--root", ".", "--out", "x.json"],
+            "unknown dataset",
+        ),
         (["match", "a.png", "b.png", "--backbone", "resnet18", "--out", "m.png"], "a.png"),
     ],
 )
@@ -154,10 +227,34 @@ def test_user_errors_exit_2_without_traceback(argv, needle, capsys, tmp_path, mo
 
 
 def test_diverged_training_exits_1(tiny_embedded, tmp_path, capsys):
-    rc = main(["train", "--set", "model.backbone=resnet18", "--set", "model.pretrained=false", "--set",
-               "model.finetune=all", "--set", "model.temperature=fixed:1", "--set", f"data.root={tiny_embedded}",
-               "--set", "data.resolution=64", "--set", "data.batch_size=4", "--set", "train.lr_backbone=1e6",
-               "--set", "train.epochs=3", "--set", "train.device=cpu", "--out", str(tmp_path / "run"), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--set",
+            "model.backbone=resnet18",
+            "--set",
+            "model.pretrained=false",
+            "--set",
+            "model.finetune=all",
+            "--set",
+            "model.temperature=fixed:1",
+            "--set",
+            f"data.root={tiny_embedded}",
+            "--set",
+            "data.resolution=64",
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "train.lr_backbone=1e6",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.device=cpu",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "training diverged at step" in err and "beta_a" in err
@@ -165,7 +262,13 @@ def test_diverged_training_exits_1(tiny_embedded, tmp_path, capsys):
 
 def test_process_exit_code_and_message(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "simsc.cli", "train", "--config", str(tmp_path / "no.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simsc.cli", "train", "--config", str(tmp_path / "no.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "simsc train: error: config file not found" in proc.stderr and "Traceback" not in proc.stderr

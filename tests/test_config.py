@@ -44,8 +44,10 @@ def test_learning_rate_defaults_depend_on_mode():
 
 def test_yaml_file_and_round_trip(tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text("model:\n  backbone: resnet18\n  pretrained: false\ntrain:\n  max_steps: 5\n  alphas: 0.1\n"
-                 "  best_alpha: 0.1\neval:\n  resolution: original\n")
+    p.write_text(
+        "model:\n  backbone: resnet18\n  pretrained: false\ntrain:\n  max_steps: 5\n  alphas: 0.1\n"
+        "  best_alpha: 0.1\neval:\n  resolution: original\n"
+    )
     cfg = load_config(p)
     assert cfg.model.backbone == "resnet18" and cfg.model.pretrained is False
     assert cfg.train.max_steps == 5 and cfg.train.alphas == [0.1]
@@ -58,7 +60,11 @@ def test_yaml_file_and_round_trip(tmp_path):
     dump_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
     assert sorted(diff_configs(d, load_config({}).to_dict())) == [
-        "eval.resolution", "model.backbone", "model.pretrained", "train.alphas", "train.max_steps"
+        "eval.resolution",
+        "model.backbone",
+        "model.pretrained",
+        "train.alphas",
+        "train.max_steps",
     ]
 
 
@@ -67,7 +73,12 @@ def test_params_yaml_composes_on_the_schema_defaults():
     change the config, every other key keeps the schema's (paper's) default."""
     params = read_yaml(REPO / "params.yaml")
     cfg = load_config(engine_sections(params))
-    assert (cfg.model.backbone, cfg.model.pretrained, cfg.data.resolution, cfg.train.max_steps) == ("resnet18", False, 160, 300)
+    assert (cfg.model.backbone, cfg.model.pretrained, cfg.data.resolution, cfg.train.max_steps) == (
+        "resnet18",
+        False,
+        160,
+        300,
+    )
     assert (cfg.model.temperature, cfg.model.sigma, cfg.data.batch_size, cfg.train.seed) == ("mlp", 7.0, 8, 0)
     written = {f"{s}.{k}" for s, sec in engine_sections(params).items() for k in sec}
     changed = set(diff_configs(cfg.to_dict(), load_config({}).to_dict()))
@@ -128,8 +139,16 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_overrides_parse_yaml_values():
     base = {"model": {"backbone": "resnet18"}}
-    out = apply_overrides(base, ["train.lr_backbone=1e-3", "train.max_steps=null", "model.pretrained=false",
-                                 "train.alphas=[0.05, 0.1]", "model.temperature=fixed:0.03"])
+    out = apply_overrides(
+        base,
+        [
+            "train.lr_backbone=1e-3",
+            "train.max_steps=null",
+            "model.pretrained=false",
+            "train.alphas=[0.05, 0.1]",
+            "model.temperature=fixed:0.03",
+        ],
+    )
     assert base == {"model": {"backbone": "resnet18"}}  # not modified in place
     cfg = load_config(out)
     assert cfg.train.lr_backbone == 1e-3 and cfg.train.max_steps is None
@@ -137,8 +156,15 @@ def test_overrides_parse_yaml_values():
     assert cfg.model.temperature == "fixed:0.03"
 
 
-@pytest.mark.parametrize("item, needle", [("train.lr=1", "allowed keys in 'train'"), ("lr=1", "allowed keys"),
-                                          ("optim.lr=1", "allowed keys"), ("train.lr_backbone", "key=value")])
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("train.lr=1", "allowed keys in 'train'"),
+        ("lr=1", "allowed keys"),
+        ("optim.lr=1", "allowed keys"),
+        ("train.lr_backbone", "key=value"),
+    ],
+)
 def test_override_errors(item, needle):
     with pytest.raises(ConfigError, match=needle):
         apply_overrides({}, [item])
@@ -165,7 +191,12 @@ def test_read_configs_composes_files_in_order_and_names_what_it_ignores(tmp_path
     sections of both, the later file winning; params.yaml's pipeline sections are named."""
     engine, ignored = read_configs([REPO / "params.yaml", REPO / "configs" / "overlays" / "toy.yaml"])
     cfg = load_config(engine)
-    assert (cfg.model.backbone, cfg.data.resolution, cfg.train.epochs, cfg.train.max_steps) == ("resnet18", 128, 3, None)
+    assert (cfg.model.backbone, cfg.data.resolution, cfg.train.epochs, cfg.train.max_steps) == (
+        "resnet18",
+        128,
+        3,
+        None,
+    )
     assert cfg.data.cache_dir is None and cfg.train.lr_backbone == 1e-4  # toy overrides, params.yaml's kept
     assert ignored == ["embedded", "preprocess", "evaluate", "report", "tracking"]
     typo = tmp_path / "typo.yaml"

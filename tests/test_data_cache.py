@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests import data_fixtures as fx
-
 from simsc.data import images
 from simsc.data.cache import CachedImages, build_cache
 from simsc.data.records import collate_pairs
 from simsc.data.spair import SPairDataset
+from tests import data_fixtures as fx
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
-from tests import data_fixtures as fx
 
 from simsc.data.records import collate_pairs
 from simsc.data.spair import SPairDataset
 from simsc.pck import theta_kps
+from tests import data_fixtures as fx
 
 
 @pytest.fixture(scope="module")

@@ -135,9 +135,12 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
 
 def test_second_call_is_a_no_op(built):
     before = {p: p.stat().st_mtime_ns for p in built.rglob("*")}
-    assert E.build_embedded_dataset(
-        built, seed=0, n_train=COUNTS["trn"], n_val=COUNTS["val"], n_test=COUNTS["test"], progress=False
-    ) == built
+    assert (
+        E.build_embedded_dataset(
+            built, seed=0, n_train=COUNTS["trn"], n_val=COUNTS["val"], n_test=COUNTS["test"], progress=False
+        )
+        == built
+    )
     after = {p: p.stat().st_mtime_ns for p in built.rglob("*")}
     assert before == after
     assert not [p for p in built.parent.iterdir() if p.name.startswith(f".{built.name}.")]  # no temp left

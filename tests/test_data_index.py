@@ -11,14 +11,13 @@ import warnings
 import numpy as np
 import pytest
 
-from tests import data_fixtures as fx
-
 from simsc.data import index as index_mod
 from simsc.data.annotations import DatasetFormatError
 from simsc.data.index import PairTable
 from simsc.data.pfpascal import PFPascalDataset
 from simsc.data.pfwillow import PFWillowDataset
 from simsc.data.spair import SPairDataset
+from tests import data_fixtures as fx
 
 
 def same_pairs(a, b) -> None:
@@ -50,8 +49,15 @@ def spair_root(tmp_path):
     pairs = json.loads(json.dumps(fx.SPAIR_DEFAULT["test"]))
     # one keypoint outside its target image (masked and reported) and one pair with none left
     pairs[1]["trg_kps"][0] = [900, 10]
-    extra = fx.spair_pair(9, "aeroplane", ("2008_002719", 500, 333), ("2008_004100", 500, 332),
-                          [[10, 10]], [[-50, 10]], [36, 92, 500, 200])
+    extra = fx.spair_pair(
+        9,
+        "aeroplane",
+        ("2008_002719", 500, 333),
+        ("2008_004100", 500, 332),
+        [[10, 10]],
+        [[-50, 10]],
+        [36, 92, 500, 200],
+    )
     return fx.write_spair(tmp_path / "spair", {"test": pairs + [extra]})
 
 
@@ -163,12 +169,15 @@ def test_vectorised_spair_parse_equals_the_per_pair_parse(tmp_path):
         assert table.arrays[k].dtype == exact.arrays[k].dtype, k
 
 
-@pytest.mark.parametrize("edit", [
-    {"src_kps": [[212, 153], None, [330, 127]]},  # null keypoint: reported, not an error
-    {"trg_imsize": [500.0, 332.0, 3]},  # integral floats are accepted
-    {"src_kps": [[212, 153], [300, True], [330, 127]]},  # bool is not a number
-    {"trg_bndbox": [36, 92, "500", 200]},
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"src_kps": [[212, 153], None, [330, 127]]},  # null keypoint: reported, not an error
+        {"trg_imsize": [500.0, 332.0, 3]},  # integral floats are accepted
+        {"src_kps": [[212, 153], [300, True], [330, 127]]},  # bool is not a number
+        {"trg_bndbox": [36, 92, "500", 200]},
+    ],
+)
 def test_unusual_files_take_the_exact_path(tmp_path, edit):
     pair = json.loads(json.dumps(fx.SPAIR_DEFAULT["test"][0]))
     pair.update(edit)
@@ -224,14 +233,18 @@ def test_the_preprocess_stage_writes_the_index_that_later_stages_load(spair_root
     from simsc.data.registry import build_dataset
 
     cache = tmp_path / "cache"
-    params = {"data": {"dataset": "spair", "root": str(spair_root)},
-              "preprocess": {"cache_dir": str(cache), "resolutions": [32, "original"], "splits": ["test"]}}
+    params = {
+        "data": {"dataset": "spair", "root": str(spair_root)},
+        "preprocess": {"cache_dir": str(cache), "resolutions": [32, "original"], "splits": ["test"]},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stage_preprocess(params)
         summary = json.loads((cache / "summary.json").read_text())
         assert [(s["split"], s["resolution"], s["pairs"], s["index"]) for s in summary] == [
-            ("test", 32, 2, "spair/index/test.npz"), ("test", "original", 2, "spair/index/test.npz")]
+            ("test", 32, 2, "spair/index/test.npz"),
+            ("test", "original", 2, "spair/index/test.npz"),
+        ]
         # what the train and evaluate stages do: build_dataset(..., cache_dir=preprocess.cache_dir)
         ds = build_dataset("spair", spair_root, "test", 64, cache_dir=cache)
     assert ds.index_state == "loaded"

@@ -9,12 +9,11 @@ import pytest
 import scipy.io
 import torch
 
-from tests import data_fixtures as fx
-from tests.data_fixtures import close
-
 from simsc.data.images import DirectImages
 from simsc.data.pfpascal import PASCAL_CLASSES, PFPascalDataset
 from simsc.data.records import DatasetFormatError
+from tests import data_fixtures as fx
+from tests.data_fixtures import close
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,12 @@ def test_trn_resized_256(root):
     r = PFPascalDataset(root, "trn", 256)[0]
     sx, sy = 256 / 500, 256 / 333  # source 500x333 -> 256x256
     tx, ty = 256 / 400, 256 / 300  # target 400x300 -> 256x256
-    exp_src = [[(100 + 0.5) * sx - 0.5, (50 + 0.5) * sy - 0.5], [0, 0], [0, 0], [(499 + 0.5) * sx - 0.5, (332 + 0.5) * sy - 0.5]]
+    exp_src = [
+        [(100 + 0.5) * sx - 0.5, (50 + 0.5) * sy - 0.5],
+        [0, 0],
+        [0, 0],
+        [(499 + 0.5) * sx - 0.5, (332 + 0.5) * sy - 0.5],
+    ]
     assert close(r["src_kps"], exp_src)
     assert close(r["src_kps"][0], [50.956, 38.32282])  # the same, written out
     exp_trg = [[50.5 * tx - 0.5, 60.5 * ty - 0.5], [0, 0], [0, 0], [300.5 * tx - 0.5, 200.5 * ty - 0.5]]
@@ -110,8 +114,14 @@ def test_test_split_uses_csv_keypoints(root):
     assert close(r2["threshold"], 500.0)  # target 375x500 (WxH): max = 500
     r256 = PFPascalDataset(root, "test", 256)[0]
     sx, sy = 0.64, 256 / 300  # 256 / 400 and 256 / 300: the target's width and height scales
-    assert close(r256["trg_kps"], [[50.5 * sx - 0.5, 60.5 * sy - 0.5], [150.5 * sx - 0.5, 160.5 * sy - 0.5],
-                                   [250.5 * sx - 0.5, 260.5 * sy - 0.5]])
+    assert close(
+        r256["trg_kps"],
+        [
+            [50.5 * sx - 0.5, 60.5 * sy - 0.5],
+            [150.5 * sx - 0.5, 160.5 * sy - 0.5],
+            [250.5 * sx - 0.5, 260.5 * sy - 0.5],
+        ],
+    )
     assert close(r256["trg_kps"][2], [159.82, 221.79333])
     assert close(r256["threshold"], 256.0)
 
@@ -192,7 +202,9 @@ def test_mat_problems_name_the_file(fresh):
     with pytest.raises(DatasetFormatError, match=r"has 3 keypoints but target .*2009_000004\.mat has 5"):
         PFPascalDataset(fresh, "val")
     mat.unlink()
-    with pytest.raises(DatasetFormatError, match=r"val_pairs\.csv, row 2: annotation file .*2009_000004\.mat not found"):
+    with pytest.raises(
+        DatasetFormatError, match=r"val_pairs\.csv, row 2: annotation file .*2009_000004\.mat not found"
+    ):
         PFPascalDataset(fresh, "val")
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from tests import data_fixtures as fx
-from tests.data_fixtures import close
-
 from simsc.data.pfwillow import PFWillowDataset
 from simsc.data.records import DatasetFormatError
+from tests import data_fixtures as fx
+from tests.data_fixtures import close
 
 A, B = "PF-dataset/car(G)/Cars_006a.png", "PF-dataset/car(G)/Cars_007b.png"  # 300x200, 250x400 (WxH)
 SRC = np.stack([np.arange(10, 110, 10), np.arange(20, 120, 10)], 1).astype(float)  # (10,20) ... (100,110)

@@ -6,12 +6,11 @@ import json
 
 import pytest
 
-from tests import data_fixtures as fx
-from tests.data_fixtures import close
-
 from simsc.data.records import DatasetFormatError
 from simsc.data.registry import DATASETS, build_dataset
 from simsc.data.spair import SPairDataset
+from tests import data_fixtures as fx
+from tests.data_fixtures import close
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +109,9 @@ def test_missing_image_and_size_mismatch(tmp_path):
     _write_single(tmp_path, trg_imsize=[400, 332, 3])
     with pytest.warns(UserWarning, match="outside"):  # trg keypoint x = 416 in a declared width of 400
         ds = SPairDataset(tmp_path, "test")
-    with pytest.raises(DatasetFormatError, match=r"2008_004100\.jpg is 500x332 \(WxH\) but the annotation expects 400x332"):
+    with pytest.raises(
+        DatasetFormatError, match=r"2008_004100\.jpg is 500x332 \(WxH\) but the annotation expects 400x332"
+    ):
         ds[0]
     (tmp_path / "JPEGImages/aeroplane/2008_004100.jpg").unlink()
     with pytest.raises(DatasetFormatError, match=r"aeroplane\.json: image .*2008_004100\.jpg not found"):
@@ -144,7 +145,9 @@ def test_embedded_fields_only_and_registry(tmp_path):
 
 def test_registry_names_and_unknown():
     assert set(DATASETS) == {"pfpascal", "pfwillow", "spair", "embedded"}
-    with pytest.raises(ValueError, match=r"unknown dataset 'caltech'; known datasets: embedded, pfpascal, pfwillow, spair"):
+    with pytest.raises(
+        ValueError, match=r"unknown dataset 'caltech'; known datasets: embedded, pfpascal, pfwillow, spair"
+    ):
         build_dataset("caltech", ".", "test")
 
 

@@ -26,7 +26,9 @@ from simsc.io import merge_mappings, read_overlay, read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = read_yaml_mapping(REPO / "params.yaml")
-PARAMSETS = sorted((REPO / "configs" / "paper").glob("*.yaml")) + sorted((REPO / "configs" / "protocols").glob("*.yaml"))
+PARAMSETS = sorted((REPO / "configs" / "paper").glob("*.yaml")) + sorted(
+    (REPO / "configs" / "protocols").glob("*.yaml")
+)
 OVERLAYS = sorted((REPO / "configs" / "overlays").glob("*.yaml"))
 SPECS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
@@ -36,8 +38,11 @@ def effective(params: dict[str, Any]) -> dict[str, Any]:
     resolved (``null`` = the paper's rate for the mode), and the pipeline sections as written."""
     cfg = load_config(engine_sections(params))
     out = cfg.to_dict()
-    out["train"].update(lr_backbone=cfg.resolved_lr_backbone(), lr_temperature=cfg.resolved_lr_temperature(),
-                        lr_head=cfg.resolved_lr_head())
+    out["train"].update(
+        lr_backbone=cfg.resolved_lr_backbone(),
+        lr_temperature=cfg.resolved_lr_temperature(),
+        lr_head=cfg.resolved_lr_head(),
+    )
     out.update({k: v for k, v in params.items() if k not in SECTIONS})
     return out
 
@@ -81,8 +86,10 @@ def test_the_restatement_check_finds_a_planted_default():
     # restating the protocol's dataset are both found; a real change is not
     own = {"model": {"backbone": "resnet50"}, "data": {"resolution": 256, "dataset": "pfpascal"}}
     parents = read_overlay(REPO / "configs" / "protocols" / "pfpascal.yaml", replace=REPLACED)
-    assert restated(own, lambda o: effective(apply_set(PARAMS, merge_mappings(parents, o, replace=REPLACED)))) \
-        == ["data.resolution", "data.dataset"]
+    assert restated(own, lambda o: effective(apply_set(PARAMS, merge_mappings(parents, o, replace=REPLACED)))) == [
+        "data.resolution",
+        "data.dataset",
+    ]
 
 
 @pytest.mark.parametrize("path", PARAMSETS, ids=[p.stem for p in PARAMSETS])
@@ -174,8 +181,10 @@ def test_sweep_specs_hold_only_what_differs(path, tmp_path):
 
 def test_the_sweep_check_finds_planted_restatements(tmp_path):
     spec = tmp_path / "src.yaml"
-    spec.write_text("name: x\nbase: [params.yaml]\nset: {train.seed: 0, train.max_steps: 7}\nsearch_alg: grid\n"
-                    "scheduler: {type: fifo}\nsearch: {model.temperature: {grid: [mlp, single]}}\n")
+    spec.write_text(
+        "name: x\nbase: [params.yaml]\nset: {train.seed: 0, train.max_steps: 7}\nsearch_alg: grid\n"
+        "scheduler: {type: fifo}\nsearch: {model.temperature: {grid: [mlp, single]}}\n"
+    )
     assert spec_restated(spec, tmp_path) == ["search_alg", "scheduler", "set.train.seed"]
 
 
@@ -206,7 +215,7 @@ def literal_defaults(path: Path, source: str) -> list[tuple[str, str, Any, int]]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             a = node.args
             positional = a.posonlyargs + a.args
-            pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults, strict=True))
+            pairs = list(zip(positional[len(positional) - len(a.defaults) :], a.defaults, strict=True))
             pairs += [(x, d) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None]
             for arg, default in pairs:
                 if isinstance(default, (ast.Constant, ast.List, ast.Tuple)):
@@ -214,8 +223,11 @@ def literal_defaults(path: Path, source: str) -> list[tuple[str, str, Any, int]]
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
             flags = [c.value for c in node.args if isinstance(c, ast.Constant) and isinstance(c.value, str)]
             kws = {kw.arg: kw.value for kw in node.keywords}
-            dest = kws["dest"].value if isinstance(kws.get("dest"), ast.Constant) else (
-                flags[0].lstrip("-").replace("-", "_") if flags else None)
+            dest = (
+                kws["dest"].value
+                if isinstance(kws.get("dest"), ast.Constant)
+                else (flags[0].lstrip("-").replace("-", "_") if flags else None)
+            )
             if dest and isinstance(kws.get("default"), ast.Constant):
                 out.append((flags[0] if flags else dest, dest, kws["default"].value, node.lineno))
     return out
@@ -232,8 +244,12 @@ def restated_in_code(path: Path, source: str, defaults: dict[str, list[Any]]) ->
     return found
 
 
-CODE = [p for d in ("simsc", "pipeline", "experiments") for p in sorted((REPO / d).rglob("*.py"))
-        if p.name not in ("config.py", "defaults.py")]
+CODE = [
+    p
+    for d in ("simsc", "pipeline", "experiments")
+    for p in sorted((REPO / d).rglob("*.py"))
+    if p.name not in ("config.py", "defaults.py")
+]
 
 
 def test_no_signature_or_command_line_restates_a_schema_default():
@@ -243,11 +259,16 @@ def test_no_signature_or_command_line_restates_a_schema_default():
 
 
 def test_the_code_check_finds_planted_defaults():
-    source = ("def f(x, sigma: float = 7.0, nk=5, resolution=128):\n    pass\n"
-              "parser.add_argument('--batch-size', type=int, default=8)\n"
-              "parser.add_argument('--seed', default=3)\n")
+    source = (
+        "def f(x, sigma: float = 7.0, nk=5, resolution=128):\n    pass\n"
+        "parser.add_argument('--batch-size', type=int, default=8)\n"
+        "parser.add_argument('--seed', default=3)\n"
+    )
     assert restated_in_code(Path("simsc/planted.py"), source, schema_defaults()) == [
-        "simsc/planted.py:1 f(sigma=7.0)", "simsc/planted.py:1 f(nk=5)", "simsc/planted.py:3 --batch-size(batch_size=8)"]
+        "simsc/planted.py:1 f(sigma=7.0)",
+        "simsc/planted.py:1 f(nk=5)",
+        "simsc/planted.py:3 --batch-size(batch_size=8)",
+    ]
 
 
 def test_the_schema_reads_the_papers_values_from_simsc_defaults():
@@ -257,9 +278,15 @@ def test_the_schema_reads_the_papers_values_from_simsc_defaults():
 
     values = {v for k, v in vars(D).items() if k.isupper() and isinstance(v, (int, float, str))}
     tree = ast.parse((REPO / "simsc" / "config.py").read_text(encoding="utf-8"))
-    literal_fields = [(n.target.id, n.value.value) for n in ast.walk(tree)
-                      if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
-                      and isinstance(n.value, ast.Constant) and n.value.value in values
-                      and not isinstance(n.value.value, bool) and n.value.value is not None]
+    literal_fields = [
+        (n.target.id, n.value.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.AnnAssign)
+        and isinstance(n.target, ast.Name)
+        and isinstance(n.value, ast.Constant)
+        and n.value.value in values
+        and not isinstance(n.value.value, bool)
+        and n.value.value is not None
+    ]
     # allowed: a literal equal to a defaults value by coincidence, with its own meaning
     assert literal_fields == [("best_alpha", 0.1)]

@@ -26,7 +26,6 @@ from simsc.data.download import (
     fetch,
 )
 from simsc.data.sources import DATASET_SOURCES, MIRROR_ENV, Dataset, SourceFile, resolve_url
-
 from tests.http_server import LocalHTTPServer, unused_port
 
 FAST = dict(retries=2, backoff=0.001, timeout=5.0, progress=False)
@@ -118,8 +117,9 @@ def test_cut_download_resumes_and_installs(server, tmp_path, fmt):
     root = tmp_path / "data"
     messages: list[str] = []
 
-    final = download_dataset("toy", root, mirror=server.base_url, sources=toy_sources(name), log=messages.append,
-                             **FAST)
+    final = download_dataset(
+        "toy", root, mirror=server.base_url, sources=toy_sources(name), log=messages.append, **FAST
+    )
 
     reqs = server.requests_for(f"/{name}")
     assert [r.range for r in reqs] == [None, f"bytes={cut}-"]
@@ -228,11 +228,21 @@ def test_known_digest_in_the_source_table_is_enforced(server, tmp_path):
     server.files = {"/toy.zip": data}
     wrong = "0" * 64
     with pytest.raises(ChecksumError, match=wrong):
-        download_dataset("toy", tmp_path, mirror=server.base_url,
-                         sources=toy_sources("toy.zip", with_csv=False, sha256=wrong), **FAST)
+        download_dataset(
+            "toy",
+            tmp_path,
+            mirror=server.base_url,
+            sources=toy_sources("toy.zip", with_csv=False, sha256=wrong),
+            **FAST,
+        )
     assert tree(tmp_path) == []
-    download_dataset("toy", tmp_path, mirror=server.base_url,
-                     sources=toy_sources("toy.zip", with_csv=False, sha256=sha(data)), **FAST)
+    download_dataset(
+        "toy",
+        tmp_path,
+        mirror=server.base_url,
+        sources=toy_sources("toy.zip", with_csv=False, sha256=sha(data)),
+        **FAST,
+    )
     assert (tmp_path / "toy-set/toy/images/b.txt").read_bytes() == b"hello\n"
 
 
@@ -252,8 +262,9 @@ def test_invalid_archive_fails_and_leaves_a_clean_root(server, tmp_path, fmt, da
 def test_unexpected_layout_installs_nothing(server, tmp_path):
     server.files = {"/toy.zip": make_zip({"other/x.txt": b"x"})}
     with pytest.raises(DownloadError, match="unexpected archive layout"):
-        download_dataset("toy", tmp_path, mirror=server.base_url, sources=toy_sources("toy.zip", with_csv=False),
-                         **FAST)
+        download_dataset(
+            "toy", tmp_path, mirror=server.base_url, sources=toy_sources("toy.zip", with_csv=False), **FAST
+        )
     assert tree(tmp_path) == []
 
 
@@ -265,7 +276,7 @@ def test_corrupt_hand_placed_file_is_rejected(server, tmp_path):
     shutil.rmtree(tmp_path / "toy-set")
     (tmp_path / ".downloads").mkdir()
     mid = len(data) // 2
-    (tmp_path / ".downloads" / "toy.zip").write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:])
+    (tmp_path / ".downloads" / "toy.zip").write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :])
     with pytest.raises(ChecksumError, match=sha(data)):
         download_dataset("toy", tmp_path, **kwargs)
     assert tree(tmp_path) == [LOCK_NAME]  # the bad file was deleted
@@ -295,24 +306,45 @@ def _tar_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") ->
 
 UNSAFE = {
     "zip-dotdot": ("bad.zip", lambda: make_zip(_payload(), [zipfile.ZipInfo("../evil")]), "../evil", "'..'"),
-    "zip-nested-dotdot": ("bad.zip", lambda: make_zip(_payload(), [zipfile.ZipInfo("toy/../../evil")]),
-                          "toy/../../evil", "'..'"),
-    "zip-absolute": ("bad.zip", lambda: make_zip(_payload(), [zipfile.ZipInfo("/tmp/evil")]), "/tmp/evil",
-                     "absolute"),
+    "zip-nested-dotdot": (
+        "bad.zip",
+        lambda: make_zip(_payload(), [zipfile.ZipInfo("toy/../../evil")]),
+        "toy/../../evil",
+        "'..'",
+    ),
+    "zip-absolute": ("bad.zip", lambda: make_zip(_payload(), [zipfile.ZipInfo("/tmp/evil")]), "/tmp/evil", "absolute"),
     "zip-symlink": ("bad.zip", lambda: make_zip(_payload(), [_zip_symlink()]), "toy/link", "symlink"),
     "tar-dotdot": ("bad.tar.gz", lambda: make_tar_gz(_payload(), [_tar_member("../evil")]), "../evil", "'..'"),
-    "tar-absolute": ("bad.tar.gz", lambda: make_tar_gz(_payload(), [_tar_member("/tmp/evil")]), "/tmp/evil",
-                     "absolute"),
-    "tar-symlink": ("bad.tar.gz", lambda: make_tar_gz(_payload(), [_tar_member("toy/link", tarfile.SYMTYPE, "/etc")]),
-                    "toy/link", "symlink"),
-    "tar-symlink-escape": ("bad.tar.gz",
-                           lambda: make_tar_gz(_payload(), [_tar_member("toy/up", tarfile.SYMTYPE, "../..")]),
-                           "toy/up", "symlink"),
-    "tar-hardlink": ("bad.tar.gz",
-                     lambda: make_tar_gz(_payload(), [_tar_member("toy/hard", tarfile.LNKTYPE, "/etc/passwd")]),
-                     "toy/hard", "hard link"),
-    "tar-device": ("bad.tar.gz", lambda: make_tar_gz(_payload(), [_tar_member("toy/dev", tarfile.CHRTYPE)]),
-                   "toy/dev", "device"),
+    "tar-absolute": (
+        "bad.tar.gz",
+        lambda: make_tar_gz(_payload(), [_tar_member("/tmp/evil")]),
+        "/tmp/evil",
+        "absolute",
+    ),
+    "tar-symlink": (
+        "bad.tar.gz",
+        lambda: make_tar_gz(_payload(), [_tar_member("toy/link", tarfile.SYMTYPE, "/etc")]),
+        "toy/link",
+        "symlink",
+    ),
+    "tar-symlink-escape": (
+        "bad.tar.gz",
+        lambda: make_tar_gz(_payload(), [_tar_member("toy/up", tarfile.SYMTYPE, "../..")]),
+        "toy/up",
+        "symlink",
+    ),
+    "tar-hardlink": (
+        "bad.tar.gz",
+        lambda: make_tar_gz(_payload(), [_tar_member("toy/hard", tarfile.LNKTYPE, "/etc/passwd")]),
+        "toy/hard",
+        "hard link",
+    ),
+    "tar-device": (
+        "bad.tar.gz",
+        lambda: make_tar_gz(_payload(), [_tar_member("toy/dev", tarfile.CHRTYPE)]),
+        "toy/dev",
+        "device",
+    ),
 }
 
 
@@ -365,8 +397,16 @@ def test_connection_refused_names_the_url_and_the_manual_fix(tmp_path):
     mirror = f"http://127.0.0.1:{unused_port()}/"
     root = tmp_path / "data"
     with pytest.raises(DownloadError) as err:
-        download_dataset("toy", root, mirror=mirror, sources=toy_sources("toy.zip"), retries=1, backoff=0.001,
-                         timeout=2.0, progress=False)
+        download_dataset(
+            "toy",
+            root,
+            mirror=mirror,
+            sources=toy_sources("toy.zip"),
+            retries=1,
+            backoff=0.001,
+            timeout=2.0,
+            progress=False,
+        )
     msg = str(err.value)
     assert mirror + "toy.zip" in msg
     assert "https://example.invalid/pub/toy.zip" in msg  # the official URL to fetch by hand
@@ -392,8 +432,21 @@ def test_cli_reports_the_error_without_traceback(tmp_path, capsys):
     from simsc.cli import main
 
     port = unused_port()
-    rc = main(["download", "pfpascal", "--root", str(tmp_path), "--mirror", f"http://127.0.0.1:{port}",
-               "--retries", "0", "--backoff", "0", "--no-progress"])
+    rc = main(
+        [
+            "download",
+            "pfpascal",
+            "--root",
+            str(tmp_path),
+            "--mirror",
+            f"http://127.0.0.1:{port}",
+            "--retries",
+            "0",
+            "--backoff",
+            "0",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0
     assert f"http://127.0.0.1:{port}/PF-dataset-PASCAL.zip" in err
@@ -414,8 +467,9 @@ def test_503_twice_then_served(server, tmp_path):
     data = make_tar_gz(_payload())
     server.files = {"/toy.tar.gz": data}
     server.fail_next("/toy.tar.gz", 503, times=2)
-    final = download_dataset("toy", tmp_path, mirror=server.base_url,
-                             sources=toy_sources("toy.tar.gz", with_csv=False), **FAST)
+    final = download_dataset(
+        "toy", tmp_path, mirror=server.base_url, sources=toy_sources("toy.tar.gz", with_csv=False), **FAST
+    )
     assert len(server.requests_for("/toy.tar.gz")) == 3
     assert (final / "toy/images/b.txt").read_bytes() == b"hello\n"
 
@@ -450,10 +504,15 @@ def test_source_table_is_consistent():
 def test_cli_installs_pfpascal_from_a_mirror_given_by_the_environment(server, tmp_path, monkeypatch, capsys):
     from simsc.cli import main
 
-    archive = make_zip({"PF-dataset-PASCAL/JPEGImages/2008_006579.jpg": b"jpg",
-                        "PF-dataset-PASCAL/Annotations/car/2008_006579.mat": b"mat"})
-    csvs = {f"/{s}_pairs.csv": f"source_image,target_image,class,flip\n# {s}\n".encode()
-            for s in ("train", "val", "test")}
+    archive = make_zip(
+        {
+            "PF-dataset-PASCAL/JPEGImages/2008_006579.jpg": b"jpg",
+            "PF-dataset-PASCAL/Annotations/car/2008_006579.mat": b"mat",
+        }
+    )
+    csvs = {
+        f"/{s}_pairs.csv": f"source_image,target_image,class,flip\n# {s}\n".encode() for s in ("train", "val", "test")
+    }
     server.files = {"/PF-dataset-PASCAL.zip": archive, **csvs}
     monkeypatch.setenv(MIRROR_ENV, server.base_url)
     argv = ["download", "pfpascal", "--root", str(tmp_path), "--backoff", "0", "--no-progress"]
@@ -487,8 +546,9 @@ def test_cli_help_and_list(capsys):
 
 
 def test_spair_installs_under_its_loader_root(server, tmp_path):
-    archive = make_tar_gz({"SPair-71k/Layout/large/test.txt": b"000001-a-b:cat\n",
-                           "SPair-71k/JPEGImages/cat/a.jpg": b"jpg"})
+    archive = make_tar_gz(
+        {"SPair-71k/Layout/large/test.txt": b"000001-a-b:cat\n", "SPair-71k/JPEGImages/cat/a.jpg": b"jpg"}
+    )
     server.files = {"/SPair-71k.tar.gz": archive}
     path = download_dataset("spair", tmp_path, mirror=server.base_url, **FAST)
     assert path == tmp_path / "spair-71k" / "SPair-71k"

@@ -131,9 +131,15 @@ def covered(path: str, deps: list[str]) -> bool:
 
 def test_the_closure_follows_lazy_and_relative_imports():
     files = closure("pipeline.stage_report")
-    assert {"pipeline/__init__.py", "pipeline/stage_report.py", "pipeline/report.py",  # from .report (lazy)
-            "pipeline/tracking/results.py", "pipeline/stage_common.py", "simsc/__init__.py",
-            "simsc/errors.py"} <= files
+    assert {
+        "pipeline/__init__.py",
+        "pipeline/stage_report.py",
+        "pipeline/report.py",  # from .report (lazy)
+        "pipeline/tracking/results.py",
+        "pipeline/stage_common.py",
+        "simsc/__init__.py",
+        "simsc/errors.py",
+    } <= files
     assert "pipeline/stage_train.py" not in files
 
 
@@ -168,7 +174,8 @@ def test_params_are_the_ones_the_stage_reads(name):
     module = importlib.import_module(entry_module(stage))
     declared = [str(p) for p in stage.get("params", [])]
     assert sorted(declared) == sorted(module.PARAMS), (
-        f"dvc.yaml stage {name!r} params {declared} != {module.__name__}.PARAMS {list(module.PARAMS)}")
+        f"dvc.yaml stage {name!r} params {declared} != {module.__name__}.PARAMS {list(module.PARAMS)}"
+    )
 
 
 def strings_in(path: Path, functions: set[str] | None = None) -> set[str]:
@@ -194,8 +201,12 @@ def strings_in(path: Path, functions: set[str] | None = None) -> set[str]:
 def common_helpers(module_path: Path) -> set[str]:
     """The names the stage module imports from ``pipeline.stage_common``."""
     tree = ast.parse((REPO / module_path).read_text(encoding="utf-8"))
-    return {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "pipeline.stage_common"
-            for a in n.names}
+    return {
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == "pipeline.stage_common"
+        for a in n.names
+    }
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -213,7 +224,13 @@ def test_every_declared_params_key_is_read(name):
 def test_the_declaration_limits_what_a_stage_sees():
     from pipeline.stage_common import select
 
-    params = {"data": {"dataset": "embedded", "root": "r", "resolution": 64}, "train": {"lr": 1}, "embedded": {"seed": 0}}
+    params = {
+        "data": {"dataset": "embedded", "root": "r", "resolution": 64},
+        "train": {"lr": 1},
+        "embedded": {"seed": 0},
+    }
     assert select(params, ("data.dataset", "data.root", "embedded")) == {
-        "data": {"dataset": "embedded", "root": "r"}, "embedded": {"seed": 0}}
+        "data": {"dataset": "embedded", "root": "r"},
+        "embedded": {"seed": 0},
+    }
     assert select({"tracking": "yes"}, ("tracking",)) == {"tracking": "yes"}

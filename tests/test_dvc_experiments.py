@@ -29,13 +29,24 @@ if not DVC.exists():  # pragma: no cover - dvc is a pipeline dependency
 
 PCK_FILE = "reports/eval/test_64/pck.json"
 TRAIN_FILE = "reports/train/metrics.json"
-COMMITTED = ("dvc.lock", PCK_FILE, TRAIN_FILE, "reports/train/steps.csv", "reports/train/val_pck.csv",
-             "reports/eval/test_64/pck_vs_beta.json", "reports/report.md", "reports/report.html")
+COMMITTED = (
+    "dvc.lock",
+    PCK_FILE,
+    TRAIN_FILE,
+    "reports/train/steps.csv",
+    "reports/train/val_pck.csv",
+    "reports/eval/test_64/pck_vs_beta.json",
+    "reports/report.md",
+    "reports/report.html",
+)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +93,9 @@ def test_shared_remote_push_pull(baseline, tmp_path):
     status = json.loads(run([DVC, "status", "--json"], work_b, env_b))
     assert status == {}, status
     assert tree_digest(work_b / "reports") == reports_a
-    assert (work_b / "runs/default/checkpoints/best.pt").read_bytes() == \
-        (work_a / "runs/default/checkpoints/best.pt").read_bytes()
+    assert (work_b / "runs/default/checkpoints/best.pt").read_bytes() == (
+        work_a / "runs/default/checkpoints/best.pt"
+    ).read_bytes()
 
 
 def exp_rows(shown: Any) -> dict[str, dict[str, Any]]:
@@ -142,7 +154,21 @@ def test_experiments_compare_and_apply(baseline):
     assert changed_lines(work, env) == ["-  max_steps: 4", "+  max_steps: 6"]
 
     shown = exp_rows(json.loads(run([DVC, "exp", "show", "--json"], work, env)))
-    print(run([DVC, "exp", "show", "--no-pager", "--md", "--drop", "^(?!.*(pck@|beta_eff|lr_backbone|max_steps|Experiment)).*$"], work, env))
+    print(
+        run(
+            [
+                DVC,
+                "exp",
+                "show",
+                "--no-pager",
+                "--md",
+                "--drop",
+                "^(?!.*(pck@|beta_eff|lr_backbone|max_steps|Experiment)).*$",
+            ],
+            work,
+            env,
+        )
+    )
     for name in ("baseline", "lr-high", "six-steps"):
         row = shown[name]
         for a in ("0.05", "0.1", "0.15"):

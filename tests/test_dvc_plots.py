@@ -27,7 +27,7 @@ def definitions() -> list[tuple[str, dict, list[str], list[str]]]:
     """(name, properties, files, y fields) of every plot: top-level, then stage-level."""
     out = []
     for entry in DVC_YAML.get("plots", []):
-        (name, props), = entry.items() if isinstance(entry, dict) else ((entry, {}),)
+        ((name, props),) = entry.items() if isinstance(entry, dict) else ((entry, {}),)
         props = props or {}
         y = props.get("y")
         if isinstance(y, dict):
@@ -38,7 +38,7 @@ def definitions() -> list[tuple[str, dict, list[str], list[str]]]:
     for stage in DVC_YAML["stages"].values():
         body = stage.get("do", stage)
         for entry in body.get("plots", []):
-            (path, props), = entry.items() if isinstance(entry, dict) else ((entry, {}),)
+            ((path, props),) = entry.items() if isinstance(entry, dict) else ((entry, {}),)
             props = props or {}
             y = props.get("y")
             out.append((path, props, [path], [y] if isinstance(y, str) else list(y or [])))
@@ -98,9 +98,13 @@ def log_axes(template: str) -> set[str]:
 @pytest.mark.parametrize("plot", PLOTS, ids=[p[0] for p in PLOTS])
 def test_beta_is_on_a_log_axis(plot):
     name, props, _, fields = plot
-    want = {ax for ax, cols in (("x", [props.get("x", "")]), ("y", fields)) if any(str(c).startswith("beta") for c in cols)}
+    want = {
+        ax for ax, cols in (("x", [props.get("x", "")]), ("y", fields)) if any(str(c).startswith("beta") for c in cols)
+    }
     have = log_axes(props.get("template", "linear"))
-    assert want <= have, f"{name}: beta on axis {sorted(want - have)} but template {props.get('template')!r} is linear there"
+    assert want <= have, (
+        f"{name}: beta on axis {sorted(want - have)} but template {props.get('template')!r} is linear there"
+    )
     assert have <= want or not have, f"{name}: log axis {sorted(have - want)} holds no beta"
 
 
@@ -119,16 +123,26 @@ def test_dvc_plots_show_draws_each_panel_once(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     train = tmp_path / "reports/train"
     train.mkdir(parents=True)
-    (train / "steps.csv").write_text("step,loss,beta_a,beta_b,beta_eff,lr_backbone\n1,2.0,0.5,0.4,0.3,1e-4\n2,1.5,0.1,0.09,0.05,1e-4\n")
+    (train / "steps.csv").write_text(
+        "step,loss,beta_a,beta_b,beta_eff,lr_backbone\n1,2.0,0.5,0.4,0.3,1e-4\n2,1.5,0.1,0.09,0.05,1e-4\n"
+    )
     (train / "val_pck.csv").write_text("epoch,step,pck@0.05,pck@0.1,pck@0.15\n0,1,10,20,30\n1,2,15,25,35\n")
     sets = yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"]["sets"]
     for s in sets:
         d = tmp_path / "reports/eval" / s
         d.mkdir(parents=True)
         (d / "pck_vs_alpha.json").write_text(json.dumps([{"alpha": 0.05, "pck": 10}, {"alpha": 0.1, "pck": 20}]))
-        (d / "pck_vs_beta.json").write_text(json.dumps([{"beta_eval": 0.01, "pck@0.1": 10}, {"beta_eval": 1, "pck@0.1": 20}]))
-    res = subprocess.run([str(DVC), "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"})
+        (d / "pck_vs_beta.json").write_text(
+            json.dumps([{"beta_eval": 0.01, "pck@0.1": 10}, {"beta_eval": 1, "pck@0.1": 20}])
+        )
+    res = subprocess.run(
+        [str(DVC), "plots", "show", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
+    )
     assert res.returncode == 0, res.stderr
     panels = json.loads(res.stdout)["data"]
     assert len(panels) == len(DVC_YAML["plots"]) + 2 * len(sets), list(panels)

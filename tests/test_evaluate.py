@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from simsc.evaluate import DEFAULT_BETA_SWEEP, beta_sweep, evaluate, pair_loader
 from simsc.engine.toy import ToyTranslationPairs
+from simsc.evaluate import DEFAULT_BETA_SWEEP, beta_sweep, evaluate, pair_loader
 from simsc.model import SimSC
 
 ALPHAS = ["0.05", "0.1", "0.15"]
@@ -46,8 +46,20 @@ def test_report_structure(untrained, tmp_path):
     ds = ToyTranslationPairs(5, 64, max_shift=8, categories=2, split="test")
     preds = tmp_path / "p.jsonl"
     rep = evaluate(untrained, ds, batch_size=2, predictions=preds)
-    assert set(rep) >= {"per_image", "per_keypoint", "per_category", "n_pairs", "n_keypoints", "dataset", "split",
-                        "resolution", "beta_eval", "beta_eff", "alphas", "threshold_kind"}
+    assert set(rep) >= {
+        "per_image",
+        "per_keypoint",
+        "per_category",
+        "n_pairs",
+        "n_keypoints",
+        "dataset",
+        "split",
+        "resolution",
+        "beta_eval",
+        "beta_eff",
+        "alphas",
+        "threshold_kind",
+    }
     assert list(rep["per_image"]) == ALPHAS and list(rep["per_keypoint"]) == ALPHAS
     assert set(rep["per_category"]) == {"cat0", "cat1"}
     assert rep["n_pairs"] == 5 and rep["n_keypoints"] == 5 * 16
@@ -119,7 +131,11 @@ def test_embedded_test_split(untrained, tiny_embedded, resolution):
     ds = build_dataset("embedded", tiny_embedded, "test", resolution)
     rep = evaluate(untrained, ds, batch_size=4)
     assert (rep["dataset"], rep["split"], rep["resolution"], rep["threshold_kind"]) == (
-        "embedded", "test", resolution, "bbox")
+        "embedded",
+        "test",
+        resolution,
+        "bbox",
+    )
     assert rep["n_pairs"] == 4 and set(rep["per_category"]) <= {"chelsea", "motorcycle"}
 
 
@@ -149,9 +165,13 @@ def best_checkpoint(tmp_path_factory, tiny_embedded):
     from simsc.model import build_model
 
     run = tmp_path_factory.mktemp("eval-run")
-    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "temperature": "mlp"},
-                       "data": {"dataset": "embedded", "root": str(tiny_embedded), "resolution": 64},
-                       "eval": {"resolution": 64, "batch_size": 3}})
+    cfg = load_config(
+        {
+            "model": {"backbone": "resnet18", "pretrained": False, "temperature": "mlp"},
+            "data": {"dataset": "embedded", "root": str(tiny_embedded), "resolution": 64},
+            "eval": {"resolution": 64, "batch_size": 3},
+        }
+    )
     torch.manual_seed(0)
     ck = build_checkpoint("best", model=build_model(cfg), config=cfg, state=TrainState())
     atomic_save(ck, run / "checkpoints" / "best.pt")
@@ -165,17 +185,20 @@ def test_cli_and_dvc_stage_write_the_same_evaluation(best_checkpoint, tiny_embed
     ckpt = best_checkpoint / "checkpoints" / "best.pt"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "cli.json"), "--quiet"]) == 0
     monkeypatch.chdir(tmp_path)
-    params = {"eval": {"resolution": 64, "batch_size": 3},
-              "evaluate": {"sets": {"emb": {"dataset": "embedded", "root": str(tiny_embedded)}}, "sweep": False},
-              "train": {"out_dir": str(best_checkpoint)}}
+    params = {
+        "eval": {"resolution": 64, "batch_size": 3},
+        "evaluate": {"sets": {"emb": {"dataset": "embedded", "root": str(tiny_embedded)}}, "sweep": False},
+        "train": {"out_dir": str(best_checkpoint)},
+    }
     stage_evaluate(params, "emb")
     cli = json.loads((tmp_path / "cli.json").read_text())
     stage = json.loads((tmp_path / "reports/eval/emb/report.json").read_text())
     assert cli.pop("model") == {"checkpoint": str(ckpt)} and cli.pop("predictions").endswith("cli.predictions.jsonl")
     assert stage.pop("name") == "emb" and stage.pop("checkpoint") == str(ckpt)
     assert cli == stage and cli["n_pairs"] == 4 and cli["resolution"] == 64 and cli["split"] == "test"
-    assert (tmp_path / "cli.predictions.jsonl").read_bytes() == (tmp_path / "reports/eval/emb/predictions.jsonl"
-                                                                 ).read_bytes()
+    assert (tmp_path / "cli.predictions.jsonl").read_bytes() == (
+        tmp_path / "reports/eval/emb/predictions.jsonl"
+    ).read_bytes()
 
 
 def test_a_failed_evaluation_leaves_no_report_or_partial_predictions(tmp_path):

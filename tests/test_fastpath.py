@@ -38,8 +38,9 @@ def test_channels_last_training_matches_default(tmp_path):
     losses = {}
     for on in (False, True):
         hist = HistoryCallback()
-        trainer = Trainer(_cfg(tmp_path / str(on), channels_last=on), callbacks=[hist], train_dataset=trn,
-                          val_dataset=val)
+        trainer = Trainer(
+            _cfg(tmp_path / str(on), channels_last=on), callbacks=[hist], train_dataset=trn, val_dataset=val
+        )
         trainer.fit()
         conv = trainer.model.backbone.model.conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) is on
@@ -80,15 +81,20 @@ def test_query_scores_are_bilinear_rows_of_the_full_correlation():
     fa = l2_normalize(torch.randn(b, c, h, w, generator=g))
     fb = l2_normalize(torch.randn(b, c, h, w, generator=g))
     # cell centres, corners of the map, and fractional points in both directions
-    uv_a = torch.tensor([[[0.0, 0.0], [2.25, 1.5], [5.0, 4.0], [3.7, 0.2]],
-                         [[1.5, 3.25], [0.0, 4.0], [4.9, 2.0], [2.0, 2.0]]])
+    uv_a = torch.tensor(
+        [[[0.0, 0.0], [2.25, 1.5], [5.0, 4.0], [3.7, 0.2]], [[1.5, 3.25], [0.0, 4.0], [4.9, 2.0], [2.0, 2.0]]]
+    )
     expected = torch.zeros(b, uv_a.shape[1], h, w)
     for k in range(b):
         for n, (x, y) in enumerate(uv_a[k].tolist()):
             x0, y0 = math.floor(x), math.floor(y)
             fx, fy = x - x0, y - y0
-            for yy, xx, wt in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x0 + 1, fx * (1 - fy)),
-                               (y0 + 1, x0, (1 - fx) * fy), (y0 + 1, x0 + 1, fx * fy)):
+            for yy, xx, wt in (
+                (y0, x0, (1 - fx) * (1 - fy)),
+                (y0, x0 + 1, fx * (1 - fy)),
+                (y0 + 1, x0, (1 - fx) * fy),
+                (y0 + 1, x0 + 1, fx * fy),
+            ):
                 if wt == 0.0:  # the neighbour past the last cell carries no weight
                     continue
                 for i in range(h):

@@ -100,11 +100,15 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(tmp_path, fp32_los
     def broken_compile(fn, **kwargs):
         def compiled(*args, **kw):
             raise RuntimeError("InductorError: no working C++ compiler (simulated)")
+
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    with pytest.warns(RuntimeWarning, match=r"train.compile: torch.compile \(backend 'inductor'\) failed .*simulated.*"
-                                            r"runs eagerly"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"train.compile: torch.compile \(backend 'inductor'\) failed .*simulated.*"
+        r"runs eagerly",
+    ):
         _, losses = _run(tmp_path, compile=True)
     torch.testing.assert_close(losses, fp32_losses, rtol=0, atol=0)
 

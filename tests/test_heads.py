@@ -48,8 +48,9 @@ def test_registry_has_the_three_heads_and_rejects_unknown_and_duplicate_names():
 
 def _model(head: str, temperature: str = "mlp", finetune: str = "last_block", resolution: int = 64, **kw) -> SimSC:
     torch.manual_seed(0)
-    return SimSC("resnet18", temperature, finetune=finetune, head=head, head_preset="small",
-                 head_resolution=resolution, **kw)
+    return SimSC(
+        "resnet18", temperature, finetune=finetune, head=head, head_preset="small", head_resolution=resolution, **kw
+    )
 
 
 def _batch(b=2, n=5, size=(64, 64), size_b=None, seed=1):
@@ -121,7 +122,11 @@ def test_gradients_reach_head_temperature_and_finetuned_backbone(head, finetune)
 
 
 def test_default_temperatures_are_the_heads_own():
-    for head, name, beta_eval in (("sfnet", "fixed:0.02", 1.0), ("cats", "fixed:0.02", 1.0), ("ncnet", "fixed:1", 0.02)):
+    for head, name, beta_eval in (
+        ("sfnet", "fixed:0.02", 1.0),
+        ("cats", "fixed:0.02", 1.0),
+        ("ncnet", "fixed:1", 0.02),
+    ):
         model = _model(head, temperature="default")
         assert model.temperature.name == name and model.temperature.default_beta_eval == beta_eval
     with pytest.raises(ValueError, match="set a head"):
@@ -145,7 +150,9 @@ def test_sfnet_scores_are_the_product_of_two_correlations_scaled_by_the_temperat
     expected = query_score_maps(h["a3"], h["b3"], uv) * query_score_maps(h["a4"], h["b4"], uv)
     assert torch.allclose(ref.query_scores(out, uv), expected)
     hot = _same_weights("sfnet", "fixed:0.02", ref)
-    assert torch.allclose(hot.query_scores(hot(batch["src_img"], batch["trg_img"]), uv), expected / 0.02, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(
+        hot.query_scores(hot(batch["src_img"], batch["trg_img"]), uv), expected / 0.02, rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("head", ["ncnet", "cats"])
@@ -178,7 +185,7 @@ def test_conv4d_matches_a_direct_sum_over_the_kernel():
     xp = F.pad(x, (1, 1) * 4)
     expected = torch.zeros(2, 3, 3, 4, 3, 2)
     for di, dj, dk, dl in itertools.product(range(3), repeat=4):
-        patch = xp[:, :, di:di + 3, dj:dj + 4, dk:dk + 3, dl:dl + 2]
+        patch = xp[:, :, di : di + 3, dj : dj + 4, dk : dk + 3, dl : dl + 2]
         expected += torch.einsum("oc,bcijkl->boijkl", conv.weight[:, :, di, dj, dk, dl], patch)
     expected += conv.bias.view(1, -1, 1, 1, 1, 1)
     assert torch.allclose(conv(x), expected, atol=1e-5)
@@ -256,8 +263,12 @@ def test_tiny_overfit_drives_pck_well_above_untrained(head):
 
 
 def test_config_fields_and_parameter_group():
-    cfg = load_config({"model": {"head": "cats", "temperature": "default", "backbone": "resnet18", "pretrained": False},
-                       "train": {"lr_head": 3e-4}})
+    cfg = load_config(
+        {
+            "model": {"head": "cats", "temperature": "default", "backbone": "resnet18", "pretrained": False},
+            "train": {"lr_head": 3e-4},
+        }
+    )
     assert cfg.resolved_lr_head() == 3e-4
     from simsc.engine import build_model
 
@@ -288,12 +299,27 @@ class _StopAt(Callback):
 
 def _head_config(out_dir, head):
     return {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp",
-                  "head": head, "head_preset": "small"},
+        "model": {
+            "backbone": "resnet18",
+            "pretrained": False,
+            "finetune": "last_block",
+            "temperature": "mlp",
+            "head": head,
+            "head_preset": "small",
+        },
         "data": {"batch_size": 2, "resolution": 64},
-        "train": {"epochs": 1, "max_steps": 5, "lr_backbone": 1e-3, "lr_head": 1e-3, "out_dir": str(out_dir),
-                  "progress": False, "val_max_pairs": 2, "checkpoint_every_steps": 2, "num_threads": 1,
-                  "device": "cpu"},
+        "train": {
+            "epochs": 1,
+            "max_steps": 5,
+            "lr_backbone": 1e-3,
+            "lr_head": 1e-3,
+            "out_dir": str(out_dir),
+            "progress": False,
+            "val_max_pairs": 2,
+            "checkpoint_every_steps": 2,
+            "num_threads": 1,
+            "device": "cpu",
+        },
     }
 
 
@@ -324,9 +350,17 @@ def test_report_tab2_section_lays_out_ours_beside_the_paper(tmp_path):
 
     numbers = yaml.safe_load(PAPER_NUMBERS.read_text())
     cell = {"0.05": {"mean": 12.34, "std": 1.0}, "0.1": {"mean": 45.6, "std": 0.25}}
-    results = {"setup": {"data": "/x/data/embedded", "backbone": "resnet18", "resolution": 160, "steps": 50,
-                         "seeds": [0, 1], "heads": ["ncnet"]},
-               "summary": {"default|ncnet": cell}}
+    results = {
+        "setup": {
+            "data": "/x/data/embedded",
+            "backbone": "resnet18",
+            "resolution": 160,
+            "steps": 50,
+            "seeds": [0, 1],
+            "heads": ["ncnet"],
+        },
+        "summary": {"default|ncnet": cell},
+    }
     path = tmp_path / "heads.json"
     path.write_text(json.dumps(results))
     text = "\n".join(heads_tab2_section(path, numbers))
@@ -334,8 +368,10 @@ def test_report_tab2_section_lays_out_ours_beside_the_paper(tmp_path):
     assert "| + SimSC, beta_eval = learned | - | 82.8 / 93.2 |" in text
     assert "not PF-Pascal" in text
     # a head run is not matched to a paper row of SimSC without a head
-    cfg = {"model": {"backbone": "resnet101", "temperature": "mlp", "finetune": "last_block", "pretrained": True},
-           "data": {"dataset": "pfpascal"}}
+    cfg = {
+        "model": {"backbone": "resnet101", "temperature": "mlp", "finetune": "last_block", "pretrained": True},
+        "data": {"dataset": "pfpascal"},
+    }
     assert paper_reference(cfg, "pfpascal", "256", numbers)[0] == "SimSC-ResNet101"
     cfg["model"]["head"] = "sfnet"
     assert paper_reference(cfg, "pfpascal", "256", numbers) is None

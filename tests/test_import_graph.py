@@ -67,7 +67,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
                 stack.pop()
                 path.pop()
             elif colour.get(nxt, 2) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif colour.get(nxt) == 0:
                 colour[nxt] = 1
                 stack.append((nxt, iter(sorted(g[nxt]))))
@@ -117,8 +117,13 @@ def forbidden_imports(source: str, filename: str) -> list[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names = [node.module or ""]
-        elif (isinstance(node, ast.Call) and _is_dynamic_import(node.func) and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and _is_dynamic_import(node.func)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             names = [node.args[0].value]
         found += [f"{filename}:{node.lineno}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
     return found
@@ -138,29 +143,35 @@ def test_the_checker_finds_a_planted_lazy_import(tmp_path):
     (lib / "sub").mkdir(parents=True)
     (lib / "__init__.py").write_text("")
     (lib / "sub" / "deep.py").write_text(
-        "import importlib\n"                                      # 1
-        "\n"                                                      # 2
-        "def resolve(uri):\n"                                     # 3
+        "import importlib\n"  # 1
+        "\n"  # 2
+        "def resolve(uri):\n"  # 3
         "    from pipeline.tracking.models import fetch_checkpoint\n"  # 4
-        "    return fetch_checkpoint(uri)\n"                      # 5
-        "\n"                                                      # 6
-        "class Logger:\n"                                         # 7
-        "    def log(self):\n"                                    # 8
-        "        try:\n"                                          # 9
-        "            import mlflow.pyfunc, json\n"                # 10
-        "        except ImportError:\n"                           # 11
-        "            pass\n"                                      # 12
-        "\n"                                                      # 13
-        "def tune():\n"                                           # 14
+        "    return fetch_checkpoint(uri)\n"  # 5
+        "\n"  # 6
+        "class Logger:\n"  # 7
+        "    def log(self):\n"  # 8
+        "        try:\n"  # 9
+        "            import mlflow.pyfunc, json\n"  # 10
+        "        except ImportError:\n"  # 11
+        "            pass\n"  # 12
+        "\n"  # 13
+        "def tune():\n"  # 14
         "    return importlib.import_module('ray.tune'), __import__('dvc')\n"  # 15
     )
     # near misses: other packages whose names start alike, a sibling module called pipeline
-    (lib / "clean.py").write_text("import rayon\nfrom mlflowish import x\nfrom .pipeline import y\n"
-                                  "import importlib\nimportlib.import_module('simsc.pipelines')\n")
+    (lib / "clean.py").write_text(
+        "import rayon\nfrom mlflowish import x\nfrom .pipeline import y\n"
+        "import importlib\nimportlib.import_module('simsc.pipelines')\n"
+    )
     files, found = forbidden_imports_under(lib)
     assert len(files) == 3
-    assert found == ["lib/sub/deep.py:4: pipeline.tracking.models", "lib/sub/deep.py:10: mlflow.pyfunc",
-                     "lib/sub/deep.py:15: ray.tune", "lib/sub/deep.py:15: dvc"]
+    assert found == [
+        "lib/sub/deep.py:4: pipeline.tracking.models",
+        "lib/sub/deep.py:10: mlflow.pyfunc",
+        "lib/sub/deep.py:15: ray.tune",
+        "lib/sub/deep.py:15: dvc",
+    ]
 
 
 def test_the_library_never_imports_orchestration_or_tracking():
@@ -172,18 +183,26 @@ def test_the_library_never_imports_orchestration_or_tracking():
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return set(out.split())
 
 
 def test_help_and_the_data_package_do_not_import_torch():
-    help_run = _modules_after("import contextlib, simsc.cli\nwith contextlib.suppress(SystemExit):\n"
-                              "    simsc.cli.main(['--help'])")
+    help_run = _modules_after(
+        "import contextlib, simsc.cli\nwith contextlib.suppress(SystemExit):\n    simsc.cli.main(['--help'])"
+    )
     assert "simsc.cli" in help_run and "torch" not in help_run and "numpy" not in help_run
     for cmd in ("train", "evaluate", "match", "download"):
-        sub = _modules_after(f"import contextlib, simsc.cli\nwith contextlib.suppress(SystemExit):\n"
-                             f"    simsc.cli.main(['{cmd}', '--help'])")
+        sub = _modules_after(
+            f"import contextlib, simsc.cli\nwith contextlib.suppress(SystemExit):\n"
+            f"    simsc.cli.main(['{cmd}', '--help'])"
+        )
         assert "torch" not in sub, cmd
         # nor the downloader's HTTP, TLS and archive modules (simsc.data.download is lazy)
         assert not {"http.client", "ssl", "tarfile", "zipfile"} & sub, cmd

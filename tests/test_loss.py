@@ -130,9 +130,7 @@ def reference_ce_prob(scores, uv_b, ns=3, nk=5):
                     x, y = float(uv_b[bi, q, 0]) + j, float(uv_b[bi, q, 1]) + i
                     x0, y0 = math.floor(x), math.floor(y)
                     corners = [
-                        (yy, xx, (1 - abs(y - yy)) * (1 - abs(x - xx)))
-                        for yy in (y0, y0 + 1)
-                        for xx in (x0, x0 + 1)
+                        (yy, xx, (1 - abs(y - yy)) * (1 - abs(x - xx))) for yy in (y0, y0 + 1) for xx in (x0, x0 + 1)
                     ]
                     wx = sum((1 - abs(x - xx)) for xx in (x0, x0 + 1) if 0 <= xx < w)
                     wy = sum((1 - abs(y - yy)) for yy in (y0, y0 + 1) if 0 <= yy < h)
@@ -172,7 +170,9 @@ def test_both_forms_agree_at_integer_targets_border_included():
     # at a cell centre the prob form is the plain weighted log-likelihood of the ns x ns cells
     logp = torch.log_softmax(scores[0, 0].flatten(), 0).view(h, w)
     expected = -(gaussian_point_weights() * logp[1:4, 1:4]).sum()
-    assert cross_entropy_prob(*(t[:, :1] for t in (scores, uv, valid))).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert cross_entropy_prob(*(t[:, :1] for t in (scores, uv, valid))).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
 
 
 def test_prob_form_is_below_logprob_between_cells_jensen():

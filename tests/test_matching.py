@@ -56,8 +56,10 @@ def test_query_score_maps_interpolate_rows_bilinearly_at_sub_cell_positions():
     maps = query_score_maps(fa, fb, torch.tensor([[[x, y]]]))
     x0, y0, ax, ay = 2, 3, 0.25, 0.6
     expected = (
-        (1 - ax) * (1 - ay) * full[y0, x0] + ax * (1 - ay) * full[y0, x0 + 1]
-        + (1 - ax) * ay * full[y0 + 1, x0] + ax * ay * full[y0 + 1, x0 + 1]
+        (1 - ax) * (1 - ay) * full[y0, x0]
+        + ax * (1 - ay) * full[y0, x0 + 1]
+        + (1 - ax) * ay * full[y0 + 1, x0]
+        + ax * ay * full[y0 + 1, x0 + 1]
     )
     assert torch.allclose(maps[0, 0].flatten(), expected, atol=1e-5)
 

@@ -39,17 +39,21 @@ def _batch(b=3, n=6, size=64, seed=0):
 
 # -- the guard itself --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("read", [
-    lambda x: x.sum().item(),
-    lambda x: bool((x > 0).any()),
-    lambda x: float(x[0]),
-    lambda x: x.tolist(),
-    lambda x: x.nonzero(),
-    lambda x: x[x > 0],
-    lambda x: torch.where(x > 0),
-    lambda x: x.unique(),
-    lambda x: (x > 0).all() if (x > 0).all() else None,
-])
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda x: x.sum().item(),
+        lambda x: bool((x > 0).any()),
+        lambda x: float(x[0]),
+        lambda x: x.tolist(),
+        lambda x: x.nonzero(),
+        lambda x: x[x > 0],
+        lambda x: torch.where(x > 0),
+        lambda x: x.unique(),
+        lambda x: (x > 0).all() if (x > 0).all() else None,
+    ],
+)
 def test_guard_catches_host_reads(read):
     x = torch.randn(5)
     with pytest.raises(HostSyncError, match="host read"):
@@ -67,6 +71,7 @@ def test_guard_lets_device_side_code_and_allowed_tensors_through():
 
 
 # -- loss values: masked means == the boolean-indexing version ----------------------------------
+
 
 def _old_mean_over_valid_queries(per_query, valid, who, check=True):
     """The implementation before issue 17 (boolean indexing), kept as the reference."""
@@ -116,6 +121,7 @@ def test_model_loss_unchecked_equals_checked_and_matches_old_reduction(monkeypat
 
 # -- the step under the guard -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", ["mlp", "single"])
 def test_loss_backward_and_adam_step_make_no_host_read(temperature):
     torch.manual_seed(0)
@@ -163,8 +169,14 @@ def _cfg(out_dir, **train):
     cfg = {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
         "data": {"batch_size": 4, "resolution": 64},
-        "train": {"epochs": 1, "out_dir": str(out_dir), "progress": "off", "val_max_pairs": 2, "device": "cpu",
-                  "log_grad_stats": True},
+        "train": {
+            "epochs": 1,
+            "out_dir": str(out_dir),
+            "progress": "off",
+            "val_max_pairs": 2,
+            "device": "cpu",
+            "log_grad_stats": True,
+        },
     }
     cfg["train"].update(train)
     return cfg
@@ -198,8 +210,12 @@ def test_batched_record_reads_give_the_same_metrics(tmp_path):
     runs = {}
     for every in (1, 2):
         hist = HistoryCallback()
-        Trainer(_cfg(tmp_path / str(every), log_every_steps=every, epochs=2), callbacks=[hist], train_dataset=trn,
-                val_dataset=val).fit()
+        Trainer(
+            _cfg(tmp_path / str(every), log_every_steps=every, epochs=2),
+            callbacks=[hist],
+            train_dataset=trn,
+            val_dataset=val,
+        ).fit()
         lines = [json.loads(x) for x in (tmp_path / str(every) / "metrics.jsonl").read_text().splitlines()]
         runs[every] = (hist.steps, [x for x in lines if x["type"] == "epoch"])
         assert [r["step"] for r in hist.steps] == list(range(1, 7))
@@ -210,8 +226,7 @@ def test_batched_record_reads_give_the_same_metrics(tmp_path):
 
 def test_divergence_found_by_a_batched_read_names_its_step_and_keeps_the_good_checkpoint(tmp_path):
     trn, val = _datasets(n_train=24)
-    trainer = Trainer(_cfg(tmp_path, log_every_steps=4, checkpoint_every_steps=2), train_dataset=trn,
-                      val_dataset=val)
+    trainer = Trainer(_cfg(tmp_path, log_every_steps=4, checkpoint_every_steps=2), train_dataset=trn, val_dataset=val)
     build = trainer._build
 
     def patched():
@@ -241,6 +256,7 @@ def test_divergence_found_by_a_batched_read_names_its_step_and_keeps_the_good_ch
 
 # -- the evaluator's inner step -----------------------------------------------------------------
 
+
 def test_evaluator_inner_step_makes_no_host_read():
     torch.manual_seed(0)
     model = SimSC("resnet18", "mlp", finetune="last_block").eval()
@@ -249,11 +265,13 @@ def test_evaluator_inner_step_makes_no_host_read():
     with no_host_sync():
         pred, beta_eff = predict_batch(model, batch, [1.0, 0.1], torch.device("cpu"))
     assert pred.shape == (2, 3, 6, 2) and beta_eff.shape == (3,)
-    torch.testing.assert_close(pred[0], model.predict(batch["src_img"], batch["trg_img"], batch["src_kps"],
-                                                      batch["valid"], beta_eval=1.0))
+    torch.testing.assert_close(
+        pred[0], model.predict(batch["src_img"], batch["trg_img"], batch["src_kps"], batch["valid"], beta_eval=1.0)
+    )
 
 
 # -- bad batches: clear errors from the CPU-side check ------------------------------------------
+
 
 def test_check_batch_rejects_bad_batches_clearly():
     batch = _batch()

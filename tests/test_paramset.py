@@ -19,8 +19,12 @@ def test_merge_replaces_evaluation_sets_and_merges_the_rest():
 
 
 def test_apply_set_replaces_engine_sections_and_merges_pipeline_sections():
-    params = {"model": {"backbone": "resnet18", "pretrained": False}, "train": {"max_steps": 300},
-              "report": {"out": "r.md", "n_pictures": 3}, "evaluate": {"sets": {"a": {}}, "sweep": ["a"]}}
+    params = {
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "train": {"max_steps": 300},
+        "report": {"out": "r.md", "n_pictures": 3},
+        "evaluate": {"sets": {"a": {}}, "sweep": ["a"]},
+    }
     paramset = {"model": {"finetune": "all"}, "report": {"n_pictures": 5}, "evaluate": {"sets": {"b": {}}}}
     out = apply_set(params, paramset)
     # nothing of the previous experiment's engine keys survives: resnet18 and 300 steps are gone
@@ -101,7 +105,9 @@ def test_defaults_lists_compose_in_order_and_cycles_are_refused(tmp_path):
     (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\ntrain: {seed: 2}\nevaluate: {sets: {y: {}}}\n")
     (tmp_path / "c.yaml").write_text("defaults: [b.yaml]\ntrain: {max_steps: 3}\n")
     assert read_overlay(tmp_path / "c.yaml", replace=REPLACED) == {
-        "train": {"epochs": 5, "seed": 2, "max_steps": 3}, "evaluate": {"sets": {"y": {}}}}
+        "train": {"epochs": 5, "seed": 2, "max_steps": 3},
+        "evaluate": {"sets": {"y": {}}},
+    }
     (tmp_path / "a.yaml").write_text("defaults: [c.yaml]\n")
     with pytest.raises(ValueError, match="cycle"):
         read_overlay(tmp_path / "c.yaml")

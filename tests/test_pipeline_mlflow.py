@@ -19,10 +19,9 @@ import yaml
 
 pytest.importorskip("mlflow")
 
-from simsc.data.embedded import build_embedded_dataset  # noqa: E402
-
-from tests.http_server import unused_port  # noqa: E402
-from tests.mlflow_server import MlflowServer as Server  # noqa: E402
+from simsc.data.embedded import build_embedded_dataset
+from tests.http_server import unused_port
+from tests.mlflow_server import MlflowServer as Server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -68,25 +67,37 @@ def params_for(root: Path, out_dir: Path, max_steps: int, registered: str) -> di
     return {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
         "data": {"dataset": "embedded", "root": str(root), "resolution": 64, "batch_size": 4},
-        "train": {"epochs": 10, "max_steps": max_steps, "lr_backbone": 1e-3, "out_dir": str(out_dir),
-                  "progress": False, "device": "cpu", "val_max_pairs": 4},
+        "train": {
+            "epochs": 10,
+            "max_steps": max_steps,
+            "lr_backbone": 1e-3,
+            "out_dir": str(out_dir),
+            "progress": False,
+            "device": "cpu",
+            "val_max_pairs": 4,
+        },
         "eval": {"resolution": 64, "batch_size": 4},
-        "evaluate": {"sets": {"test_64": {"dataset": "embedded", "root": str(root), "split": "test",
-                                          "resolution": 64}}, "sweep": False},
+        "evaluate": {
+            "sets": {"test_64": {"dataset": "embedded", "root": str(root), "split": "test", "resolution": 64}},
+            "sweep": False,
+        },
         "report": {"n_pictures": 0},
         "tracking": {"enabled": True, "experiment": "pytest", "registered_model": registered},
     }
 
 
 def run_training(params, callbacks_extra=()):
-    from simsc.engine.trainer import train
-
     from pipeline.stage_train import engine_config
     from pipeline.tracking.callback import MlflowCallback
+    from simsc.engine.trainer import train
 
     cfg = engine_config(params)
-    cb = MlflowCallback(cfg, cfg.train.out_dir, experiment=params["tracking"]["experiment"],
-                        registered_model=params["tracking"]["registered_model"])
+    cb = MlflowCallback(
+        cfg,
+        cfg.train.out_dir,
+        experiment=params["tracking"]["experiment"],
+        registered_model=params["tracking"]["registered_model"],
+    )
     summary = train(cfg, callbacks=[cb, *callbacks_extra])
     return cb, summary
 
@@ -129,7 +140,17 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
     from simsc.cli import main as simsc_main
 
     local_out, reg_out = tmp_path / "local.json", tmp_path / "registered.json"
-    common = ["--dataset", "embedded", "--root", str(embedded), "--resolution", "64", "--no-progress", "--device", "cpu"]
+    common = [
+        "--dataset",
+        "embedded",
+        "--root",
+        str(embedded),
+        "--resolution",
+        "64",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     best = Path(params["train"]["out_dir"]) / "checkpoints" / "best.pt"
     assert simsc_main(["evaluate", "--checkpoint", str(best), "--out", str(local_out), *common]) == 0
     assert simsc_main(["evaluate", "--model", f"models:/simsc-pytest/{version}", "--out", str(reg_out), *common]) == 0
@@ -140,10 +161,9 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
 def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from simsc.engine.callbacks import Callback
-
     from pipeline.relog import main as relog_main
     from pipeline.tracking.client import SafeMlflow
+    from simsc.engine.callbacks import Callback
 
     root = tmp_path_factory.mktemp("mlflow_dead")
     srv = Server(root, unused_port())
@@ -170,6 +190,7 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
             def recorded(*args, **kwargs):
                 attempts.append((name, self._ml.offline))
                 return attr(*args, **kwargs)
+
             return recorded
 
     def connect(self):
@@ -225,16 +246,27 @@ def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded
 
 def run_stage(module: str, *args: str, cwd: Path, env: dict) -> str:
     """Run ``python -m pipeline.<module>`` like ``dvc repro`` does; returns its stderr."""
-    proc = subprocess.run([sys.executable, "-m", f"pipeline.{module}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{module}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, f"{module}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
     return proc.stderr
 
 
 def stage_env(server, extra_path: Path | None = None) -> dict:
     path = [str(REPO)] + ([str(extra_path)] if extra_path else [])
-    return {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": server.uri,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -248,19 +280,30 @@ def stage_run(server, embedded, tmp_path_factory, entry_points_dir):
     params["report"] = {"out": "reports/report.md", "n_pictures": 1, "picture_set": "test_64"}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
     env = stage_env(server, entry_points_dir)
-    stderr = {"train": run_stage("stage_train", cwd=cwd, env=env),
-              "evaluate": run_stage("stage_evaluate", "test_64", cwd=cwd, env=env),
-              "report": run_stage("stage_report", cwd=cwd, env=env)}
+    stderr = {
+        "train": run_stage("stage_train", cwd=cwd, env=env),
+        "evaluate": run_stage("stage_evaluate", "test_64", cwd=cwd, env=env),
+        "report": run_stage("stage_report", cwd=cwd, env=env),
+    }
     state = json.loads((cwd / "runs" / "default" / "tracking.json").read_text())
-    return {"cwd": cwd, "params": params, "env": env, "stderr": stderr, "state": state,
-            "client": MlflowClient(server.uri)}
+    return {
+        "cwd": cwd,
+        "params": params,
+        "env": env,
+        "stderr": stderr,
+        "state": state,
+        "client": MlflowClient(server.uri),
+    }
 
 
 def test_stages_print_no_mlflow_warnings(stage_run):
     for stage, err in stage_run["stderr"].items():
         print(f"--- {stage} stderr:\n{err}")  # shown when the test fails
-        noisy = [line for line in err.splitlines()
-                 if "warning" in line.lower() or "alembic" in line.lower() or " INFO " in line]
+        noisy = [
+            line
+            for line in err.splitlines()
+            if "warning" in line.lower() or "alembic" in line.lower() or " INFO " in line
+        ]
         assert not noisy, f"stage {stage} printed:\n" + "\n".join(noisy)
     assert "champion: " in stage_run["stderr"]["report"]
 
@@ -284,9 +327,8 @@ def test_the_ui_shows_a_training_run(stage_run):
 
 
 def test_logged_model_installs_and_predicts_in_a_fresh_process(stage_run, embedded, tmp_path):
-    from mlflow.models import get_model_info
-
     import mlflow
+    from mlflow.models import get_model_info
 
     client, state = stage_run["client"], stage_run["state"]
     uri = f"models:/simsc-stages/{state['model_version']}"
@@ -324,8 +366,9 @@ def test_logged_model_installs_and_predicts_in_a_fresh_process(stage_run, embedd
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(MLFLOW_TRACKING_URI=client.tracking_uri, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [1, 3, 2] and out["diff"] < 1e-4
@@ -338,10 +381,33 @@ def test_simsc_evaluate_the_champion(stage_run, embedded, tmp_path):
     client = stage_run["client"]
     assert client.get_model_version_by_alias("simsc-stages", "champion").version == stage_run["state"]["model_version"]
     out = tmp_path / "champion.json"
-    proc = subprocess.run([sys.executable, "-m", "simsc.cli", "evaluate", "--model", "models:/simsc-stages@champion",
-                           "--dataset", "embedded", "--root", str(embedded), "--resolution", "64", "--no-progress",
-                           "--device", "cpu", "--out", str(out)], env=stage_run["env"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simsc.cli",
+            "evaluate",
+            "--model",
+            "models:/simsc-stages@champion",
+            "--dataset",
+            "embedded",
+            "--root",
+            str(embedded),
+            "--resolution",
+            "64",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        env=stage_run["env"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stage = json.loads((stage_run["cwd"] / "reports" / "eval" / "test_64" / "report.json").read_text())
     assert json.loads(out.read_text())["per_image"] == stage["per_image"]
@@ -408,8 +474,13 @@ def test_champion_without_key_is_kept(server, tmp_path):
     v1 = client.create_model_version(name, "s3://simsc-test/model").version
     client.set_registered_model_alias(name, "champion", v1)
     v2 = client.create_model_version(name, "s3://simsc-test/model").version
-    rep = {"dataset": "embedded", "split": "test", "resolution": 64, "n_pairs": 4,
-           "per_image": {"0.05": 1.0, "0.1": 99.0, "0.15": 100.0}}
+    rep = {
+        "dataset": "embedded",
+        "split": "test",
+        "resolution": 64,
+        "n_pairs": 4,
+        "per_image": {"0.05": 1.0, "0.1": 99.0, "0.15": 100.0},
+    }
     with pytest.warns(ChampionWarning, match="champion.key 'missing'"):
         out = promote_champion(client, name, v2, {"test_64": rep}, ("test_64", "pck@0.1"))
     assert out["moved"] is False and client.get_model_version_by_alias(name, "champion").version == v1
@@ -420,18 +491,27 @@ def test_champion_rule_names_the_bad_key():
 
     sets = ["test_160", "test_original"]
     assert champion_rule({}, sets) == ("test_160", "pck@0.1")
-    assert champion_rule({"champion_set": "test_original", "champion_metric": "pck@0.05"}, sets) == \
-        ("test_original", "pck@0.05")
+    assert champion_rule({"champion_set": "test_original", "champion_metric": "pck@0.05"}, sets) == (
+        "test_original",
+        "pck@0.05",
+    )
     with pytest.raises(ValueError, match="tracking.champion_set 'test_64' is not one of evaluate.sets"):
         champion_rule({"champion_set": "test_64"}, sets)
     assert champion_rule({"champion_metric": "pck@0.10"}, sets)[1] == "pck@0.1"  # one key per metric
     for bad in ("accuracy", "pck@x", 0.1):
         with pytest.raises(ValueError, match="tracking.champion_metric must be 'pck@<alpha>'"):
             champion_rule({"champion_metric": bad}, sets)
-    rep = {"dataset": "embedded", "split": "test", "resolution": 160, "n_pairs": 100,
-           "per_image": {"0.05": 10.0, "0.1": 20.123456, "0.15": 30.0}}
-    assert champion_measure({"test_160": rep}, ("test_160", "pck@0.10")) == \
-        ("test_160=embedded/test@160/n100:pck@0.10", 20.1235)
+    rep = {
+        "dataset": "embedded",
+        "split": "test",
+        "resolution": 160,
+        "n_pairs": 100,
+        "per_image": {"0.05": 10.0, "0.1": 20.123456, "0.15": 30.0},
+    }
+    assert champion_measure({"test_160": rep}, ("test_160", "pck@0.10")) == (
+        "test_160=embedded/test@160/n100:pck@0.10",
+        20.1235,
+    )
     with pytest.raises(ValueError, match=r"tracking.champion_metric 'pck@0.2': .* alphas \['0.05', '0.1', '0.15'\]"):
         champion_measure({"test_160": rep}, ("test_160", "pck@0.2"))
 

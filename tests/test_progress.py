@@ -15,8 +15,10 @@ from simsc.engine import Trainer
 from simsc.engine.toy import ToyTranslationPairs
 from simsc.progress import Progress, resolve_mode
 
-TRAIN_LINE = re.compile(r"^train: step (\d+)/6 \(\d+%\), epoch \d, loss [\d.]+, beta_eff [\d.e-]+, "
-                        r"[\d.e+]+ step/s, ETA \d+:\d\d:\d\d$")
+TRAIN_LINE = re.compile(
+    r"^train: step (\d+)/6 \(\d+%\), epoch \d, loss [\d.]+, beta_eff [\d.e-]+, "
+    r"[\d.e+]+ step/s, ETA \d+:\d\d:\d\d$"
+)
 
 
 class _Stream(io.StringIO):
@@ -47,8 +49,11 @@ def test_log_lines_have_step_total_values_rate_and_eta():
     p.line("note")
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    assert re.match(r"^train: step 4/10 \(40%\), loss 1\.235, beta_eff 0\.01235, [\d.e+]+ step/s, "
-                    r"ETA \d+:\d\d:\d\d$", lines[0]), lines[0]
+    assert re.match(
+        r"^train: step 4/10 \(40%\), loss 1\.235, beta_eff 0\.01235, [\d.e+]+ step/s, "
+        r"ETA \d+:\d\d:\d\d$",
+        lines[0],
+    ), lines[0]
     assert lines[1].endswith(", note")
 
 
@@ -56,8 +61,7 @@ def _cfg(out_dir, **train):
     cfg = {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
         "data": {"batch_size": 4, "resolution": 64},
-        "train": {"epochs": 2, "out_dir": str(out_dir), "val_max_pairs": 2, "device": "cpu",
-                  "progress_every_s": 0},
+        "train": {"epochs": 2, "out_dir": str(out_dir), "val_max_pairs": 2, "device": "cpu", "progress_every_s": 0},
     }
     cfg["train"].update(train)
     return cfg
@@ -107,6 +111,5 @@ def test_cli_quiet_flag_silences_train_and_evaluate(tiny_embedded, tmp_path, cap
     ckpt = str(tmp_path / "a" / "checkpoints" / "best.pt")
     assert main(["evaluate", "--checkpoint", ckpt, "--out", str(tmp_path / "r.json"), "--split", "val"]) == 0
     assert "evaluate: batch 1/1" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", ckpt, "--out", str(tmp_path / "q.json"), "--split", "val",
-                 "--quiet"]) == 0
+    assert main(["evaluate", "--checkpoint", ckpt, "--out", str(tmp_path / "q.json"), "--split", "val", "--quiet"]) == 0
     assert "evaluate:" not in capsys.readouterr().err

@@ -58,8 +58,7 @@ def test_existing_sweep_needs_resume_and_the_same_spec(tmp_path, capsys):
 def test_relative_paths_resolve_against_the_driver_folder(tmp_path, key):
     spec = tmp_path / "s.yaml"
     value = "ckpt/weights.pth" if key == "model.pretrained" else "rel/dir"
-    spec.write_text(yaml.safe_dump({"name": "p", "set": {key: value},
-                                    "search": {"train.seed": {"grid": [0, 1]}}}))
+    spec.write_text(yaml.safe_dump({"name": "p", "set": {key: value}, "search": {"train.seed": {"grid": [0, 1]}}}))
     loaded = load_sweep_spec(spec, root=tmp_path / "driver")
     section, name = key.split(".")
     assert loaded.engine_base()[section][name] == str(tmp_path / "driver" / value)

@@ -58,16 +58,33 @@ def worker(cluster):
     cluster.remove_node(node)
 
 
-def write_spec(path: Path, data_root: Path, name: str, *, epochs: int, resolution: int = 64,
-               batch_size: int = 4, max_concurrent: int = 2, scheduler: str = "fifo") -> Path:
+def write_spec(
+    path: Path,
+    data_root: Path,
+    name: str,
+    *,
+    epochs: int,
+    resolution: int = 64,
+    batch_size: int = 4,
+    max_concurrent: int = 2,
+    scheduler: str = "fifo",
+) -> Path:
     spec = {
         "name": name,
         "base": [],
         "set": {
-            "model.backbone": "resnet18", "model.pretrained": False, "model.finetune": "all",
-            "data.dataset": "embedded", "data.root": str(data_root), "data.resolution": resolution,
-            "data.batch_size": batch_size, "train.epochs": epochs, "train.lr_backbone": 1e-3,
-            "train.val_max_pairs": 4, "train.device": "cpu", "eval.resolution": resolution,
+            "model.backbone": "resnet18",
+            "model.pretrained": False,
+            "model.finetune": "all",
+            "data.dataset": "embedded",
+            "data.root": str(data_root),
+            "data.resolution": resolution,
+            "data.batch_size": batch_size,
+            "train.epochs": epochs,
+            "train.lr_backbone": 1e-3,
+            "train.val_max_pairs": 4,
+            "train.device": "cpu",
+            "eval.resolution": resolution,
         },
         "search": {"model.temperature": {"grid": ["mlp", "fixed:0.05"]}, "train.seed": {"grid": [0, 1]}},
         "scheduler": {"type": scheduler},
@@ -152,10 +169,15 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     # the checkout's revision (the trials ran in scratch folders outside it), the trial's storage folder
     revision = parents[0].data.tags["git_revision"]
     assert revision != "unknown" and {c.data.tags["git_revision"] for c in children} == {revision}
-    assert all(Path(c.data.tags["run_dir"]).parent == tmp_path / "sweeps" / "ray_results" / "four"
-               and Path(c.data.tags["run_dir"]).is_dir() for c in children)
-    assert all(c.data.tags["mlflow.runName"].startswith("four/") and " resnet18 " in c.data.tags["mlflow.runName"]
-               for c in children)
+    assert all(
+        Path(c.data.tags["run_dir"]).parent == tmp_path / "sweeps" / "ray_results" / "four"
+        and Path(c.data.tags["run_dir"]).is_dir()
+        for c in children
+    )
+    assert all(
+        c.data.tags["mlflow.runName"].startswith("four/") and " resnet18 " in c.data.tags["mlflow.runName"]
+        for c in children
+    )
     # 8 training pairs, batch 4: 2 steps an epoch, 2 epochs
     check_beta_histories(client, children, steps_per_trial=4)
     for c in children:
@@ -192,8 +214,7 @@ def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = N
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep ended before {what}: rc {proc.returncode}\n"
-                                 + proc.stdout.read()[-4000:])
+            raise AssertionError(f"the sweep ended before {what}: rc {proc.returncode}\n" + proc.stdout.read()[-4000:])
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -202,16 +223,27 @@ def test_worker_node_killed_mid_sweep(cluster, worker, mlflow_server, tiny_embed
     # 4 epochs of 4 steps: long enough to kill the worker between two checkpoints
     spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "fault", epochs=4, resolution=96, batch_size=2)
     storage = tmp_path / "sweeps" / "ray_results"
-    proc = subprocess.Popen(sweep_cmd(spec, cluster), cwd=tmp_path, env=env_for(cluster, mlflow_server),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_cmd(spec, cluster),
+        cwd=tmp_path,
+        env=env_for(cluster, mlflow_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         worker_id = cluster.node_ids[worker.pid]
 
         def trial_on_worker_checkpointed():
             for d in trial_dirs(storage, "fault"):
                 res = read_results(d)
-                if res and res[-1]["node_id"] == worker_id and 1 <= res[-1]["epochs_done"] < 4 \
-                        and list(d.glob("checkpoint_*")):
+                if (
+                    res
+                    and res[-1]["node_id"] == worker_id
+                    and 1 <= res[-1]["epochs_done"] < 4
+                    and list(d.glob("checkpoint_*"))
+                ):
                     return d
             return None
 
@@ -244,15 +276,24 @@ def test_worker_node_killed_mid_sweep(cluster, worker, mlflow_server, tiny_embed
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
-def test_interrupted_driver_resumes_without_rerunning_finished_trials(cluster, mlflow_server, tiny_embedded,
-                                                                       tmp_path, sig):
+def test_interrupted_driver_resumes_without_rerunning_finished_trials(
+    cluster, mlflow_server, tiny_embedded, tmp_path, sig
+):
     name = f"resume-{sig.name.lower()}"  # own MLflow experiment per variant (one server for the module)
     spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, name, epochs=3, max_concurrent=1)
     storage = tmp_path / "sweeps" / "ray_results"
     env = env_for(cluster, mlflow_server)
-    proc = subprocess.Popen(sweep_cmd(spec, cluster), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_cmd(spec, cluster),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
+
         def one_finished_one_running():
             dirs = trial_dirs(storage, name)
             done = [d for d in dirs if (read_results(d) or [{}])[-1].get("epochs_done") == 3]
@@ -287,10 +328,8 @@ def test_interrupted_driver_resumes_without_rerunning_finished_trials(cluster, m
     assert parents[0].info.status == "FINISHED"
 
 
-def test_random_search_with_asha_stops_trials_below_the_rung_median(cluster, mlflow_server, tiny_embedded,
-                                                                     tmp_path):
-    spec_path = write_spec(tmp_path / "spec.yaml", tiny_embedded, "asha", epochs=4, max_concurrent=1,
-                           scheduler="asha")
+def test_random_search_with_asha_stops_trials_below_the_rung_median(cluster, mlflow_server, tiny_embedded, tmp_path):
+    spec_path = write_spec(tmp_path / "spec.yaml", tiny_embedded, "asha", epochs=4, max_concurrent=1, scheduler="asha")
     spec = yaml.safe_load(spec_path.read_text())
     spec["set"].pop("train.lr_backbone")
     spec["search"] = {"train.lr_backbone": {"loguniform": [1e-6, 1e-1]}, "model.temperature": {"choice": ["mlp"]}}

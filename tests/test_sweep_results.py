@@ -31,15 +31,28 @@ def spec():
 
 
 def row(trial, status, best, lr):
-    return {"trial_id": trial, "label": f"lr_backbone={lr}", "status": status, "train.lr_backbone": lr,
-            "epochs_done": 3 if status == STATUS_COMPLETED else 1, "epochs": 3, "best_val_pck": best,
-            "error": "boom" if status == STATUS_ERROR else "", "_overrides": {"train.lr_backbone": lr},
-            "_checkpoint": None, "_path": f"/x/{trial}"}
+    return {
+        "trial_id": trial,
+        "label": f"lr_backbone={lr}",
+        "status": status,
+        "train.lr_backbone": lr,
+        "epochs_done": 3 if status == STATUS_COMPLETED else 1,
+        "epochs": 3,
+        "best_val_pck": best,
+        "error": "boom" if status == STATUS_ERROR else "",
+        "_overrides": {"train.lr_backbone": lr},
+        "_checkpoint": None,
+        "_path": f"/x/{trial}",
+    }
 
 
 def test_best_row_ignores_errors_and_missing_metrics():
-    rows = [row("a", STATUS_COMPLETED, 10.0, 2e-5), row("b", STATUS_ERROR, None, 2e-2),
-            row("c", STATUS_STOPPED, 12.5, 2e-4), row("d", STATUS_COMPLETED, 11.0, 2e-6)]
+    rows = [
+        row("a", STATUS_COMPLETED, 10.0, 2e-5),
+        row("b", STATUS_ERROR, None, 2e-2),
+        row("c", STATUS_STOPPED, 12.5, 2e-4),
+        row("d", STATUS_COMPLETED, 11.0, 2e-6),
+    ]
     assert best_row(rows)["trial_id"] == "c"  # stopped early but best so far: still the best
     assert best_row([row("b", STATUS_ERROR, None, 2e-2)]) is None
 
@@ -62,8 +75,12 @@ def test_best_params_apply_to_params_yaml(spec, tmp_path):
     assert (cfg.train.lr_backbone, cfg.model.temperature) == (2e-4, "fixed:1")  # searched, and the spec's set
     assert (cfg.train.epochs, cfg.train.max_steps, cfg.data.resolution, cfg.data.cache_dir) == (3, None, 128, None)
     assert cfg.train.out_dir == "runs/sweep-lr_beta1-best"
-    expected = load_config(compose(engine_sections(spec.params_raw), {**spec.set, **best["_overrides"],
-                                                                      "train.out_dir": "runs/sweep-lr_beta1-best"}))
+    expected = load_config(
+        compose(
+            engine_sections(spec.params_raw),
+            {**spec.set, **best["_overrides"], "train.out_dir": "runs/sweep-lr_beta1-best"},
+        )
+    )
     assert trained(merged) == {k: expected.to_dict()[k] for k in ("model", "data", "train")}
 
 
@@ -80,8 +97,12 @@ def test_dvc_flags_make_params_yaml_train_the_best_trial(spec, tmp_path):
     path.write_text((REPO / "params.yaml").read_text())
     apply_overrides(str(path), [f.strip("'") for f in flags.split(" -S ")[1:]])
     params = yaml.safe_load(path.read_text())
-    expected = load_config(compose(engine_sections(spec.params_raw), {**spec.set, **best["_overrides"],
-                                                                      "train.out_dir": "runs/sweep-lr_beta1-best"}))
+    expected = load_config(
+        compose(
+            engine_sections(spec.params_raw),
+            {**spec.set, **best["_overrides"], "train.out_dir": "runs/sweep-lr_beta1-best"},
+        )
+    )
     assert trained(params) == {k: expected.to_dict()[k] for k in ("model", "data", "train")}
 
 
@@ -131,8 +152,9 @@ def test_handoff_reproduces_the_trial_for_every_spec(spec_file, profile, tmp_pat
         assert any(key == d or key.startswith(d + ".") for d in declared), (spec_file.name, key)
         assert key.split(".")[0] in ("model", "data", "train"), (spec_file.name, key)
     kept = {k: v for k, v in {**spec.set, **overrides}.items() if k.split(".")[0] in ("model", "data", "train")}
-    expected = load_config(compose(engine_sections(spec.params_raw),
-                                   {**kept, "train.out_dir": f"runs/sweep-{spec.name}-best"})).to_dict()
+    expected = load_config(
+        compose(engine_sections(spec.params_raw), {**kept, "train.out_dir": f"runs/sweep-{spec.name}-best"})
+    ).to_dict()
     expected = {k: expected[k] for k in ("model", "data", "train")}
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
@@ -179,11 +201,14 @@ def test_results_files(tmp_path):
     assert paths["csv"].read_text() == (
         "trial_id,label,status,train.lr_backbone,epochs_done,epochs,best_val_pck,error\n"
         "a,lr_backbone=2e-05,completed,2e-05,3,3,10.0,\n"
-        "b,lr_backbone=0.02,error,0.02,1,3,,boom\n")
+        "b,lr_backbone=0.02,error,0.02,1,3,,boom\n"
+    )
     # -S: what differs from params.yaml (best_alpha 0.1 is its value already); ++ adds a key
     # params.yaml leaves to its default (epochs) and overrides one it has (lr_backbone)
-    flags = ("dvc exp run -S '++model.temperature=fixed:1' -S '++train.epochs=3' "
-             "-S '++train.lr_backbone=2.0e-05' -S '++train.out_dir=runs/sweep-hand-best'")
+    flags = (
+        "dvc exp run -S '++model.temperature=fixed:1' -S '++train.epochs=3' "
+        "-S '++train.lr_backbone=2.0e-05' -S '++train.out_dir=runs/sweep-hand-best'"
+    )
     # label and error columns are left out of the table; small floats keep 4 significant digits
     assert paths["md"].read_text() == (
         "# Sweep `hand`\n"
@@ -205,7 +230,8 @@ def test_results_files(tmp_path):
         "\n"
         "```\n"
         f"{flags}\n"
-        "```\n")
+        "```\n"
+    )
     assert paths["best_params"].read_text() == (
         "# Best trial a of sweep hand (lr_backbone=2e-05): best val PCK 10.00\n"
         "# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
@@ -227,7 +253,8 @@ def test_results_files(tmp_path):
         "  checkpoint_every_steps: 100\n"
         "  val_max_pairs: 50\n"
         "eval:\n"
-        "  resolution: 160\n")
+        "  resolution: 160\n"
+    )
     # no trial succeeded: no best params file, no DVC command
     paths = write_results(tmp_path / "none", spec, [row("b", STATUS_ERROR, None, 2e-2)])
     assert "best_params" not in paths and not (tmp_path / "none" / "best_params.yaml").exists()

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simsc.config import load_config
 from pipeline.sweep_spec import (
     SweepSpecError,
     compose,
@@ -17,6 +16,7 @@ from pipeline.sweep_spec import (
     sample_overrides,
     trial_label,
 )
+from simsc.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -28,8 +28,12 @@ def write(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
     return p
 
 
-BASE = {"model": {"backbone": "resnet18", "pretrained": False}, "data": {"root": "data/x"},
-        "train": {"epochs": 5}, "tracking": {"experiment": "e"}}
+BASE = {
+    "model": {"backbone": "resnet18", "pretrained": False},
+    "data": {"root": "data/x"},
+    "train": {"epochs": 5},
+    "tracking": {"experiment": "e"},
+}
 
 
 @pytest.fixture
@@ -44,23 +48,45 @@ def minimal(**kw) -> dict:
 
 
 def test_grid_trials_overrides_and_labels(tmp_path, base_file):
-    spec = load_sweep_spec(write(tmp_path, minimal(
-        set={"train.epochs": 2},
-        search={"model.temperature": {"grid": ["mlp", "fixed:0.03"]},
-                "train.lr_backbone": {"grid": [1e-4, 2e-5, 2e-6]},
-                "dataset": {"grid": {"a": {"data.dataset": "embedded", "data.root": "d/a"},
-                                     "b": {"data.dataset": "embedded", "data.root": "d/b"}}}},
-        num_samples=2)), root=tmp_path)
+    spec = load_sweep_spec(
+        write(
+            tmp_path,
+            minimal(
+                set={"train.epochs": 2},
+                search={
+                    "model.temperature": {"grid": ["mlp", "fixed:0.03"]},
+                    "train.lr_backbone": {"grid": [1e-4, 2e-5, 2e-6]},
+                    "dataset": {
+                        "grid": {
+                            "a": {"data.dataset": "embedded", "data.root": "d/a"},
+                            "b": {"data.dataset": "embedded", "data.root": "d/b"},
+                        }
+                    },
+                },
+                num_samples=2,
+            ),
+        ),
+        root=tmp_path,
+    )
     assert n_trials(spec) == 2 * 3 * 2 * 2
     trials = expand_grid(spec)
     assert len(trials) == 24 and len({tuple(sorted(map(str, t.items()))) for t in trials}) == 12
-    assert trials[0] == {"model.temperature": "mlp", "train.lr_backbone": 1e-4, "dataset": "a",
-                         "data.dataset": "embedded", "data.root": "d/a"}
+    assert trials[0] == {
+        "model.temperature": "mlp",
+        "train.lr_backbone": 1e-4,
+        "dataset": "a",
+        "data.dataset": "embedded",
+        "data.root": "d/a",
+    }
     # a sampled Ray config -> the dotted overrides of that trial
     sample = {"model": {"temperature": "fixed:0.03"}, "train": {"lr_backbone": 2e-5}, "dataset": "b"}
     ov = sample_overrides(spec, sample)
-    assert ov == {"model.temperature": "fixed:0.03", "train.lr_backbone": 2e-5,
-                  "data.dataset": "embedded", "data.root": "d/b"}
+    assert ov == {
+        "model.temperature": "fixed:0.03",
+        "train.lr_backbone": 2e-5,
+        "data.dataset": "embedded",
+        "data.root": "d/b",
+    }
     assert trial_label(spec, sample) == "temperature=fixed:0.03 lr_backbone=2e-05 dataset=b"
     # composition: base + set + sample, relative paths resolved against the driver's folder
     engine = compose(spec.engine_base(), ov, root=tmp_path)
@@ -72,12 +98,22 @@ def test_grid_trials_overrides_and_labels(tmp_path, base_file):
 
 
 def test_profiles_merge_set_and_search(tmp_path, base_file):
-    path = write(tmp_path, minimal(
-        set={"train.epochs": 3},
-        default_profile="toy",
-        profiles={"toy": {"set": {"data.resolution": 64}},
-                  "full": {"set": {"data.resolution": 256}, "search": {"train.seed": {"grid": [0, 1, 2]}},
-                           "resources": {"gpu": 0.5}, "max_concurrent_trials": 4}}))
+    path = write(
+        tmp_path,
+        minimal(
+            set={"train.epochs": 3},
+            default_profile="toy",
+            profiles={
+                "toy": {"set": {"data.resolution": 64}},
+                "full": {
+                    "set": {"data.resolution": 256},
+                    "search": {"train.seed": {"grid": [0, 1, 2]}},
+                    "resources": {"gpu": 0.5},
+                    "max_concurrent_trials": 4,
+                },
+            },
+        ),
+    )
     toy = load_sweep_spec(path, root=tmp_path)
     assert toy.profile == "toy" and toy.set == {"train.epochs": 3, "data.resolution": 64} and n_trials(toy) == 2
     full = load_sweep_spec(path, "full", root=tmp_path)
@@ -89,51 +125,81 @@ def test_profiles_merge_set_and_search(tmp_path, base_file):
 
 
 def test_cli_overrides_join_set(tmp_path, base_file):
-    spec = load_sweep_spec(write(tmp_path, minimal()), overrides=["train.epochs=7", "train.lr_backbone=1e-3"],
-                           root=tmp_path)
+    spec = load_sweep_spec(
+        write(tmp_path, minimal()), overrides=["train.epochs=7", "train.lr_backbone=1e-3"], root=tmp_path
+    )
     assert spec.engine_base()["train"]["epochs"] == 7 and spec.engine_base()["train"]["lr_backbone"] == 1e-3
     assert spec.max_epochs() == 7
 
 
 def test_max_epochs_sees_epochs_set_by_bundles(tmp_path, base_file):
-    spec = load_sweep_spec(write(tmp_path, minimal(search={"dataset": {"grid": {
-        "a": {"data.dataset": "embedded", "train.epochs": 100}, "b": {"data.dataset": "embedded",
-                                                                      "train.epochs": 10}}}})), root=tmp_path)
+    spec = load_sweep_spec(
+        write(
+            tmp_path,
+            minimal(
+                search={
+                    "dataset": {
+                        "grid": {
+                            "a": {"data.dataset": "embedded", "train.epochs": 100},
+                            "b": {"data.dataset": "embedded", "train.epochs": 10},
+                        }
+                    }
+                }
+            ),
+        ),
+        root=tmp_path,
+    )
     assert spec.max_epochs() == 100
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"search": {"model.temperatur": {"grid": ["mlp"]}}}, r"search\.model\.temperatur: unknown config key"),
-    ({"search": {"model.temperature": {"grid": ["mlp", "fixed:-1"]}}},
-     r"search\.model\.temperature: .*fixed temperature must be a finite number > 0"),
-    ({"search": {"train.lr_backbone": {"grid": [1e-4, -1]}}}, r"search\.train\.lr_backbone: .*must be > 0"),
-    ({"search": {"train.lr_backbone": {"loguniform": [1e-5, 1e-3]}}},
-     r"search\.train\.lr_backbone: search_alg grid takes only grid entries"),
-    ({"search_alg": "random", "search": {"train.lr_backbone": {"loguniform": [0, 1e-3]}}},
-     r"loguniform: low must be > 0"),
-    ({"search_alg": "random", "search": {"train.lr_backbone": {"uniform": [1e-3, 1e-5]}}},
-     r"expected \[low, high\] with low < high"),
-    ({"search": {"train.lr_backbone": [1e-4, 1e-3]}}, r"search\.train\.lr_backbone: expected one of"),
-    ({"search": {"train.lr_backbone": {"sweep": [1e-4]}}}, r"unknown sampler 'sweep'"),
-    ({"search": {"dataset": {"grid": [1, 2]}}}, r"search\.dataset: a bundle"),
-    ({"search": {"model": {"grid": {"a": {"model.finetune": "all"}}}}}, r"must not be a config section name"),
-    ({"set": {"train.lr_backbone": 1e-4}, "search": {"train.lr_backbone": {"grid": [1e-4]}}},
-     r"search\.train\.lr_backbone and set both give train\.lr_backbone"),
-    ({"set": {"train.epoch": 3}}, r"set\.train\.epoch: unknown config key 'train\.epoch'"),
-    ({"scheduler": {"type": "hyperband"}}, r"scheduler\.type: expected one of asha, fifo"),
-    ({"scheduler": {"type": "asha", "reduction_factor": 1}}, r"scheduler\.reduction_factor: expected a number >= 2"),
-    ({"scheduler": {"type": "asha", "grace": 1}}, r"scheduler: unknown key 'grace'"),
-    ({"resources": {"cpu": 0}}, r"resources\.cpu: expected a number > 0"),
-    ({"resources": {"gpu": 1.5}}, r"resources\.gpu: expected 0, a fraction"),
-    ({"resources": {"tpu": 1}}, r"resources: unknown key 'tpu'"),
-    ({"max_concurrent_trials": 0}, r"max_concurrent_trials: expected an integer >= 1"),
-    ({"name": "a/b"}, r"name: expected a non-empty string"),
-    ({"serach": {}}, r"unknown key 'serach'"),
-    ({"root": "/elsewhere"}, r"unknown key 'root'"),
-    ({"base": ["missing.yaml"]}, r"base file not found: .*missing\.yaml"),
-    ({"tracking": {"experimnt": "x"}}, r"tracking: unknown key 'experimnt'"),
-    ({"metric": "loss", "scheduler": {"type": "asha"}}, r"metric: expected val_pck"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"search": {"model.temperatur": {"grid": ["mlp"]}}}, r"search\.model\.temperatur: unknown config key"),
+        (
+            {"search": {"model.temperature": {"grid": ["mlp", "fixed:-1"]}}},
+            r"search\.model\.temperature: .*fixed temperature must be a finite number > 0",
+        ),
+        ({"search": {"train.lr_backbone": {"grid": [1e-4, -1]}}}, r"search\.train\.lr_backbone: .*must be > 0"),
+        (
+            {"search": {"train.lr_backbone": {"loguniform": [1e-5, 1e-3]}}},
+            r"search\.train\.lr_backbone: search_alg grid takes only grid entries",
+        ),
+        (
+            {"search_alg": "random", "search": {"train.lr_backbone": {"loguniform": [0, 1e-3]}}},
+            r"loguniform: low must be > 0",
+        ),
+        (
+            {"search_alg": "random", "search": {"train.lr_backbone": {"uniform": [1e-3, 1e-5]}}},
+            r"expected \[low, high\] with low < high",
+        ),
+        ({"search": {"train.lr_backbone": [1e-4, 1e-3]}}, r"search\.train\.lr_backbone: expected one of"),
+        ({"search": {"train.lr_backbone": {"sweep": [1e-4]}}}, r"unknown sampler 'sweep'"),
+        ({"search": {"dataset": {"grid": [1, 2]}}}, r"search\.dataset: a bundle"),
+        ({"search": {"model": {"grid": {"a": {"model.finetune": "all"}}}}}, r"must not be a config section name"),
+        (
+            {"set": {"train.lr_backbone": 1e-4}, "search": {"train.lr_backbone": {"grid": [1e-4]}}},
+            r"search\.train\.lr_backbone and set both give train\.lr_backbone",
+        ),
+        ({"set": {"train.epoch": 3}}, r"set\.train\.epoch: unknown config key 'train\.epoch'"),
+        ({"scheduler": {"type": "hyperband"}}, r"scheduler\.type: expected one of asha, fifo"),
+        (
+            {"scheduler": {"type": "asha", "reduction_factor": 1}},
+            r"scheduler\.reduction_factor: expected a number >= 2",
+        ),
+        ({"scheduler": {"type": "asha", "grace": 1}}, r"scheduler: unknown key 'grace'"),
+        ({"resources": {"cpu": 0}}, r"resources\.cpu: expected a number > 0"),
+        ({"resources": {"gpu": 1.5}}, r"resources\.gpu: expected 0, a fraction"),
+        ({"resources": {"tpu": 1}}, r"resources: unknown key 'tpu'"),
+        ({"max_concurrent_trials": 0}, r"max_concurrent_trials: expected an integer >= 1"),
+        ({"name": "a/b"}, r"name: expected a non-empty string"),
+        ({"serach": {}}, r"unknown key 'serach'"),
+        ({"root": "/elsewhere"}, r"unknown key 'root'"),
+        ({"base": ["missing.yaml"]}, r"base file not found: .*missing\.yaml"),
+        ({"tracking": {"experimnt": "x"}}, r"tracking: unknown key 'experimnt'"),
+        ({"metric": "loss", "scheduler": {"type": "asha"}}, r"metric: expected val_pck"),
+    ],
+)
 def test_bad_specs_name_file_and_key(tmp_path, base_file, change, message):
     path = write(tmp_path, minimal(**change))
     with pytest.raises(SweepSpecError, match=message) as info:
@@ -172,8 +238,9 @@ def test_paper_sweeps_cover_the_paper_grids():
     tab3 = load_sweep_spec(REPO / "configs/sweeps/single_vs_mlp.yaml", "full", root=REPO)
     # each trial trains its temperature at the paper's rate: 0.005 for single, 1e-4 for mlp (supp. Sec. 6)
     trials = [{k: v for k, v in t.items() if "." in k} for t in expand_grid(tab3)]  # without bundle labels
-    rates = {t["model.temperature"]: load_config(compose(tab3.engine_base(), t)).resolved_lr_temperature()
-             for t in trials}
+    rates = {
+        t["model.temperature"]: load_config(compose(tab3.engine_base(), t)).resolved_lr_temperature() for t in trials
+    }
     assert rates == {"single": 5e-3, "mlp": 1e-4}
     # and the whole backbone at 2e-5, 100 epochs on PF-Pascal, 10 on SPair-71k (Sec. 4.2)
     for trial in trials:
@@ -182,9 +249,15 @@ def test_paper_sweeps_cover_the_paper_grids():
         assert cfg.train.epochs == {"pfpascal": 100, "spair": 10}[cfg.data.dataset]
     tab2 = load_sweep_spec(REPO / "configs/sweeps/backbones.yaml", "full", root=REPO)
     combos = {(t["model.backbone"], t["model.finetune"]) for t in expand_grid(tab2)}
-    assert combos == {("resnet101", "last_block"), ("resnet101", "all"), ("resnet50", "last_block"),
-                      ("resnet50", "all"), ("dino_vitb8", "last_block"), ("ibot_vitb16", "last_block"),
-                      ("ibot_vitb16", "all")}
+    assert combos == {
+        ("resnet101", "last_block"),
+        ("resnet101", "all"),
+        ("resnet50", "last_block"),
+        ("resnet50", "all"),
+        ("dino_vitb8", "last_block"),
+        ("ibot_vitb16", "last_block"),
+        ("ibot_vitb16", "all"),
+    }
 
 
 @pytest.mark.parametrize("scheduler", [None, {}, {"grace_period": 2}, {"type": "asha"}])
@@ -201,6 +274,9 @@ def test_the_scheduler_default_is_one_value_however_it_is_written(tmp_path, sche
             load_sweep_spec(path, root=REPO)
         return
     spec = load_sweep_spec(path, root=REPO)
-    expected = {"type": "asha", "grace_period": 1, "reduction_factor": 2} if scheduler == {"type": "asha"} \
+    expected = (
+        {"type": "asha", "grace_period": 1, "reduction_factor": 2}
+        if scheduler == {"type": "asha"}
         else {"type": "fifo"}
+    )
     assert spec.scheduler == expected

@@ -51,8 +51,9 @@ def test_mlp_forward_by_hand():
         g.mlp[2].weight.copy_(torch.tensor([[2.0, -3.0]]))
         g.mlp[2].bias.copy_(torch.tensor([0.5]))
     # channel means (GAP): pair 0 (1, 0.5), pair 1 (-1, 2); the maxima differ from the means
-    feat = torch.tensor([[[[0.0, 2.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]],
-                         [[[-4.0, 0.0], [0.0, 0.0]], [[8.0, 0.0], [0.0, 0.0]]]])
+    feat = torch.tensor(
+        [[[[0.0, 2.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]], [[[-4.0, 0.0], [0.0, 0.0]], [[8.0, 0.0], [0.0, 0.0]]]]
+    )
     # pair 0: hidden (1 - 0.5, 0.5 + 1 - 1) = (0.5, 0.5), out 1 - 1.5 + 0.5 = 0 -> sigmoid 0.5
     # pair 1: hidden (-1 - 2, -0.5 + 4 - 1) = (-3, 2.5) -> ReLU (0, 2.5), out -7.5 + 0.5 = -7 -> 1 / (1 + e^7)
     expected = torch.tensor([0.5, 1.0 / (1.0 + math.exp(7.0))])

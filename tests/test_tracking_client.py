@@ -51,24 +51,38 @@ def env_writes(modules: list[str], roots: list[Path]) -> list[str]:
     whose environment lacks the HTTP variables so that a ``setdefault`` of one writes."""
     env = {k: v for k, v in os.environ.items() if k not in HTTP_VARS}
     env["PYTHONPATH"] = os.pathsep.join(map(str, roots))
-    out = subprocess.run([sys.executable, "-c", ENV_PROBE, os.pathsep.join(map(str, roots)), *modules], env=env,
-                         cwd=REPO, capture_output=True, text=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", ENV_PROBE, os.pathsep.join(map(str, roots)), *modules],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def pipeline_modules() -> list[str]:
-    return sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-                  for p in (REPO / "pipeline").rglob("*.py"))
+    return sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for p in (REPO / "pipeline").rglob("*.py")
+    )
 
 
 def test_the_probe_names_a_module_that_sets_a_variable_at_import(tmp_path, monkeypatch):
-    (tmp_path / "planted_env.py").write_text("import os\n\nos.environ.setdefault('MLFLOW_HTTP_REQUEST_TIMEOUT', '5')\n"
-                                             "os.environ.pop('SIMSC_PROBE_UNSET', None)\n")
-    (tmp_path / "planted_clean.py").write_text("import os\nTIMEOUT = os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')\n"
-                                               "def later():\n    os.environ['X'] = '1'\n")
+    (tmp_path / "planted_env.py").write_text(
+        "import os\n\nos.environ.setdefault('MLFLOW_HTTP_REQUEST_TIMEOUT', '5')\n"
+        "os.environ.pop('SIMSC_PROBE_UNSET', None)\n"
+    )
+    (tmp_path / "planted_clean.py").write_text(
+        "import os\nTIMEOUT = os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')\ndef later():\n    os.environ['X'] = '1'\n"
+    )
     monkeypatch.setenv("SIMSC_PROBE_UNSET", "1")
     assert env_writes(["planted_clean", "planted_env"], [tmp_path]) == [
-        "planted_env.py:3: MLFLOW_HTTP_REQUEST_TIMEOUT", "planted_env.py:4: SIMSC_PROBE_UNSET"]
+        "planted_env.py:3: MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "planted_env.py:4: SIMSC_PROBE_UNSET",
+    ]
 
 
 def test_importing_the_pipeline_leaves_the_environment_alone():
@@ -85,14 +99,19 @@ def test_connecting_applies_the_http_defaults_unless_set(monkeypatch):
         monkeypatch.setenv(name, "unset")
         monkeypatch.delenv(name)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's choice wins
-    assert HTTP_DEFAULTS == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-                             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    assert HTTP_DEFAULTS == {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
     ml = SafeMlflow("http://127.0.0.1:9")  # a client is made without a request
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     ml.connect()
     assert {k: os.environ.get(k) for k in HTTP_VARS} == {
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
     assert ml.tracking_uri == "http://127.0.0.1:9"
 
 

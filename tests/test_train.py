@@ -8,13 +8,23 @@ import pytest
 import torch
 from torch import nn
 
+from simsc.config import load_config
 from simsc.engine import Callback, HistoryCallback, Trainer, param_groups, train
 from simsc.engine.toy import ToyTranslationPairs
-from simsc.config import load_config
 
 STEP_FIELDS = {
-    "step", "epoch", "loss", "ce", "reg", "beta_a_mean", "beta_a_std", "beta_b_mean", "beta_b_std",
-    "beta_eff_mean", "lr_backbone", "lr_temperature",
+    "step",
+    "epoch",
+    "loss",
+    "ce",
+    "reg",
+    "beta_a_mean",
+    "beta_a_std",
+    "beta_b_mean",
+    "beta_b_std",
+    "beta_eff_mean",
+    "lr_backbone",
+    "lr_temperature",
 }
 
 
@@ -22,8 +32,14 @@ def tiny_config(out_dir, **train):
     cfg = {
         "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
         "data": {"batch_size": 4, "resolution": 64},
-        "train": {"epochs": 2, "lr_backbone": 1e-3, "out_dir": str(out_dir), "progress": False, "val_max_pairs": 2,
-                  "device": "cpu"},
+        "train": {
+            "epochs": 2,
+            "lr_backbone": 1e-3,
+            "out_dir": str(out_dir),
+            "progress": False,
+            "val_max_pairs": 2,
+            "device": "cpu",
+        },
     }
     cfg["train"].update(train)
     return cfg
@@ -99,11 +115,20 @@ def test_callbacks_are_called_in_order(tmp_path):
     trn, val = datasets()
     rec = Recorder()
     hist = HistoryCallback()
-    train(tiny_config(tmp_path, epochs=1, checkpoint_every_steps=1), callbacks=[rec, hist],
-          train_dataset=trn, val_dataset=val)
+    train(
+        tiny_config(tmp_path, epochs=1, checkpoint_every_steps=1),
+        callbacks=[rec, hist],
+        train_dataset=trn,
+        val_dataset=val,
+    )
     assert rec.calls == [
-        ("step", 1), ("ckpt", "last.pt", False), ("step", 2), ("epoch", 0), ("ckpt", "best.pt", True),
-        ("ckpt", "last.pt", False), ("end", "finished"),
+        ("step", 1),
+        ("ckpt", "last.pt", False),
+        ("step", 2),
+        ("epoch", 0),
+        ("ckpt", "best.pt", True),
+        ("ckpt", "last.pt", False),
+        ("end", "finished"),
     ]
     assert hist.summary["status"] == "finished" and len(hist.epochs) == 1
 
@@ -116,21 +141,27 @@ def test_callback_without_hooks_is_rejected(tmp_path):
 def test_parameter_groups_and_learning_rates():
     from simsc.engine import build_model
 
-    cfg = load_config(tiny_config("x") | {"model": {"backbone": "resnet18", "pretrained": False,
-                                                    "finetune": "last_block", "temperature": "single"},
-                                          "train": {"lr_backbone": None}})
+    cfg = load_config(
+        tiny_config("x")
+        | {
+            "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "single"},
+            "train": {"lr_backbone": None},
+        }
+    )
     model = build_model(cfg)
     groups = param_groups(model, cfg)
     assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 1e-4), ("temperature", 0.005)]
     block = {id(p) for m in model.backbone.last_block() for p in m.parameters()}
     assert {id(p) for p in groups[0]["params"]} == block
     # fixed temperatures have no parameters: the group is skipped
-    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "finetune": "all",
-                                 "temperature": "fixed:1"}})
+    cfg = load_config(
+        {"model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "fixed:1"}}
+    )
     groups = param_groups(build_model(cfg), cfg)
     assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 2e-5)]
-    cfg = load_config({"model": {"backbone": "resnet18", "pretrained": False, "finetune": "none",
-                                 "temperature": "fixed:1"}})
+    cfg = load_config(
+        {"model": {"backbone": "resnet18", "pretrained": False, "finetune": "none", "temperature": "fixed:1"}}
+    )
     with pytest.raises(ValueError, match="nothing to train"):
         param_groups(build_model(cfg), cfg)
 
@@ -162,7 +193,7 @@ def test_seeded_runs_are_identical(tmp_path):
     a.fit()
     b = Trainer(tiny_config(tmp_path / "b", epochs=1), train_dataset=trn, val_dataset=val)
     b.fit()
-    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 
 

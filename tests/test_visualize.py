@@ -113,8 +113,9 @@ def test_save_match_picture_png(model, tmp_path):
     rng = np.random.default_rng(1)
     Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.jpg")
     Image.fromarray((rng.random((56, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
-    res = save_match_picture(model, tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "out" / "m.png",
-                             resolution=64, grid=3)
+    res = save_match_picture(
+        model, tmp_path / "a.jpg", tmp_path / "b.png", tmp_path / "out" / "m.png", resolution=64, grid=3
+    )
     pic = Image.open(tmp_path / "out" / "m.png")
     assert pic.format == "PNG" and pic.size == (64 + 40, 56) and res["size"] == [104, 56]
     assert len(res["points_a"]) == 9

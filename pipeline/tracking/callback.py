@@ -26,14 +26,23 @@ from .runs import (
 #: nvidia-ml-py installed); ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides it.
 SYSTEM_METRICS_INTERVAL_S = 10.0
 #: MLflow metric name -> the key of a step record of ``metrics.jsonl``.
-STEP_METRICS = {"beta_a": "beta_a_mean", "beta_b": "beta_b_mean", "beta_eff": "beta_eff_mean", "loss": "loss",
-                "lr": "lr_backbone", "lr_temperature": "lr_temperature"}
+STEP_METRICS = {
+    "beta_a": "beta_a_mean",
+    "beta_b": "beta_b_mean",
+    "beta_eff": "beta_eff_mean",
+    "loss": "loss",
+    "lr": "lr_backbone",
+    "lr_temperature": "lr_temperature",
+}
 
 
 def step_metrics(record: Mapping[str, Any], ts: int | None = None) -> list[Any]:
     """The MLflow metrics of one step record (those of :data:`STEP_METRICS` it holds)."""
-    return [metric(name, record[src], record["step"], ts) for name, src in STEP_METRICS.items()
-            if record.get(src) is not None]
+    return [
+        metric(name, record[src], record["step"], ts)
+        for name, src in STEP_METRICS.items()
+        if record.get(src) is not None
+    ]
 
 
 def epoch_metrics(record: Mapping[str, Any], ts: int | None = None) -> list[Any]:
@@ -60,13 +69,23 @@ class MlflowCallback(Callback):
     scratch, removed when the trial ends).
     """
 
-    def __init__(self, config: Any, run_dir: str | os.PathLike[str], *, experiment: str | None = "simsc",
-                 registered_model: str | None = None, tracking_uri: str | None = None,
-                 run_name: str | None = None, tags: Mapping[str, str] | None = None,
-                 reuse_tagged_run: bool = False, log_model: bool = True, run_dir_tag: bool = True,
-                 extra_tags: Mapping[str, str] | None = None,
-                 system_metrics: bool = True,
-                 system_metrics_interval: float = SYSTEM_METRICS_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        config: Any,
+        run_dir: str | os.PathLike[str],
+        *,
+        experiment: str | None = "simsc",
+        registered_model: str | None = None,
+        tracking_uri: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        reuse_tagged_run: bool = False,
+        log_model: bool = True,
+        run_dir_tag: bool = True,
+        extra_tags: Mapping[str, str] | None = None,
+        system_metrics: bool = True,
+        system_metrics_interval: float = SYSTEM_METRICS_INTERVAL_S,
+    ) -> None:
         self.cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         self.run_dir = Path(run_dir)
         self.experiment = experiment
@@ -113,9 +132,14 @@ class MlflowCallback(Callback):
                 client.update_run(self.run_id, status="RUNNING")
                 self._start_monitor(resume=True)
                 return
-        self.run_id = start_run(client, self.experiment, self.run_name, self.cfg,
-                                run_dir=self.run_dir if self.run_dir_tag else None,
-                                tags={**self.extra_tags, **self.tags})
+        self.run_id = start_run(
+            client,
+            self.experiment,
+            self.run_name,
+            self.cfg,
+            run_dir=self.run_dir if self.run_dir_tag else None,
+            tags={**self.extra_tags, **self.tags},
+        )
         self._start_monitor(resume=False)
 
     def _start_monitor(self, resume: bool) -> None:
@@ -123,8 +147,12 @@ class MlflowCallback(Callback):
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_interval,
-                                             resume_logging=resume, tracking_uri=self.ml.tracking_uri)
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=self.system_metrics_interval,
+            resume_logging=resume,
+            tracking_uri=self.ml.tracking_uri,
+        )
         self._monitor.start()
 
     def _stop_monitor(self) -> None:
@@ -141,9 +169,15 @@ class MlflowCallback(Callback):
 
     def _save_state(self, **extra: Any) -> None:
         state = read_state(self.run_dir)
-        state.update({"tracking_uri": self.ml.tracking_uri, "experiment": self.experiment,
-                      "run_id": self.run_id, "registered_model": self.registered_model,
-                      "failed": dict(self.ml.failed)})
+        state.update(
+            {
+                "tracking_uri": self.ml.tracking_uri,
+                "experiment": self.experiment,
+                "run_id": self.run_id,
+                "registered_model": self.registered_model,
+                "failed": dict(self.ml.failed),
+            }
+        )
         state.update(extra)
         write_state(self.run_dir, state)
 
@@ -151,14 +185,22 @@ class MlflowCallback(Callback):
     def on_step(self, metrics: Mapping[str, Any]) -> None:
         self._start()
         if self.run_id and metrics["step"] > self._logged_step:
-            self.ml.call(f"step metrics (from step {metrics['step']})", self.ml.client.log_batch, self.run_id,
-                         metrics=step_metrics(metrics))
+            self.ml.call(
+                f"step metrics (from step {metrics['step']})",
+                self.ml.client.log_batch,
+                self.run_id,
+                metrics=step_metrics(metrics),
+            )
 
     def on_epoch(self, metrics: Mapping[str, Any]) -> None:
         self._start()
         if self.run_id and metrics["epoch"] > self._logged_epoch:
-            self.ml.call(f"validation PCK (from epoch {metrics['epoch']})", self.ml.client.log_batch,
-                         self.run_id, metrics=epoch_metrics(metrics))
+            self.ml.call(
+                f"validation PCK (from epoch {metrics['epoch']})",
+                self.ml.client.log_batch,
+                self.run_id,
+                metrics=epoch_metrics(metrics),
+            )
 
     def on_checkpoint(self, path: str | os.PathLike[str], is_best: bool) -> None:
         if is_best:
@@ -170,14 +212,29 @@ class MlflowCallback(Callback):
         try:  # not through self.ml: a lost sample must not stop the model from being logged
             self._stop_monitor()
         except Exception as exc:  # noqa: BLE001 - tracking must never end a run
-            warnings.warn(f"MLflow ({self.ml.tracking_uri}): the last system-metrics sample was not logged: "
-                          f"{type(exc).__name__}: {str(exc)[:200]}", TrackingWarning, stacklevel=2)
+            warnings.warn(
+                f"MLflow ({self.ml.tracking_uri}): the last system-metrics sample was not logged: "
+                f"{type(exc).__name__}: {str(exc)[:200]}",
+                TrackingWarning,
+                stacklevel=2,
+            )
         if self.run_id and self.log_model and summary.get("status") == "finished" and self.best is not None:
-            version = self.ml.call("the best checkpoint (model + registration)", log_checkpoint_model,
-                                   self.ml.client, self.run_id, self.best, self.registered_model, self.cfg)
+            version = self.ml.call(
+                "the best checkpoint (model + registration)",
+                log_checkpoint_model,
+                self.ml.client,
+                self.run_id,
+                self.best,
+                self.registered_model,
+                self.cfg,
+            )
             if version is not None:
                 extra["model_version"] = version
         if self.run_id:
-            self.ml.call("run status", self.ml.client.set_terminated, self.run_id,
-                         "FINISHED" if summary.get("status") == "finished" else "FAILED")
+            self.ml.call(
+                "run status",
+                self.ml.client.set_terminated,
+                self.run_id,
+                "FINISHED" if summary.get("status") == "finished" else "FAILED",
+            )
         self._save_state(**extra)

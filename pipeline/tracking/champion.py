@@ -30,8 +30,10 @@ def champion_rule(tracking: Mapping[str, Any], sets: list[str]) -> tuple[str, st
     except (AttributeError, ValueError):
         metric = None
     if metric is None:
-        raise ValueError(f"params.yaml: tracking.champion_metric must be 'pck@<alpha>' (e.g. pck@0.1), "
-                         f"got {tracking.get('champion_metric')!r}")
+        raise ValueError(
+            f"params.yaml: tracking.champion_metric must be 'pck@<alpha>' (e.g. pck@0.1), "
+            f"got {tracking.get('champion_metric')!r}"
+        )
     name = tracking.get("champion_set") or (sets[0] if sets else None)
     if name not in sets:
         raise ValueError(f"params.yaml: tracking.champion_set {name!r} is not one of evaluate.sets {sets}")
@@ -58,8 +60,10 @@ def _same_number(a: str, b: str) -> bool:
 def champion_key(set_name: str, report: Mapping[str, Any], metric: str) -> str:
     """What makes two versions comparable: the evaluation set (name, data set, split, size,
     number of pairs) and the metric, e.g. ``test_160=embedded/test@160/n100:pck@0.1``."""
-    return (f"{set_name}={report.get('dataset')}/{report.get('split')}@{report.get('resolution')}"
-            f"/n{report.get('n_pairs')}:{metric}")
+    return (
+        f"{set_name}={report.get('dataset')}/{report.get('split')}@{report.get('resolution')}"
+        f"/n{report.get('n_pairs')}:{metric}"
+    )
 
 
 def champion_measure(reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, str]) -> tuple[str, float]:
@@ -72,8 +76,9 @@ def champion_measure(reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, 
     return champion_key(set_name, reports[set_name], metric), round(metric_value(reports[set_name], metric), 4)
 
 
-def promote_champion(client: Any, name: str, version: str, reports: Mapping[str, Mapping[str, Any]],
-                     rule: tuple[str, str]) -> dict[str, Any]:
+def promote_champion(
+    client: Any, name: str, version: str, reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, str]
+) -> dict[str, Any]:
     """Tag version ``version`` of registered model ``name`` with its PCK and decide the alias.
 
     Tags: ``pck.<set>.<alpha>`` for every set and alpha, ``champion.key`` (what the value
@@ -93,20 +98,29 @@ def promote_champion(client: Any, name: str, version: str, reports: Mapping[str,
     # from the model's alias table: a missing alias is no error to tell from a failing server
     champ_version = client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
     champ = client.get_model_version(name, champ_version) if champ_version is not None else None
-    out: dict[str, Any] = {"version": version, "key": key, "value": value,
-                           "champion_before": champ.version if champ is not None else None}
+    out: dict[str, Any] = {
+        "version": version,
+        "key": key,
+        "value": value,
+        "champion_before": champ.version if champ is not None else None,
+    }
     if champ is None:
         out["moved"], out["reason"] = True, "no champion yet"
     elif str(champ.version) == str(version):
         out["moved"], out["reason"] = False, "already the champion"
     elif champ.tags.get("champion.key") != key or "champion.value" not in champ.tags:
         out["moved"] = False
-        out["reason"] = (f"the champion v{champ.version} was measured differently (champion.key "
-                         f"{champ.tags.get('champion.key', 'missing')!r}, this version: {key!r}): not compared")
-        warnings.warn(f"registered model {name}: alias {CHAMPION_ALIAS!r} stays on v{champ.version}: "
-                      f"{out['reason']}; move it by hand if v{version} is better "
-                      f"(MlflowClient().set_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}, {version!r}))",
-                      ChampionWarning, stacklevel=2)
+        out["reason"] = (
+            f"the champion v{champ.version} was measured differently (champion.key "
+            f"{champ.tags.get('champion.key', 'missing')!r}, this version: {key!r}): not compared"
+        )
+        warnings.warn(
+            f"registered model {name}: alias {CHAMPION_ALIAS!r} stays on v{champ.version}: "
+            f"{out['reason']}; move it by hand if v{version} is better "
+            f"(MlflowClient().set_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}, {version!r}))",
+            ChampionWarning,
+            stacklevel=2,
+        )
     else:
         best = float(champ.tags["champion.value"])
         out["moved"] = value > best

@@ -32,8 +32,14 @@ HTTP_DEFAULTS = {
 
 #: Loggers whose INFO lines are bookkeeping, not news: the system-metrics thread starting and
 #: stopping, the SQL store creating its tables (alembic migrations) on first use.
-_CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.store.db.utils", "alembic", "mlflow.pyfunc",
-                   "mlflow.store.model_registry.abstract_store", "mlflow.tracking._model_registry.client")
+_CHATTY_LOGGERS = (
+    "mlflow.system_metrics",
+    "mlflow.store.db.utils",
+    "alembic",
+    "mlflow.pyfunc",
+    "mlflow.store.model_registry.abstract_store",
+    "mlflow.tracking._model_registry.client",
+)
 
 
 class TrackingWarning(UserWarning):
@@ -55,8 +61,9 @@ def quiet_mlflow_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # MLflow's SQL store (the default sqlite:///mlflow.db) uses a SQLAlchemy option SQLAlchemy
     # deprecates: MLflow's to fix, nothing a user of this project can act on.
-    warnings.filterwarnings("ignore", message=r"(?s).*``noload`` loader strategy is deprecated",
-                            module=r"mlflow\.store")
+    warnings.filterwarnings(
+        "ignore", message=r"(?s).*``noload`` loader strategy is deprecated", module=r"mlflow\.store"
+    )
 
 
 def mlflow_module() -> Any:
@@ -124,7 +131,8 @@ class SafeMlflow:
                     f"MLflow ({self.tracking_uri}) failed: {type(exc).__name__}: {str(exc)[:300]}; not logged: "
                     f"{what} (and everything after it in this run); training goes on, local outputs are "
                     "complete: re-log later with `python -m pipeline.relog RUN_DIR`",
-                    TrackingWarning, stacklevel=2,
+                    TrackingWarning,
+                    stacklevel=2,
                 )
             return None
 

@@ -44,13 +44,19 @@ def model_signature() -> Any:
     from mlflow.types.schema import Schema, TensorSpec
 
     f32 = np.dtype(np.float32)
-    inputs = Schema([TensorSpec(f32, (-1, 3, -1, -1), "src_img"), TensorSpec(f32, (-1, 3, -1, -1), "trg_img"),
-                     TensorSpec(f32, (-1, -1, 2), "src_kps")])
+    inputs = Schema(
+        [
+            TensorSpec(f32, (-1, 3, -1, -1), "src_img"),
+            TensorSpec(f32, (-1, 3, -1, -1), "trg_img"),
+            TensorSpec(f32, (-1, -1, 2), "src_kps"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(f32, (-1, -1, 2))]))
 
 
-def log_checkpoint_model(client: Any, run_id: str, checkpoint: Path, registered_model: str | None,
-                         cfg: Mapping[str, Any]) -> str | None:
+def log_checkpoint_model(
+    client: Any, run_id: str, checkpoint: Path, registered_model: str | None, cfg: Mapping[str, Any]
+) -> str | None:
     """Log ``checkpoint`` as a pyfunc model of the run (once: the checkpoint is the model's
     artifact; signature, input example, pinned requirements, ``simsc`` shipped as code) and
     register it; returns the version (``None`` without ``registered_model``)."""
@@ -67,9 +73,13 @@ def log_checkpoint_model(client: Any, run_id: str, checkpoint: Path, registered_
     with fluent_uri(client.tracking_uri):
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=mlflow_model.__file__, artifacts={"checkpoint": str(checkpoint)},
-                code_paths=[str(Path(simsc_config.__file__).parent)], pip_requirements=model_requirements(),
-                signature=model_signature(), input_example=model_example(),
+                name="model",
+                python_model=mlflow_model.__file__,
+                artifacts={"checkpoint": str(checkpoint)},
+                code_paths=[str(Path(simsc_config.__file__).parent)],
+                pip_requirements=model_requirements(),
+                signature=model_signature(),
+                input_example=model_example(),
             )
         if not registered_model:
             return None

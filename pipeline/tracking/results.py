@@ -29,9 +29,14 @@ def pck_table(reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per evaluation set: dataset, split, resolution, n_pairs, PCK per alpha."""
     rows = []
     for name, rep in reports.items():
-        row = {"set": name, "dataset": rep.get("dataset"), "split": rep.get("split"),
-               "resolution": str(rep.get("resolution")), "n_pairs": rep.get("n_pairs"),
-               "beta_eval": rep.get("beta_eval")}
+        row = {
+            "set": name,
+            "dataset": rep.get("dataset"),
+            "split": rep.get("split"),
+            "resolution": str(rep.get("resolution")),
+            "n_pairs": rep.get("n_pairs"),
+            "beta_eval": rep.get("beta_eval"),
+        }
         row.update({f"PCK@{a}": round(float(v), 2) for a, v in rep["per_image"].items()})
         rows.append(row)
     return rows
@@ -47,8 +52,12 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_results(run_dir: str | os.PathLike[str], reports: Mapping[str, Mapping[str, Any]],
-                tracking_uri: str | None = None, record: bool = True) -> bool:
+def log_results(
+    run_dir: str | os.PathLike[str],
+    reports: Mapping[str, Mapping[str, Any]],
+    tracking_uri: str | None = None,
+    record: bool = True,
+) -> bool:
     """Log final PCK per set/alpha and the PCK table (JSON, Markdown, ``log_table``) into the
     run recorded in ``RUN_DIR/tracking.json``. Never raises; returns whether it all worked.
     ``record=False`` leaves ``tracking.json`` untouched (the report stage: the run folder is
@@ -58,8 +67,11 @@ def log_results(run_dir: str | os.PathLike[str], reports: Mapping[str, Mapping[s
     run_id = state.get("run_id")
     ml = SafeMlflow(tracking_uri or state.get("tracking_uri"))
     if not run_id:
-        warnings.warn(f"{run_dir}: no MLflow run recorded; results not logged (run `python -m pipeline.relog "
-                      f"{run_dir}`)", TrackingWarning, stacklevel=2)
+        warnings.warn(
+            f"{run_dir}: no MLflow run recorded; results not logged (run `python -m pipeline.relog {run_dir}`)",
+            TrackingWarning,
+            stacklevel=2,
+        )
         return False
     rows = pck_table(reports)
     ok = ml.call("final PCK and the PCK table", upload_results, ml.connect, run_id, reports, rows) is not None
@@ -70,13 +82,15 @@ def log_results(run_dir: str | os.PathLike[str], reports: Mapping[str, Mapping[s
     return ok
 
 
-def upload_results(connect: Any, run_id: str, reports: Mapping[str, Mapping[str, Any]],
-                   rows: list[dict[str, Any]]) -> bool:
+def upload_results(
+    connect: Any, run_id: str, reports: Mapping[str, Mapping[str, Any]], rows: list[dict[str, Any]]
+) -> bool:
     """The MLflow calls of :func:`log_results` (they raise on failure): ``connect()`` gives
     the client; metrics ``test_pck_<set>_<alpha>`` at step 0 and the table under ``results/``."""
     client = connect()
-    metrics = [metric(f"test_pck_{name}_{a}", v, 0) for name, rep in reports.items()
-               for a, v in rep["per_image"].items()]
+    metrics = [
+        metric(f"test_pck_{name}_{a}", v, 0) for name, rep in reports.items() for a, v in rep["per_image"].items()
+    ]
     client.log_batch(run_id, metrics=metrics)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "pck_table.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -88,9 +102,13 @@ def upload_results(connect: Any, run_id: str, reports: Mapping[str, Mapping[str,
     return True
 
 
-def log_report(run_dir: str | os.PathLike[str], report_md: str | os.PathLike[str],
-               reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, str] | None,
-               tracking_uri: str | None = None) -> dict[str, Any] | None:
+def log_report(
+    run_dir: str | os.PathLike[str],
+    report_md: str | os.PathLike[str],
+    reports: Mapping[str, Mapping[str, Any]],
+    rule: tuple[str, str] | None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any] | None:
     """The report stage's MLflow step, after the report is written: the report (Markdown,
     HTML, figures) as artifacts ``report/`` of the run recorded in ``RUN_DIR/tracking.json``,
     and, when the run registered a model version, its PCK tags and the champion decision
@@ -123,5 +141,6 @@ def log_report(run_dir: str | os.PathLike[str], report_md: str | os.PathLike[str
         return None
     decision: dict[str, Any] | None = ml.call(
         "the model version's PCK tags and the champion alias",
-        lambda: promote_champion(ml.connect(), name, str(version), reports, rule))
+        lambda: promote_champion(ml.connect(), name, str(version), reports, rule),
+    )
     return decision

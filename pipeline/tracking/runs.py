@@ -36,13 +36,20 @@ def git_revision(cwd: str | os.PathLike[str] | None = None) -> str:
 
 def _git_revision(cwd: str | os.PathLike[str] | None) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10,
-                             check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
         rev = out.stdout.strip()
         if out.returncode != 0 or not rev:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -68,8 +75,10 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def describe_run(cfg: Mapping[str, Any]) -> str:
     """What ran, as a run name: ``resnet18 T=mlp embedded@160``."""
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
-    return f"{model.get('backbone', '?')} T={model.get('temperature', '?')} " \
-           f"{data.get('dataset', '?')}@{data.get('resolution', '?')}"
+    return (
+        f"{model.get('backbone', '?')} T={model.get('temperature', '?')} "
+        f"{data.get('dataset', '?')}@{data.get('resolution', '?')}"
+    )
 
 
 def experiment_id(client: Any, experiment: str | None) -> str:
@@ -91,8 +100,9 @@ def find_tagged_run(client: Any, experiment: str | None, tags: Mapping[str, str]
     if exp is None:
         return None
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"]
+    )
     return runs[0] if runs else None
 
 
@@ -102,13 +112,23 @@ def last_step(client: Any, run_id: str, key: str, default: int = 0) -> int:
     return max((m.step for m in history), default=default)
 
 
-def start_run(client: Any, experiment: str | None, run_name: str, cfg: Mapping[str, Any],
-              run_dir: Path | None = None, tags: Mapping[str, str] | None = None) -> str:
+def start_run(
+    client: Any,
+    experiment: str | None,
+    run_name: str,
+    cfg: Mapping[str, Any],
+    run_dir: Path | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
     """Create a run of ``experiment`` tagged with git revision, params hash (and ``run_dir``
     when given) and log ``cfg`` flattened as its params; returns the run id."""
     exp_id = experiment_id(client, experiment)
-    all_tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg), "mlflow.runName": run_name,
-                **dict(tags or {})}
+    all_tags = {
+        "git_revision": git_revision(),
+        "params_hash": params_hash(cfg),
+        "mlflow.runName": run_name,
+        **dict(tags or {}),
+    }
     if run_dir is not None:
         all_tags["run_dir"] = str(Path(run_dir).resolve())
     run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
@@ -118,7 +138,7 @@ def start_run(client: Any, experiment: str | None, run_name: str, cfg: Mapping[s
     # MLflow caps a param value at 6000 characters and a batch at 100 params
     params = [Param(k, v[:6000]) for k, v in flatten(cfg).items()]
     for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i:i + 100])
+        client.log_batch(run_id, params=params[i : i + 100])
     return run_id
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from .. import defaults as D
 from ..errors import EXIT_DIVERGED, EXIT_USER_ERROR, run_main  # noqa: F401 - re-exported
@@ -46,16 +46,25 @@ def add_model_source(p: argparse.ArgumentParser, required: bool = True):
     Returns the mutually exclusive group (a command may add another source to it)."""
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--checkpoint", metavar="PATH", help="a simsc checkpoint (runs/<name>/checkpoints/best.pt)")
-    g.add_argument("--backbone", metavar="NAME",
-                   help="evaluate a backbone with no fine-tuning (temperature fixed:1, beta_eval 0.02 by default)")
-    p.add_argument("--pretrained", nargs="?", const="true", default=None, metavar="P",
-                   help="with --backbone: 'true' (timm's default weights, the default when the flag is given "
-                        "alone), a timm tag or a local checkpoint path; without the flag the backbone is "
-                        "randomly initialised (seeded by --seed)")
-    p.add_argument("--seed", type=int, default=D.SEED,
-                   help=f"seed of a randomly initialised --backbone (default: {D.SEED})")
-    p.add_argument("--device", default=D.DEVICE,
-                   help=f"auto (CUDA if available), cpu, cuda[:N] (default: {D.DEVICE})")
+    g.add_argument(
+        "--backbone",
+        metavar="NAME",
+        help="evaluate a backbone with no fine-tuning (temperature fixed:1, beta_eval 0.02 by default)",
+    )
+    p.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="true",
+        default=None,
+        metavar="P",
+        help="with --backbone: 'true' (timm's default weights, the default when the flag is given "
+        "alone), a timm tag or a local checkpoint path; without the flag the backbone is "
+        "randomly initialised (seeded by --seed)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=D.SEED, help=f"seed of a randomly initialised --backbone (default: {D.SEED})"
+    )
+    p.add_argument("--device", default=D.DEVICE, help=f"auto (CUDA if available), cpu, cuda[:N] (default: {D.DEVICE})")
     return g
 
 

@@ -6,7 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
-from ..data.download.common import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, LOCK_NAME, MARKER_NAME, DownloadError
+from ..data.download.common import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    LOCK_NAME,
+    MARKER_NAME,
+    DownloadError,
+)
 from ..data.sources import DATASET_SOURCES, MIRROR_ENV, resolve_url
 
 _EPILOG = f"""\
@@ -29,8 +36,10 @@ def _list(names: list[str], root: Path, mirror: str | None) -> None:
         for src in ds.files:
             dest = root / ds.folder / src.dest if src.dest else root / ds.folder
             print(f"  {src.filename:24s} {src.kind:7s} {resolve_url(src, mirror)}")
-            print(f"  {'':24s} {'':7s} -> {dest}{'/' if src.kind == 'archive' else ''}"
-                  f"  sha256: {src.sha256 or 'trust on first use'}")
+            print(
+                f"  {'':24s} {'':7s} -> {dest}{'/' if src.kind == 'archive' else ''}"
+                f"  sha256: {src.sha256 or 'trust on first use'}"
+            )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -38,8 +47,12 @@ def _run(args: argparse.Namespace) -> int:
 
     # A download that cannot be completed is something the user fixes (network, mirror,
     # a file placed by hand), so it exits 2 like every other user error.
-    return run_main("simsc download", lambda: _download(args), debug=bool(getattr(args, "debug", False)),
-                    user_errors=(DownloadError,))
+    return run_main(
+        "simsc download",
+        lambda: _download(args),
+        debug=bool(getattr(args, "debug", False)),
+        user_errors=(DownloadError,),
+    )
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -51,15 +64,24 @@ def _download(args: argparse.Namespace) -> int:
         _list(names, Path(args.root).expanduser().absolute(), mirror)
         return 0
     if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
-        raise ValueError("--retries and --backoff must be >= 0, --timeout > 0, got "
-                         f"--retries {args.retries} --backoff {args.backoff} --timeout {args.timeout}")
+        raise ValueError(
+            "--retries and --backoff must be >= 0, --timeout > 0, got "
+            f"--retries {args.retries} --backoff {args.backoff} --timeout {args.timeout}"
+        )
     root = Path(args.root).expanduser()
     if root.exists() and not root.is_dir():
         raise ValueError(f"--root {root}: is a file; expected a folder (it is created if missing)")
     for name in names:
-        path = download_dataset(name, args.root, mirror=mirror, retries=args.retries, backoff=args.backoff,
-                                timeout=args.timeout, progress=not args.no_progress,
-                                keep_archives=args.keep_archives)
+        path = download_dataset(
+            name,
+            args.root,
+            mirror=mirror,
+            retries=args.retries,
+            backoff=args.backoff,
+            timeout=args.timeout,
+            progress=not args.no_progress,
+            keep_archives=args.keep_archives,
+        )
         print(path)
     return 0
 
@@ -70,26 +92,44 @@ def add_parser(sub) -> None:
         "download",
         help="download, verify (SHA-256) and install a data set",
         description="Download, verify and install PF-Pascal, PF-Willow or SPair-71k under --root.\n"
-                    "Downloads resume after an interruption and are retried with backoff; every file\n"
-                    "is checked against the SHA-256 in the lock file; archives are extracted safely\n"
-                    "and atomically. Running it again once installed does nothing.",
+        "Downloads resume after an interruption and are retried with backoff; every file\n"
+        "is checked against the SHA-256 in the lock file; archives are extracted safely\n"
+        "and atomically. Running it again once installed does nothing.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", choices=[*DATASET_SOURCES, "all"], help="data set to install")
     p.add_argument("--root", default="data", metavar="DIR", help="data root (default: %(default)s)")
-    p.add_argument("--mirror", default=None, metavar="URL",
-                   help=f"fetch every file as URL/<filename> instead of the official URL "
-                        f"(default: ${MIRROR_ENV} when set)")
-    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
-                   help="retries of a failed request that made no progress (default: %(default)s)")
-    p.add_argument("--backoff", type=float, default=DEFAULT_BACKOFF, metavar="SECONDS",
-                   help="first retry delay, doubled after each failure (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="socket timeout (default: %(default)s)")
-    p.add_argument("--keep-archives", action="store_true",
-                   help="keep the downloaded files in DIR/.downloads after installing")
+    p.add_argument(
+        "--mirror",
+        default=None,
+        metavar="URL",
+        help=f"fetch every file as URL/<filename> instead of the official URL (default: ${MIRROR_ENV} when set)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="retries of a failed request that made no progress (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=DEFAULT_BACKOFF,
+        metavar="SECONDS",
+        help="first retry delay, doubled after each failure (default: %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="socket timeout (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep-archives", action="store_true", help="keep the downloaded files in DIR/.downloads after installing"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--list", action="store_true",
-                   help="print each file's URL and destination, download nothing")
+    p.add_argument("--list", action="store_true", help="print each file's URL and destination, download nothing")
     p.set_defaults(func=_run)

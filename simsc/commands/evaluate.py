@@ -36,31 +36,52 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = add_model_source(p)
-    g.add_argument("--model", metavar="URI",
-                   help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
-                        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
-                        "scheme (MLflow's comes with the pipeline extra)")
+    g.add_argument(
+        "--model",
+        metavar="URI",
+        help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
+        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
+        "scheme (MLflow's comes with the pipeline extra)",
+    )
     p.add_argument("--dataset", help="pfpascal, pfwillow, spair or embedded (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test)")
-    p.add_argument("--resolution", default=None,
-                   help="256 (square resize, the default) or original (batch size 1)")
+    p.add_argument("--resolution", default=None, help="256 (square resize, the default) or original (batch size 1)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--beta-eval", type=float, default=None, metavar="X",
-                   help="soft-argmax temperature (default: the model's: 1 if learned, 0.02 for fixed:1/backbones)")
-    g.add_argument("--beta-sweep", nargs="?", const="default", default=None, metavar="V,V,...",
-                   help="evaluate at several beta_eval values reusing the features (default values: "
-                        "13 log-spaced from 0.005 to 1)")
+    g.add_argument(
+        "--beta-eval",
+        type=float,
+        default=None,
+        metavar="X",
+        help="soft-argmax temperature (default: the model's: 1 if learned, 0.02 for fixed:1/backbones)",
+    )
+    g.add_argument(
+        "--beta-sweep",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="V,V,...",
+        help="evaluate at several beta_eval values reusing the features (default values: "
+        "13 log-spaced from 0.005 to 1)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="report JSON")
     p.add_argument("--predictions", metavar="FILE", help="per-pair predictions (JSON lines)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help=f"pairs per batch (default: {D.EVAL_BATCH_SIZE}; 1 at original size)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help=f"pairs per batch (default: {D.EVAL_BATCH_SIZE}; 1 at original size)",
+    )
     p.add_argument("--workers", type=int, default=D.WORKERS, help=f"data loader workers (default: {D.WORKERS})")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
-    p.add_argument("--max-pairs", type=positive_int, default=None,
-                   help="evaluate only the first N pairs (N >= 1)")
-    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
-                   help="no progress output (default: a bar on a terminal, else a plain line every 20 s)")
+    p.add_argument("--max-pairs", type=positive_int, default=None, help="evaluate only the first N pairs (N >= 1)")
+    p.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress output (default: a bar on a terminal, else a plain line every 20 s)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -109,15 +130,25 @@ def _run(args: argparse.Namespace) -> int:
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     beta_eval = args.beta_eval if args.beta_eval is not None else ev.beta_eval
-    dataset = eval_dataset(ev, dataset_name, root, split=args.split, resolution=args.resolution,
-                           cache_dir=args.cache_dir)
+    dataset = eval_dataset(
+        ev, dataset_name, root, split=args.split, resolution=args.resolution, cache_dir=args.cache_dir
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the evaluation
-    common: dict[str, Any] = {"batch_size": batch_size, "alphas": ev.alphas, "workers": args.workers,
-                              "max_pairs": args.max_pairs, "progress": "off" if args.quiet else "auto"}
-    source = {"model": args.model} if getattr(args, "model", None) else \
-        {"checkpoint": args.checkpoint} if args.checkpoint else {"backbone": args.backbone,
-                                                                      "pretrained": args.pretrained}
+    common: dict[str, Any] = {
+        "batch_size": batch_size,
+        "alphas": ev.alphas,
+        "workers": args.workers,
+        "max_pairs": args.max_pairs,
+        "progress": "off" if args.quiet else "auto",
+    }
+    source = (
+        {"model": args.model}
+        if getattr(args, "model", None)
+        else {"checkpoint": args.checkpoint}
+        if args.checkpoint
+        else {"backbone": args.backbone, "pretrained": args.pretrained}
+    )
     if args.beta_sweep is not None:
         betas = sweep_betas(ev, None if args.beta_sweep == "default" else _parse_betas(args.beta_sweep))
         result = beta_sweep(model, dataset, betas, **common)
@@ -129,10 +160,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {out}", file=sys.stderr)
         return 0
     preds = Path(args.predictions) if args.predictions else out.with_name(out.stem + ".predictions.jsonl")
-    report = evaluate_to_files(model, dataset, out, preds, beta_eval=beta_eval, **common,
-                               extra={"model": source, "predictions": str(preds)})
+    report = evaluate_to_files(
+        model, dataset, out, preds, beta_eval=beta_eval, **common, extra={"model": source, "predictions": str(preds)}
+    )
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
-    print(f"{report['dataset']} {report['split']} @{report['resolution']} ({report['n_pairs']} pairs, "
-          f"beta_eval {report['beta_eval']:g}): {pck}")
+    print(
+        f"{report['dataset']} {report['split']} @{report['resolution']} ({report['n_pairs']} pairs, "
+        f"beta_eval {report['beta_eval']:g}): {pck}"
+    )
     print(f"report: {out}; predictions: {preds}", file=sys.stderr)
     return 0

@@ -22,32 +22,37 @@ def add_parser(sub) -> None:
         "match",
         help="draw predicted correspondences between two images",
         description="Predict where points of IMG_A land in IMG_B and draw both images side by side "
-                    "with a coloured line per correspondence (PNG).",
+        "with a coloured line per correspondence (PNG).",
         epilog="example:\n  simsc match cat1.jpg cat2.jpg --checkpoint runs/default/checkpoints/best.pt "
-               "--points 120,80 200,150 --out match.png\n\nWithout --points a GRID x GRID grid of interior "
-               "source points is used. Points are x,y in source-image pixels (0-based, pixel centres).",
+        "--points 120,80 200,150 --out match.png\n\nWithout --points a GRID x GRID grid of interior "
+        "source points is used. Points are x,y in source-image pixels (0-based, pixel centres).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("img_a", metavar="IMG_A", help="source image")
     p.add_argument("img_b", metavar="IMG_B", help="target image")
     add_model_source(p)
     p.add_argument("--points", nargs="+", type=_point, metavar="X,Y", help="query points on IMG_A")
-    p.add_argument("--grid", type=positive_int, default=5,
-                   help="grid size when no --points are given (default: 5)")
-    p.add_argument("--resolution", default=str(D.RESOLUTION),
-                   help=f"model input size: pixels or original (default: {D.RESOLUTION}, the paper's)")
+    p.add_argument("--grid", type=positive_int, default=5, help="grid size when no --points are given (default: 5)")
+    p.add_argument(
+        "--resolution",
+        default=str(D.RESOLUTION),
+        help=f"model input size: pixels or original (default: {D.RESOLUTION}, the paper's)",
+    )
     p.add_argument("--beta-eval", type=float, default=None, help="soft-argmax temperature (default: the model's)")
-    p.add_argument("--height", type=positive_int, default=None,
-                   help="scale both images to this height in the picture (pixels, >= 1)")
+    p.add_argument(
+        "--height",
+        type=positive_int,
+        default=None,
+        help="scale both images to this height in the picture (pixels, >= 1)",
+    )
     p.add_argument("--out", required=True, metavar="PNG", help="output picture")
     p.set_defaults(func=_run)
 
 
 @user_errors("match")
 def _run(args: argparse.Namespace) -> int:
-    from ..visualize import save_match_picture
-
     from ..data.records import parse_resolution
+    from ..visualize import save_match_picture
 
     try:
         parse_resolution(args.resolution)
@@ -56,10 +61,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.beta_eval is not None and not args.beta_eval > 0:
         raise ValueError(f"--beta-eval must be > 0, got {args.beta_eval}")
     model, _ = load_model_from_args(args)
-    res = save_match_picture(model, args.img_a, args.img_b, args.out, points=args.points,
-                             resolution=args.resolution, beta_eval=args.beta_eval, grid=args.grid,
-                             height=args.height)
-    for (xa, ya), (xb, yb) in zip(res["points_a"], res["points_b"]):
+    res = save_match_picture(
+        model,
+        args.img_a,
+        args.img_b,
+        args.out,
+        points=args.points,
+        resolution=args.resolution,
+        beta_eval=args.beta_eval,
+        grid=args.grid,
+        height=args.height,
+    )
+    for (xa, ya), (xb, yb) in zip(res["points_a"], res["points_b"], strict=True):
         print(json.dumps({"a": [round(xa, 2), round(ya, 2)], "b": [round(xb, 2), round(yb, 2)]}))
     print(f"wrote {args.out} ({res['size'][0]} x {res['size'][1]})")
     return 0

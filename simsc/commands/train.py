@@ -38,20 +38,42 @@ def add_parser(sub) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="YAML", action="append", default=[],
-                   help="config file (sections model, data, train, eval), e.g. params.yaml; repeatable: "
-                        "later files override earlier ones; without it the schema's defaults are used")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr_backbone=1e-3 (repeatable; values are YAML)")
+    p.add_argument(
+        "--config",
+        metavar="YAML",
+        action="append",
+        default=[],
+        help="config file (sections model, data, train, eval), e.g. params.yaml; repeatable: "
+        "later files override earlier ones; without it the schema's defaults are used",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr_backbone=1e-3 (repeatable; values are YAML)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (overrides train.out_dir)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from DIR/checkpoints/last.pt if it exists (exactly where it stopped)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run in DIR (without it such a folder is refused "
-                        "unless --resume can continue it)")
-    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
-                   help="no progress output (sets train.progress=off; the default, auto, draws a bar on a terminal "
-                        "and prints a plain line every train.progress_every_s seconds otherwise)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoints/last.pt if it exists (exactly where it stopped)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in DIR (without it such a folder is refused "
+        "unless --resume can continue it)",
+    )
+    p.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress output (sets train.progress=off; the default, auto, draws a bar on a terminal "
+        "and prints a plain line every train.progress_every_s seconds otherwise)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -62,8 +84,11 @@ def _run(args: argparse.Namespace) -> int:
 
     data, ignored = read_configs(args.config)
     if ignored:
-        print(f"simsc train: ignoring sections {', '.join(ignored)} of {', '.join(args.config)} "
-              "(not engine config: model, data, train, eval)", file=sys.stderr)
+        print(
+            f"simsc train: ignoring sections {', '.join(ignored)} of {', '.join(args.config)} "
+            "(not engine config: model, data, train, eval)",
+            file=sys.stderr,
+        )
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")

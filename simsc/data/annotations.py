@@ -89,8 +89,11 @@ def outside_image(kps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     h, w = size_hw
     lo = -0.5 - OUT_OF_IMAGE_TOLERANCE
     with np.errstate(invalid="ignore"):
-        return (kps[:, 0] < lo) | (kps[:, 1] < lo) | (kps[:, 0] > w - 0.5 + OUT_OF_IMAGE_TOLERANCE) | (
-            kps[:, 1] > h - 0.5 + OUT_OF_IMAGE_TOLERANCE
+        return (
+            (kps[:, 0] < lo)
+            | (kps[:, 1] < lo)
+            | (kps[:, 0] > w - 0.5 + OUT_OF_IMAGE_TOLERANCE)
+            | (kps[:, 1] > h - 0.5 + OUT_OF_IMAGE_TOLERANCE)
         )
 
 

@@ -23,15 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from simsc.data import images
-from simsc.io import atomic_write, atomic_write_json
 from simsc.data.annotations import DatasetFormatError, Resolution, parse_resolution, resolution_tag
+from simsc.io import atomic_write, atomic_write_json
 
 CACHE_VERSION = 2  # 2: entries carry the SHA-256 of their pixels
 MANIFEST = "manifest.json"

@@ -45,10 +45,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -107,7 +108,7 @@ _GREY_TO_RGB = {"camera", "coins", "grass", "gravel", "moon"}
 # --------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_photo(name: str) -> np.ndarray:
     """Load one embedded photo as an ``H x W x 3`` uint8 array (read-only), no network."""
     from skimage import data as skdata
@@ -331,9 +332,7 @@ def warp_image(
 # Photometry and keypoints
 # --------------------------------------------------------------------------------------
 
-_RGB2YIQ = np.array(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float64
-)
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float64)
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
@@ -442,8 +441,7 @@ def _normalise_image_size(image_size) -> tuple[tuple[int, int], tuple[int, int]]
         arr = np.stack([arr, arr])
     if arr.shape != (2, 2) or (arr < 32).any() or (arr[0] > arr[1]).any():
         raise ValueError(
-            "image_size must be (W, H) or ((min_W, min_H), (max_W, max_H)) with sizes >= 32, "
-            f"got {image_size!r}"
+            f"image_size must be (W, H) or ((min_W, min_H), (max_W, max_H)) with sizes >= 32, got {image_size!r}"
         )
     return (int(arr[0, 0]), int(arr[0, 1])), (int(arr[1, 0]), int(arr[1, 1]))
 
@@ -700,13 +698,17 @@ def _refuse_foreign(root: Path, existing: dict[str, Any] | None) -> None:
     if not root.exists() and not root.is_symlink():
         return
     if not root.is_dir():
-        raise FileExistsError(f"{root} exists and is a file, not a folder; expected a folder for the embedded "
-                              "data set (move the file or choose another root)")
+        raise FileExistsError(
+            f"{root} exists and is a file, not a folder; expected a folder for the embedded "
+            "data set (move the file or choose another root)"
+        )
     if not any(root.iterdir()):
         return
     if existing is None or existing.get("generator") != "simsc.data.embedded":
-        raise FileExistsError(f"{root} exists and is not an embedded data set made by simsc; refusing to "
-                              "replace it (choose another root or empty the folder)")
+        raise FileExistsError(
+            f"{root} exists and is not an embedded data set made by simsc; refusing to "
+            "replace it (choose another root or empty the folder)"
+        )
 
 
 def _install(tmp: Path, root: Path, manifest: dict[str, Any]) -> None:
@@ -751,8 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m simsc.data.embedded ROOT``; errors as :mod:`simsc.errors` says (user error: 2)."""
     from simsc.errors import ArgumentParser, add_debug_flag, run_main
 
-    ap = ArgumentParser(prog="python -m simsc.data.embedded",
-                        description="Build the embedded offline data set (SPair-71k layout).")
+    ap = ArgumentParser(
+        prog="python -m simsc.data.embedded", description="Build the embedded offline data set (SPair-71k layout)."
+    )
     add_debug_flag(ap)
     ap.add_argument("root")
     ap.add_argument("--seed", type=int, default=0)

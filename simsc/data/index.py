@@ -32,9 +32,10 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class PairTable(SequenceABC):
         self._n = len(arrays["offsets"]) - 1
 
     @classmethod
-    def from_pairs(cls, pairs: Sequence[PairAnnotation]) -> "PairTable":
+    def from_pairs(cls, pairs: Sequence[PairAnnotation]) -> PairTable:
         """Columns of a list of annotations (the loaders' parse output)."""
         n = np.array([len(p.valid) for p in pairs], dtype=np.int64)
         offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
@@ -97,8 +98,9 @@ class PairTable(SequenceABC):
             "flip": np.array([bool(p.flip) for p in pairs], dtype=bool),
             "src_size": np.array([size(p.src_size) for p in pairs], dtype=np.int64).reshape(-1, 2),
             "trg_size": np.array([size(p.trg_size) for p in pairs], dtype=np.int64).reshape(-1, 2),
-            "trg_bbox": np.array([nan4 if p.trg_bbox is None else p.trg_bbox for p in pairs],
-                                 dtype=np.float64).reshape(-1, 4),
+            "trg_bbox": np.array([nan4 if p.trg_bbox is None else p.trg_bbox for p in pairs], dtype=np.float64).reshape(
+                -1, 4
+            ),
             "offsets": offsets,
             "src_kps": cat("src_kps", (2,), np.float64),
             "trg_kps": cat("trg_kps", (2,), np.float64),
@@ -141,7 +143,7 @@ class PairTable(SequenceABC):
         """int64 ``[K]``: the pair each flat keypoint row belongs to."""
         return np.repeat(np.arange(self._n), np.diff(self.arrays["offsets"]))
 
-    def take(self, keep: np.ndarray, valid: np.ndarray | None = None) -> "PairTable":
+    def take(self, keep: np.ndarray, valid: np.ndarray | None = None) -> PairTable:
         """The pairs where ``keep`` (bool ``[P]``) holds, with ``valid`` (bool ``[K]``) replacing
         the validity flags if given."""
         a = self.arrays
@@ -153,15 +155,20 @@ class PairTable(SequenceABC):
         offsets = np.zeros(len(n) + 1, dtype=np.int64)
         np.cumsum(n, out=offsets[1:])
         arrays = {k: a[k][keep] for k in ("row", "flip", "src_size", "trg_size", "trg_bbox")}
-        arrays.update(offsets=offsets, src_kps=a["src_kps"][kp_keep], trg_kps=a["trg_kps"][kp_keep],
-                      valid=valid[kp_keep])
+        arrays.update(
+            offsets=offsets, src_kps=a["src_kps"][kp_keep], trg_kps=a["trg_kps"][kp_keep], valid=valid[kp_keep]
+        )
         idx = np.flatnonzero(keep).tolist()
         strings = {k: [v[i] for i in idx] for k, v in self.strings.items()}
         return PairTable(strings, arrays)
 
     def image_paths(self) -> list[str]:
         """Unique image paths in first-use order (source, target, next pair ...)."""
-        return list(dict.fromkeys(p for pair in zip(self.strings["src_path"], self.strings["trg_path"], strict=True) for p in pair))
+        return list(
+            dict.fromkeys(
+                p for pair in zip(self.strings["src_path"], self.strings["trg_path"], strict=True) for p in pair
+            )
+        )
 
 
 def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, list[Issue], list[Issue]]:
@@ -180,8 +187,10 @@ def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, li
         bad = outside_image(kps, (h, w)) & (h >= 0) & valid  # h < 0: no declared size to check
         for k in np.flatnonzero(bad).tolist():
             i = int(owner[k])
-            msg = (f"{side} keypoint {k - int(offsets[i])} {kps[k].tolist()} is outside the "
-                   f"{int(w[k])}x{int(h[k])} image {paths[i]}; marked invalid")
+            msg = (
+                f"{side} keypoint {k - int(offsets[i])} {kps[k].tolist()} is outside the "
+                f"{int(w[k])}x{int(h[k])} image {paths[i]}; marked invalid"
+            )
             found.append((i, side_no, k, msg))
         valid &= ~bad
     found.sort()
@@ -196,11 +205,16 @@ def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, li
     if threshold_kind == "kps":
         trg = a["trg_kps"]
         for i in np.flatnonzero(keep).tolist():
-            v = trg[offsets[i]:offsets[i + 1]][valid[offsets[i]:offsets[i + 1]]]
+            v = trg[offsets[i] : offsets[i + 1]][valid[offsets[i] : offsets[i + 1]]]
             if float(np.ptp(v, axis=0).max()) <= 0:
                 keep[i] = False
-                skips.append((i, f"pair {s['pair_id'][i]}: valid target keypoints span 0 pixels, so "
-                                 "theta_kps = 0 and PCK is undefined; skipped"))
+                skips.append(
+                    (
+                        i,
+                        f"pair {s['pair_id'][i]}: valid target keypoints span 0 pixels, so "
+                        "theta_kps = 0 and PCK is undefined; skipped",
+                    )
+                )
         skips.sort(key=lambda t: t[0])  # pair order, as the per-pair loop this replaces reported them
     skipped = [issue(i, msg) for i, msg in skips]
     return table.take(keep, valid), skipped, invalid
@@ -293,14 +307,20 @@ def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[
                 rows = z[f"i_{name}_row"]
                 src = _split(z[f"i_{name}_source"], len(rows))
                 msg = _split(z[f"i_{name}_message"], len(rows))
-                issues[name] = [Issue(a, None if r < 0 else int(r), m) for a, r, m in zip(src, rows.tolist(), msg, strict=True)]
+                issues[name] = [
+                    Issue(a, None if r < 0 else int(r), m) for a, r, m in zip(src, rows.tolist(), msg, strict=True)
+                ]
     except KeyError as e:
         raise _corrupt(path, f"missing column {e}") from e
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise _corrupt(path, e) from e
     k = int(arrays["offsets"][-1]) if n >= 0 else -1
-    if n < 0 or len(arrays["src_kps"]) != k or len(arrays["trg_kps"]) != k or len(arrays["valid"]) != k or any(
-        len(arrays[c]) != n for c in ("row", "flip", "src_size", "trg_size", "trg_bbox")
+    if (
+        n < 0
+        or len(arrays["src_kps"]) != k
+        or len(arrays["trg_kps"]) != k
+        or len(arrays["valid"]) != k
+        or any(len(arrays[c]) != n for c in ("row", "flip", "src_size", "trg_size", "trg_bbox"))
     ):
         raise _corrupt(path, "column lengths disagree")
     return PairTable(strings, arrays), issues["skipped"], issues["invalid"], key

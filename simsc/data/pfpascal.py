@@ -120,7 +120,9 @@ class PFPascalDataset(PairDataset):
                 continue  # blank line (e.g. trailing newline)
             where = f"{path}, row {line}"
             if len(row) != len(header):
-                raise DatasetFormatError(f"{where}: expected {len(header)} columns ({','.join(header)}), got {len(row)}")
+                raise DatasetFormatError(
+                    f"{where}: expected {len(header)} columns ({','.join(header)}), got {len(row)}"
+                )
             pairs.append(self._parse_row(row, col, where, line, len(pairs)))
         if not pairs:
             raise DatasetFormatError(f"{path}: split {self.split!r} lists no pair")
@@ -154,7 +156,9 @@ class PFPascalDataset(PairDataset):
             trg_kps = np.stack([coords["XB"], coords["YB"]], axis=1)
             nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
             for i in np.flatnonzero(nan):
-                self.invalid_keypoints.append(Issue(str(self.pairs_file), line, f"keypoint {i} has a NaN coordinate; marked invalid"))
+                self.invalid_keypoints.append(
+                    Issue(str(self.pairs_file), line, f"keypoint {i} has a NaN coordinate; marked invalid")
+                )
             valid = ~nan
         else:
             src_kps, _ = self._mat(category, src, where)
@@ -185,7 +189,9 @@ class PFPascalDataset(PairDataset):
         if relpath not in self._sizes:
             path = self.root / relpath
             if not path.is_file():
-                raise DatasetFormatError(f"{where}: image {path} not found (paths in the list are relative to the root)")
+                raise DatasetFormatError(
+                    f"{where}: image {path} not found (paths in the list are relative to the root)"
+                )
             self._sizes[relpath] = read_image_size(path)
         return self._sizes[relpath]
 
@@ -205,7 +211,9 @@ class PFPascalDataset(PairDataset):
             raise DatasetFormatError(f"{path}: cannot read MATLAB annotation file ({e})") from e
         for key in ("kps", "bbox"):
             if key not in mat:
-                raise DatasetFormatError(f"{path}: field {key!r} missing; expected keys 'kps' (N x 2) and 'bbox' (1 x 4)")
+                raise DatasetFormatError(
+                    f"{path}: field {key!r} missing; expected keys 'kps' (N x 2) and 'bbox' (1 x 4)"
+                )
         try:
             kps = np.asarray(mat["kps"], dtype=np.float64)
             bbox = np.asarray(mat["bbox"], dtype=np.float64).reshape(-1)
@@ -214,7 +222,9 @@ class PFPascalDataset(PairDataset):
         if kps.ndim != 2 or kps.shape[1] != 2:
             raise DatasetFormatError(f"{path}: field 'kps' has shape {kps.shape}; expected N x 2 (x, y)")
         if bbox.shape != (4,) or not np.isfinite(bbox).all() or not (bbox[2] > bbox[0] and bbox[3] > bbox[1]):
-            raise DatasetFormatError(f"{path}: field 'bbox' is {bbox.tolist()}; expected finite (x1, y1, x2, y2) "
-                                     "with x1 < x2 and y1 < y2 (a box of non-zero size)")
+            raise DatasetFormatError(
+                f"{path}: field 'bbox' is {bbox.tolist()}; expected finite (x1, y1, x2, y2) "
+                "with x1 < x2 and y1 < y2 (a box of non-zero size)"
+            )
         self._mats[path] = (kps, bbox)
         return kps, bbox

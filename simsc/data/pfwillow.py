@@ -103,7 +103,9 @@ class PFWillowDataset(PairDataset):
             trg_kps = np.stack([vals[2], vals[3]], axis=1)
             nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
             for i in np.flatnonzero(nan):
-                self.invalid_keypoints.append(Issue(str(path), line, f"keypoint {i} has a NaN coordinate; marked invalid"))
+                self.invalid_keypoints.append(
+                    Issue(str(path), line, f"keypoint {i} has a NaN coordinate; marked invalid")
+                )
             src = inside_root(row[0].strip(), where, "imageA")
             trg = inside_root(row[1].strip(), where, "imageB")
             pairs.append(

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -261,8 +262,14 @@ class PairDataset(Dataset):
 
     def _index_meta(self) -> dict[str, Any]:
         """What, besides the files, decides the parse result (the index is stale if it differs)."""
-        return {"loader": type(self).__name__, "name": self.name, "split": self.split, "root": str(self.root),
-                "threshold_kind": self.threshold_kind, "out_of_image_tolerance": OUT_OF_IMAGE_TOLERANCE}
+        return {
+            "loader": type(self).__name__,
+            "name": self.name,
+            "split": self.split,
+            "root": str(self.root),
+            "threshold_kind": self.threshold_kind,
+            "out_of_image_tolerance": OUT_OF_IMAGE_TOLERANCE,
+        }
 
     def _load_pairs(self, listing: Path) -> None:
         """Fill ``pairs`` / ``skipped`` / ``invalid_keypoints``: from the pair index when it is
@@ -294,12 +301,15 @@ class PairDataset(Dataset):
             try:
                 if stats is None:
                     raise OSError(f"a file of the split vanished while it was read: {deps[:3]}...")
-                self.index_key = save_index(self.index_path, table, self.skipped, self.invalid_keypoints, meta,
-                                            deps, stats)
+                self.index_key = save_index(
+                    self.index_path, table, self.skipped, self.invalid_keypoints, meta, deps, stats
+                )
             except (OSError, ValueError) as e:
                 # The index only saves time: a run with a read-only cache still works.
-                warnings.warn(f"{self.index_path}: pair index not written ({e}); the annotations will be "
-                              "parsed again next time", stacklevel=3)
+                warnings.warn(
+                    f"{self.index_path}: pair index not written ({e}); the annotations will be parsed again next time",
+                    stacklevel=3,
+                )
         self._report(listing)
 
     def _report(self, listing: Path) -> None:
@@ -340,5 +350,3 @@ def _reason(message: str) -> str:
         if key in message:
             return key
     return "other"
-
-

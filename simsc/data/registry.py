@@ -8,8 +8,9 @@ under its own name.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from simsc import defaults as D
 from simsc.data.pfpascal import PFPascalDataset

@@ -29,8 +29,9 @@ files under their ``filename``; :func:`resolve_url` replaces the whole
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 Kind = Literal["archive", "file"]
 

@@ -138,8 +138,17 @@ class SPairDataset(PairDataset):
                 sk, tk = data["src_kps"], data["trg_kps"]
                 ss, ts, bb = data["src_imsize"], data["trg_imsize"], data["trg_bndbox"]
                 n = len(sk)
-                if type(sk) is not list or type(tk) is not list or len(tk) != n or type(bb) is not list or \
-                        len(bb) != 4 or type(ss) is not list or type(ts) is not list or len(ss) < 2 or len(ts) < 2:
+                if (
+                    type(sk) is not list
+                    or type(tk) is not list
+                    or len(tk) != n
+                    or type(bb) is not list
+                    or len(bb) != 4
+                    or type(ss) is not list
+                    or type(ts) is not list
+                    or len(ss) < 2
+                    or len(ts) < 2
+                ):
                     return None
                 # every keypoint a pair (a null has no len(): TypeError, exact path)
                 if n and set(map(len, sk)) | set(map(len, tk)) != {2}:
@@ -198,8 +207,7 @@ class SPairDataset(PairDataset):
             "trg_kps": trg,
             "valid": np.ones(len(src), dtype=bool),
         }
-        strings = {"pair_id": entries, "category": cats, "src_path": src_paths, "trg_path": trg_paths,
-                   "source": files}
+        strings = {"pair_id": entries, "category": cats, "src_path": src_paths, "trg_path": trg_paths, "source": files}
         return PairTable(strings, arrays)
 
     def _parse_exact(self) -> list[PairAnnotation]:
@@ -246,8 +254,10 @@ class SPairDataset(PairDataset):
         bbox = _numbers(_field(data, "trg_bndbox", jpath, list), 4, jpath, "trg_bndbox", allow_null=False)
         if not (bbox[2] > bbox[0] and bbox[3] > bbox[1]):
             # A zero-size box gives theta_bbox = 0 (or a box with no area), so PCK would be undefined.
-            raise DatasetFormatError(f"{jpath}: field 'trg_bndbox' {bbox.tolist()}; expected [x1, y1, x2, y2] "
-                                     "with x1 < x2 and y1 < y2 (a box of non-zero size)")
+            raise DatasetFormatError(
+                f"{jpath}: field 'trg_bndbox' {bbox.tolist()}; expected [x1, y1, x2, y2] "
+                "with x1 < x2 and y1 < y2 (a box of non-zero size)"
+            )
         src_kps = self._kps(data, "src_kps", jpath)
         trg_kps = self._kps(data, "trg_kps", jpath)
         if len(src_kps) != len(trg_kps):

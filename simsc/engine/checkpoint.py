@@ -41,9 +41,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +66,18 @@ DIGEST_KEY = "digest"
 
 #: Entries every simsc checkpoint has (``load_model`` needs them); ``last`` adds :data:`LAST_KEYS`.
 REQUIRED_KEYS = ("model", "config")
-LAST_KEYS = ("optimizer", "rng", "step", "epoch", "batch_in_epoch", "best", "epoch_loss", "train_time",
-             "finished", "metrics_offset")
+LAST_KEYS = (
+    "optimizer",
+    "rng",
+    "step",
+    "epoch",
+    "batch_in_epoch",
+    "best",
+    "epoch_loss",
+    "train_time",
+    "finished",
+    "metrics_offset",
+)
 
 
 def _feed(h: hashlib._Hash, obj: Any) -> None:
@@ -124,14 +135,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes; an interrupted "
-                              "copy or a full disk?); use another checkpoint or rerun the training")
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is empty (0 bytes; an interrupted "
+            "copy or a full disk?); use another checkpoint or rerun the training"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a damaged file; all mean that
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({size} bytes): {reason}; the file is damaged "
-                              "or not a torch checkpoint") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({size} bytes): {reason}; the file is damaged or not a torch checkpoint"
+        ) from None
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a simsc checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
     if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
@@ -143,15 +157,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("kind") == "last":
         missing += [k for k in LAST_KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path}: simsc checkpoint without its {', '.join(repr(k) for k in missing)} "
-                              f"entr{'y' if len(missing) == 1 else 'ies'}; the file is incomplete or was "
-                              "edited, use another checkpoint")
+        raise CheckpointError(
+            f"{path}: simsc checkpoint without its {', '.join(repr(k) for k in missing)} "
+            f"entr{'y' if len(missing) == 1 else 'ies'}; the file is incomplete or was "
+            "edited, use another checkpoint"
+        )
     stored = ckpt.get(DIGEST_KEY)
     if stored is not None:
         actual = content_digest(ckpt)
         if stored != actual:
-            raise CheckpointError(f"{path}: content digest mismatch (stored {stored}, computed {actual}): "
-                                  "the file is corrupted; use another checkpoint (e.g. best.pt / an earlier copy)")
+            raise CheckpointError(
+                f"{path}: content digest mismatch (stored {stored}, computed {actual}): "
+                "the file is corrupted; use another checkpoint (e.g. best.pt / an earlier copy)"
+            )
     return dict(ckpt)
 
 
@@ -252,19 +270,26 @@ class TrainState:
         ``source`` and the missing or malformed entry."""
 
         def bad(key: str, expected: str, got: Any) -> CheckpointError:
-            return CheckpointError(f"{source}: checkpoint entry {key!r} must be {expected}, got {got!r:.80}; "
-                                   "the file was edited or written by other code, it cannot be resumed")
+            return CheckpointError(
+                f"{source}: checkpoint entry {key!r} must be {expected}, got {got!r:.80}; "
+                "the file was edited or written by other code, it cannot be resumed"
+            )
 
         def integer(key: str, value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(key, "an integer >= 0", value)
             return value
 
-        missing = [k for k in ("step", "epoch", "batch_in_epoch", "best", "epoch_loss", "train_time", "finished", "rng")
-                   if k not in ckpt]
+        missing = [
+            k
+            for k in ("step", "epoch", "batch_in_epoch", "best", "epoch_loss", "train_time", "finished", "rng")
+            if k not in ckpt
+        ]
         if missing:
-            raise CheckpointError(f"{source}: checkpoint without its {', '.join(repr(k) for k in missing)} "
-                                  f"entr{'y' if len(missing) == 1 else 'ies'}; it cannot be resumed")
+            raise CheckpointError(
+                f"{source}: checkpoint without its {', '.join(repr(k) for k in missing)} "
+                f"entr{'y' if len(missing) == 1 else 'ies'}; it cannot be resumed"
+            )
         best = ckpt["best"]
         if not isinstance(best, Mapping) or set(best) != {"metric", "epoch", "step"}:
             raise bad("best", "a mapping of metric, epoch and step", best)
@@ -275,8 +300,12 @@ class TrainState:
             if best[k] is not None:
                 integer(f"best.{k}", best[k])
         loss = ckpt["epoch_loss"]
-        if (not isinstance(loss, (list, tuple)) or len(loss) != 2 or isinstance(loss[0], bool)
-                or not isinstance(loss[0], (int, float))):
+        if (
+            not isinstance(loss, (list, tuple))
+            or len(loss) != 2
+            or isinstance(loss[0], bool)
+            or not isinstance(loss[0], (int, float))
+        ):
             raise bad("epoch_loss", "[sum, count]", loss)
         train_time = ckpt["train_time"]
         if isinstance(train_time, bool) or not isinstance(train_time, (int, float)):

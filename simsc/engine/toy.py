@@ -56,8 +56,8 @@ class ToyTranslationPairs(Dataset):
             dx, dy = (int(v) for v in torch.randint(-m, m + 1, (2,), generator=g))
         else:
             dx = dy = 0
-        src = tex[:, m: m + s, m: m + s].contiguous()
-        trg = tex[:, m + dy: m + dy + s, m + dx: m + dx + s].contiguous()
+        src = tex[:, m : m + s, m : m + s].contiguous()
+        trg = tex[:, m + dy : m + dy + s, m + dx : m + dx + s].contiguous()
         # A source point at p shows texture pixel p + m; in the target it sits at p - (dx, dy).
         lo, hi = m + 2, s - 1 - m - 2
         lin = torch.linspace(lo, hi, self.grid)

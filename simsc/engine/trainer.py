@@ -27,15 +27,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence, Sized
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, dump_config, diff_configs, load_config
+from ..config import Config, diff_configs, dump_config, load_config
 from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
@@ -140,7 +141,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Open for the whole run (the lock lives as long as the handle), hence no `with`.
         # Not "w": the holder's line must survive a refusal.
-        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        fh = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held by another process; other errors (no locks on this FS) propagate
@@ -153,8 +154,7 @@ class RunLock:
             ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
-                 f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
         fh.flush()
         self._fh = fh
 
@@ -183,8 +183,10 @@ def resolve_device(name: str, what: str = "device") -> torch.device:
         raise ValueError(f"{what}: unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{what} {name}: CUDA is not available on this host (torch.cuda.is_available() is "
-                             "False); use cpu or auto")
+            raise ValueError(
+                f"{what} {name}: CUDA is not available on this host (torch.cuda.is_available() is "
+                "False); use cpu or auto"
+            )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"{what} {name}: this host has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
@@ -369,8 +371,10 @@ class Trainer:
             return torch.compile(loss, backend=backend)
         except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager (a warning)
             if type(exc).__name__ == "InvalidBackend":  # a typo is the user's error, not a fallback
-                raise ValueError(f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
-                                 "false or a name from torch._dynamo.list_backends()") from None
+                raise ValueError(
+                    f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
+                    "false or a name from torch._dynamo.list_backends()"
+                ) from None
             _compile_fallback(backend, exc)  # a missing compiler fails later, on the first call
             return loss
 
@@ -395,13 +399,13 @@ class Trainer:
     def _open_metrics(self, offset: int | None) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if offset is None:
-            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")  # noqa: SIM115 - open for the run
+            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")
             return
         # Drop the records written after the checkpoint (by the interrupted run).
         if self.metrics_path.exists() and self.metrics_path.stat().st_size > offset:
             with open(self.metrics_path, "r+b") as f:
                 f.truncate(offset)
-        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
+        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
 
     def _log(self, record: dict[str, Any]) -> None:
         fh = self._metrics_fh
@@ -431,8 +435,13 @@ class Trainer:
             p.unlink(missing_ok=True)
 
     def _outputs(self) -> list[Path]:
-        return [self.last_path, self.best_path, self.metrics_path, self.out_dir / "summary.json",
-                self.out_dir / "config.yaml"]
+        return [
+            self.last_path,
+            self.best_path,
+            self.metrics_path,
+            self.out_dir / "summary.json",
+            self.out_dir / "config.yaml",
+        ]
 
     def _fit(self, resume: bool, overwrite: bool = False) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
@@ -458,8 +467,9 @@ class Trainer:
         worker_gen = torch.Generator()
         model.train()
         total = t.epochs * n_batches if t.max_steps is None else min(t.max_steps, t.epochs * n_batches)
-        self.progress = Progress(t.progress, "train", total, initial=state.step, every_s=t.progress_every_s,
-                                 lines_on_advance=False)
+        self.progress = Progress(
+            t.progress, "train", total, initial=state.step, every_s=t.progress_every_s, lines_on_advance=False
+        )
         self._last_flush = time.monotonic()
         try:
             self._loop(n, bs, n_batches, worker_gen)
@@ -486,11 +496,16 @@ class Trainer:
                 g.manual_seed(epoch_seed(t.seed, epoch))
                 state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
             state.sampler = g.get_state()
-            order = torch.randperm(n, generator=g)[start * bs:].tolist()
+            order = torch.randperm(n, generator=g)[start * bs :].tolist()
             worker_gen.manual_seed(epoch_seed(t.seed, epoch) + 1)
             loader = DataLoader(
-                self.train_dataset, batch_size=bs, sampler=order, num_workers=cfg.data.workers,
-                collate_fn=_collate, generator=worker_gen, drop_last=False,
+                self.train_dataset,
+                batch_size=bs,
+                sampler=order,
+                num_workers=cfg.data.workers,
+                collate_fn=_collate,
+                generator=worker_gen,
+                drop_last=False,
                 pin_memory=self.device.type == "cuda" if self.pin_memory is None else self.pin_memory,
             )
             batch_i = start
@@ -508,8 +523,7 @@ class Trainer:
                 self.progress.advance()
                 # Reading the records is the step's only host sync: batched, every log_every
                 # steps, and at least every progress_every_s seconds so that logs move.
-                if (len(self._pending) >= self.log_every
-                        or time.monotonic() - self._last_flush >= t.progress_every_s):
+                if len(self._pending) >= self.log_every or time.monotonic() - self._last_flush >= t.progress_every_s:
                     self._flush()
                 stop = t.max_steps is not None and state.step >= t.max_steps
                 if stop:
@@ -533,10 +547,14 @@ class Trainer:
         :meth:`_flush` reads them. Returns the record's host fields and its device tensors.
         """
         opt, state = self.optimizer, self.state
-        batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch = {
+            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+        }
         if self.cfg.train.channels_last:
-            batch = {k: (v.contiguous(memory_format=torch.channels_last) if k in ("src_img", "trg_img") else v)
-                     for k, v in batch.items()}
+            batch = {
+                k: (v.contiguous(memory_format=torch.channels_last) if k in ("src_img", "trg_img") else v)
+                for k, v in batch.items()
+            }
         step = state.step + 1
         opt.zero_grad(set_to_none=True)
         try:
@@ -562,16 +580,27 @@ class Trainer:
         check_grads = grads and self.scaler is None
         grads_finite = torch.stack([torch.isfinite(gr).all() for gr in grads]).all() if check_grads else one
         tensors = {
-            "loss": loss.detach(), "ce": out["ce"].detach(), "reg": out["reg"].detach(),
-            "beta_a": out["beta_a"], "beta_b": out["beta_b"], "beta_eff": out["beta_eff"],
-            "loss_finite": torch.isfinite(loss.detach()), "grads_finite": grads_finite,
+            "loss": loss.detach(),
+            "ce": out["ce"].detach(),
+            "reg": out["reg"].detach(),
+            "beta_a": out["beta_a"],
+            "beta_b": out["beta_b"],
+            "beta_eff": out["beta_eff"],
+            "loss_finite": torch.isfinite(loss.detach()),
+            "grads_finite": grads_finite,
         }
         for name, m in self.grad_layers:
             if m.weight.grad is not None:
                 tensors[f"grad:{name}"] = m.weight.grad.abs().mean()
         lrs = {g.get("name"): g["lr"] for g in opt.param_groups}
-        record: dict[str, Any] = {"type": "step", "step": step, "epoch": epoch, "batch": state.batch_in_epoch,
-                                  "lr_backbone": lrs.get("backbone"), "lr_temperature": lrs.get("temperature")}
+        record: dict[str, Any] = {
+            "type": "step",
+            "step": step,
+            "epoch": epoch,
+            "batch": state.batch_in_epoch,
+            "lr_backbone": lrs.get("backbone"),
+            "lr_temperature": lrs.get("temperature"),
+        }
         if self.scaler is not None:
             self.scaler.step(opt)  # skips the update on inf/NaN gradients (a sync: fp16 only)
             self.scaler.update()
@@ -621,8 +650,14 @@ class Trainer:
             loss = float(v["loss"])
             if not bool(v["loss_finite"]) or not bool(v["grads_finite"]):
                 reason = "non-finite loss" if not bool(v["loss_finite"]) else "non-finite gradient"
-                self._diverged(record["step"], record["epoch"], loss, None, reason,
-                               betas=(v["beta_a"].tolist(), v["beta_b"].tolist()))
+                self._diverged(
+                    record["step"],
+                    record["epoch"],
+                    loss,
+                    None,
+                    reason,
+                    betas=(v["beta_a"].tolist(), v["beta_b"].tolist()),
+                )
             record["loss"], record["ce"], record["reg"] = loss, float(v["ce"]), float(v["reg"])
             record["beta_a_mean"], record["beta_a_std"] = _mean_std(v["beta_a"])
             record["beta_b_mean"], record["beta_b_std"] = _mean_std(v["beta_b"])
@@ -630,8 +665,23 @@ class Trainer:
             grad = {k[5:]: float(x) for k, x in v.items() if k.startswith("grad:")}
             if grad:
                 record["grad_abs_mean"] = grad
-            order = ("type", "step", "epoch", "batch", "loss", "ce", "reg", "beta_a_mean", "beta_a_std",
-                     "beta_b_mean", "beta_b_std", "beta_eff_mean", "lr_backbone", "lr_temperature", "grad_abs_mean")
+            order = (
+                "type",
+                "step",
+                "epoch",
+                "batch",
+                "loss",
+                "ce",
+                "reg",
+                "beta_a_mean",
+                "beta_a_std",
+                "beta_b_mean",
+                "beta_b_std",
+                "beta_eff_mean",
+                "lr_backbone",
+                "lr_temperature",
+                "grad_abs_mean",
+            )
             record = {k: record[k] for k in order if k in record}
             state.epoch_loss_sum += record["loss"]
             state.epoch_loss_count += 1
@@ -655,23 +705,46 @@ class Trainer:
                 m = self.model
                 beta_a = m.temperature(m.backbone(batch["src_img"])).tolist()
                 beta_b = m.temperature(m.backbone(batch["trg_img"])).tolist()
-            except Exception:  # noqa: BLE001, S110 - the diagnosis must not mask the divergence
+            except Exception:  # noqa: BLE001 - the diagnosis must not mask the divergence
                 pass
         last = self.last_path if self.last_path.exists() else None
         err = TrainingDivergedError(step, epoch, loss, beta_a, beta_b, reason, last)
-        self._log({"type": "diverged", "step": step, "epoch": epoch, "loss": _finite(loss), "reason": reason,
-                   "beta_a": [_finite(float(b)) for b in beta_a], "beta_b": [_finite(float(b)) for b in beta_b],
-                   "last_checkpoint": str(last) if last else None})
-        self.callbacks.on_end({"status": "diverged", "step": step, "epoch": epoch, "message": str(err),
-                               "last_checkpoint": str(last) if last else None})
+        self._log(
+            {
+                "type": "diverged",
+                "step": step,
+                "epoch": epoch,
+                "loss": _finite(loss),
+                "reason": reason,
+                "beta_a": [_finite(float(b)) for b in beta_a],
+                "beta_b": [_finite(float(b)) for b in beta_b],
+                "last_checkpoint": str(last) if last else None,
+            }
+        )
+        self.callbacks.on_end(
+            {
+                "status": "diverged",
+                "step": step,
+                "epoch": epoch,
+                "message": str(err),
+                "last_checkpoint": str(last) if last else None,
+            }
+        )
         raise err
 
     def _end_epoch(self, epoch: int, partial: bool) -> None:
         cfg, t, state = self.cfg, self.cfg.train, self.state
         rep = evaluate(
-            self.model, self.val_dataset, beta_eval=t.val_beta_eval, batch_size=cfg.data.batch_size, alphas=t.alphas,
-            workers=cfg.data.workers, max_pairs=t.val_max_pairs, device=self.device,
-            progress=self.progress.mode, progress_every_s=t.progress_every_s,
+            self.model,
+            self.val_dataset,
+            beta_eval=t.val_beta_eval,
+            batch_size=cfg.data.batch_size,
+            alphas=t.alphas,
+            workers=cfg.data.workers,
+            max_pairs=t.val_max_pairs,
+            device=self.device,
+            progress=self.progress.mode,
+            progress_every_s=t.progress_every_s,
         )
         self.model.train()
         key = alpha_key(t.best_alpha)
@@ -683,12 +756,18 @@ class Trainer:
             state.best = BestSoFar(metric, epoch, state.step)
         loss_sum, loss_n = state.epoch_loss_sum, state.epoch_loss_count
         record = {
-            "type": "epoch", "epoch": epoch, "step": state.step, "partial": partial,
+            "type": "epoch",
+            "epoch": epoch,
+            "step": state.step,
+            "partial": partial,
             "train_loss_mean": loss_sum / loss_n if loss_n else None,
-            "val": {k: rep[k] for k in ("per_image", "per_keypoint", "per_category", "n_pairs", "beta_eff", "beta_eval")},
+            "val": {
+                k: rep[k] for k in ("per_image", "per_keypoint", "per_category", "n_pairs", "beta_eff", "beta_eval")
+            },
             **{f"val_pck@{a}": v for a, v in rep["per_image"].items()},
             "val_beta_eff_mean": rep["beta_eff"]["mean"],
-            "best_metric": state.best.metric, "is_best": is_best,
+            "best_metric": state.best.metric,
+            "is_best": is_best,
         }
         self._log(record)
         self.callbacks.on_epoch(record)
@@ -712,8 +791,15 @@ class Trainer:
         fh = self._metrics_fh
         if fh is None:  # a bug: checkpoints are written only during fit
             raise RuntimeError("Trainer._payload: metrics.jsonl is not open (only fit writes checkpoints)")
-        return build_checkpoint(kind, model=self.model, config=self.cfg, state=self.state, optimizer=self.optimizer,
-                                scaler=self.scaler, metrics_offset=fh.tell())
+        return build_checkpoint(
+            kind,
+            model=self.model,
+            config=self.cfg,
+            state=self.state,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            metrics_offset=fh.tell(),
+        )
 
     def _summary(self) -> dict[str, Any]:
         s = self.state
@@ -734,8 +820,9 @@ class Trainer:
             # Of this process's training loop (steps + waits for batches; not validation or
             # checkpoints): the share spent waiting for the loader.
             "data_wait_s": self._data_wait,
-            "data_wait_fraction": (self._data_wait / (self._data_wait + self._step_time)
-                                   if self._data_wait + self._step_time > 0 else None),
+            "data_wait_fraction": (
+                self._data_wait / (self._data_wait + self._step_time) if self._data_wait + self._step_time > 0 else None
+            ),
             "out_dir": str(self.out_dir),
         }
 
@@ -755,8 +842,12 @@ def _compile_fallback(backend: str, exc: BaseException) -> None:
     import warnings
 
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    warnings.warn(f"train.compile: torch.compile (backend {backend!r}) failed ({type(exc).__name__}: {reason[:300]}); "
-                  "training runs eagerly instead", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"train.compile: torch.compile (backend {backend!r}) failed ({type(exc).__name__}: {reason[:300]}); "
+        "training runs eagerly instead",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _collate(records):

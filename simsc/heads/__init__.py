@@ -13,6 +13,7 @@ subclass, ``build_head(name, ...)`` to instantiate, :data:`HEADS` / :func:`list_
 
 from __future__ import annotations
 
+from . import cats, ncnet, sfnet  # noqa: F401  (each module registers its head)
 from .base import HEAD_PRESETS, MatchingHead, correlation_4d, sample_correlation, swap_ab
 from .registry import (
     HEADS,
@@ -22,9 +23,17 @@ from .registry import (
     list_heads,
     register_head,
 )
-from . import cats, ncnet, sfnet  # noqa: F401  (each module registers its head)
 
 __all__ = [
-    "HEADS", "HEAD_PRESETS", "MatchingHead", "build_head", "correlation_4d", "head_default_temperature",
-    "head_level_offsets", "list_heads", "register_head", "sample_correlation", "swap_ab",
+    "HEADS",
+    "HEAD_PRESETS",
+    "MatchingHead",
+    "build_head",
+    "correlation_4d",
+    "head_default_temperature",
+    "head_level_offsets",
+    "list_heads",
+    "register_head",
+    "sample_correlation",
+    "swap_ab",
 ]

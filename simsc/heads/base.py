@@ -23,7 +23,9 @@ class MatchingHead(nn.Module):
     level_offsets: tuple[int, ...] = (0,)
     default_temperature: str = "fixed:1"
 
-    def __init__(self, level_channels: tuple[int, ...], preset: str = "paper", grid: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, level_channels: tuple[int, ...], preset: str = "paper", grid: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         if len(level_channels) != len(self.level_offsets):
             raise ValueError(

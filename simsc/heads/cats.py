@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_head
 from .base import MatchingHead, sample_correlation
+from .registry import register_head
 
 _PRESETS = {
     # CATs' PF-Pascal model: 128-d appearance, 4 blocks, 6 heads, MLP ratio 4.
@@ -105,7 +105,9 @@ class CATsHead(MatchingHead):
         feats_b = [_resize_grid(f, self.grid) for f in levels_b]
         corr = torch.stack(
             [
-                torch.einsum("bci,bcj->bij", self.scaled(fa, beta_a, l2).flatten(2), self.scaled(fb, beta_b, l2).flatten(2))
+                torch.einsum(
+                    "bci,bcj->bij", self.scaled(fa, beta_a, l2).flatten(2), self.scaled(fb, beta_b, l2).flatten(2)
+                )
                 for fa, fb in zip(feats_a, feats_b, strict=True)
             ],
             1,

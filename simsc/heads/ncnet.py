@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_head
 from .base import MatchingHead, correlation_4d, sample_correlation, swap_ab
+from .registry import register_head
 
 _PRESETS = {"paper": ((5, 5, 5), (16, 16, 1)), "small": ((3, 3), (8, 1))}
 

@@ -4,7 +4,7 @@ imports them (no import cycle)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import HEAD_PRESETS, MatchingHead
 

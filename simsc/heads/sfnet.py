@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..matching import query_score_maps
-from .registry import register_head
 from .base import MatchingHead
+from .registry import register_head
 
 
 def _adaptation(channels: int) -> nn.Sequential:
@@ -54,8 +54,10 @@ class SFNetHead(MatchingHead):
             b3, b4 = self._embed(levels_b)
         ones_a, ones_b = torch.ones_like(beta_a), torch.ones_like(beta_b)
         return {
-            "a3": self.scaled(a3, beta_a, l2), "b3": self.scaled(b3, beta_b, l2),
-            "a4": self.scaled(a4, ones_a, l2), "b4": self.scaled(b4, ones_b, l2),
+            "a3": self.scaled(a3, beta_a, l2),
+            "b3": self.scaled(b3, beta_b, l2),
+            "a4": self.scaled(a4, ones_a, l2),
+            "b4": self.scaled(b4, ones_b, l2),
         }
 
     def query_scores(self, out: dict[str, torch.Tensor], uv_a: torch.Tensor) -> torch.Tensor:

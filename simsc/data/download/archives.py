@@ -22,9 +22,11 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 def _member_dest(name: str, target: Path, archive: Path) -> Path | None:
     """Where member ``name`` goes under ``target``; refuses anything that would escape it."""
+
     def refuse(why: str) -> UnsafeArchiveError:
-        return UnsafeArchiveError(f"refusing to extract {archive.name}: member {name!r} {why}; "
-                                  "nothing was extracted", path=archive)
+        return UnsafeArchiveError(
+            f"refusing to extract {archive.name}: member {name!r} {why}; nothing was extracted", path=archive
+        )
 
     if "\x00" in name:
         raise refuse("has a NUL byte in its name")
@@ -54,7 +56,7 @@ def _archive_kind(archive: Path) -> str:
     return "tar"
 
 
-def _write_member(src, dest: Path, executable: bool, budget: "_Budget") -> None:
+def _write_member(src, dest: Path, executable: bool, budget: _Budget) -> None:
     if dest.is_dir() and not dest.is_symlink():
         raise DownloadError(f"archive member {dest.name!r} clashes with a folder of the same name", path=dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -66,22 +68,26 @@ def _write_member(src, dest: Path, executable: bool, budget: "_Budget") -> None:
     os.chmod(dest, (0o777 if executable else 0o666) & ~current_umask())
 
 
-def _extract_zip(archive: Path, target: Path, budget: "_Budget") -> int:
+def _extract_zip(archive: Path, target: Path, budget: _Budget) -> int:
     n = 0
     with zipfile.ZipFile(archive) as zf:
         declared = sum(info.file_size for info in zf.infolist())
         if declared > budget.left:
             raise DownloadError(
                 f"refusing to extract {archive.name}: its members declare {declared} bytes, more than "
-                f"{budget.left} ({budget.why}); nothing was extracted", path=archive)
+                f"{budget.left} ({budget.why}); nothing was extracted",
+                path=archive,
+            )
         for info in zf.infolist():
             dest = _member_dest(info.filename, target, archive)
             mode = info.external_attr >> 16
             ftype = stat.S_IFMT(mode)
             if info.create_system == 3 and ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
                 kind = "a symlink" if ftype == stat.S_IFLNK else "a special file"
-                raise UnsafeArchiveError(f"refusing to extract {archive.name}: member {info.filename!r} is "
-                                         f"{kind}; nothing was extracted", path=archive)
+                raise UnsafeArchiveError(
+                    f"refusing to extract {archive.name}: member {info.filename!r} is {kind}; nothing was extracted",
+                    path=archive,
+                )
             if dest is None:
                 continue
             if info.is_dir():
@@ -93,7 +99,7 @@ def _extract_zip(archive: Path, target: Path, budget: "_Budget") -> int:
     return n
 
 
-def _extract_tar(archive: Path, target: Path, budget: "_Budget") -> int:
+def _extract_tar(archive: Path, target: Path, budget: _Budget) -> int:
     n = 0
     with tarfile.open(archive, "r:*") as tf:
         for member in tf:
@@ -102,10 +108,15 @@ def _extract_tar(archive: Path, target: Path, budget: "_Budget") -> int:
                 raise UnsafeArchiveError(
                     f"refusing to extract {archive.name}: member {member.name!r} is a "
                     f"{'symlink' if member.issym() else 'hard link'} (to {member.linkname!r}); "
-                    "nothing was extracted", path=archive)
+                    "nothing was extracted",
+                    path=archive,
+                )
             if not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"refusing to extract {archive.name}: member {member.name!r} is a "
-                                         "device, FIFO or other special file; nothing was extracted", path=archive)
+                raise UnsafeArchiveError(
+                    f"refusing to extract {archive.name}: member {member.name!r} is a "
+                    "device, FIFO or other special file; nothing was extracted",
+                    path=archive,
+                )
             if dest is None:
                 continue
             if member.isdir():
@@ -141,8 +152,9 @@ def check_archive(archive: Path) -> None:
     except DownloadError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DownloadError(f"{archive.name} is truncated or corrupt ({type(exc).__name__}: {exc}); "
-                            "it was not installed", path=archive) from None
+        raise DownloadError(
+            f"{archive.name} is truncated or corrupt ({type(exc).__name__}: {exc}); it was not installed", path=archive
+        ) from None
 
 
 class _Budget:
@@ -163,7 +175,9 @@ class _Budget:
         if self.left < 0:
             raise DownloadError(
                 f"refusing to extract {self.archive.name}: it expands beyond {self.limit} bytes ({self.why}); "
-                "an archive bomb or the wrong file; nothing was extracted", path=self.archive)
+                "an archive bomb or the wrong file; nothing was extracted",
+                path=self.archive,
+            )
 
 
 def _extract_into(archive: Path, target: Path, max_bytes: int | None = None) -> int:
@@ -176,11 +190,12 @@ def _extract_into(archive: Path, target: Path, max_bytes: int | None = None) -> 
         return _extract_tar(archive, target, budget)
     except DownloadError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error,
-            OSError) as exc:
-        raise DownloadError(f"cannot extract {archive.name}: the archive is corrupt or truncated, or the "
-                            f"disk refused it ({type(exc).__name__}: {exc}); nothing was extracted",
-                            path=archive) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DownloadError(
+            f"cannot extract {archive.name}: the archive is corrupt or truncated, or the "
+            f"disk refused it ({type(exc).__name__}: {exc}); nothing was extracted",
+            path=archive,
+        ) from None
 
 
 def _make_tmp_dir(parent: Path) -> Path:
@@ -190,8 +205,13 @@ def _make_tmp_dir(parent: Path) -> Path:
     return tmp
 
 
-def extract_archive(archive: str | os.PathLike[str], target_dir: str | os.PathLike[str], *,
-                    tmp_parent: str | os.PathLike[str] | None = None, max_bytes: int | None = None) -> Path:
+def extract_archive(
+    archive: str | os.PathLike[str],
+    target_dir: str | os.PathLike[str],
+    *,
+    tmp_parent: str | os.PathLike[str] | None = None,
+    max_bytes: int | None = None,
+) -> Path:
     """Extract ``archive`` (zip or tar[.gz]) so that its members appear under ``target_dir``.
 
     ``target_dir`` must not exist yet. Members are extracted into a temporary folder

@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 LOCK_NAME = "simsc-download.lock.json"
 DOWNLOADS_DIR = ".downloads"
@@ -36,8 +36,9 @@ class DownloadError(RuntimeError):
 class ChecksumError(DownloadError):
     """A file's SHA-256 differs from the known or recorded one (the file has been deleted)."""
 
-    def __init__(self, message: str, *, url: str | None = None, path: Path | None = None,
-                 expected: str = "", actual: str = ""):
+    def __init__(
+        self, message: str, *, url: str | None = None, path: Path | None = None, expected: str = "", actual: str = ""
+    ):
         super().__init__(message, url=url, path=path)
         self.expected = expected
         self.actual = actual
@@ -79,8 +80,10 @@ def read_lock(root: str | os.PathLike[str]) -> dict[str, dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DownloadError(f"{path} is not valid JSON ({exc}); fix it or delete it "
-                            "(deleting it forgets the recorded checksums)", path=path) from None
+        raise DownloadError(
+            f"{path} is not valid JSON ({exc}); fix it or delete it (deleting it forgets the recorded checksums)",
+            path=path,
+        ) from None
     if not isinstance(data, dict):
         raise DownloadError(f"{path}: expected a JSON object {{filename: {{url, sha256, size}}}}", path=path)
     return {k: v for k, v in data.items() if isinstance(v, dict)}

@@ -9,9 +9,9 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .common import (
     CHUNK,
@@ -28,6 +28,7 @@ from .common import (
     _Transient,
     sha256_file,
 )
+
 
 @dataclass(frozen=True)
 class FetchResult:
@@ -59,8 +60,16 @@ def _int_or_none(value: str | None) -> int | None:
 def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=desc, disable=None if enabled else True, dynamic_ncols=True)  # None: only on a TTY
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=None if enabled else True,
+        dynamic_ncols=True,
+    )  # None: only on a TTY
 
 
 def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str, counter: list[int]) -> bool:
@@ -119,8 +128,9 @@ def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str,
                     counter[0] += len(chunk)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as exc:
-                raise _Transient(f"connection lost after {initial + received} bytes "
-                                 f"({type(exc).__name__}: {exc})") from None
+                raise _Transient(
+                    f"connection lost after {initial + received} bytes ({type(exc).__name__}: {exc})"
+                ) from None
     have = initial + received
     if total is not None and have < total:
         raise _Transient(f"connection closed after {have} of {total} bytes")
@@ -185,17 +195,25 @@ def fetch(
                 f"could not download {url}: the server sent no Content-Length and does not answer range "
                 f"requests, so a complete {dest.name} cannot be told from a truncated one (no known SHA-256 "
                 f"either); nothing was installed. Use a server or --mirror that sends Content-Length, or place "
-                f"the file by hand as {dest}.", url=url, path=dest)
+                f"the file by hand as {dest}.",
+                url=url,
+                path=dest,
+            )
         except _Transient as exc:
             if counter[0] == 0:  # no progress at all: this one counts
                 failures += 1
             if failures > retries:
                 if hint is None:
-                    hint = (f"To place the file by hand, download {url} on a machine that can reach it "
-                            f"and save it as {dest}.")
+                    hint = (
+                        f"To place the file by hand, download {url} on a machine that can reach it "
+                        f"and save it as {dest}."
+                    )
                 raise DownloadError(
                     f"could not download {url}: {exc} (gave up after {attempts} attempt"
-                    f"{'s' if attempts != 1 else ''}).\n{hint}", url=url, path=dest) from None
+                    f"{'s' if attempts != 1 else ''}).\n{hint}",
+                    url=url,
+                    path=dest,
+                ) from None
             delay = min(backoff * 2 ** max(failures - 1, 0), MAX_DELAY)
             log(f"{dest.name}: {exc}; retrying in {delay:.3g} s")
             if delay > 0:
@@ -203,7 +221,12 @@ def fetch(
     digest, size = sha256_file(part)
     if expected_sha256 and digest != expected_sha256.lower():
         part.unlink(missing_ok=True)
-        raise ChecksumError(_checksum_message(dest.name, url, expected_sha256.lower(), digest, checksum_source),
-                            url=url, path=dest, expected=expected_sha256.lower(), actual=digest)
+        raise ChecksumError(
+            _checksum_message(dest.name, url, expected_sha256.lower(), digest, checksum_source),
+            url=url,
+            path=dest,
+            expected=expected_sha256.lower(),
+            actual=digest,
+        )
     os.replace(part, dest)
     return FetchResult(dest, digest, size, attempts)

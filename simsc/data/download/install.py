@@ -7,8 +7,8 @@ import datetime as _dt
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from simsc.io import atomic_write_json, current_umask
 
@@ -31,6 +31,7 @@ from .common import (
 )
 from .http_fetch import fetch
 
+
 def _manual_hint(ds: Dataset, src: SourceFile, root: Path) -> str:
     what = "extracted" if src.kind == "archive" else "copied"
     where = (root / ds.folder / src.dest) if src.dest else (root / ds.folder)
@@ -50,7 +51,9 @@ def _expected_digest(src: SourceFile, lock: Mapping[str, dict]) -> tuple[str | N
     if src.sha256 and locked and src.sha256.lower() != str(locked).lower():
         raise DownloadError(
             f"{LOCK_NAME} records SHA-256 {locked} for {src.filename} but simsc/data/sources.py knows "
-            f"{src.sha256}; remove the entry from the lock file if the known digest is right", path=None)
+            f"{src.sha256}; remove the entry from the lock file if the known digest is right",
+            path=None,
+        )
     if src.sha256:
         return src.sha256.lower(), "known digest from simsc/data/sources.py"
     if locked:
@@ -72,7 +75,9 @@ def _check_installed(ds: Dataset, final: Path, root: Path, lock: dict[str, dict]
         if final.exists():
             raise DownloadError(
                 f"{final} exists but was not completed by `simsc download` (no {MARKER_NAME} inside); "
-                "move it away or delete it, then run again", path=final)
+                "move it away or delete it, then run again",
+                path=final,
+            )
         return False
     try:
         installed = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
@@ -82,13 +87,18 @@ def _check_installed(ds: Dataset, final: Path, root: Path, lock: dict[str, dict]
     for src in ds.files:
         got = installed.get(src.filename)
         if not isinstance(got, dict) or "sha256" not in got:
-            raise DownloadError(f"{final} was installed without {src.filename} (an older file list); "
-                                f"delete {final} and run again to reinstall", path=final)
+            raise DownloadError(
+                f"{final} was installed without {src.filename} (an older file list); "
+                f"delete {final} and run again to reinstall",
+                path=final,
+            )
         expected, source = _expected_digest(src, lock)
         if expected and got["sha256"] != expected:
             raise DownloadError(
                 f"{final} was installed from a {src.filename} with SHA-256 {got['sha256']}, but {expected} is "
-                f"{source}; delete {final} and run again to reinstall", path=final)
+                f"{source}; delete {final} and run again to reinstall",
+                path=final,
+            )
         if src.filename not in lock:  # e.g. the lock file was deleted: restore it from the marker
             lock[src.filename] = {k: got[k] for k in ("url", "sha256", "size") if k in got}
             added = True
@@ -143,16 +153,29 @@ def download_dataset(
                 digest, size = sha256_file(path)
                 if expected and digest != expected:
                     path.unlink()
-                    raise ChecksumError(_checksum_message(src.filename, None, expected, digest, source),
-                                        path=path, expected=expected, actual=digest)
+                    raise ChecksumError(
+                        _checksum_message(src.filename, None, expected, digest, source),
+                        path=path,
+                        expected=expected,
+                        actual=digest,
+                    )
                 log(f"{src.filename}: using {path} (no download)")
                 origin = url if src.filename not in lock else lock[src.filename].get("url", url)
             else:
                 log(f"{src.filename}: downloading {url}")
-                res = fetch(url, path, expected_sha256=expected, checksum_source=source, retries=retries,
-                            backoff=backoff, timeout=timeout, progress=progress,
-                            hint=_manual_hint(ds, src, root), log=log,
-                            verify=check_archive if src.kind == "archive" else None)
+                res = fetch(
+                    url,
+                    path,
+                    expected_sha256=expected,
+                    checksum_source=source,
+                    retries=retries,
+                    backoff=backoff,
+                    timeout=timeout,
+                    progress=progress,
+                    hint=_manual_hint(ds, src, root),
+                    log=log,
+                    verify=check_archive if src.kind == "archive" else None,
+                )
                 digest, size, origin = res.sha256, res.size, url
             if src.filename not in lock or src.sha256:
                 new_entries[src.filename] = {"url": origin, "sha256": digest, "size": size}
@@ -182,13 +205,20 @@ def download_dataset(
                         path.unlink(missing_ok=True)
                 raise DownloadError(
                     f"{ds.name}: after extraction, {', '.join(missing)} is missing under {final.name}/ "
-                    "(an unexpected archive layout); nothing was installed", path=final)
+                    "(an unexpected archive layout); nothing was installed",
+                    path=final,
+                )
             files = {src.filename: dict(new_entries.get(src.filename) or lock[src.filename]) for src, _ in obtained}
-            atomic_write_json(tmp / MARKER_NAME, {
-                "dataset": ds.name,
-                "installed": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "files": files,
-            }, indent=2, sort_keys=True)
+            atomic_write_json(
+                tmp / MARKER_NAME,
+                {
+                    "dataset": ds.name,
+                    "installed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    "files": files,
+                },
+                indent=2,
+                sort_keys=True,
+            )
             if new_entries:
                 lock.update(new_entries)
                 atomic_write_json(root / LOCK_NAME, lock, indent=2, sort_keys=True)
