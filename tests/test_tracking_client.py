@@ -20,8 +20,8 @@ HTTP_VARS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "
 # Imports the modules named on the command line with an audit hook on ``os.putenv`` /
 # ``os.unsetenv`` (what every write to ``os.environ`` raises) and prints each write whose
 # writer, the nearest frame outside ``os`` and ``collections.abc`` (setdefault, pop), is a
-# file under one of the given roots: a third-party library setting its own variables at
-# import (mlflow, torch, threadpoolctl do) is not this project's doing.
+# file under one of the given roots and outside site-packages: a third-party library setting its
+# own variables at import (mlflow, torch, threadpoolctl, numpy's OpenBLAS do) is not this project's doing.
 ENV_PROBE = """
 import importlib, json, os, sys
 roots = tuple(sys.argv[1].split(os.pathsep))
@@ -34,7 +34,8 @@ def hook(event, args):
     while f is not None and f.f_code.co_filename.endswith(("os.py", "<frozen os>", "_collections_abc.py",
                                                             "<frozen _collections_abc>")):
         f = f.f_back
-    if f is not None and f.f_code.co_filename.startswith(roots):
+    # the project's own files: under a root, not an installed library (a venv may sit in the root)
+    if f is not None and f.f_code.co_filename.startswith(roots) and "site-packages" not in f.f_code.co_filename:
         key = args[0].decode() if isinstance(args[0], bytes) else args[0]
         writes.append(f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}: {key}")
 
