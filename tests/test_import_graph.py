@@ -1,4 +1,4 @@
-"""The structure of ``simsc``'s imports: no cycles, no orchestration or tracking package
+"""The structure of the imports: no cycles in ``simsc`` and ``pipeline``, no orchestration or tracking package
 anywhere in the library, and a CLI that needs no model does not import torch (structural
 checks; the timings live in bench/)."""
 
@@ -15,11 +15,13 @@ from tests.test_dvc_deps import module_file
 from tests.test_dvc_deps import module_name as module_of
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "simsc"
+#: The project's packages: the import graph covers both (``pipeline`` may import ``simsc``).
+PACKAGES = ("simsc", "pipeline")
+LIBRARY = "simsc"
 
 
 def edges(path: Path) -> set[str]:
-    """The ``simsc`` modules ``path`` imports, anywhere in the file (function-level imports
+    """The project modules (``simsc``, ``pipeline``) ``path`` imports, anywhere in the file (function-level imports
     too): ``from pkg import name`` points at the submodule ``name`` if it is one, at the module
     a lazy package table names for it, else at ``pkg`` itself. The implicit import of parent
     packages is left out: a package importing its own submodule is not a cycle."""
@@ -43,11 +45,11 @@ def edges(path: Path) -> set[str]:
                     out.add(f"{base}.{lazy[a.name]}")
                 else:
                     out.add(base)
-    return {m for m in out if m.split(".")[0] == PACKAGE and module_file(m) is not None and m != here}
+    return {m for m in out if m.split(".")[0] in PACKAGES and module_file(m) is not None and m != here}
 
 
 def graph() -> dict[str, set[str]]:
-    return {module_of(p): edges(p) for p in sorted((REPO / PACKAGE).rglob("*.py"))}
+    return {module_of(p): edges(p) for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))}
 
 
 def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
@@ -87,9 +89,16 @@ def test_the_cycle_finder_finds_a_cycle_behind_a_function_level_import():
         p.unlink()
 
 
-def test_simsc_has_no_import_cycle():
-    cycle = find_cycle(graph())
+def test_no_import_cycle_and_no_arrow_from_the_library_up():
+    g = graph()
+    assert {m.split(".")[0] for m in g} == set(PACKAGES) and len(g) > 60
+    cycle = find_cycle(g)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    up = sorted(
+        f"{m} -> {d}" for m, deps in g.items() if m.startswith("simsc") for d in deps if d.startswith("pipeline")
+    )
+    assert up == []
+    assert any(d.startswith("simsc") for m, deps in g.items() if m.startswith("pipeline") for d in deps)
 
 
 #: What the library never imports, not even inside a function: the orchestration layer and the
@@ -175,10 +184,10 @@ def test_the_checker_finds_a_planted_lazy_import(tmp_path):
 
 
 def test_the_library_never_imports_orchestration_or_tracking():
-    files, found = forbidden_imports_under(REPO / PACKAGE)
+    files, found = forbidden_imports_under(REPO / LIBRARY)
     # the walk reaches every level (simsc/data/download/*.py): an empty glob would pass vacuously
-    assert REPO / PACKAGE / "model_uri.py" in files
-    assert max(len(p.relative_to(REPO / PACKAGE).parts) for p in files) >= 3
+    assert REPO / LIBRARY / "model_uri.py" in files
+    assert max(len(p.relative_to(REPO / LIBRARY).parts) for p in files) >= 3
     assert not found, "simsc imports what only pipeline/ may:\n" + "\n".join(found)
 
 
