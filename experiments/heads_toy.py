@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from experiments.miniature import _mean_spread, _trajectory, base_config, train_run
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
@@ -37,7 +36,7 @@ from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
 from simsc.engine import load_model
 from simsc.evaluate import evaluate
-from simsc.io import atomic_write_bytes, atomic_write_json
+from simsc.io import atomic_write_bytes, atomic_write_json, read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +197,7 @@ def markdown(out: dict) -> str:
         "",
         f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['threads']} thread(s)).",
         "",
-        heads_tab2_table(summ, heads, yaml.safe_load(PAPER.read_text(encoding="utf-8"))["heads_tab2"]),
+        heads_tab2_table(summ, heads, read_yaml_mapping(PAPER, what="paper numbers")["heads_tab2"]),
         "",
         "Paper columns: supp. Tab. 2, PF-Pascal, 256 px, ResNet-101 (pretrained).",
         "",

@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from simsc.errors import UserError
+from simsc.io import read_yaml_mapping
+
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 EVAL_DIR = Path("reports/eval")
 TRAIN_PLOTS = Path("reports/train")
@@ -249,10 +252,10 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
     fig_dir = out_md.parent / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(params["train"]["out_dir"])
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = read_yaml_mapping(run_dir / "config.yaml", what="run config", error=UserError)
     sets = (params.get("evaluate") or {}).get("sets", {})
     reports = {k: v for k, v in load_reports(eval_dir).items() if k in sets}
-    numbers = yaml.safe_load(PAPER_NUMBERS.read_text())
+    numbers = read_yaml_mapping(PAPER_NUMBERS, what="paper numbers")
 
     steps = _read_csv(train_plots / "steps.csv")
     figs = []
