@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from experiments.miniature import _mean_spread, _trajectory, base_config, train_run
+from experiments.miniature import _mean_spread, _trajectory, add_config_arguments, base_config, train_run
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
 from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
@@ -63,19 +63,7 @@ HEADS_SET = (
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--config",
-        default=str(REPO / "params.yaml"),
-        help="the base config (its engine sections; default: the default run's params.yaml)",
-    )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value after the toy grid's own changes (HEADS_SET), repeatable",
-    )
+    add_config_arguments(ap, "HEADS_SET")
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "heads_toy"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))

@@ -59,8 +59,9 @@ PAPER_BETA_EFF = 0.03  # supp. Tab. 4, ResNet101*
 MINIATURE_SET = ("train.max_steps=600", "train.epochs=1000", "train.val_max_pairs=null", "data.cache_dir=null")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_config_arguments(ap: argparse.ArgumentParser, own_set: str) -> None:
+    """``--config`` (the base: params.yaml's engine sections) and ``--set`` (after ``own_set``,
+    the experiment's own changes), shared by the experiments."""
     ap.add_argument(
         "--config",
         default=str(REPO / "params.yaml"),
@@ -72,9 +73,14 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value after the miniature's own changes (MINIATURE_SET), "
+        help=f"override a config value after the experiment's own changes ({own_set}), "
         "e.g. --set train.max_steps=300 (repeatable)",
     )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(ap, "MINIATURE_SET")
     ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "miniature"))
     ap.add_argument("--results", default=str(REPO / "experiments" / "results"))

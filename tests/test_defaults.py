@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.paramset import REPLACED, apply_set
+from pipeline.paramset import effective as engine_effective
 from pipeline.sweep_spec import load_sweep_spec
 from simsc.config import SECTIONS, engine_sections, load_config
 from simsc.io import merge_mappings, read_overlay, read_yaml_mapping
@@ -34,17 +35,9 @@ SPECS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
 
 def effective(params: dict[str, Any]) -> dict[str, Any]:
-    """What a params mapping means: the validated engine config with the learning rates
-    resolved (``null`` = the paper's rate for the mode), and the pipeline sections as written."""
-    cfg = load_config(engine_sections(params))
-    out = cfg.to_dict()
-    out["train"].update(
-        lr_backbone=cfg.resolved_lr_backbone(),
-        lr_temperature=cfg.resolved_lr_temperature(),
-        lr_head=cfg.resolved_lr_head(),
-    )
-    out.update({k: v for k, v in params.items() if k not in SECTIONS})
-    return out
+    """What a params mapping means: the engine config as the trainer sees it (learning rates
+    resolved: ``null`` is the paper's rate for the mode), and the pipeline sections as written."""
+    return {**engine_effective(params), **{k: v for k, v in params.items() if k not in SECTIONS}}
 
 
 def leaves(node: dict[str, Any], prefix: str = ""):
