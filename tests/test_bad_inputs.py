@@ -804,7 +804,10 @@ def _(d: Path):
 
 @case("clean_sweep_dry_run")
 def _(d: Path):
-    shutil.copy(REPO / "params.yaml", d / "params.yaml")  # the spec's base, relative to the working folder
+    # the toy profile's base files, relative to the working folder (the project root for a user)
+    for base in ("params.yaml", "configs/overlays/toy.yaml"):
+        (d / base).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / base, d / base)
     yield Case(["-m", "pipeline.sweep", str(REPO / "configs/sweeps/single_vs_mlp.yaml"), "--dry-run"], 0, ("trials",))
 
 

@@ -136,7 +136,8 @@ def test_experiments_compare_and_apply(baseline):
     out = run([DVC, "exp", "run", "-n", "lr-high", "-S", "train.lr_backbone=0.002"], work, env)
     assert set(ran_stages(out)) == {"train", "evaluate@test_64", "report"}
     # -S rewrites only its key's line: comments, blank lines and layout are kept
-    assert changed_lines(work, env) == ["-  lr_backbone: 0.0001", "+  lr_backbone: 0.002"]
+    note = "# random init: 5x the paper's 2e-5 for the whole backbone"  # the line's comment stays
+    assert changed_lines(work, env) == [f"-  lr_backbone: 0.0001      {note}", f"+  lr_backbone: 0.002       {note}"]
 
     params_diff = json.loads(run([DVC, "params", "diff", "--json"], work, env))
     assert list(params_diff["params.yaml"]) == ["train.lr_backbone"]
