@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from experiments.miniature import _mean_spread, _trajectory, add_config_arguments, base_config, train_run
+from experiments.miniature import _mean_spread, _trajectory, add_config_arguments, base_config, run_setup, train_run
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
 from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
@@ -95,15 +95,7 @@ def main(argv=None) -> int:
     ]
     out = {
         "setup": {
-            "data": str(data_dir),
-            "split": "test",
-            "backbone": cfg.model.backbone,
-            "pretrained": cfg.model.pretrained,
-            "finetune": cfg.model.finetune,
-            "resolution": cfg.data.resolution,
-            "batch_size": cfg.data.batch_size,
-            "steps": cfg.train.max_steps,
-            "lr_backbone": cfg.resolved_lr_backbone(),
+            **run_setup(cfg, data_dir),
             "lr_head": cfg.resolved_lr_head(),
             "head_preset": cfg.model.head_preset,
             "seeds": seeds,

@@ -59,6 +59,21 @@ PAPER_BETA_EFF = 0.03  # supp. Tab. 4, ResNet101*
 MINIATURE_SET = ("train.max_steps=600", "train.epochs=1000", "train.val_max_pairs=null", "data.cache_dir=null")
 
 
+def run_setup(cfg: Config, data_dir: str | Path) -> dict[str, Any]:
+    """The trained configuration, as the results files record it."""
+    return {
+        "data": str(data_dir),
+        "split": "test",
+        "backbone": cfg.model.backbone,
+        "pretrained": cfg.model.pretrained,
+        "finetune": cfg.model.finetune,
+        "resolution": cfg.data.resolution,
+        "batch_size": cfg.data.batch_size,
+        "steps": cfg.train.max_steps,
+        "lr_backbone": cfg.resolved_lr_backbone(),
+    }
+
+
 def add_config_arguments(ap: argparse.ArgumentParser, own_set: str) -> None:
     """``--config`` (the base: params.yaml's engine sections) and ``--set`` (after ``own_set``,
     the experiment's own changes), shared by the experiments."""
@@ -116,15 +131,7 @@ def main(argv=None) -> int:
 
     out = {
         "setup": {
-            "data": str(data_dir),
-            "split": "test",
-            "backbone": cfg.model.backbone,
-            "pretrained": cfg.model.pretrained,
-            "finetune": cfg.model.finetune,
-            "resolution": cfg.data.resolution,
-            "batch_size": cfg.data.batch_size,
-            "steps": cfg.train.max_steps,
-            "lr_backbone": cfg.resolved_lr_backbone(),
+            **run_setup(cfg, data_dir),
             "seeds": seeds,
             "forms": forms,
             "threads_per_run": threads,
