@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simsc.config import SECTIONS, ConfigError, engine_sections, load_config, parse_override
+from simsc.config import SECTIONS, ConfigError, check_key, engine_sections, load_config, parse_override
 from simsc.io import read_overlay, read_yaml_mapping
 
 from .paramset import REPLACED, merge
@@ -380,14 +380,16 @@ def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
 
 
 def _check_key(key: str, where: str) -> None:
+    """An engine key must be one of the schema's (:func:`simsc.config.check_key`); a key of another
+    section (``tracking.experiment``, ``evaluate.max_pairs``) belongs to params.yaml's sections."""
     section, _, name = key.partition(".")
     if section in SECTIONS:
-        allowed = {f.name for f in dataclasses.fields(SECTIONS[section])}
-        if name not in allowed:
-            raise SweepSpecError(f"{where}: unknown config key {key!r}; {section} has: {', '.join(sorted(allowed))}")
+        try:
+            check_key(key, where)
+        except ConfigError as exc:
+            raise SweepSpecError(str(exc)) from None
     elif not name:
         raise SweepSpecError(f"{where}: expected a dotted key such as train.lr_backbone, got {key!r}")
-    # other dotted keys (e.g. tracking.experiment, evaluate.max_pairs) belong to params.yaml sections
 
 
 def _apply_dotted(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -492,11 +492,11 @@ def check_key(key: str, where: str) -> None:
     """``key`` must be ``section.name`` of the schema; :class:`ConfigError` listing the allowed keys."""
     parts = key.split(".")
     if len(parts) != 2 or parts[0] not in SECTIONS:
-        raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}")
+        raise ConfigError(f"{where}: unknown config key {key!r}; allowed keys: {', '.join(allowed_keys())}")
     section, name = parts
     names = [f.name for f in fields(SECTIONS[section])]
     if name not in names:
-        raise ConfigError(f"{where}: unknown key {key!r}; allowed keys in {section!r}: {', '.join(names)}")
+        raise ConfigError(f"{where}: unknown config key {key!r}; allowed keys in {section!r}: {', '.join(names)}")
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
