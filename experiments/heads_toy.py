@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from experiments.miniature import _mean_spread, _trajectory, add_config_arguments, base_config, run_setup, train_run
+from experiments.miniature import _mean_spread, _trajectory, add_common_arguments, base_config, run_setup, train_run
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
 from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
@@ -63,11 +63,7 @@ HEADS_SET = (
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(ap, "HEADS_SET")
-    ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
-    ap.add_argument("--runs-dir", default=str(REPO / "runs" / "heads_toy"))
-    ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
-    ap.add_argument("--seeds", default="0,1")
+    add_common_arguments(ap, "HEADS_SET", "heads_toy")
     ap.add_argument("--heads", default=",".join(HEADS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="accepted for symmetry with miniature.py; runs are sequential")

@@ -74,9 +74,10 @@ def run_setup(cfg: Config, data_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def add_config_arguments(ap: argparse.ArgumentParser, own_set: str) -> None:
-    """``--config`` (the base: params.yaml's engine sections) and ``--set`` (after ``own_set``,
-    the experiment's own changes), shared by the experiments."""
+def add_common_arguments(ap: argparse.ArgumentParser, own_set: str, name: str) -> None:
+    """The flags the experiments share: ``--config`` (the base: params.yaml's engine sections),
+    ``--set`` (after ``own_set``, the experiment's own changes), the data, run and results
+    folders (runs under ``runs/<name>``) and the seeds."""
     ap.add_argument(
         "--config",
         default=str(REPO / "params.yaml"),
@@ -91,15 +92,15 @@ def add_config_arguments(ap: argparse.ArgumentParser, own_set: str) -> None:
         help=f"override a config value after the experiment's own changes ({own_set}), "
         "e.g. --set train.max_steps=300 (repeatable)",
     )
+    ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
+    ap.add_argument("--runs-dir", default=str(REPO / "runs" / name))
+    ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
+    ap.add_argument("--seeds", default="0,1")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(ap, "MINIATURE_SET")
-    ap.add_argument("--data-dir", default=str(REPO / "data" / "embedded"), help="embedded data set (built if missing)")
-    ap.add_argument("--runs-dir", default=str(REPO / "runs" / "miniature"))
-    ap.add_argument("--results", default=str(REPO / "experiments" / "results"))
-    ap.add_argument("--seeds", default="0,1")
+    add_common_arguments(ap, "MINIATURE_SET", "miniature")
     ap.add_argument("--forms", default=",".join(FORMS), help="ce_interpolation forms (default: prob,logprob)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (split over --jobs)")
