@@ -201,16 +201,19 @@ def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any]
 def trial_config(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
     """The best trial's engine config as plain values (paths as the spec wrote them): the
     sweep's base with the trial's keys; ``eval`` stays the base's (trials never read it)."""
-    kept, _ = _trial_keys(spec, row)
-    return load_config(compose(engine_sections(spec.params_raw), kept)).to_dict()
+    return _trial_config(spec, _trial_keys(spec, row)[0])
+
+
+def _trial_config(spec: SweepSpec, keys: Mapping[str, Any]) -> dict[str, Any]:
+    return load_config(compose(engine_sections(spec.params_raw), keys)).to_dict()
 
 
 def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """The ``dvc exp run -S`` keys of the best trial: every key of the trained sections whose
     value differs from the project's ``params.yaml`` (the base files of a toy profile and the
     sweep's ``set`` included), and the sweep keys left out, with the reason."""
-    _, dropped = _trial_keys(spec, row)
-    trial = trial_config(spec, row)
+    keys, dropped = _trial_keys(spec, row)
+    trial = _trial_config(spec, keys)
     params_file = Path(spec.root) / "params.yaml"
     current = engine_sections(
         read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
@@ -238,10 +241,14 @@ def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
 def dvc_flags(spec: SweepSpec, row: Mapping[str, Any]) -> str:
     """``dvc exp run -S '++key=value' ...`` for the keys of :func:`handoff` (``++``: add the key
     when params.yaml leaves it to its default, override it otherwise)."""
-    kept, _ = handoff(spec, row)
+    return format_dvc_flags(handoff(spec, row)[0])
+
+
+def format_dvc_flags(keys: Mapping[str, Any]) -> str:
+    """``dvc exp run -S '++key=value' ...`` for dotted ``keys`` (values written as YAML, as DVC reads them)."""
     flags = " ".join(
         f"-S '++{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
-        for k, v in kept.items()
+        for k, v in keys.items()
     )
     return f"dvc exp run {flags}"
 
@@ -262,8 +269,8 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[dict[str, Any]]) ->
         )
         paths["best_params"] = out_dir / "best_params.yaml"
         atomic_write_bytes(paths["best_params"], (header + yaml.safe_dump(params, sort_keys=False)).encode())
-        flags = dvc_flags(spec, best)
-        left_out = handoff(spec, best)[1]
+        kept, left_out = handoff(spec, best)
+        flags = format_dvc_flags(kept)
     atomic_write_bytes(paths["csv"], results_csv(rows).encode())
     atomic_write_bytes(paths["md"], results_markdown(rows, spec, flags, left_out).encode())
     return paths
