@@ -2,9 +2,9 @@
 
 Every head is trained with its own default temperature (``model.temperature: default``:
 SFNet/CATs fixed:0.02, NCNet fixed:1) and with the learned one (``mlp``, "+ SimSC"), with
-the miniature's machinery (:func:`experiments.miniature.train_run`: random-init ResNet-18
-fine-tuned entirely on the embedded set at 160 px, batch 8; heads at the ``small`` preset),
-then evaluated on the embedded test split at 160 px:
+the miniature's machinery (:func:`experiments.miniature.train_run`: params.yaml's random-init
+ResNet-18 fine-tuned entirely on the embedded set of ``--difficulty`` at 160 px, batch 8; heads
+at the ``small`` preset), then evaluated on the embedded test split at 160 px:
 
     default          the model's default beta_eval: the head's temperature is already in the
                      scores, so this is "0.02" for SFNet/CATs and 0.02 for NCNet (fixed:1)
@@ -13,15 +13,14 @@ then evaluated on the embedded test split at 160 px:
 
 Writes ``heads_toy.json`` and ``heads_toy.md`` (the Tab. 2 layout with the paper's PF-Pascal
 numbers beside ours) to ``--results``. Runs resume and cache their evaluation, as in
-miniature.py.
+miniature.py; run folders under ``runs/heads_toy_random_<difficulty>``.
 
-    nice -n 10 .venv/bin/python -m experiments.heads_toy --jobs 1 --threads 1
+    nice -n 10 .venv/bin/python -m experiments.heads_toy --threads 1 --difficulty mild
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -30,9 +29,20 @@ from typing import Any
 
 import torch
 
-from experiments.miniature import _mean_spread, _trajectory, add_common_arguments, base_config, run_setup, train_run
+from experiments.miniature import (
+    _mean_spread,
+    _trajectory,
+    add_common_arguments,
+    base_config,
+    build_data,
+    cached_row,
+    code_version,
+    resolve_dirs,
+    run_config,
+    run_setup,
+    train_run,
+)
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
-from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
 from simsc.engine import load_model
 from simsc.evaluate import evaluate
@@ -63,16 +73,18 @@ HEADS_SET = (
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(ap, "HEADS_SET", "heads_toy")
+    add_common_arguments(ap, "HEADS_SET", "heads_toy", seeds="0,1")
     ap.add_argument("--heads", default=",".join(HEADS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="accepted for symmetry with miniature.py; runs are sequential")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
+    resolve_dirs(args, f"heads_toy_random_{args.difficulty}")
+
     t_start = time.time()
     torch.set_num_threads(args.threads)
-    data_dir = build_embedded_dataset(args.data_dir, progress=not args.no_progress)
+    data_dir = build_data(args)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     heads = [h for h in args.heads.split(",") if h]
     overrides = [*HEADS_SET, *args.overrides]
@@ -99,6 +111,7 @@ def main(argv=None) -> int:
             "threads": args.threads,
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python -m experiments.heads_toy " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "git_commit": code_version(),
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
@@ -119,8 +132,10 @@ def run_one(task: dict[str, Any], test) -> dict[str, Any]:
     head, temp, seed = task["head"], task["variant"], task["seed"]
     out_dir = Path(task["runs_dir"]) / f"{head}_{temp}_s{seed}"
     cached = out_dir / "heads_eval.json"
-    if cached.is_file():
-        return json.loads(cached.read_text(encoding="utf-8"))
+    cfg = run_config(task, out_dir, [f"model.head={head}"])
+    row = cached_row(cached, cfg)
+    if row is not None:
+        return row
     print(f"== {head} {temp} seed {seed} -> {out_dir}", flush=True)
     summary = train_run(task, out_dir, [f"model.head={head}"])
     batch_size = base_config(task["config"], task["overrides"]).data.batch_size
@@ -142,6 +157,7 @@ def run_one(task: dict[str, Any], test) -> dict[str, Any]:
         "train_time_s": summary["train_time_s"],
         "steps_per_s": summary["steps_per_s"],
         "beta_eff_trajectory": _trajectory(out_dir / "metrics.jsonl"),
+        "config": cfg.to_dict(),
     }
     atomic_write_json(cached, row)
     print("   " + ", ".join(f"{k}: PCK@0.1 {v['per_image']['0.1']:.1f}" for k, v in evals.items()), flush=True)
@@ -166,12 +182,14 @@ def markdown(out: dict) -> str:
     s, summ = out["setup"], out["summary"]
     heads = s["heads"]
     lines = [
-        f"Toy supp. Tab. 2 on the **embedded** test split (not PF-Pascal): {s['backbone']} random init, finetune "
+        f"Toy supp. Tab. 2 on the **embedded** test split ({s.get('difficulty')}; not PF-Pascal): {s['backbone']} "
+        f"{'pretrained' if s['pretrained'] else 'random init'}, finetune "
         f"{s['finetune']}, heads at the `{s['head_preset']}` preset, {s['resolution']} px, batch {s['batch_size']}, "
         f"{s['steps']} steps, lr_backbone {s['lr_backbone']:g}, lr_head {s['lr_head']:g}, seeds {s['seeds']} "
         f"(mean ± std over seeds); checkpoint: {s['checkpoint']}. PCK in % per image.",
         "",
-        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['threads']} thread(s)).",
+        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['threads']} thread(s)); "
+        f"code {s.get('git_commit', '?')}.",
         "",
         heads_tab2_table(summ, heads, read_yaml_mapping(PAPER, what="paper numbers")["heads_tab2"]),
         "",
