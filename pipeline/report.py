@@ -24,6 +24,8 @@ from simsc.io import read_yaml_mapping
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 EVAL_DIR = Path("reports/eval")
+#: the not-fine-tuned backbone's evaluations (pipeline/stage_baseline.py), beside the fine-tuned model's
+BASELINE_DIR = Path("reports/baseline")
 TRAIN_PLOTS = Path("reports/train")
 DATASET_TITLES = {"pfpascal": "PF-Pascal", "pfwillow": "PF-Willow", "spair": "SPair-71k", "embedded": "embedded"}
 
@@ -243,7 +245,12 @@ def _r1(value: Any) -> Any:
     return f"{value:.1f}" if isinstance(value, float) else value
 
 
-def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plots: Path = TRAIN_PLOTS) -> Path:
+def build_report(
+    params: Mapping[str, Any],
+    eval_dir: Path = EVAL_DIR,
+    train_plots: Path = TRAIN_PLOTS,
+    baseline_dir: Path = BASELINE_DIR,
+) -> Path:
     from .tracking.results import load_reports, log_results, pck_table, table_markdown
     from .tracking.runs import git_revision, run_page_url
 
@@ -255,6 +262,7 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
     cfg = read_yaml_mapping(run_dir / "config.yaml", what="run config", error=UserError)
     sets = (params.get("evaluate") or {}).get("sets", {})
     reports = {k: v for k, v in load_reports(eval_dir).items() if k in sets}
+    baselines = {k: v for k, v in load_reports(baseline_dir).items() if k in sets}
     numbers = read_yaml_mapping(PAPER_NUMBERS, what="paper numbers")
 
     steps = _read_csv(train_plots / "steps.csv")
@@ -280,15 +288,30 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
     notes = []
     resolutions = list(dict.fromkeys(str(r.get("resolution")) for r in reports.values()))
     ours_name = f"ours: {cfg['model']['backbone']} {cfg['model']['temperature']} ({cfg['model']['finetune']})"
+    init = "pretrained" if cfg["model"].get("pretrained") else "random init"
+    base_name = f"not fine-tuned: {cfg['model']['backbone']} {init} (fixed:1, beta_eval 0.02)"
+
+    def matching(group: Mapping[str, Any], d: Any, res: str) -> Any:
+        return next((r for r in group.values() if r.get("dataset") == d and str(r.get("resolution")) == res), None)
+
     for res in resolutions:
         ours, paper = [ours_name, res], None
+        base = [base_name, res]
         paper_row = []
         for d in datasets:
-            rep = next((r for r in reports.values() if r.get("dataset") == d and str(r.get("resolution")) == res), None)
+            rep = matching(reports, d, res)
+            brep = matching(baselines, d, res)
             ref = paper_reference(cfg, d, res, numbers) if rep else None
             for a in alphas:
                 ours.append(f"{rep['per_image'][a]:.1f}" if rep and a in rep["per_image"] else "")
+                base.append(f"{brep['per_image'][a]:.1f}" if brep and a in brep["per_image"] else "")
                 paper_row.append(f"{ref[1][a]:.1f}" if ref and a in ref[1] else "-")
+                if rep and brep and a == "0.1":
+                    gain = rep["per_image"][a] - brep["per_image"][a]
+                    notes.append(
+                        f"{DATASET_TITLES.get(d, d)} @ {res}: fine-tuning moves PCK@0.1 from "
+                        f"{brep['per_image'][a]:.1f} to {rep['per_image'][a]:.1f} ({gain:+.1f})"
+                    )
             if ref:
                 paper = ref[0]
             elif rep:
@@ -297,6 +320,8 @@ def build_report(params: Mapping[str, Any], eval_dir: Path = EVAL_DIR, train_plo
                     + (" (the embedded set is this project's own)" if d == "embedded" else "")
                 )
         rows.append(ours)
+        if any(base[2:]):
+            rows.append(base)
         rows.append([f"paper: {paper}" if paper else "paper", res] + paper_row)
 
     def md_table(head, body):

@@ -23,29 +23,15 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     ``pck.json`` (the DVC metrics), ``pck_vs_alpha.json`` and ``pck_vs_beta.json`` (plots),
     ``predictions.jsonl``.
     """
-    from simsc.config import EvalConfig, load_config
     from simsc.engine.checkpoint import load_model
-    from simsc.evaluate import beta_sweep, eval_dataset, evaluate_to_files, sweep_betas
+    from simsc.evaluate import beta_sweep, evaluate_to_files, sweep_betas
 
-    ev_sec = section(params, "evaluate", ["sets"])
-    sets = ev_sec["sets"]
-    if name not in sets:
-        raise UserError(f"params.yaml: evaluate.sets has no entry {name!r} (known: {', '.join(sets)})")
-    spec = sets[name]
-    ev: EvalConfig = load_config({"eval": params.get("eval") or {}}).eval
+    ev, dataset = evaluation_set(params, name)
     train_sec = section(params, "train", ["out_dir"])
     ckpt = Path(train_sec["out_dir"]) / "checkpoints" / "best.pt"
     model, _, _ = load_model(ckpt)
-    cache_dir = (params.get("preprocess") or {}).get("cache_dir")
-    dataset = eval_dataset(
-        ev,
-        spec["dataset"],
-        spec["root"],
-        split=spec.get("split"),
-        resolution=spec.get("resolution"),
-        cache_dir=cache_dir,
-    )
     out = EVAL_DIR / name
+    ev_sec = params["evaluate"]
     max_pairs = ev_sec.get("max_pairs")
     report = evaluate_to_files(
         model,
@@ -58,8 +44,8 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
         max_pairs=max_pairs,
         extra={"name": name, "checkpoint": str(ckpt)},
     )
-    _write_json(out / "pck.json", pck_metrics(report))
-    _write_json(out / "pck_vs_alpha.json", [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
+    write_json(out / "pck.json", pck_metrics(report))
+    write_json(out / "pck_vs_alpha.json", [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
     rows = []
     sweep_on = ev_sec.get("sweep", True)
     if sweep_on is True or (isinstance(sweep_on, list) and name in sweep_on):
@@ -69,9 +55,30 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
         rows = [
             {"beta_eval": r["beta_eval"], **{f"pck@{a}": v for a, v in r["per_image"].items()}} for r in sweep["rows"]
         ]
-    _write_json(out / "pck_vs_beta.json", rows)
+    write_json(out / "pck_vs_beta.json", rows)
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
     print(f"{name}: {report['n_pairs']} pairs, {pck}")
+
+
+def evaluation_set(params: dict[str, Any], name: str) -> tuple[Any, Any]:
+    """The ``eval`` settings and the dataset of entry ``name`` of ``evaluate.sets`` (read from the cache)."""
+    from simsc.config import EvalConfig, load_config
+    from simsc.evaluate import eval_dataset
+
+    sets = section(params, "evaluate", ["sets"])["sets"]
+    if name not in sets:
+        raise UserError(f"params.yaml: evaluate.sets has no entry {name!r} (known: {', '.join(sets)})")
+    spec = sets[name]
+    ev: EvalConfig = load_config({"eval": params.get("eval") or {}}).eval
+    dataset = eval_dataset(
+        ev,
+        spec["dataset"],
+        spec["root"],
+        split=spec.get("split"),
+        resolution=spec.get("resolution"),
+        cache_dir=(params.get("preprocess") or {}).get("cache_dir"),
+    )
+    return ev, dataset
 
 
 def pck_metrics(report: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +93,7 @@ def pck_metrics(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, obj, indent=2)
 
 

@@ -64,7 +64,20 @@ def test_dvc_repro_end_to_end(tmp_path):
     env = make_project(work)
 
     out = run([str(DVC), "repro"], work, env)
-    assert ran_stages(out) == ["download", "preprocess", "train", "evaluate@test_64", "report"]
+    stages = ran_stages(out)
+    assert sorted(stages) == sorted(
+        ["download", "preprocess", "train", "evaluate@test_64", "baseline@test_64", "report"]
+    )
+    assert stages.index("preprocess") < stages.index("baseline@test_64") < stages.index("report")
+    assert stages.index("train") < stages.index("evaluate@test_64") < stages.index("report")
+    # the baseline is the configured backbone, not fine-tuned, and the report sets it beside the model
+    base = json.loads((work / "reports/baseline/test_64/report.json").read_text())
+    model_sec = yaml.safe_load((work / "params.yaml").read_text())["model"]
+    assert base["model"].startswith(f"{model_sec['backbone']} pretrained={model_sec['pretrained']}")
+    assert base["beta_eval"] == 0.02
+    report_md = (work / "reports/report.md").read_text()
+    assert f"| not fine-tuned: {model_sec['backbone']} " in report_md
+    assert f"{base['per_image']['0.1']:.1f} to " in report_md  # the gain line starts from the baseline
     lr = yaml.safe_load((work / "params.yaml").read_text())["train"]["lr_backbone"]
     first = _check_outputs(work, lr)
     for p in ("reports/figures/beta_trajectory.png", "reports/figures/pck_vs_beta_eval.png"):
@@ -93,7 +106,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     lines[0] = lines[0].rstrip("\n") + "  \n"  # any byte counts: DVC hashes the content
     soft.write_text("".join(lines))
     stale = set(json.loads(run([str(DVC), "status", "--json"], work, env)))
-    expected = {"download", "preprocess", "train", "evaluate@test_64", "report"}
+    expected = {"download", "preprocess", "train", "evaluate@test_64", "baseline@test_64", "report"}
     expected = {s for s in expected if "simsc/soft_argmax.py" in closure(f"pipeline.stage_{s.split('@')[0]}")}
-    assert expected == {"train", "evaluate@test_64", "report"}
+    assert expected == {"train", "evaluate@test_64", "baseline@test_64", "report"}
     assert stale == expected, stale
