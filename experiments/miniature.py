@@ -993,7 +993,7 @@ def plot_supp_fig2(runs: list[dict], form: str, path: Path) -> None:
     """Mean |gradient| per last-block layer over steps, per variant (mean over seeds, smoothed), log scale."""
     plt = _pyplot()
     colours = {"fixed:1": "tab:red", "no-l2": "tab:green", "mlp": "tab:blue", "single": "tab:orange"}
-    layers = sorted({name for r in runs if r.get("curves") for name in r["curves"]["grad"]})
+    layers = list(dict.fromkeys(name for r in runs if r.get("curves") for name in r["curves"]["grad"]))
     fig, axes = plt.subplots(1, max(1, len(layers)), figsize=(4.2 * max(1, len(layers)), 3.4), squeeze=False)
     for ax, layer in zip(axes[0], layers, strict=False):
         for variant, colour in colours.items():
