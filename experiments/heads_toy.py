@@ -2,26 +2,29 @@
 
 Every head is trained with its own default temperature (``model.temperature: default``:
 SFNet/CATs fixed:0.02, NCNet fixed:1) and with the learned one (``mlp``, "+ SimSC"), with
-the miniature's machinery (:func:`experiments.miniature.train_run`: random-init ResNet-18
-fine-tuned entirely on the embedded set at 160 px, batch 8; heads at the ``small`` preset),
-then evaluated on the embedded test split at 160 px:
+the miniature's machinery (:func:`experiments.miniature.train_run`: by default params.yaml's
+random-init ResNet-18; ``--pretrained``: the miniature's ImageNet EfficientNet-Lite0 at the
+paper's learning rates, :data:`experiments.miniature.PRETRAINED_SET`; fine-tuned entirely on
+the embedded set of ``--difficulty`` at 160 px, batch 8; heads at the ``small`` preset), then
+evaluated on the embedded test split at 160 px:
 
     default          the model's default beta_eval: the head's temperature is already in the
                      scores, so this is "0.02" for SFNet/CATs and 0.02 for NCNet (fixed:1)
     + SimSC, 0.02    learned temperature, soft-argmax at beta_eval 0.02 on the head's scores
     + SimSC, learned learned temperature, beta_eval 1 (the scores carry 1 / beta_eff)
 
-Writes ``heads_toy.json`` and ``heads_toy.md`` (the Tab. 2 layout with the paper's PF-Pascal
-numbers beside ours) to ``--results``. Runs resume and cache their evaluation, as in
-miniature.py.
+Writes ``heads_toy.json`` and ``heads_toy.md`` (``heads_toy_pretrained.*`` with
+``--pretrained``; the Tab. 2 layout with the paper's PF-Pascal numbers beside ours) to
+``--results``. Runs resume and cache their evaluation, as in miniature.py; run folders under
+``runs/heads_toy_<random|pretrained>_<difficulty>``.
 
-    nice -n 10 .venv/bin/python -m experiments.heads_toy --jobs 1 --threads 1
+    nice -n 10 .venv/bin/python -m experiments.heads_toy --threads 1 --difficulty mild
+    nice -n 10 .venv/bin/python -m experiments.heads_toy --threads 1 --pretrained   # hard set, as miniature.py
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -30,9 +33,21 @@ from typing import Any
 
 import torch
 
-from experiments.miniature import _mean_spread, _trajectory, add_common_arguments, base_config, run_setup, train_run
+from experiments.miniature import (
+    PRETRAINED_SET,
+    _mean_spread,
+    _trajectory,
+    add_common_arguments,
+    base_config,
+    build_data,
+    cached_row,
+    code_version,
+    resolve_dirs,
+    run_config,
+    run_setup,
+    train_run,
+)
 from pipeline.report import HEADS_TAB2_ROWS, heads_tab2_table
-from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
 from simsc.engine import load_model
 from simsc.evaluate import evaluate
@@ -51,7 +66,8 @@ ALPHAS = ("0.05", "0.1", "0.15")
 PAPER = REPO / "pipeline" / "paper_numbers.yaml"
 #: What the toy grid changes from the default run (params.yaml): 50 steps (epochs never the
 #: limit), images decoded from the data set (no cache), the heads' small preset and a head
-#: learning rate 3x the backbone's (the heads start from random weights).
+#: learning rate 3x the random-init backbone's (the heads start from random weights; with
+#: ``--pretrained`` the backbone trains at the paper's 2e-5 and the heads keep 3e-4).
 HEADS_SET = (
     "train.max_steps=50",
     "train.epochs=1000",
@@ -63,19 +79,28 @@ HEADS_SET = (
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(ap, "HEADS_SET", "heads_toy")
+    add_common_arguments(ap, "HEADS_SET", "heads_toy", seeds="0,1")
+    ap.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="the miniature's pretrained setup (ImageNet efficientnet_lite0, the paper's learning rates) "
+        "instead of params.yaml's random-init backbone",
+    )
     ap.add_argument("--heads", default=",".join(HEADS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1, help="accepted for symmetry with miniature.py; runs are sequential")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
+    setup = "pretrained" if args.pretrained else "random"
+    resolve_dirs(args, f"heads_toy_{setup}_{args.difficulty}")
+
     t_start = time.time()
     torch.set_num_threads(args.threads)
-    data_dir = build_embedded_dataset(args.data_dir, progress=not args.no_progress)
+    data_dir = build_data(args)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     heads = [h for h in args.heads.split(",") if h]
-    overrides = [*HEADS_SET, *args.overrides]
+    overrides = [*HEADS_SET, *(PRETRAINED_SET if args.pretrained else ()), *args.overrides]
     cfg = base_config(args.config, overrides)
     test = build_dataset("embedded", str(data_dir), "test", cfg.data.resolution)
     runs = [
@@ -99,6 +124,7 @@ def main(argv=None) -> int:
             "threads": args.threads,
             "checkpoint": "best validation PCK@0.1 (val split, per image, 160 px)",
             "command": "python -m experiments.heads_toy " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "git_commit": code_version(),
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "wall_time_s": time.time() - t_start,
@@ -108,8 +134,9 @@ def main(argv=None) -> int:
     }
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(res / "heads_toy.json", out, indent=1)
-    atomic_write_bytes(res / "heads_toy.md", markdown(out).encode("utf-8"))
+    stem = "heads_toy_pretrained" if args.pretrained else "heads_toy"
+    atomic_write_json(res / f"{stem}.json", out, indent=1)
+    atomic_write_bytes(res / f"{stem}.md", markdown(out).encode("utf-8"))
     print(markdown(out))
     return 0
 
@@ -119,8 +146,10 @@ def run_one(task: dict[str, Any], test) -> dict[str, Any]:
     head, temp, seed = task["head"], task["variant"], task["seed"]
     out_dir = Path(task["runs_dir"]) / f"{head}_{temp}_s{seed}"
     cached = out_dir / "heads_eval.json"
-    if cached.is_file():
-        return json.loads(cached.read_text(encoding="utf-8"))
+    cfg = run_config(task, out_dir, [f"model.head={head}"])
+    row = cached_row(cached, cfg)
+    if row is not None:
+        return row
     print(f"== {head} {temp} seed {seed} -> {out_dir}", flush=True)
     summary = train_run(task, out_dir, [f"model.head={head}"])
     batch_size = base_config(task["config"], task["overrides"]).data.batch_size
@@ -142,6 +171,7 @@ def run_one(task: dict[str, Any], test) -> dict[str, Any]:
         "train_time_s": summary["train_time_s"],
         "steps_per_s": summary["steps_per_s"],
         "beta_eff_trajectory": _trajectory(out_dir / "metrics.jsonl"),
+        "config": cfg.to_dict(),
     }
     atomic_write_json(cached, row)
     print("   " + ", ".join(f"{k}: PCK@0.1 {v['per_image']['0.1']:.1f}" for k, v in evals.items()), flush=True)
@@ -166,12 +196,14 @@ def markdown(out: dict) -> str:
     s, summ = out["setup"], out["summary"]
     heads = s["heads"]
     lines = [
-        f"Toy supp. Tab. 2 on the **embedded** test split (not PF-Pascal): {s['backbone']} random init, finetune "
+        f"Toy supp. Tab. 2 on the **embedded** test split ({s.get('difficulty')}; not PF-Pascal): {s['backbone']} "
+        f"{'pretrained' if s['pretrained'] else 'random init'}, finetune "
         f"{s['finetune']}, heads at the `{s['head_preset']}` preset, {s['resolution']} px, batch {s['batch_size']}, "
         f"{s['steps']} steps, lr_backbone {s['lr_backbone']:g}, lr_head {s['lr_head']:g}, seeds {s['seeds']} "
         f"(mean ± std over seeds); checkpoint: {s['checkpoint']}. PCK in % per image.",
         "",
-        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['threads']} thread(s)).",
+        f"Command: `{s['command']}` ({s['wall_time_s'] / 60:.0f} min wall, {s['threads']} thread(s)); "
+        f"code {s.get('git_commit', '?')}.",
         "",
         heads_tab2_table(summ, heads, read_yaml_mapping(PAPER, what="paper numbers")["heads_tab2"]),
         "",
