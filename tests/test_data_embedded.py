@@ -555,3 +555,19 @@ def test_command_line_builds_the_hard_set(tmp_path):
     with pytest.raises(SystemExit) as exc:
         E.main([*argv, "--difficulty", "extreme"])
     assert exc.value.code == 2
+
+
+def test_download_stage_passes_the_difficulty(tmp_path):
+    from pipeline.stage_download import stage_download
+    from simsc.errors import UserError
+
+    params = {
+        "data": {"dataset": "embedded", "root": str(tmp_path / "stage")},
+        "embedded": {"seed": 0, "n_train": 1, "n_val": 1, "n_test": 1, "difficulty": "hard"},
+    }
+    stage_download(params)
+    ref = _build(tmp_path / "ref", counts={"trn": 1, "val": 1, "test": 1}, difficulty="hard")
+    assert E.dataset_digest(tmp_path / "stage") == E.dataset_digest(ref)
+    params["embedded"]["difficulty"] = "extreme"
+    with pytest.raises(UserError, match="embedded.difficulty"):
+        stage_download(params)
