@@ -533,11 +533,15 @@ def test_hard_warp_ranges_are_reached_and_stay_invertible():
             lip = (np.hypot(*warp.amplitudes.T) / warp.sigmas).sum() * np.exp(-0.5)
             assert lip <= p.bump_lipschitz + 1e-9 < 1
     rots_a, scales_a = np.array(rots), np.log(scales)
-    assert np.abs(rots_a).max() <= p.rotation_deg and rots_a.min() < -55 and rots_a.max() > 55
+    assert (
+        np.abs(rots_a).max() <= p.rotation_deg
+        and rots_a.min() < 5 - p.rotation_deg
+        and rots_a.max() > p.rotation_deg - 5
+    )
     lo, hi = np.log(p.scale)
     assert lo - 1e-9 <= scales_a.min() < lo + 0.05 and hi - 0.05 < scales_a.max() <= hi + 1e-9
     assert abs(np.median(scales_a)) < 0.15  # log-uniform: as much zoom-in as zoom-out
-    assert (p.rotation_deg, p.scale) == (60.0, (0.5, 2.0))
+    assert p.rotation_deg >= 60 and p.scale == (0.5, 2.0)  # the hard protocol's ranges
     # the exact forward map still inverts the closed-form inverse at these amplitudes
     for warp_rng in range(5):
         r = np.random.default_rng(warp_rng)

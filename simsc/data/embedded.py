@@ -22,7 +22,7 @@ A pair is built from one photo:
 
 That is the ``"mild"`` setting (:data:`MILD`), the default. ``difficulty="hard"``
 (:data:`HARD`) draws from the same recipe with other parameters (:class:`Difficulty`):
-rotation +-60 deg, scale 0.5-2 (log-uniform), strong perspective and larger bumps (still
+rotation +-75 deg, scale 0.5-2 (log-uniform), strong perspective and larger bumps (still
 Lipschitz < 1); a strong appearance change (hue rotation up to +-pi, strong contrast and
 brightness, heavier blur and noise, and by chance greyscale, posterisation and colour
 inversion); the area outside the warped source filled with a crop of another photo of the
@@ -206,7 +206,7 @@ MILD = Difficulty(
 HARD = Difficulty(
     name="hard",
     warp=WarpParams(
-        rotation_deg=60.0,
+        rotation_deg=75.0,
         scale=(0.5, 2.0),
         scale_log_uniform=True,
         aspect_log=0.2,
@@ -226,10 +226,10 @@ HARD = Difficulty(
         blur_prob=0.5,
         blur_sigma=(0.5, 2.0),
         noise=0.06,
-        greyscale_prob=0.25,
-        posterise_prob=0.25,
+        greyscale_prob=0.4,
+        posterise_prob=0.4,
         posterise_levels=(3, 5),
-        invert_prob=0.25,
+        invert_prob=0.4,
     ),
     occlusion=OcclusionParams(count=(1, 4), radius=(0.06, 0.18), noise_prob=0.3, margin=1),
     clutter=True,
