@@ -1052,7 +1052,7 @@ def _pair_record(
             "attempts": pair.attempts,
         },
     }
-    if d.name != MILD.name:  # mild records stay byte-identical to those made before the setting
+    if d != MILD:  # mild records stay byte-identical to those made before the setting
         ann["embedded"].update(pair.provenance())
 
     def img_ann(stem: str, size: tuple[int, int], box: list[int], kps: list, occluded: int = 0) -> dict[str, Any]:
