@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.stage_common import section, stage_main
+from simsc.errors import UserError
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("data.dataset", "data.root", "embedded")
@@ -17,11 +18,20 @@ def stage_download(params: dict[str, Any]) -> None:
     """Materialise the data set: generate the embedded set, or download an official one."""
     data = section(params, "data", ["dataset", "root"])
     if data["dataset"] == "embedded":
-        from simsc.data.embedded import build_embedded_dataset
+        from simsc.data.embedded import DIFFICULTIES, build_embedded_dataset
 
-        emb = section(params, "embedded", ["seed", "n_train", "n_val", "n_test"])
+        emb = section(params, "embedded", ["seed", "n_train", "n_val", "n_test", "difficulty"])
+        if emb["difficulty"] not in DIFFICULTIES:
+            raise UserError(
+                f"params.yaml: embedded.difficulty must be one of {', '.join(DIFFICULTIES)}, got {emb['difficulty']!r}"
+            )
         build_embedded_dataset(
-            data["root"], seed=emb["seed"], n_train=emb["n_train"], n_val=emb["n_val"], n_test=emb["n_test"]
+            data["root"],
+            seed=emb["seed"],
+            n_train=emb["n_train"],
+            n_val=emb["n_val"],
+            n_test=emb["n_test"],
+            difficulty=emb["difficulty"],
         )
     else:
         from simsc.data.download import download_dataset

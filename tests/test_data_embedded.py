@@ -3,6 +3,7 @@ ground truth, the SPair-71k layout and the atomic, idempotent build."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -325,3 +326,252 @@ def test_spair_loader_reads_the_embedded_set(built):
     ds = spair.SPairDataset(built, "trn", 256, name="embedded")
     rec = ds[1]
     assert tuple(rec["src_img"].shape) == (3, 256, 256) and bool(rec["valid"].all())
+
+
+# -- difficulty: mild unchanged, hard -----------------------------------------------------------
+
+# The pair files of a 2/1/1 mild set (default sizes, seed 0), digested as in _pair_files_digest,
+# recorded by the generator before the difficulty setting existed, on this stack.
+MILD_GOLDEN = "ad3d4bf5ab440ccc2668bce2ea8bc78d953709c9ca37b17149b27a2e6b241db8"
+MILD_GOLDEN_STACK = {"numpy": "2.4.6", "pillow": "13.0.0", "scipy": "1.17.1", "scikit-image": "0.26.0"}
+TINY = {"trn": 2, "val": 1, "test": 1}
+HARD_COUNTS = {"trn": 3, "val": 2, "test": 2}
+
+
+def _pair_files_digest(root: Path) -> str:
+    import hashlib
+
+    files = {k: v for k, v in E.dataset_digest(root).items() if k.split("/")[0] != "Layout" and "/" in k}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("hard") / "embedded", counts=HARD_COUNTS, difficulty="hard")
+
+
+def test_mild_is_the_set_made_before_the_difficulty_setting(tmp_path):
+    from importlib.metadata import version
+
+    default = _build(tmp_path / "default", counts=TINY)
+    mild = _build(tmp_path / "mild", counts=TINY, difficulty="mild")
+    assert E.dataset_digest(default) == E.dataset_digest(mild)
+    manifest = json.loads((mild / "manifest.json").read_text())
+    assert "difficulty" not in manifest and "difficulty_params" not in manifest  # as before the setting
+    assert all("difficulty" not in ann["embedded"] for split in TINY for ann in _pairs(mild, split))
+    stack = {name: version(name) for name in MILD_GOLDEN_STACK}
+    if stack != MILD_GOLDEN_STACK:
+        pytest.skip(f"golden digest recorded with {MILD_GOLDEN_STACK}, this stack is {stack}")
+    assert _pair_files_digest(mild) == MILD_GOLDEN
+
+
+def test_a_mild_set_without_the_key_is_kept_and_another_difficulty_rebuilds(tmp_path):
+    counts = {"trn": 1, "val": 1, "test": 1}
+    root = _build(tmp_path / "emb", counts=counts)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert "difficulty" not in manifest  # what every mild set made before the setting holds
+    before = E.dataset_digest(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert _build(root, counts=counts, difficulty="mild") == root
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes  # read as mild: no rebuild
+    _build(root, counts=counts, difficulty="hard")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["difficulty"] == "hard" and manifest["difficulty_params"] == E.HARD.to_json()
+    _build(root, counts=counts, difficulty="mild")
+    assert E.dataset_digest(root) == before
+    # A change of the hard parameters rebuilds too (they are part of the identity).
+    tweaked = dataclasses.replace(E.HARD, min_coverage=0.2)
+    assert not E._matches(
+        E._manifest(0, counts, ((320, 240), (480, 360)), tweaked),
+        E._manifest(0, counts, ((320, 240), (480, 360)), E.HARD),
+    )
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        _build(tmp_path / "x", counts=counts, difficulty="extreme")
+
+
+def test_hard_build_is_deterministic(hard, tmp_path):
+    again = _build(tmp_path / "again", counts=HARD_COUNTS, difficulty="hard")
+    assert E.dataset_digest(again) == E.dataset_digest(hard)
+    manifest = json.loads((hard / "manifest.json").read_text())
+    assert manifest["difficulty"] == "hard" and manifest["counts"] == HARD_COUNTS
+
+
+def test_hard_set_layout_splits_and_same_split_textures(hard):
+    from simsc.data import spair
+
+    for split, n in HARD_COUNTS.items():
+        anns = _pairs(hard, split)
+        assert len(anns) == n
+        for ann in anns:
+            photo, rec = ann["category"], ann["embedded"]
+            assert photo in E.EMBEDDED_SPLITS[split] and rec["difficulty"] == "hard"
+            others = set(E.EMBEDDED_SPLITS[split]) - {photo}
+            assert rec["clutter"]["photo"] in others
+            assert rec["occluders"] and ann["occlusion"] == 2
+            for occ in rec["occluders"]:
+                assert "noise_seed" in occ["texture"] or occ["texture"]["photo"] in others
+            assert E.MIN_KPS <= len(ann["src_kps"]) == len(ann["trg_kps"]) <= E.KPS_RANGE[1]
+        ds = spair.SPairDataset(hard, split, "original", name="embedded")
+        assert len(ds) == n and not ds.skipped and not ds.invalid_keypoints
+    for photo in E.EMBEDDED_PHOTOS:  # every photo's texture pool is its own split, less itself
+        split = next(s for s, ps in E.EMBEDDED_SPLITS.items() if photo in ps)
+        assert set(E.texture_photos(photo)) == set(E.EMBEDDED_SPLITS[split]) - {photo} != set()
+
+
+def test_hard_ground_truth_is_exact_and_visible():
+    for split_index, photo in enumerate(("astronaut", "coffee", "chelsea", "motorcycle")):
+        pair = E.make_pair(photo, np.random.default_rng([3, split_index, 0]), difficulty="hard")
+        ht, wt = pair.trg.shape[:2]
+        back, w = pair.warp.inverse(pair.trg_kps)
+        assert (w > 0).all() and np.abs(back - pair.src_kps).max() < 1e-6
+        t = pair.trg_kps
+        assert (t >= 2).all() and (t[:, 0] <= wt - 3).all() and (t[:, 1] <= ht - 3).all()
+        mask = E.occluder_mask(pair.occluders, (wt, ht))
+        assert mask.any() and not E.occluded_keypoints(t, mask, E.HARD.occlusion.margin).any()
+
+
+def test_occlusion_drops_exactly_the_covered_keypoints(monkeypatch):
+    # the rule on a hand-made mask: pixels x, y in 5..9 covered
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:10, 5:10] = True
+    pts = np.array([[7, 7], [9.4, 7], [9.6, 7], [10.4, 7], [10.6, 7], [11.6, 7], [7, 10.2], [15, 15], [7, -3]])
+    assert E.occluded_keypoints(pts, mask, 0).tolist() == [True, True, False, False, False, False, False, False, False]
+    assert E.occluded_keypoints(pts, mask, 1).tolist() == [True, True, True, True, False, False, True, False, False]
+    # ... and through make_pair: the points it tested, the answer, and what it kept
+    calls = []
+    real = E.occluded_keypoints
+
+    def spy(q, m, margin):
+        out = real(q, m, margin)
+        calls.append((q.copy(), m.copy(), out))
+        return out
+
+    monkeypatch.setattr(E, "occluded_keypoints", spy)
+    pair = E.make_pair("chelsea", np.random.default_rng([4, 2, 0]), difficulty="hard")  # 6 covered
+    q, m, out = calls[-1]
+    ht, wt = pair.trg.shape[:2]
+    assert np.array_equal(m, E.occluder_mask(pair.occluders, (wt, ht)))
+    ys, xs = np.nonzero(m)  # brute force: Chebyshev distance to every covered pixel
+    near = np.floor(q + 0.5)
+    d = np.maximum(np.abs(near[:, None, 0] - xs[None]), np.abs(near[:, None, 1] - ys[None])).min(axis=1)
+    on = (near >= 0).all(axis=1) & (near[:, 0] <= wt - 1) & (near[:, 1] <= ht - 1)
+    assert np.array_equal(out, on & (d <= E.HARD.occlusion.margin))
+    inside = (q[:, 0] >= 2) & (q[:, 0] <= wt - 3) & (q[:, 1] >= 2) & (q[:, 1] <= ht - 3)
+    assert pair.n_occluded == int((inside & out).sum()) > 0
+    expected = q[inside & ~out][: len(pair.trg_kps)]
+    assert np.array_equal(pair.trg_kps, expected)  # the first visible ones, none covered
+
+
+def test_paste_occluders_changes_exactly_the_masked_pixels():
+    planes = np.zeros((3, 40, 50), dtype=np.float32)
+    occs = [
+        E.Occluder("rectangle", (10.0, 12.0), (6.0, 3.0), 0.3, noise_seed=1),
+        E.Occluder("ellipse", (48.0, 20.0), (8.0, 5.0), 1.0, noise_seed=2),  # cut by the border
+        E.Occluder(
+            "blob", (25.0, 30.0), (7.0, 6.0), 0.0, ((0.1, 0.0), (0.1, 1.0), (0.1, 2.0)), "coffee", (0, 0, 60, 60)
+        ),
+    ]
+    out = E.paste_occluders(planes, occs)
+    mask = E.occluder_mask(occs, (50, 40))
+    assert mask.sum() > 100 and not mask.all()
+    assert (out[:, ~mask] == 0).all() and (out.max(axis=0)[mask] > 0).mean() > 0.95
+    assert out.shape == planes.shape and (planes == 0).all()  # the input is left alone
+
+
+def test_appearance_operations_on_hand_made_images():
+    img = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], dtype=np.uint8)  # 1 x 4 x 3
+    planes = img.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+
+    def u8(p):
+        return np.rint(p * 255).astype(int).transpose(1, 2, 0)
+
+    assert np.array_equal(u8(E.invert(planes)), 255 - img.astype(int))
+    grey = u8(E.to_greyscale(planes))
+    assert (grey == grey[:, :, :1]).all()  # equal channels
+    # 0.299 * 255 = 76.2, 0.587 * 255 = 149.7, 0.114 * 255 = 29.1, 0.299*10 + 0.587*20 + 0.114*30 = 18.2
+    assert grey[0, :, 0].tolist() == [76, 150, 29, 18]
+    ramp = np.tile(np.linspace(0, 1, 256, dtype=np.float32), (3, 1, 1))
+    for levels in (2, 3, 5):
+        post = E.posterise(ramp, levels)
+        assert np.allclose(np.unique(post), np.arange(levels) / (levels - 1))
+        assert np.all(np.diff(post[0, 0]) >= 0)  # monotone
+    # Through apply_photometric with everything else neutral: inverted greyscale of the image.
+    draw = E.PhotometricDraw(0.0, 1.0, 1.0, 0.0, 0.0, 0.0, greyscale=True, invert=True)
+    out = E.apply_photometric(planes, draw, np.random.default_rng(0))
+    assert out[0, :, 0].tolist() == [255 - 76, 255 - 150, 255 - 29, 255 - 18]
+    # A mild draw has no extra operation and consumes the same random numbers as before.
+    d = E.sample_photometric(np.random.default_rng(0))
+    assert not d.greyscale and not d.invert and d.posterise == 0
+
+
+def _rotation_and_scale(warp: E.Warp, src_size, trg_size) -> tuple[float, float]:
+    """Rotation (deg) and relative scale of the homography at the source centre (its Jacobian
+    there is rotation @ diag(s sqrt(a), s / sqrt(a)))."""
+    (ws, hs), (wt, ht) = src_size, trg_size
+    h = warp.h
+    c = np.array([(ws - 1) / 2, (hs - 1) / 2, 1.0])
+    w = h[2] @ c
+    u = h[:2] @ c / w
+    jac = (h[:2, :2] - np.outer(u, h[2, :2])) / w
+    return float(np.degrees(np.arctan2(jac[1, 0], jac[0, 0]))), float(
+        np.sqrt(np.linalg.det(jac)) / np.sqrt(wt * ht / (ws * hs))
+    )
+
+
+def test_hard_warp_ranges_are_reached_and_stay_invertible():
+    rng = np.random.default_rng(0)
+    rots, scales = [], []
+    p = E.HARD.warp
+    for _ in range(400):
+        src_size = (int(rng.integers(320, 481)), int(rng.integers(240, 361)))
+        trg_size = (int(rng.integers(320, 481)), int(rng.integers(240, 361)))
+        warp = E.sample_warp(rng, src_size, trg_size, p)
+        rot, scale = _rotation_and_scale(warp, src_size, trg_size)
+        rots.append(rot)
+        scales.append(scale)
+        if len(warp.sigmas):  # the field's Lipschitz bound stays below 1
+            lip = (np.hypot(*warp.amplitudes.T) / warp.sigmas).sum() * np.exp(-0.5)
+            assert lip <= p.bump_lipschitz + 1e-9 < 1
+    rots_a, scales_a = np.array(rots), np.log(scales)
+    assert (
+        np.abs(rots_a).max() <= p.rotation_deg
+        and rots_a.min() < 5 - p.rotation_deg
+        and rots_a.max() > p.rotation_deg - 5
+    )
+    lo, hi = np.log(p.scale)
+    assert lo - 1e-9 <= scales_a.min() < lo + 0.05 and hi - 0.05 < scales_a.max() <= hi + 1e-9
+    assert abs(np.median(scales_a)) < 0.15  # log-uniform: as much zoom-in as zoom-out
+    assert p.rotation_deg >= 60 and p.scale == (0.5, 2.0)  # the hard protocol's ranges
+    # the exact forward map still inverts the closed-form inverse at these amplitudes
+    for warp_rng in range(5):
+        r = np.random.default_rng(warp_rng)
+        warp = E.sample_warp(r, (400, 300), (400, 300), dataclasses.replace(p, bump_prob=1.0))
+        pts = r.uniform(0, 1, size=(200, 2)) * [399, 299]
+        q = warp.forward(pts)
+        back, w = warp.inverse(q)
+        assert np.abs(back[w > 0] - pts[w > 0]).max() < 1e-6
+
+
+def test_command_line_builds_the_hard_set(tmp_path):
+    argv = [str(tmp_path / "cli"), "--n-train", "1", "--n-val", "1", "--n-test", "1", "--no-progress"]
+    assert E.main([*argv, "--difficulty", "hard"]) == 0
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["difficulty"] == "hard"
+    with pytest.raises(SystemExit) as exc:
+        E.main([*argv, "--difficulty", "extreme"])
+    assert exc.value.code == 2
+
+
+def test_download_stage_passes_the_difficulty(tmp_path):
+    from pipeline.stage_download import stage_download
+    from simsc.errors import UserError
+
+    params = {
+        "data": {"dataset": "embedded", "root": str(tmp_path / "stage")},
+        "embedded": {"seed": 0, "n_train": 1, "n_val": 1, "n_test": 1, "difficulty": "hard"},
+    }
+    stage_download(params)
+    ref = _build(tmp_path / "ref", counts={"trn": 1, "val": 1, "test": 1}, difficulty="hard")
+    assert E.dataset_digest(tmp_path / "stage") == E.dataset_digest(ref)
+    params["embedded"]["difficulty"] = "extreme"
+    with pytest.raises(UserError, match="embedded.difficulty"):
+        stage_download(params)
