@@ -320,6 +320,7 @@ def run_sweep(
         search=spec.search,
         best_alpha=spec.engine_config().train.best_alpha,
         root=spec.root,
+        embedded=spec.params.get("embedded"),
         # the trials run in scratch folders outside the checkout: they get its revision from here
         tracking={
             "uri": ml.tracking_uri,

@@ -51,6 +51,9 @@ class TrialContext:
     root: str  # the driver's folder: relative paths of sampled values resolve against it
     tracking: dict[str, Any] | None = None  # {uri, experiment, parent_run_id}
     cpus_per_trial: float = 1.0
+    #: params.yaml's ``embedded`` section of the spec's base (seed, pair counts, difficulty): a node
+    #: that lacks the embedded set builds the one the driver's params describe
+    embedded: dict[str, Any] | None = None
 
 
 def _copy_into(src_dir: Path, dst_dir: Path, names) -> None:
@@ -164,8 +167,9 @@ def _restore(run_dir: Path) -> tuple[bool, dict[str, Any]]:
     return True, state
 
 
-def _ensure_data(engine: dict[str, Any]) -> None:
-    """Build the embedded data set on this node if it is missing (once per node: a file lock)."""
+def _ensure_data(engine: dict[str, Any], embedded: dict[str, Any] | None = None) -> None:
+    """Build the embedded data set on this node if it is missing (once per node: a file lock),
+    as the spec's ``embedded`` section describes it (the download stage's settings)."""
     data = engine.get("data") or {}
     if data.get("dataset") != "embedded":
         return
@@ -180,7 +184,8 @@ def _ensure_data(engine: dict[str, Any]) -> None:
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (root / "manifest.json").exists():
-            build_embedded_dataset(root, progress=False)
+            keys = ("seed", "n_train", "n_val", "n_test", "difficulty")
+            build_embedded_dataset(root, progress=False, **{k: v for k, v in (embedded or {}).items() if k in keys})
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -206,7 +211,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         engine["train"]["num_threads"] = max(1, int(context.cpus_per_trial))
     cfg = load_config(engine)
     resumed, trial_state = _restore(run_dir)
-    _ensure_data(engine)
+    _ensure_data(engine, context.embedded)
 
     node_id = ray.get_runtime_context().get_node_id()
     callbacks: list[Any] = []

@@ -74,11 +74,12 @@ def test_params_yaml_composes_on_the_schema_defaults():
     params = read_yaml(REPO / "params.yaml")
     cfg = load_config(engine_sections(params))
     assert (cfg.model.backbone, cfg.model.pretrained, cfg.data.resolution, cfg.train.max_steps) == (
-        "resnet18",
-        False,
+        "efficientnet_lite0",
+        True,
         160,
-        300,
+        600,
     )
+    assert (cfg.model.finetune, cfg.resolved_lr_backbone(), cfg.resolved_lr_temperature()) == ("last_block", 1e-4, 1e-4)
     assert (cfg.model.temperature, cfg.model.sigma, cfg.data.batch_size, cfg.train.seed) == ("mlp", 7.0, 8, 0)
     written = {f"{s}.{k}" for s, sec in engine_sections(params).items() for k in sec}
     changed = set(diff_configs(cfg.to_dict(), load_config({}).to_dict()))

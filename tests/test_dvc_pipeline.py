@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from simsc.config import engine_sections, load_config
 from tests.dvc_project import DVC, make_project, ran_stages, run, set_params
 from tests.test_dvc_deps import closure
 
@@ -78,7 +79,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     report_md = (work / "reports/report.md").read_text()
     assert f"| not fine-tuned: {model_sec['backbone']} " in report_md
     assert f"{base['per_image']['0.1']:.1f} to " in report_md  # the gain line starts from the baseline
-    lr = yaml.safe_load((work / "params.yaml").read_text())["train"]["lr_backbone"]
+    lr = load_config(engine_sections(yaml.safe_load((work / "params.yaml").read_text()))).resolved_lr_backbone()
     first = _check_outputs(work, lr)
     for p in ("reports/figures/beta_trajectory.png", "reports/figures/pck_vs_beta_eval.png"):
         assert (work / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p

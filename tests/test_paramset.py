@@ -81,7 +81,7 @@ def test_apply_writes_the_new_params_in_place(tmp_path, capsys):
     out = capsys.readouterr().out
     # the change list shows effective values: a key left to the paper's default shows that default
     assert "model.temperature: 'mlp' -> 'fixed:1'" in out
-    assert "train.lr_backbone: 0.0001 -> 2e-05" in out and "model.backbone: 'resnet18' -> 'resnet101'" in out
+    assert "train.lr_backbone: 0.0001 -> 2e-05" in out and "model.backbone: 'efficientnet_lite0' -> 'resnet101'" in out
     # applying the same set again changes nothing
     assert main([str(paramset), "--params", str(params), "--apply"]) == 0
     assert params.read_text() == text

@@ -280,3 +280,18 @@ def test_the_scheduler_default_is_one_value_however_it_is_written(tmp_path, sche
         else {"type": "fifo"}
     )
     assert spec.scheduler == expected
+
+
+def test_a_node_without_the_embedded_set_builds_the_one_params_yaml_describes(tmp_path):
+    """A sweep trial on a fresh node builds the embedded set from the spec's ``embedded`` section
+    (difficulty, seed, pair counts), not the generator's defaults."""
+    import json
+
+    from pipeline.sweep_trial import _ensure_data
+
+    root = tmp_path / "emb"
+    engine = {"data": {"dataset": "embedded", "root": str(root)}}
+    _ensure_data(engine, {"seed": 3, "n_train": 2, "n_val": 1, "n_test": 1, "difficulty": "hard"})
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["difficulty"] == "hard"
+    assert manifest["seed"] == 3 and manifest["counts"] == {"trn": 2, "val": 1, "test": 1}
