@@ -193,12 +193,12 @@ def test_read_configs_composes_files_in_order_and_names_what_it_ignores(tmp_path
     engine, ignored = read_configs([REPO / "params.yaml", REPO / "configs" / "overlays" / "toy.yaml"])
     cfg = load_config(engine)
     assert (cfg.model.backbone, cfg.data.resolution, cfg.train.epochs, cfg.train.max_steps) == (
-        "resnet18",
+        "efficientnet_lite0",
         128,
         3,
         None,
     )
-    assert cfg.data.cache_dir is None and cfg.train.lr_backbone == 1e-4  # toy overrides, params.yaml's kept
+    assert cfg.data.cache_dir is None and cfg.train.val_max_pairs == 50  # toy overrides, params.yaml's kept
     assert ignored == ["embedded", "preprocess", "evaluate", "report", "tracking"]
     typo = tmp_path / "typo.yaml"
     typo.write_text("modle: {backbone: resnet50}\n")

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("dvc")
@@ -53,7 +54,8 @@ def test_unchanged_write_is_identity(tmp_path):
 
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
-    apply_overrides(str(path), ["train.max_steps=300"])  # the current value: nothing may move
+    current = yaml.safe_load(path.read_text(encoding="utf-8"))["train"]["max_steps"]
+    apply_overrides(str(path), [f"train.max_steps={current}"])  # the current value: nothing may move
     assert path.read_text(encoding="utf-8") == (REPO / "params.yaml").read_text(encoding="utf-8")
 
 

@@ -204,7 +204,7 @@ def test_results_files(tmp_path):
         "b,lr_backbone=0.02,error,0.02,1,3,,boom\n"
     )
     # -S: what differs from params.yaml (best_alpha 0.1 is its value already); ++ adds a key
-    # params.yaml leaves to its default (epochs) and overrides one it has (lr_backbone)
+    # params.yaml leaves to its default (epochs, lr_backbone)
     flags = (
         "dvc exp run -S '++model.temperature=fixed:1' -S '++train.epochs=3' "
         "-S '++train.lr_backbone=2.0e-05' -S '++train.out_dir=runs/sweep-hand-best'"
@@ -238,16 +238,14 @@ def test_results_files(tmp_path):
         f"# Use: python -m pipeline.paramset {out / 'best_params.yaml'} --apply && dvc exp run\n"
         # the whole trained configuration: params.yaml's default run (the base) and the sweep's keys
         "model:\n"
-        "  backbone: resnet18\n"
-        "  pretrained: false\n"
-        "  finetune: all\n"
+        "  backbone: efficientnet_lite0\n"
         "  temperature: fixed:1\n"
         "data:\n"
         "  resolution: 160\n"
         "  cache_dir: cache\n"
         "train:\n"
         "  epochs: 3\n"
-        "  max_steps: 300\n"
+        "  max_steps: 600\n"
         "  lr_backbone: 2.0e-05\n"
         "  out_dir: runs/sweep-hand-best\n"
         "  checkpoint_every_steps: 100\n"
