@@ -53,12 +53,22 @@ def test_miniature_end_to_end_on_a_tiny_set(tmp_path):
     model = SimSC("efficientnet_lite0", "fixed:1", pretrained=True, finetune="none").eval()
     rep = evaluate(model, build_dataset("embedded", str(data), "test", 160), beta_eval=MANUAL_BETA_EVAL)
     assert nf["test"]["per_image"] == pytest.approx(rep["per_image"])
+    # every model also at the beta_eval that is best on the val split (features apart from temperature)
+    from simsc.evaluate import DEFAULT_BETA_SWEEP, beta_sweep
+
+    assert all("test_val_beta" in r for r in out["runs"])
+    sweep = beta_sweep(model, build_dataset("embedded", str(data), "val", 160), DEFAULT_BETA_SWEEP)
+    chosen = nf["test_val_beta"]["beta_eval"]
+    assert chosen == sweep["best"]["beta_eval"]
+    at_chosen = evaluate(model, build_dataset("embedded", str(data), "test", 160), beta_eval=chosen)
+    assert nf["test_val_beta"]["per_image"] == pytest.approx(at_chosen["per_image"])
 
     md = (res / "miniature.md").read_text(encoding="utf-8")
     for row in ("| WithL2Norm |", "| SimSC-mlp |", "| not fine-tuned |", "PF-Pascal, ResNet-101\\*, 256 px"):
         assert row in md
     assert "SimSC-mlp > WithL2Norm at PCK@0.1 (paper 92.6 vs 80.3): **" in md
     assert "ratio WithL2Norm / SimSC-mlp" in md
+    assert "### The same models at the beta_eval chosen on the val split" in md
     for n in (1, 2, 3):
         assert (res / f"miniature_supp_fig{n}.png").stat().st_size > 0
 
