@@ -2,10 +2,10 @@
 
 Every head is trained with its own default temperature (``model.temperature: default``:
 SFNet/CATs fixed:0.02, NCNet fixed:1) and with the learned one (``mlp``, "+ SimSC"), with
-the miniature's machinery (:func:`experiments.miniature.train_run`: by default params.yaml's
-random-init ResNet-18; ``--pretrained``: the miniature's ImageNet EfficientNet-Lite0 at the
-paper's learning rates, :data:`experiments.miniature.PRETRAINED_SET`; fine-tuned entirely on
-the embedded set of ``--difficulty`` at 160 px, batch 8; heads at the ``small`` preset), then
+the miniature's machinery (:func:`experiments.miniature.train_run`: by default a random-init
+ResNet-18 at 1e-4, :data:`experiments.miniature.RANDOM_INIT_SET`; ``--pretrained``: the
+miniature's ImageNet EfficientNet-Lite0 at the paper's learning rates,
+:data:`experiments.miniature.PRETRAINED_SET`; fine-tuned entirely on the embedded set of ``--difficulty`` at 160 px, batch 8; heads at the ``small`` preset), then
 evaluated on the embedded test split at 160 px:
 
     default          the model's default beta_eval: the head's temperature is already in the
@@ -35,6 +35,7 @@ import torch
 
 from experiments.miniature import (
     PRETRAINED_SET,
+    RANDOM_INIT_SET,
     _mean_spread,
     _trajectory,
     add_common_arguments,
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         "--pretrained",
         action="store_true",
         help="the miniature's pretrained setup (ImageNet efficientnet_lite0, the paper's learning rates) "
-        "instead of params.yaml's random-init backbone",
+        "instead of the random-init ResNet-18 of the earlier toy grid",
     )
     ap.add_argument("--heads", default=",".join(HEADS))
     ap.add_argument("--threads", type=int, default=1)
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     data_dir = build_data(args)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     heads = [h for h in args.heads.split(",") if h]
-    overrides = [*HEADS_SET, *(PRETRAINED_SET if args.pretrained else ()), *args.overrides]
+    overrides = [*HEADS_SET, *(PRETRAINED_SET if args.pretrained else RANDOM_INIT_SET), *args.overrides]
     cfg = base_config(args.config, overrides)
     test = build_dataset("embedded", str(data_dir), "test", cfg.data.resolution)
     runs = [

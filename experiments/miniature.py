@@ -114,6 +114,15 @@ PRETRAINED_SET = (
     "train.lr_backbone=null",
     "train.lr_temperature=null",
 )
+#: The random-init setup of the earlier miniature and toy grids (the default run before the pretrained
+#: one, kept so heads_toy.py without ``--pretrained`` reproduces its results): ResNet-18, random init,
+#: whole backbone at 1e-4 (5x the paper's 2e-5: random weights learn slowly).
+RANDOM_INIT_SET = (
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.finetune=all",
+    "train.lr_backbone=0.0001",
+)
 #: What the miniature changes from the default run (params.yaml): the pretrained setup, 160 px,
 #: batch 8, 300 steps (epochs never the limit), validation on the whole val split at every epoch
 #: end, the last block's gradients logged (supp. Fig. 2), images decoded from the data set (no cache).
