@@ -2,11 +2,11 @@
 
 Every head is trained with its own default temperature (``model.temperature: default``:
 SFNet/CATs fixed:0.02, NCNet fixed:1) and with the learned one (``mlp``, "+ SimSC"), with
-the miniature's machinery (:func:`experiments.miniature.train_run`: by default a random-init
-ResNet-18 at 1e-4, :data:`experiments.miniature.RANDOM_INIT_SET`; ``--pretrained``: the
-miniature's ImageNet EfficientNet-Lite0 at the paper's learning rates,
-:data:`experiments.miniature.PRETRAINED_SET`; fine-tuned entirely on the embedded set of ``--difficulty`` at 160 px, batch 8; heads at the ``small`` preset), then
-evaluated on the embedded test split at 160 px:
+the miniature's machinery (:func:`experiments.miniature.train_run`), fine-tuned entirely on
+the embedded set of ``--difficulty`` at 160 px, batch 8, heads at the ``small`` preset: by
+default a random-init ResNet-18 at 1e-4 (:data:`experiments.miniature.RANDOM_INIT_SET`);
+``--pretrained``: the miniature's ImageNet EfficientNet-Lite0 at the paper's learning rates
+(:data:`experiments.miniature.PRETRAINED_SET`). Then evaluated on the embedded test split at 160 px:
 
     default          the model's default beta_eval: the head's temperature is already in the
                      scores, so this is "0.02" for SFNet/CATs and 0.02 for NCNet (fixed:1)
