@@ -748,6 +748,19 @@ def reproduction_lines(summ: dict[str, dict], form: str, paper: dict[str, Any]) 
         _compare("SimSC-mlp > not fine-tuned at PCK@0.1", pck("mlp", "0.1"), nf),
         _compare("WithL2Norm > not fine-tuned at PCK@0.1", pck("fixed:1", "0.1"), nf),
     ]
+    # the same claims on the features alone: every model at the beta_eval chosen on the val split
+    nf_val = (summ.get(_key(NOT_FINETUNED, None)) or {}).get("pck_val_beta", {}).get("0.1")
+    val = "at the beta_eval chosen on val, PCK@0.1"
+    lines += [
+        _compare(
+            f"SimSC-mlp > WithL2Norm {val}", pck("mlp", "0.1", "pck_val_beta"), pck("fixed:1", "0.1", "pck_val_beta")
+        ),
+        _compare(
+            f"NoL2Norm > WithL2Norm {val}", pck("no-l2", "0.1", "pck_val_beta"), pck("fixed:1", "0.1", "pck_val_beta")
+        ),
+        _compare(f"SimSC-mlp > not fine-tuned {val}", pck("mlp", "0.1", "pck_val_beta"), nf_val),
+        _compare(f"SimSC-single > not fine-tuned {val}", pck("single", "0.1", "pck_val_beta"), nf_val),
+    ]
     single, mlp = pck("single", "0.1"), pck("mlp", "0.1")
     if single and mlp:
         diff = single["mean"] - mlp["mean"]
