@@ -251,13 +251,14 @@ def data_difficulty(data_dir: str | Path) -> str | None:
 
 
 def code_version() -> str:
-    """``git rev-parse HEAD`` of the code, with ``-dirty`` when tracked files have changes."""
+    """``git rev-parse HEAD`` of the code, with ``-dirty`` when tracked files outside the results have changes."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # the results folder is what this run writes: its own changes do not make the code dirty
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!experiments/results"],
             cwd=REPO,
             capture_output=True,
             text=True,
