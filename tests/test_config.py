@@ -77,7 +77,7 @@ def test_params_yaml_composes_on_the_schema_defaults():
         "efficientnet_lite0",
         True,
         160,
-        600,
+        400,
     )
     assert (cfg.model.finetune, cfg.resolved_lr_backbone(), cfg.resolved_lr_temperature()) == ("last_block", 1e-4, 1e-4)
     assert (cfg.model.temperature, cfg.model.sigma, cfg.data.batch_size, cfg.train.seed) == ("mlp", 7.0, 8, 0)

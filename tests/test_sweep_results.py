@@ -245,7 +245,7 @@ def test_results_files(tmp_path):
         "  cache_dir: cache\n"
         "train:\n"
         "  epochs: 3\n"
-        "  max_steps: 600\n"
+        "  max_steps: 400\n"
         "  lr_backbone: 2.0e-05\n"
         "  out_dir: runs/sweep-hand-best\n"
         "  checkpoint_every_steps: 100\n"
