@@ -694,6 +694,15 @@ def summarise(runs: list[dict], forms: list[str], grad_steps: int) -> dict[str, 
     return out
 
 
+def _tab3_cells(summ: dict[str, dict], forms: list[str]):
+    """``(variant, form, cell)`` of every Tab. 3 row that ran, in the table's order."""
+    for variant in [*TAB3_VARIANTS, NOT_FINETUNED]:
+        for f in [None] if variant == NOT_FINETUNED else forms:
+            c = summ.get(_key(variant, f))
+            if c is not None:
+                yield variant, f, c
+
+
 def _key(variant: str, form: str | None) -> str:
     return f"{variant}|{form or '-'}"
 
@@ -870,19 +879,15 @@ def markdown(out: dict, paper: dict[str, Any]) -> str:
         "| row | form | beta_eval | n | PCK@0.05 | PCK@0.1 | PCK@0.15 | diverged | paper PCK@0.05 / 0.1 / 0.15 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for variant in [*TAB3_VARIANTS, NOT_FINETUNED]:
-        for f in [None] if variant == NOT_FINETUNED else forms:
-            c = summ.get(_key(variant, f))
-            if c is None:
-                continue
-            p = (((models.get(PAPER_ROWS.get(variant, "")) or {}).get("256") or {}).get("pfpascal")) or {}
-            ref = " / ".join(str(p[a]) for a in ALPHAS if a in p) or "-"
-            pck = c.get("pck") or {}
-            lines.append(
-                f"| {LABELS[variant]} | {f or '-'} | {_g(c.get('beta_eval'))} | {c['n']} | "
-                + " | ".join(_fmt(pck.get(a)) for a in ALPHAS)
-                + f" | {_diverged_text(c)} | {ref} |"
-            )
+    for variant, f, c in _tab3_cells(summ, forms):
+        p = (((models.get(PAPER_ROWS.get(variant, "")) or {}).get("256") or {}).get("pfpascal")) or {}
+        ref = " / ".join(str(p[a]) for a in ALPHAS if a in p) or "-"
+        pck = c.get("pck") or {}
+        lines.append(
+            f"| {LABELS[variant]} | {f or '-'} | {_g(c.get('beta_eval'))} | {c['n']} | "
+            + " | ".join(_fmt(pck.get(a)) for a in ALPHAS)
+            + f" | {_diverged_text(c)} | {ref} |"
+        )
     nf = [r for r in out["runs"] if r["variant"] == NOT_FINETUNED]
     if nf:
         lines += [
@@ -905,17 +910,15 @@ def markdown(out: dict, paper: dict[str, Any]) -> str:
         "| row | form | n | beta_eval chosen on val | PCK@0.05 | PCK@0.1 | PCK@0.15 |",
         "|---|---|---|---|---|---|---|",
     ]
-    for variant in [*TAB3_VARIANTS, NOT_FINETUNED]:
-        for f in [None] if variant == NOT_FINETUNED else forms:
-            c = summ.get(_key(variant, f))
-            if c is None or "pck_val_beta" not in c:
-                continue
-            chosen = ", ".join(f"{b:.3g}" for b in c["val_beta"])
-            lines.append(
-                f"| {LABELS[variant]} | {f or '-'} | {c['n']} | {chosen} | "
-                + " | ".join(_fmt(c["pck_val_beta"].get(a)) for a in ALPHAS)
-                + " |"
-            )
+    for variant, f, c in _tab3_cells(summ, forms):
+        if "pck_val_beta" not in c:
+            continue
+        chosen = ", ".join(f"{b:.3g}" for b in c["val_beta"])
+        lines.append(
+            f"| {LABELS[variant]} | {f or '-'} | {c['n']} | {chosen} | "
+            + " | ".join(_fmt(c["pck_val_beta"].get(a)) for a in ALPHAS)
+            + " |"
+        )
     lines += [
         "",
         "## supp. Tab. 4: the learned effective temperature (test split)",
