@@ -151,8 +151,10 @@ def test_experiments_compare_and_apply(baseline):
     assert "final.beta_eff" in run([DVC, "metrics", "diff"], work, env)
 
     subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=work, env=env, check=True)
+    before = next(line for line in (work / "params.yaml").read_text().splitlines() if "max_steps:" in line)
     run([DVC, "exp", "run", "-n", "six-steps", "-S", "train.max_steps=6"], work, env)
-    assert changed_lines(work, env) == ["-  max_steps: 4", "+  max_steps: 6"]
+    # only the value changes: the line keeps its indentation, alignment and comment
+    assert changed_lines(work, env) == [f"-{before}", "+" + before.replace("max_steps: 4", "max_steps: 6")]
 
     shown = exp_rows(json.loads(run([DVC, "exp", "show", "--json"], work, env)))
     print(

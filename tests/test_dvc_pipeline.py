@@ -34,16 +34,24 @@ def _check_outputs(work, lr: float) -> list[dict[str, float]]:
     """The values the stages wrote agree with the params and with each other; returns the step rows."""
     steps = _rows(work / "reports/train/steps.csv")
     assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]  # train.max_steps of the shrunk params
-    for r in steps:
+    logged = [
+        rec
+        for line in (work / "runs/default/metrics.jsonl").read_text().splitlines()
+        if (rec := json.loads(line)).get("type") == "step"
+    ]
+    for r, rec in zip(steps, logged, strict=True):
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert 0 < r["beta_a"] < 1 and 0 < r["beta_b"] < 1  # the mlp temperature ends in a sigmoid
-        # batch means: mean(beta_a * beta_b) is the product of the means up to their covariance over the batch
-        assert r["beta_eff"] == pytest.approx(r["beta_a"] * r["beta_b"], rel=1e-2)
+        # batch means: mean(beta_a * beta_b) is the product of the means up to their covariance over
+        # the batch, which Cauchy-Schwarz bounds by the product of the standard deviations
+        bound = rec["beta_a_std"] * rec["beta_b_std"] + 1e-6
+        assert abs(r["beta_eff"] - r["beta_a"] * r["beta_b"]) <= bound
         assert r["lr_backbone"] == pytest.approx(lr)
     summary = json.loads((work / "reports/train/metrics.json").read_text())
     assert summary["steps"] == 4 and summary["final"]["loss"] == pytest.approx(steps[-1]["loss"], abs=1e-4)
     ckpt = torch.load(work / "runs/default/checkpoints/best.pt", map_location="cpu", weights_only=True)
-    assert ckpt["step"] == summary["best"]["step"] and ckpt["config"]["train"]["lr_backbone"] == pytest.approx(lr)
+    assert ckpt["step"] == summary["best"]["step"]
+    assert load_config(ckpt["config"]).resolved_lr_backbone() == pytest.approx(lr)  # null: the paper's rate
 
     pck = json.loads((work / "reports/eval/test_64/pck.json").read_text())
     assert pck["n_pairs"] == 4 and pck["beta_eval"] == 1.0  # embedded.n_test; the mlp model's default
@@ -73,11 +81,11 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert stages.index("train") < stages.index("evaluate@test_64") < stages.index("report")
     # the baseline is the configured backbone, not fine-tuned, and the report sets it beside the model
     base = json.loads((work / "reports/baseline/test_64/report.json").read_text())
-    model_sec = yaml.safe_load((work / "params.yaml").read_text())["model"]
-    assert base["model"].startswith(f"{model_sec['backbone']} pretrained={model_sec['pretrained']}")
+    model_cfg = load_config(engine_sections(yaml.safe_load((work / "params.yaml").read_text()))).model
+    assert base["model"].startswith(f"{model_cfg.backbone} pretrained={model_cfg.pretrained}")
     assert base["beta_eval"] == 0.02
     report_md = (work / "reports/report.md").read_text()
-    assert f"| not fine-tuned: {model_sec['backbone']} " in report_md
+    assert f"| not fine-tuned: {model_cfg.backbone} " in report_md
     assert f"{base['per_image']['0.1']:.1f} to " in report_md  # the gain line starts from the baseline
     lr = load_config(engine_sections(yaml.safe_load((work / "params.yaml").read_text()))).resolved_lr_backbone()
     first = _check_outputs(work, lr)
