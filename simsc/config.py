@@ -126,6 +126,9 @@ class TrainConfig:
     deterministic: bool = True
     #: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
     device: str = D.DEVICE
+    #: data-parallel processes of one run (one per GPU, or CPU processes): the global batch
+    #: ``data.batch_size`` is split across them; 1 = one process (simsc.engine.distributed).
+    devices: int = 1
     #: progress of training and validation: "auto" (a tqdm bar when stderr is a terminal, else
     #: a plain log line on stderr every ``progress_every_s`` seconds and at epoch ends: DVC, Ray,
     #: CI logs), "bar", "log" or "off" (``true`` = auto, ``false`` = off; ``--quiet`` = off).
@@ -425,6 +428,12 @@ def validate(cfg: Config) -> None:
         bad("train.device", "must be 'auto', 'cpu', 'cuda[:N]' or 'mps'", t.device)
     if t.num_threads is not None and t.num_threads < 1:
         bad("train.num_threads", "must be >= 1 or null", t.num_threads)
+    if isinstance(t.devices, bool) or not isinstance(t.devices, int) or t.devices < 1:
+        bad("train.devices", "must be an integer >= 1 (processes of one data-parallel run)", t.devices)
+    if t.devices > 1 and t.device.startswith("cuda:"):
+        bad("train.devices", "takes train.device auto, cpu or cuda (rank r uses cuda:r), not one GPU", t.device)
+    if t.devices > 1 and t.device == "mps":
+        bad("train.devices", "is not supported on mps (one device); use 1", t.devices)
     if isinstance(t.progress, bool):
         t.progress = "auto" if t.progress else "off"
     if t.progress not in PROGRESS_MODES:

@@ -2,7 +2,8 @@
 
 * exit 0: done;
 * exit 1: the work ran but did not succeed: a diverged training run
-  (:class:`DivergedError`), or errored sweep trials;
+  (:class:`DivergedError`), a data-parallel run whose rank died (:class:`RunFailedError`), or
+  errored sweep trials;
 * exit 2: a user error: a bad flag value, a missing / malformed / undecodable file, a disk
   that is read-only or full, a path that is a file where a folder is expected, a device
   that this host lacks. One line ``PROG: error: ...`` on stderr naming what and where;
@@ -33,7 +34,11 @@ class UserError(ValueError):
     """A mistake the user can fix (the message says what and where); exit status 2."""
 
 
-class DivergedError(RuntimeError):
+class RunFailedError(RuntimeError):
+    """The work ran and did not succeed (a rank of a data-parallel run died); exit status 1."""
+
+
+class DivergedError(RunFailedError):
     """The work ran and failed on its own terms (a non-finite loss); exit status 1."""
 
 
@@ -92,7 +97,7 @@ def run_main(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except DivergedError as exc:
+    except RunFailedError as exc:
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)

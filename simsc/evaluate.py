@@ -206,6 +206,7 @@ def evaluate(
     progress: bool | str = D.PROGRESS,
     device: str | torch.device | None = None,
     progress_every_s: float = D.PROGRESS_EVERY_S,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """PCK report of ``model`` on ``dataset`` (see the module docstring for the layout).
 
@@ -216,12 +217,27 @@ def evaluate(
 
     The loop reads nothing back per batch: predictions stay on the device and move to the
     host every :data:`READ_EVERY_BATCHES` batches in one transfer.
+
+    ``shard=(rank, world)``: every rank of a process group calls this, scores its contiguous
+    part of the pairs and receives the report of all of them: the per-pair hit counts are
+    gathered in the pairs' order and reduced once, so the numbers equal one process's.
     """
     beta, source = resolve_beta_eval(model, beta_eval)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     acc = PCKAccumulator(alphas)
     betas: list[float] = []
+    rows: list[dict[str, Any]] = []
     sink, commit = _open_sink(predictions)
+    final_sink = sink
+    if shard is not None and shard[1] > 1:
+        scored = _shard(dataset, max_pairs, *shard)
+        max_pairs = None
+        if sink is not None:
+            sink = rows.append  # gathered below, written by rank 0
+        if shard[0] != 0:
+            final_sink = commit = None
+    else:
+        scored, shard = dataset, None
 
     def score(pending):
         for batch, pred, beta_eff in _host_copy(pending):
@@ -233,7 +249,7 @@ def evaluate(
                     sink(row)
         pending.clear()
 
-    loader = pair_loader(dataset, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
+    loader = pair_loader(scored, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
     pending: list = []
     for batch in _progress(loader, progress, "evaluate", len(loader), progress_every_s):
         pred, beta_eff = predict_batch(model, batch, [beta], device)
@@ -241,6 +257,18 @@ def evaluate(
         if len(pending) >= READ_EVERY_BATCHES:
             score(pending)
     score(pending)
+    if shard is not None:
+        from .engine.distributed import gather_objects
+
+        parts = gather_objects((acc.pairs, betas, rows))
+        acc = PCKAccumulator(alphas)
+        betas = []
+        for pairs, part_betas, part_rows in parts:
+            acc.extend(pairs)
+            betas.extend(part_betas)
+            if final_sink is not None:
+                for row in part_rows:
+                    final_sink(row)
     if commit is not None:
         commit()
     report = _json_report(acc.report())
@@ -255,6 +283,17 @@ def evaluate(
         }
     )
     return report
+
+
+def _shard(dataset: Dataset, max_pairs: int | None, rank: int, world: int) -> Dataset:
+    """Rank ``rank``'s contiguous part of the first ``max_pairs`` pairs of ``dataset``."""
+    from .engine.distributed import chunk_bounds
+
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"evaluate: the dataset ({type(dataset).__name__}) must have a length (__len__)")
+    n = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
+    start, stop = chunk_bounds(n, rank, world)
+    return Subset(dataset, range(start, stop))
 
 
 def _open_sink(predictions):

@@ -164,6 +164,16 @@ class PCKAccumulator:
         for b, cat in enumerate(cats):
             self._pairs.append((cat, {a: hits[a][b] for a in self.alphas}, n[b]))
 
+    @property
+    def pairs(self) -> list[tuple[str, dict[float, int], int]]:
+        """The per-pair results so far: ``(category, {alpha: hits}, n_valid)``, in order."""
+        return list(self._pairs)
+
+    def extend(self, pairs: Iterable[tuple[str, dict[float, int], int]]) -> None:
+        """Append per-pair results (e.g. another process's :attr:`pairs`): reports from summed
+        counts, never a mean of means."""
+        self._pairs.extend((str(c), {float(a): int(h[a]) for a in self.alphas}, int(n)) for c, h, n in pairs)
+
     def report(self) -> dict:
         if not self._pairs:
             raise ValueError("PCKAccumulator.report: no pairs were scored")

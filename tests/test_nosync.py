@@ -192,11 +192,11 @@ def test_trainer_step_makes_no_host_read(tmp_path):
     real = trainer._train_step
     guarded = []
 
-    def step(batch, epoch):
+    def step(batch, epoch, share=None):
         if trainer.state.step == 0:
-            return real(batch, epoch)  # Adam's first step creates its host-side counters
+            return real(batch, epoch, share)  # Adam's first step creates its host-side counters
         with no_host_sync(allow=optimizer_host_tensors(trainer.optimizer)):
-            out = real(batch, epoch)
+            out = real(batch, epoch, share)
         guarded.append(trainer.state.step)
         return out
 

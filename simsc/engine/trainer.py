@@ -22,6 +22,7 @@ eval mode by design, see :mod:`simsc.backbones`); validation runs under ``no_gra
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
 from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
+from . import distributed as ddp
 from .callbacks import CallbackList, CallbackProtocol
 from .checkpoint import (
     BestSoFar,
@@ -66,6 +68,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.log_grad_stats",
         "train.val_max_pairs",
         "train.device",
+        "train.devices",
         "train.out_dir",
         "data.workers",
         "data.cache_dir",
@@ -265,7 +268,9 @@ class Trainer:
         model: SimSC | None = None,
     ) -> None:
         self.cfg = load_config(config)
-        self.callbacks = CallbackList(callbacks)
+        self.rank, self.world = ddp.rank_world()
+        # Rank 0 calls every callback; the other ranks only those that ask (``all_ranks``).
+        self.callbacks = CallbackList(cb for cb in callbacks if self.rank == 0 or getattr(cb, "all_ranks", False))
         # What the caller gave; _build makes the rest and keeps it (a second fit reuses it).
         self._given_model, self._given_train, self._given_val = model, train_dataset, val_dataset
         self.out_dir = Path(self.cfg.train.out_dir)
@@ -306,9 +311,22 @@ class Trainer:
         old_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
         lock = RunLock(self.out_dir)
         try:
-            lock.acquire()
-            if t.num_threads is not None:
-                torch.set_num_threads(t.num_threads)
+            # Rank 0 owns the run folder: it locks it and checks it; every rank learns the result.
+            refused: RunFolderError | None = None
+            if self.rank == 0:
+                try:
+                    lock.acquire()
+                    # Before the model and data are built: a refused folder costs nothing.
+                    if not (resume and self.last_path.exists()):
+                        self._check_fresh_folder(overwrite)
+                except RunFolderError as exc:
+                    refused = exc
+            ddp.agree(refused)
+            threads = t.num_threads
+            if threads is None and self.world > 1 and t.device in ("cpu", "auto") and not torch.cuda.is_available():
+                threads = ddp.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
+            if threads is not None:
+                torch.set_num_threads(threads)
             if t.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             return self._fit(resume, overwrite)
@@ -325,7 +343,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
         self.model = self._given_model = self._given_model if self._given_model is not None else build_model(cfg)
-        self.device = resolve_device(cfg.train.device, "train.device")
+        self.device = ddp.rank_device(resolve_device(cfg.train.device, "train.device"))
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -353,6 +371,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16") if t.amp == "fp16" else None
         self._loss_fn = self._compiled_loss(t.compile)
         self._compile_checked = not t.compile
+        self._ddp: nn.Module | None = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP hooks the gradient all-reduce on a module's forward: the loss path is one.
+            self._ddp = DistributedDataParallel(
+                _LossModule(self.model, self._call_loss),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False,  # the only buffers are frozen BatchNorm statistics
+            )
         self.log_every = t.log_every_steps or (1 if self.device.type == "cpu" else DEVICE_LOG_EVERY_STEPS)
         self._pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = []
 
@@ -397,6 +425,8 @@ class Trainer:
         return ckpt
 
     def _open_metrics(self, offset: int | None) -> None:
+        if self.rank != 0:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if offset is None:
             self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")
@@ -408,6 +438,8 @@ class Trainer:
         self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
 
     def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
         fh = self._metrics_fh
         if fh is None:  # a bug, not a user error: records are written only during fit
             raise RuntimeError("Trainer._log: metrics.jsonl is not open (only fit writes records)")
@@ -445,9 +477,6 @@ class Trainer:
 
     def _fit(self, resume: bool, overwrite: bool = False) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
-        # Before the model and data are built: a refused folder costs nothing.
-        if not (resume and self.last_path.exists()):
-            self._check_fresh_folder(overwrite)
         self._build()
         model = self.model
         state = TrainState()
@@ -458,7 +487,8 @@ class Trainer:
             self._resumed_from = int(ckpt["step"])
         else:
             self._open_metrics(None)
-        dump_config(cfg, self.out_dir / "config.yaml")
+        if self.rank == 0:
+            dump_config(cfg, self.out_dir / "config.yaml")
         self.state = state
 
         n = self._n_train
@@ -468,7 +498,12 @@ class Trainer:
         model.train()
         total = t.epochs * n_batches if t.max_steps is None else min(t.max_steps, t.epochs * n_batches)
         self.progress = Progress(
-            t.progress, "train", total, initial=state.step, every_s=t.progress_every_s, lines_on_advance=False
+            t.progress if self.rank == 0 else "off",
+            "train",
+            total,
+            initial=state.step,
+            every_s=t.progress_every_s,
+            lines_on_advance=False,
         )
         self._last_flush = time.monotonic()
         try:
@@ -476,7 +511,8 @@ class Trainer:
         finally:
             self.progress.close()
         summary = self._summary()
-        atomic_write_json(self.out_dir / "summary.json", summary, indent=2)
+        if self.rank == 0:
+            atomic_write_json(self.out_dir / "summary.json", summary, indent=2)
         self.callbacks.on_end(summary)
         return summary
 
@@ -498,14 +534,15 @@ class Trainer:
             state.sampler = g.get_state()
             order = torch.randperm(n, generator=g)[start * bs :].tolist()
             worker_gen.manual_seed(epoch_seed(t.seed, epoch) + 1)
+            # Every rank takes its part of each global batch (one rank: the whole batch).
+            parts = ddp.local_batches(order, bs, self.rank, self.world)
+            self._shares = iter([(n_local, n_global) for _, n_local, n_global in parts])
             loader = DataLoader(
                 self.train_dataset,
-                batch_size=bs,
-                sampler=order,
+                batch_sampler=[indices for indices, _, _ in parts],
                 num_workers=cfg.data.workers,
                 collate_fn=_collate,
                 generator=worker_gen,
-                drop_last=False,
                 pin_memory=self.device.type == "cuda" if self.pin_memory is None else self.pin_memory,
             )
             batch_i = start
@@ -514,7 +551,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 self._data_wait += t0 - ready  # the step waited this long for its batch
                 check_batch(batch)  # on the CPU, before the batch moves: reading it costs no device sync
-                self._pending.append(self._train_step(batch, epoch))
+                self._pending.append(self._train_step(batch, epoch, next(self._shares)))
                 dt = time.perf_counter() - t0
                 state.train_time += dt
                 self._step_time += dt
@@ -541,11 +578,22 @@ class Trainer:
             state.finished = done()
             self._save_last()
 
-    def _train_step(self, batch: dict[str, Any], epoch: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def _train_step(
+        self, batch: dict[str, Any], epoch: int, share: tuple[int, int] | None = None
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """One optimiser step without a host sync (its batch was checked on the CPU by
         :func:`~simsc.model.check_batch`); the step's values stay on the device until
         :meth:`_flush` reads them. Returns the record's host fields and its device tensors.
+
+        ``share``: ``(n_local, n_global)``, this rank's pairs of the global batch (several ranks).
         """
+        n_local, n_global = share if share is not None else (len(batch["src_kps"]),) * 2
+        ce_pairs = 0
+        if self._ddp is not None and n_local:
+            # The cross-entropy averages over pairs with a valid keypoint, the regulariser over
+            # all pairs (read here, on the CPU, before the batch moves).
+            valid = batch.get("valid")
+            ce_pairs = int(valid.bool().any(-1).sum()) if valid is not None else n_local
         opt, state = self.optimizer, self.state
         batch = {
             k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
@@ -559,7 +607,7 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         try:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self._call_loss(batch)
+                out = self._call_loss(batch) if self._ddp is None else self._ddp(batch)
         except ValueError as exc:
             # The loss runs unchecked (its beta > 0 and NaN checks are host reads), so a
             # ValueError here is a shape or config error: it propagates as one, unless the
@@ -569,6 +617,8 @@ class Trainer:
                 self._diverged(step, epoch, float("nan"), batch, f"the forward pass failed ({exc})")
             raise
         loss = out["loss"]
+        if self._ddp is not None:
+            out, loss = self._global_loss(out, ce_pairs, n_local, n_global)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(opt)  # the finiteness check and the logged gradients are unscaled
@@ -580,7 +630,7 @@ class Trainer:
         check_grads = grads and self.scaler is None
         grads_finite = torch.stack([torch.isfinite(gr).all() for gr in grads]).all() if check_grads else one
         tensors = {
-            "loss": loss.detach(),
+            "loss": out["loss"].detach(),
             "ce": out["ce"].detach(),
             "reg": out["reg"].detach(),
             "beta_a": out["beta_a"],
@@ -610,6 +660,30 @@ class Trainer:
             opt.step()
         state.step = step
         return record, tensors
+
+    def _global_loss(
+        self, out: dict[str, torch.Tensor], ce_pairs: int, n_local: int, n_global: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Several ranks: the global batch's loss terms (what one rank with the whole batch
+        logs) and this rank's loss to back-propagate, weighted by its share of each term's
+        pairs so that DDP's gradient average is the gradient of the global loss."""
+        ce, reg = out["ce"], out["reg"]
+        # One all-reduce (no host sync): the terms' sums over the ranks' pairs and the counts.
+        local = torch.stack([ce.detach() * ce_pairs, reg.detach() * n_local]).float()
+        counts = torch.tensor([ce_pairs, n_local], dtype=local.dtype, device=local.device)
+        sums = ddp.all_reduce_sum(torch.cat([local, counts]))
+        ce_total, n_total = sums[2].clamp_min(1), sums[3].clamp_min(1)
+        gamma = float(self.model.gamma)
+        world = self.world
+        backprop = ce * (ce_pairs * world / ce_total) + gamma * reg * (n_local * world / n_total)
+        ce_g, reg_g = sums[0] / ce_total, sums[1] / n_total
+        capacity = -(-self.cfg.data.batch_size // world)
+        sizes = [b - a for a, b in (ddp.chunk_bounds(n_global, r, world) for r in range(world))]
+        gathered = {
+            k: ddp.all_gather_padded(out[k].detach()[:n_local].float(), capacity, sizes)
+            for k in ("beta_a", "beta_b", "beta_eff")
+        }
+        return {"loss": ce_g + gamma * reg_g, "ce": ce_g, "reg": reg_g, **gathered}, backprop
 
     def _call_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self._compile_checked:
@@ -745,6 +819,7 @@ class Trainer:
             device=self.device,
             progress=self.progress.mode,
             progress_every_s=t.progress_every_s,
+            shard=(self.rank, self.world),
         )
         self.model.train()
         key = alpha_key(t.best_alpha)
@@ -773,7 +848,8 @@ class Trainer:
         self.callbacks.on_epoch(record)
         if is_best:
             self._check_finite_weights(epoch)
-            atomic_save(self._payload("best"), self.best_path)
+            if self.rank == 0:
+                atomic_save(self._payload("best"), self.best_path)
             self.callbacks.on_checkpoint(self.best_path, True)
 
     def _check_finite_weights(self, epoch: int) -> None:
@@ -784,7 +860,8 @@ class Trainer:
     def _save_last(self) -> None:
         self._flush()  # a checkpoint never precedes the records (and divergence check) of its steps
         self._check_finite_weights(self.state.epoch)
-        atomic_save(self._payload("last"), self.last_path)
+        if self.rank == 0:
+            atomic_save(self._payload("last"), self.last_path)
         self.callbacks.on_checkpoint(self.last_path, False)
 
     def _payload(self, kind: str) -> dict[str, Any]:
@@ -827,6 +904,19 @@ class Trainer:
         }
 
 
+class _LossModule(nn.Module):
+    """The model's loss path as a module's forward, for DDP (it all-reduces the gradients of
+    what a forward computed); ``loss_fn`` is the trainer's (possibly compiled) loss."""
+
+    def __init__(self, model: SimSC, loss_fn) -> None:
+        super().__init__()
+        self.model = model
+        self._loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self._loss_fn(batch)
+
+
 _AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Steps between two reads of the step records on accelerators (``train.log_every_steps: null``).
@@ -866,6 +956,36 @@ def train(
     model: SimSC | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train as ``config`` describes (see :class:`Trainer`); returns the run summary."""
+    """Train as ``config`` describes (see :class:`Trainer`); returns the run summary.
+
+    ``train.devices: N > 1`` (outside a process group) trains on N local processes, data
+    parallel (:mod:`simsc.engine.distributed`): this process is rank 0 and keeps the callbacks;
+    the other ranks get the datasets and model given here (they must pickle) or build them."""
+    cfg = load_config(config)
+    devices = int(cfg.train.devices)
+    if devices > 1 and ddp.rank_world()[1] == 1:
+        backend = ddp.backend_for(resolve_device(cfg.train.device, "train.device"))
+        if backend == "nccl" and torch.cuda.device_count() < devices:
+            raise ValueError(
+                f"train.devices={devices}: this host has {torch.cuda.device_count()} CUDA device(s); "
+                "use at most that many, or train.device=cpu"
+            )
+        rank0 = functools.partial(_train_rank, callbacks=callbacks)
+        others = (cfg.to_dict(), resume, overwrite, train_dataset, val_dataset, model)
+        return ddp.launch_local(_train_rank, others, devices, backend, rank0=rank0)
+    trainer = Trainer(cfg, callbacks=callbacks, train_dataset=train_dataset, val_dataset=val_dataset, model=model)
+    return trainer.fit(resume=resume, overwrite=overwrite)
+
+
+def _train_rank(
+    config: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    train_dataset: Dataset | None,
+    val_dataset: Dataset | None,
+    model: SimSC | None,
+    callbacks: Iterable[CallbackProtocol] = (),
+) -> dict[str, Any]:
+    """One rank of a :func:`train` on several local processes."""
     trainer = Trainer(config, callbacks=callbacks, train_dataset=train_dataset, val_dataset=val_dataset, model=model)
     return trainer.fit(resume=resume, overwrite=overwrite)
