@@ -214,10 +214,11 @@ def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | Non
 
     from .sweep_trial import run_trial
 
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context),
-        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
-    )
+    res = spec.resources
+    # A multi-worker trial is a driver that holds nothing: its Ray Train workers hold the CPUs
+    # and GPUs (each job reserves all its workers at once, so trials queue rather than deadlock).
+    driver = {"cpu": res["cpu"], "gpu": res["gpu"]} if res["workers"] == 1 else {"cpu": 0, "memory": 1}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), driver)
     if restore_path is not None:
         return tune.Tuner.restore(restore_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     if spec.scheduler["type"] == "asha":
@@ -331,6 +332,11 @@ def run_sweep(
         if parent
         else None,
         cpus_per_trial=spec.resources["cpu"],
+        workers=int(spec.resources["workers"]),
+        gpus_per_worker=spec.resources["gpu"],
+        train_storage=_experiment_path(storage, f"{spec.name}-train"),
+        max_failures=spec.max_failures,
+        keep_checkpoints=spec.keep_checkpoints,
     )
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True, configure_logging=False)

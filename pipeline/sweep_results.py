@@ -82,11 +82,26 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
             }
         )
         row["_overrides"] = overrides
-        row["_checkpoint"] = res.checkpoint
+        row["_checkpoint"] = res.checkpoint or _train_checkpoint(metrics.get("checkpoint_path"))
         row["_path"] = str(res.path)
         rows.append(row)
     rows.sort(key=lambda r: (r["best_val_pck"] is None, -(r["best_val_pck"] or 0.0)))
     return rows
+
+
+def _train_checkpoint(path: Any):
+    """A multi-worker trial's newest checkpoint: Ray Train keeps it in its own storage and
+    Tune's result carries only its path (``checkpoint_path``)."""
+    if not isinstance(path, str) or not path:
+        return None
+    from ray.train import Checkpoint
+
+    if "://" in path:
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        return Checkpoint(inner, filesystem=fs)
+    return Checkpoint(path) if Path(path).exists() else None
 
 
 def _error_line(error: BaseException) -> str:

@@ -22,6 +22,7 @@ A spec (see ``configs/sweeps/*.yaml``)::
     metric: val_pck                    # validation PCK@train.best_alpha (per image), maximised
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # default: {type: fifo}
     resources: {cpu: 1, gpu: 0}        # per trial; gpu may be a fraction (0.5: two per GPU)
+    # resources: {workers: 2, cpus_per_worker: 4, gpus_per_worker: 1}   # data-parallel trials
     max_concurrent_trials: 2           # null: as many as the resources allow
     max_failures: 3                    # restarts of a trial whose worker died
     keep_checkpoints: 2                # newest checkpoints kept per trial
@@ -107,7 +108,8 @@ class SweepSpec:
     metric: str = "val_pck"
     mode: str = "max"
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER_DEFAULT))
-    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    #: ``{"workers", "cpu", "gpu"}``: cpu / gpu per worker (:func:`parse_resources`)
+    resources: dict[str, float] = field(default_factory=lambda: {"workers": 1, "cpu": 1.0, "gpu": 0.0})
     max_concurrent_trials: int | None = None
     max_failures: int = 3
     keep_checkpoints: int = 2
@@ -119,8 +121,12 @@ class SweepSpec:
 
     # -- derived -------------------------------------------------------------------------
     def engine_base(self) -> dict[str, Any]:
-        """The engine sections (model, data, train, eval) every trial starts from."""
-        return copy.deepcopy(engine_sections(self.params))
+        """The engine sections (model, data, train, eval) every trial starts from; with
+        ``resources.workers: N > 1`` its ``train.devices`` is N (a trial's ranks)."""
+        base = copy.deepcopy(engine_sections(self.params))
+        if self.resources.get("workers", 1) > 1:
+            base.setdefault("train", {})["devices"] = int(self.resources["workers"])
+        return base
 
     def engine_config(self):
         """The base engine config as a validated :class:`simsc.config.Config`."""
@@ -318,22 +324,46 @@ def parse_scheduler(value: Any, where: str) -> dict[str, Any]:
     return sched
 
 
+RESOURCE_KEYS = ("cpu", "gpu", "workers", "cpus_per_worker", "gpus_per_worker")
+
+
+def parse_resources(raw: Any, where: str) -> dict[str, float]:
+    """``resources`` of a spec -> ``{"workers": N, "cpu": per worker, "gpu": per worker}``.
+
+    One worker (the default): ``{cpu, gpu}`` per trial. ``workers: N > 1``: each trial is a
+    data-parallel Ray Train job of N workers with ``cpus_per_worker`` / ``gpus_per_worker``
+    each (``cpu`` / ``gpu`` are read as per worker there too; give one spelling, not both)."""
+    res = dict(raw or {})
+    bad = sorted(set(res) - set(RESOURCE_KEYS))
+    if bad:
+        raise SweepSpecError(f"{where}: resources: unknown key {bad[0]!r} ({', '.join(RESOURCE_KEYS)})")
+    workers = res.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SweepSpecError(f"{where}: resources.workers: expected an integer >= 1, got {workers!r}")
+    for short, long in (("cpu", "cpus_per_worker"), ("gpu", "gpus_per_worker")):
+        if short in res and long in res:
+            raise SweepSpecError(f"{where}: resources: give {short} or {long}, not both")
+        if long in res:
+            res[short] = res.pop(long)
+    res = {**_default("resources"), **res}
+    cpu, gpu = res["cpu"], res["gpu"]
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0:
+        raise SweepSpecError(f"{where}: resources.cpu: expected a number > 0, got {cpu!r}")
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0 or (gpu > 1 and gpu != int(gpu)):
+        raise SweepSpecError(f"{where}: resources.gpu: expected 0, a fraction in (0, 1] or a whole number, got {gpu!r}")
+    if workers > 1 and gpu not in (0, 1):
+        raise SweepSpecError(
+            f"{where}: resources.gpus_per_worker: expected 0 or 1 with workers > 1 (one GPU per rank), got {gpu!r}"
+        )
+    return {"workers": int(workers), "cpu": float(cpu), "gpu": float(gpu)}
+
+
 def _parse_options(spec: SweepSpec, raw: Mapping[str, Any], where: str) -> None:
     """The remaining keys: metric, scheduler, resources, concurrency, storage, tracking."""
     spec.metric = str(raw.get("metric", _default("metric")))
     spec.mode = _choice(raw.get("mode", _default("mode")), ("max", "min"), f"{where}: mode")
     spec.scheduler = parse_scheduler(raw.get("scheduler"), where)
-    res = dict(raw.get("resources") or {})
-    bad_res = sorted(set(res) - {"cpu", "gpu"})
-    if bad_res:
-        raise SweepSpecError(f"{where}: resources: unknown key {bad_res[0]!r} (cpu, gpu)")
-    res = {**_default("resources"), **res}
-    cpu, gpu = res["cpu"], res["gpu"]
-    if not isinstance(cpu, (int, float)) or cpu <= 0:
-        raise SweepSpecError(f"{where}: resources.cpu: expected a number > 0, got {cpu!r}")
-    if not isinstance(gpu, (int, float)) or gpu < 0 or (gpu > 1 and gpu != int(gpu)):
-        raise SweepSpecError(f"{where}: resources.gpu: expected 0, a fraction in (0, 1] or a whole number, got {gpu!r}")
-    spec.resources = {"cpu": float(cpu), "gpu": float(gpu)}
+    spec.resources = parse_resources(raw.get("resources"), where)
     mct = raw.get("max_concurrent_trials", _default("max_concurrent_trials"))
     spec.max_concurrent_trials = None if mct is None else _int(mct, f"{where}: max_concurrent_trials", 1)
     spec.max_failures = _int(raw.get("max_failures", _default("max_failures")), f"{where}: max_failures", -1)

@@ -50,7 +50,14 @@ class TrialContext:
     best_alpha: float
     root: str  # the driver's folder: relative paths of sampled values resolve against it
     tracking: dict[str, Any] | None = None  # {uri, experiment, parent_run_id}
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0  # per worker when workers > 1
+    #: data-parallel workers per trial (> 1: a Ray Train job inside the trial) and their GPUs
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    #: Ray Train's storage of the multi-worker trials' runs (checkpoints) and their restarts
+    train_storage: str | None = None
+    max_failures: int = 3
+    keep_checkpoints: int = 2
     #: params.yaml's ``embedded`` section of the spec's base (seed, pair counts, difficulty): a node
     #: that lacks the embedded set builds the one the driver's params describe
     embedded: dict[str, Any] | None = None
@@ -86,13 +93,26 @@ def checkpoint_folder(run_dir: Path, trial_state: dict[str, Any]) -> Iterator[Pa
 
 
 class TuneReporter(Callback):
-    """Reports each validated epoch to Ray Tune with the checkpoint written right after it."""
+    """Reports each validated epoch to Ray Tune with the checkpoint written right after it.
+
+    ``train_rank``: inside a Ray Train job (a multi-worker trial), this worker's rank: every
+    rank reports (Ray Train's report is a barrier), rank 0 with the checkpoint; Ray Train's
+    ``TuneReportCallback`` forwards rank 0's metrics to Tune."""
+
+    #: the trainer calls it on every rank, not only rank 0
+    all_ranks = True
 
     def __init__(
-        self, run_dir: Path, best_alpha: float, trial_state: dict[str, Any], extra: dict[str, Any] | None = None
+        self,
+        run_dir: Path,
+        best_alpha: float,
+        trial_state: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        train_rank: int | None = None,
     ) -> None:
         from simsc.evaluate import alpha_key
 
+        self.train_rank = train_rank
         self.run_dir = Path(run_dir)
         self.key = alpha_key(best_alpha)
         self.trial_state = trial_state
@@ -125,18 +145,28 @@ class TuneReporter(Callback):
             "trial_starts": self.trial_state["starts"],
             **self.extra,
         }
-        from ray import tune
-
         self.trial_state["epochs_done"] = metrics["epochs_done"]
         self.last_report = metrics
+        if self.train_rank not in (None, 0):
+            self._report(metrics, None)  # rank 0 wrote the checkpoint; the others join the barrier
+            return
         with checkpoint_folder(self.run_dir, self.trial_state) as folder:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            self._report(metrics, folder)
+
+    def _report(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        if self.train_rank is None:
+            from ray import tune
+
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
+        else:
+            import ray.train
+
+            ckpt = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
+            ray.train.report(metrics, checkpoint=ckpt)
 
     def report_diverged(self, exc: Exception) -> None:
         """A diverged trial ends as a result, not an error: retrying would diverge again
         (supp. Fig. 3: beta_trn = 0.004 gives NaN). Its last validated numbers stay."""
-        from ray import tune
-
         metrics = dict(self.last_report) or {
             "epochs_done": 0,
             "val_pck": float("nan"),
@@ -145,14 +175,20 @@ class TuneReporter(Callback):
             **self.extra,
         }
         metrics.update(diverged=True, diverged_step=getattr(exc, "step", None), diverged_reason=str(exc)[:300])
-        tune.report(metrics)
+        self._report(metrics, None)
 
 
-def _restore(run_dir: Path) -> tuple[bool, dict[str, Any]]:
-    """Put the newest Tune checkpoint (if any) into ``run_dir``; returns (resumed, trial_state)."""
-    from ray import tune
+def _restore(run_dir: Path, in_train_job: bool = False) -> tuple[bool, dict[str, Any]]:
+    """Put the newest Tune (or, in a Ray Train job, Train) checkpoint (if any) into ``run_dir``;
+    returns (resumed, trial_state)."""
+    if in_train_job:
+        import ray.train
 
-    ckpt = tune.get_checkpoint()
+        ckpt = ray.train.get_checkpoint()
+    else:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
     if ckpt is None:
         # A first start, or a restart before the first checkpoint: begin afresh.
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -189,18 +225,66 @@ def _ensure_data(engine: dict[str, Any], embedded: dict[str, Any] | None = None)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """The Ray Tune function trainable (wrapped with ``tune.with_parameters(context=...)``)."""
-    import ray
+    """The Ray Tune function trainable (wrapped with ``tune.with_parameters(context=...)``).
+
+    One worker: the trial trains in this process. ``context.workers > 1``: the trial is the
+    driver of a Ray Train job (``TorchTrainer``, DDP over the workers, :func:`train_worker`),
+    whose rank 0 reports to Tune through Ray Train's ``TuneReportCallback``."""
     from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    if context.workers > 1:
+        _run_train_job(config, context, trial_id)
+        return
+    _fit_trial(config, context, trial_id, train_rank=None)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """One rank of a multi-worker trial (Ray Train's ``train_loop_per_worker``); the process
+    group is set up by Ray Train (gloo on CPU, NCCL on GPUs)."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    _fit_trial(loop_config["config"], loop_config["context"], loop_config["trial_id"], train_rank=rank)
+
+
+def _run_train_job(config: dict[str, Any], context: TrialContext, trial_id: str) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = context.gpus_per_worker > 0
+    per_worker = {"CPU": context.cpus_per_trial, **({"GPU": context.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config, "context": context, "trial_id": trial_id},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=context.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{context.spec_name}-{trial_id}",
+            storage_path=context.train_storage,
+            # A dead worker restarts the whole group from the newest checkpoint (in the job).
+            failure_config=ray.train.FailureConfig(max_failures=context.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=context.keep_checkpoints),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _fit_trial(config: dict[str, Any], context: TrialContext, trial_id: str, train_rank: int | None) -> None:
+    """Train one trial in this process (one worker, or one rank of a Ray Train job)."""
+    import ray
 
     from simsc.config import load_config
     from simsc.engine.trainer import Trainer, TrainingDivergedError
 
     from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
-    tctx = tune.get_context()
-    trial_id = tctx.get_trial_id()
-    run_dir = scratch_dir(context.spec_name, trial_id)
+    rank_dir = "run" if train_rank is None else f"rank{train_rank}"
+    run_dir = scratch_dir(context.spec_name, trial_id, rank_dir)
     shim = SweepSpec(name=context.spec_name, path="", search=context.search)
     overrides = sample_overrides(shim, config)
     engine = compose(context.engine_base, overrides, root=context.root)
@@ -210,13 +294,13 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     if engine["train"].get("num_threads") is None:
         engine["train"]["num_threads"] = max(1, int(context.cpus_per_trial))
     cfg = load_config(engine)
-    resumed, trial_state = _restore(run_dir)
+    resumed, trial_state = _restore(run_dir, in_train_job=train_rank is not None)
     _ensure_data(engine, context.embedded)
 
     node_id = ray.get_runtime_context().get_node_id()
     callbacks: list[Any] = []
     tr = context.tracking
-    if tr:
+    if tr and train_rank in (None, 0):
         from .tracking.callback import MlflowCallback
         from .tracking.runs import describe_run
 
@@ -235,7 +319,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
                 extra_tags={"git_revision": tr.get("git_revision") or "unknown"},
             )
         )
-    reporter = TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra={"node_id": node_id})
+    extra = {"node_id": node_id}
+    reporter = TuneReporter(run_dir, cfg.train.best_alpha, trial_state, extra=extra, train_rank=train_rank)
     callbacks.append(reporter)
     try:
         Trainer(cfg, callbacks=callbacks).fit(resume=resumed)
@@ -246,10 +331,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def scratch_dir(spec_name: str, trial_id: str) -> Path:
+def scratch_dir(spec_name: str, trial_id: str, name: str = "run") -> Path:
     """The trial's node-local run folder (``SIMSC_SWEEP_SCRATCH``, default the temp folder).
 
     Not Ray's trial folder: its location differs between a fresh worker and a reused one.
     The run folder only stages checkpoints; the storage keeps them."""
     base = Path(os.environ.get("SIMSC_SWEEP_SCRATCH") or tempfile.gettempdir())
-    return base / "simsc-sweeps" / f"{spec_name}-{trial_id}" / "run"
+    return base / "simsc-sweeps" / f"{spec_name}-{trial_id}" / name

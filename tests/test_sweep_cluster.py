@@ -359,3 +359,73 @@ def test_random_search_with_asha_stops_trials_below_the_rung_median(cluster, mlf
     assert len(children) == 6
     statuses = sorted(client.get_run(c.info.run_id).data.tags["sweep.status"] for c in children)
     assert statuses.count("stopped early") == len(stopped)
+
+
+def test_two_worker_trials_across_two_nodes_survive_a_killed_worker(
+    cluster, worker, mlflow_server, tiny_embedded, tmp_path
+):
+    """Each trial is a Ray Train job of 2 DDP workers, one on each node (1 CPU each); a
+    training worker is killed during the first trial: Ray Train restarts the group from the
+    trial's newest checkpoint, and both trials finish with complete results and MLflow runs."""
+    spec_path = write_spec(tmp_path / "spec.yaml", tiny_embedded, "ddp", epochs=4, resolution=96, batch_size=2)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["search"] = {"train.seed": {"grid": [0, 1]}}
+    spec["resources"] = {"workers": 2, "cpus_per_worker": 1}
+    spec["max_concurrent_trials"] = 1
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    storage = tmp_path / "sweeps" / "ray_results"
+    t0 = time.time()
+    proc = subprocess.Popen(
+        sweep_cmd(spec_path, cluster),
+        cwd=tmp_path,
+        env=env_for(cluster, mlflow_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def trial_mid_run():
+            for d in trial_dirs(storage, "ddp"):
+                res = read_results(d)
+                if res and 1 <= res[-1]["epochs_done"] < 4:
+                    return d
+            return None
+
+        victim = _wait_for(trial_mid_run, 300, "a checkpointed epoch of a 2-worker trial", proc)
+        epochs_before = read_results(victim)[-1]["epochs_done"]
+        workers = [
+            p
+            for p in cluster.processes(worker)
+            if any("RayTrainWorker" in part for part in (p.cmdline() if p.is_running() else []))
+        ]
+        assert workers, [p.cmdline() for p in cluster.processes(worker)]
+        workers[0].kill()
+        stdout, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wall = time.time() - t0
+    print(f"2 trials x 2 workers on 2 nodes, one training worker killed: {wall:.0f} s")
+    assert proc.returncode == 0, stdout[-5000:]
+
+    rows = {r["trial_id"]: r for r in csv.DictReader(open(tmp_path / "sweeps" / "ddp" / "results.csv"))}
+    assert len(rows) == 2 and all(r["status"] == "completed" and r["epochs_done"] == "4" for r in rows.values())
+    res = read_results(victim)
+    victim_id = res[-1]["trial_id"]
+    # the group restarted from the trial's checkpoint, not from the start
+    assert int(rows[victim_id]["trial_starts"]) >= 2
+    restarted = [r for r in res if r["trial_starts"] >= 2]
+    assert restarted and restarted[0]["epochs_done"] > 1 and epochs_before >= 1
+    assert len(json.loads(rows[victim_id]["val_pck_history"])) >= 4
+    # the newest checkpoint (Ray Train's storage) holds the whole run, each step once
+    ckpt = Path(res[-1]["checkpoint_path"])
+    records = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 17))
+    assert (tmp_path / "sweeps" / "ddp" / "best.pt").exists()
+    client, parents, children = child_runs(mlflow_server, "sweep-ddp")
+    assert len(parents) == 1 and len(children) == 2
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.params["train.devices"] for c in children} == {"2"}
+    check_beta_histories(client, children, steps_per_trial=16)

@@ -118,7 +118,7 @@ def test_profiles_merge_set_and_search(tmp_path, base_file):
     assert toy.profile == "toy" and toy.set == {"train.epochs": 3, "data.resolution": 64} and n_trials(toy) == 2
     full = load_sweep_spec(path, "full", root=tmp_path)
     assert full.set["data.resolution"] == 256 and n_trials(full) == 6
-    assert full.resources == {"cpu": 1.0, "gpu": 0.5} and full.max_concurrent_trials == 4
+    assert full.resources == {"workers": 1, "cpu": 1.0, "gpu": 0.5} and full.max_concurrent_trials == 4
     assert full.digest() != toy.digest()
     with pytest.raises(SweepSpecError, match=r"no profile 'huge' \(profiles: toy, full\)"):
         load_sweep_spec(path, "huge", root=tmp_path)
