@@ -15,4 +15,7 @@ timeout 300 python3 -m bench.bench_gpu_fastpath --device cuda --backbone resnet1
 # loader wait: workers x pin_memory, real training steps
 timeout 150 python3 -m bench.bench_loader_wait --device cuda --backbone resnet101 --workers 0,2,4,8 \
     --steps 40 --out "$OUT/loader_wait_gpu.json" 2>&1 | tail -12
+# data parallel: 1 rank x 8 pairs vs 2 ranks x 4 (NCCL) and the all-reduce share; skips with one GPU
+timeout 120 python3 -m bench.bench_ddp --device cuda --backbone resnet101 --finetune all --size 256 \
+    --batch 8 --reps 10 --out "$OUT/ddp_gpu.json" 2>&1 | tail -6
 echo done

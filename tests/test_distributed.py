@@ -207,3 +207,23 @@ def test_killed_rank_stops_the_run_cleanly_and_resume_is_bit_exact(tmp_path, tin
     recs = _records(run)
     assert [r["step"] for r in recs if r["type"] == "step"] == list(range(1, 13))
     assert [r["loss"] for r in recs if r["type"] == "step"] == [r["loss"] for r in _records(ref) if r["type"] == "step"]
+
+
+@pytest.mark.slow
+def test_divergence_on_two_ranks_is_reported_by_rank_0_and_keeps_the_good_checkpoint(tmp_path, toy, capfd):
+    from simsc.engine import TrainingDivergedError
+
+    trn, val = toy
+    cfg = _config(tmp_path, 2, lr_backbone=1e6, lr_temperature=1e6, checkpoint_every_steps=1, progress="log")
+    with pytest.raises(TrainingDivergedError) as e:
+        train(cfg, train_dataset=trn, val_dataset=val)
+    err = e.value
+    # the betas of the whole global batch (4 pairs), gathered from both ranks
+    assert len(err.beta_a) == 4 and f"step {err.step}" in str(err)
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ck["step"] == err.step - 1
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["type"] == "diverged" and lines[-1]["step"] == err.step
+    # one progress stream: rank 0's (the other rank prints nothing)
+    progress = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("train: step ")]
+    assert progress and len({ln.split(",")[0] for ln in progress}) == len(progress), progress

@@ -15,6 +15,7 @@ examples:
       --out runs/single
   simsc train --config params.yaml --config configs/overlays/toy.yaml --out runs/toy
   simsc train --config params.yaml --out runs/default --resume   # continue after a crash
+  simsc train --config params.yaml --set train.devices=2 --out runs/ddp   # data parallel, 2 processes
 
 Configs compose in order over the schema's defaults (simsc/defaults.py, simsc/config.py); a
 file's defaults: list is read before it; --set comes last. Sections other than model, data,
