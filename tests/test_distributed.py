@@ -227,3 +227,30 @@ def test_divergence_on_two_ranks_is_reported_by_rank_0_and_keeps_the_good_checkp
     # one progress stream: rank 0's (the other rank prints nothing)
     progress = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("train: step ")]
     assert progress and len({ln.split(",")[0] for ln in progress}) == len(progress), progress
+
+
+@pytest.mark.slow
+def test_the_dvc_train_stage_reads_train_devices_from_params_yaml(tmp_path, tiny_embedded):
+    import yaml
+
+    params = {
+        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all"},
+        "data": {"dataset": "embedded", "root": str(tiny_embedded), "resolution": 64, "batch_size": 4},
+        "train": {"epochs": 1, "devices": 2, "device": "cpu", "num_threads": 1, "out_dir": "runs/ddp"},
+        "tracking": {"enabled": False},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.stage_train", "--params", "params.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "ddp"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["devices"] == 2
+    assert [r["step"] for r in _records(run) if r["type"] == "step"] == [1, 2]
+    assert (tmp_path / "reports" / "train" / "metrics.json").exists()
