@@ -1,12 +1,12 @@
 """Data-parallel step cost: one rank with the whole batch vs N ranks with a share each.
 
 A training step as the trainer takes it (``model.loss`` + backward + Adam) on a global batch of
-``--batch`` pairs: one process with all of it, then N processes (gloo on CPU, NCCL on GPUs;
-:func:`simsc.engine.distributed.launch_local`) with ``batch / N`` each inside DDP. In the N-rank
-processes every repetition times the step twice, interleaved: with DDP's gradient all-reduce and
-under ``no_sync()`` (no communication), so ``1 - no_sync / synced`` is the communication share of
-the step. On CPU the 1-rank process uses all ``--threads``, each of N ranks ``threads / N``:
-the same cores either way. Medians.
+``--batch`` pairs, in one group of N processes (gloo on CPU, NCCL on GPUs;
+:func:`simsc.engine.distributed.launch_local`), three steps interleaved each repetition: rank 0
+alone with the whole batch (the others wait in a barrier), all ranks with ``batch / N`` each in
+DDP, and the same under ``no_sync()`` (no gradient all-reduce), so ``1 - no_sync / synced`` is the
+communication share of the step. On CPU the lone rank uses all ``--threads``, each of N ranks
+``threads / N``: the same cores either way. Medians.
 
     .venv/bin/python -m bench.bench_ddp [--backbone resnet18] [--size 128] [--batch 8] [--devices 2]
     python3 -m bench.bench_ddp --device cuda --backbone resnet101 --size 256   # needs >= 2 GPUs
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import RESULTS, interleaved, machine, make_batch, med, table, write_json
+from bench._common import RESULTS, interleaved, machine, make_batch, med, sync, table, write_json
 from simsc.model import SimSC
 
 
@@ -33,20 +33,6 @@ def _model(args: argparse.Namespace, device: torch.device) -> tuple[SimSC, torch
     return model, opt
 
 
-def _one_rank(args: argparse.Namespace) -> list[float]:
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    model, opt = _model(args, device)
-    data = make_batch(args.batch, args.size, args.kps, device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model.loss(data)["loss"].backward()
-        opt.step()
-
-    return interleaved({"step": step}, args.reps, device=device)["step"]
-
-
 def _rank(args: argparse.Namespace, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -55,9 +41,8 @@ def _rank(args: argparse.Namespace, out: str) -> None:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", local_rank()) if args.device == "cuda" else torch.device("cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, args.threads // world))
     model, opt = _model(args, device)
+    single, single_opt = _model(args, device)  # rank 0's one-process baseline, the whole batch
 
     class Loss(torch.nn.Module):
         def __init__(self) -> None:
@@ -69,19 +54,34 @@ def _rank(args: argparse.Namespace, out: str) -> None:
 
     ddp = DistributedDataParallel(Loss(), device_ids=[device.index] if device.type == "cuda" else None)
     data = make_batch(args.batch // world, args.size, args.kps, device, seed=rank)
+    whole = make_batch(args.batch, args.size, args.kps, device)
+    threads = max(1, args.threads // world)
+
+    def one_rank():
+        # Rank 0 alone with every thread; the other ranks wait in the barrier (no CPU).
+        if rank == 0:
+            torch.set_num_threads(args.threads)
+            single_opt.zero_grad(set_to_none=True)
+            single.loss(whole)["loss"].backward()
+            single_opt.step()
+            sync(device)
+        dist.barrier()
 
     def synced():
+        torch.set_num_threads(threads)
         opt.zero_grad(set_to_none=True)
         ddp(data).backward()
         opt.step()
 
     def unsynced():
+        torch.set_num_threads(threads)
         opt.zero_grad(set_to_none=True)
         with ddp.no_sync():
             ddp(data).backward()
         opt.step()
 
-    times = interleaved({"synced": synced, "no_sync": unsynced}, args.reps, device=device)
+    # Interleaved in one process group: machine load hits the three alike.
+    times = interleaved({"one_rank": one_rank, "synced": synced, "no_sync": unsynced}, args.reps, device=device)
     if rank == 0:
         Path(out).write_text(json.dumps(times))
 
@@ -105,11 +105,11 @@ def main(argv=None) -> int:
         return 0
     from simsc.engine.distributed import backend_for, launch_local
 
-    one = _one_rank(args)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "times.json")
         launch_local(_rank, (args, path), args.devices, backend_for(args.device))
         many = json.loads(Path(path).read_text())
+    one = many["one_rank"]
     t1, tn, tns = med(one), med(many["synced"]), med(many["no_sync"])
     rows = [
         [f"1 rank x {args.batch} pairs", f"{t1 * 1e3:.0f}", "1.00", "-"],

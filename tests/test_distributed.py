@@ -254,3 +254,15 @@ def test_the_dvc_train_stage_reads_train_devices_from_params_yaml(tmp_path, tiny
     assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["devices"] == 2
     assert [r["step"] for r in _records(run) if r["type"] == "step"] == [1, 2]
     assert (tmp_path / "reports" / "train" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_run_folder_stops_every_rank_with_rank_0s_error(tmp_path, toy):
+    from simsc.engine.trainer import RunFolderError
+
+    trn, val = toy
+    train(_config(tmp_path, 1, max_steps=1), train_dataset=trn, val_dataset=val)
+    t0 = time.monotonic()
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(_config(tmp_path, 2, max_steps=1), train_dataset=trn, val_dataset=val)
+    assert time.monotonic() - t0 < 60  # no rank waits for a peer that stopped
