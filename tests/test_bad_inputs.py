@@ -991,3 +991,71 @@ def test_two_concurrent_trainings_the_second_refuses_naming_the_first(tmp_path):
     assert config["train"]["seed"] == 0  # A's run folder, not B's
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+def test_a_killed_training_does_not_leave_its_lock_to_its_loader_workers(tmp_path):
+    """SIGKILL of `simsc train` with data.workers=2: the forked loader workers outlive it for a
+    while, but they hold no lock, so a restart right away is not refused naming the dead pid."""
+    import signal
+    import time
+
+    import psutil
+
+    from simsc.engine.trainer import RunLock
+
+    spair(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run", "--set", "data.workers=2"]
+    a = subprocess.Popen(
+        cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + TIMEOUT
+        while not (metrics.exists() and metrics.read_text().count('"type": "step"') >= 2):
+            assert a.poll() is None and time.monotonic() < deadline, "training A did not start"
+            time.sleep(0.1)
+        while not psutil.Process(a.pid).children():  # kill while the loader's workers run
+            assert a.poll() is None and time.monotonic() < deadline, "no loader workers"
+            time.sleep(0.01)
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=60)
+        lock = RunLock(tmp_path / "run")
+        lock.acquire()  # at once: the orphaned workers do not hold it
+        lock.release()
+        b = subprocess.run(
+            cmd + ["--overwrite", "--set", "train.max_steps=1"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert b.returncode == 0, b.stderr
+    finally:
+        if a.poll() is None:
+            a.kill()
+
+
+def test_temporaries_of_a_write_killed_midway_are_removed_on_the_next_start(tmp_path):
+    """SIGKILL during a checkpoint write leaves `.last.pt.<random>.tmp`; the next run in the
+    folder (holding its lock, so nobody else writes there) removes it."""
+    spair(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    stale = [ckpts / ".last.pt.k3j2h1.tmp", ckpts / ".best.pt.x9y8z7.tmp", tmp_path / "run" / ".summary.json.q1.tmp"]
+    for p in stale:
+        p.write_bytes(b"\0" * 1024)
+    keep = ckpts / "notes.tmp"  # not ours: stays
+    keep.write_text("mine")
+    out = subprocess.run(
+        [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert not any(p.exists() for p in stale) and keep.exists()
+    assert (ckpts / "last.pt").exists()

@@ -130,8 +130,32 @@ class RunFolderBusyError(RunFolderError):
 RUN_LOCK = ".simsc-run.lock"
 
 
+#: Descriptors of the run locks this process holds (see :func:`_drop_inherited_locks`).
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (DataLoader workers): point the inherited lock descriptors at
+    /dev/null. A flock belongs to the open file, which a fork shares: without this, workers
+    orphaned by a killed run would keep its folder locked until they notice and exit."""
+    if not _HELD_LOCK_FDS:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in _HELD_LOCK_FDS:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunLock:
-    """An exclusive, non-blocking lock on a run folder; the file names its holder."""
+    """An exclusive, non-blocking lock on a run folder; the file names its holder. Held by
+    this process only: forked children (loader workers) do not keep it."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / RUN_LOCK
@@ -160,11 +184,13 @@ class RunLock:
         fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
         fh.flush()
         self._fh = fh
+        _HELD_LOCK_FDS.add(fh.fileno())
 
     def release(self) -> None:
         if self._fh is not None:
             import fcntl
 
+            _HELD_LOCK_FDS.discard(self._fh.fileno())
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
@@ -322,6 +348,8 @@ class Trainer:
                 except RunFolderError as exc:
                     refused = exc
             ddp.agree(refused)
+            if self.rank == 0:
+                self._remove_stale_temporaries()
             threads = t.num_threads
             if threads is None and self.world > 1 and t.device in ("cpu", "auto") and not torch.cuda.is_available():
                 threads = ddp.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
@@ -465,6 +493,14 @@ class Trainer:
             )
         for p in (self.last_path, self.best_path, self.out_dir / "summary.json"):
             p.unlink(missing_ok=True)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of an earlier run that was killed mid-write (``.last.pt.*.tmp``):
+        nobody else writes here while this process holds the folder's lock."""
+        for folder in (self.out_dir, self.ckpt_dir):
+            for name in ("last.pt", "best.pt", "summary.json", "config.yaml"):
+                for tmp in folder.glob(f".{name}.*.tmp") if folder.is_dir() else ():
+                    tmp.unlink(missing_ok=True)
 
     def _outputs(self) -> list[Path]:
         return [
