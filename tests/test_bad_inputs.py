@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,8 +157,9 @@ def two_images(folder: Path, size_b: tuple[int, int] = (50, 40)) -> None:
     make_image(folder / "b.png", *size_b, seed=2)
 
 
-def simsc_checkpoint(path: Path, drop: str | None = None) -> Path:
-    """A real ``best.pt`` of a random resnet18 model (``drop``: leave that entry out)."""
+def simsc_checkpoint(path: Path, drop: str | None = None, **replace: Any) -> Path:
+    """A real ``best.pt`` of a random resnet18 model (``drop``: leave that entry out;
+    ``replace``: entries to write instead of the real ones, with a matching digest)."""
     from simsc.config import load_config
     from simsc.engine.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save, build_model
 
@@ -181,6 +183,7 @@ def simsc_checkpoint(path: Path, drop: str | None = None) -> Path:
     }
     if drop:
         payload.pop(drop)
+    payload.update(replace)
     return atomic_save(payload, path)
 
 
@@ -561,6 +564,24 @@ def _(d: Path):
     yield Case(
         SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"], 2, ("c.pt", "'config'")
     )
+
+
+@case("checkpoint_config_is_a_path")
+def _(d: Path):
+    # an edited checkpoint naming a file as its config: refused, the file is never read
+    spair(d)
+    (d / "secret.txt").write_text("root:SECRET-LINE:0:0\n")
+    simsc_checkpoint(d / "c.pt", config=str(d / "secret.txt"))
+    yield Case(
+        SIMSC + ["evaluate", "--checkpoint", "c.pt", "--out", "out/r.json", "--no-progress"],
+        2,
+        ("c.pt", "entry 'config' must be a mapping", "got str"),
+        check=lambda d, out: _assert_absent("SECRET", out),
+    )
+
+
+def _assert_absent(text: str, out: subprocess.CompletedProcess) -> None:
+    assert text not in out.stdout and text not in out.stderr, out.stderr
 
 
 # -- the error contract: files, disks, folders

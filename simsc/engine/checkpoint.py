@@ -162,6 +162,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"entr{'y' if len(missing) == 1 else 'ies'}; the file is incomplete or was "
             "edited, use another checkpoint"
         )
+    # The config entry is read as a config, never as a path to one (a path would make the
+    # loader open whatever file an edited checkpoint names).
+    for key, kind in (("config", Mapping), ("model", Mapping)):
+        if not isinstance(ckpt[key], kind):
+            raise CheckpointError(
+                f"{path}: entry {key!r} must be a mapping (the run's {'config' if key == 'config' else 'weights'}), "
+                f"got {type(ckpt[key]).__name__}; the file was edited or is not a simsc checkpoint"
+            )
     stored = ckpt.get(DIGEST_KEY)
     if stored is not None:
         actual = content_digest(ckpt)
