@@ -82,6 +82,42 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_yaml_loader())
 
 
+#: The most nodes a YAML document may expand to through its aliases (``*name``): configs have
+#: hundreds; a few hundred bytes of nested aliases ("billion laughs") expand to billions.
+YAML_MAX_NODES = 100_000
+
+
+def _check_alias_expansion(node: Any, limit: int) -> None:
+    """Refuse a composed YAML graph whose expansion (aliases repeated) exceeds ``limit`` nodes,
+    counted on the graph itself (each node once), before any of it is constructed."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+
+    def size(n: Any) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = 1  # a node that contains itself (a recursive alias) counts once
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        sizes[key] = min(total, limit + 1)
+        return sizes[key]
+
+    if node is not None and size(node) > limit:
+        raise yaml.composer.ComposerError(
+            None,
+            None,
+            f"the document expands to more than {limit} nodes through its aliases (*name); refused "
+            "(nested aliases that multiply a few lines into millions of values)",
+            node.start_mark,
+        )
+
+
 @functools.lru_cache(maxsize=1)
 def _yaml_loader():
     import re
@@ -89,7 +125,28 @@ def _yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def compose_document(self):
+            node = super().compose_document()
+            _check_alias_expansion(node, YAML_MAX_NODES)
+            return node
+
+        def construct_mapping(self, node, deep=False):
+            # A repeated key would silently keep one value: refuse it, naming both lines.
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, Any] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None,
+                            None,
+                            f"found duplicate key {key!r} (first at line {seen[key].line + 1})",
+                            key_node.start_mark,
+                        )
+                    seen[key] = key_node.start_mark
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",

@@ -593,6 +593,41 @@ def _(d: Path):
     yield Case(SIMSC + ["train", "--config", "bad.yaml"], 2, ("bad.yaml", "not UTF-8"))
 
 
+#: 396 bytes that expand to 9**9 (387 million) strings through nested aliases
+ALIAS_BOMB = (
+    "a: &a ["
+    + ", ".join(["lol"] * 9)
+    + "]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+)
+
+
+@case("config_alias_bomb")
+def _(d: Path):
+    (d / "bomb.yaml").write_text(ALIAS_BOMB)
+    yield Case(SIMSC + ["train", "--config", "bomb.yaml"], 2, ("bomb.yaml", "expands to more than 100000 nodes"))
+
+
+@case("config_duplicate_section")
+def _(d: Path):
+    (d / "dup.yaml").write_text("train:\n  epochs: 1\nmodel:\n  backbone: resnet18\ntrain:\n  epochs: 5\n")
+    yield Case(SIMSC + ["train", "--config", "dup.yaml"], 2, ("dup.yaml", "duplicate key 'train' (first at line 1)"))
+
+
+@case("config_duplicate_key")
+def _(d: Path):
+    (d / "dup.yaml").write_text("train:\n  epochs: 1\n  seed: 3\n  epochs: 5\n")
+    yield Case(SIMSC + ["train", "--config", "dup.yaml"], 2, ("dup.yaml", "duplicate key 'epochs' (first at line 2)"))
+
+
+@case("sweep_params_alias_bomb")
+def _(d: Path):
+    # a params file whose bomb sits in a section no trial reads: refused before anything else
+    (d / "params.yaml").write_text("unused:\n" + "".join("  " + line + "\n" for line in ALIAS_BOMB.splitlines()))
+    (d / "spec.yaml").write_text("name: s\nbase: [params.yaml]\nsearch:\n  train.seed: {grid: [0, 1]}\n")
+    yield Case(["-m", "pipeline.sweep", "spec.yaml", "--dry-run"], 2, ("params.yaml", "expands to more than"))
+
+
 @case("stages_params_not_utf8")
 def _(d: Path):
     (d / "bad.yaml").write_bytes(b"train: \xff\n")
