@@ -765,6 +765,23 @@ def _(d: Path):
     yield Case(SIMSC + EVAL_SPAIR, 2, ("000001-2008_002719-2008_004100:aeroplane.json", "trg_bndbox", "non-zero"))
 
 
+@case("spair_box_beyond_the_image")
+def _(d: Path):
+    # a box of 2e6 px (or 1e39) is a PCK threshold that accepts every prediction: refused
+    spair(d, lambda p: p.update(trg_bndbox=[-1e6, -1e6, 1e6, 1e6]))
+    yield Case(
+        SIMSC + EVAL_SPAIR,
+        2,
+        ("000001-2008_002719-2008_004100:aeroplane.json", "trg_bndbox", "lies outside the target image"),
+    )
+
+
+@case("spair_box_of_1e39")
+def _(d: Path):
+    spair(d, lambda p: p.update(trg_bndbox=[0, 0, 1e39, 1e39]))
+    yield Case(SIMSC + EVAL_SPAIR, 2, ("aeroplane.json", "trg_bndbox", "expected 0 <= x1 < x2 <="))
+
+
 @case("pfpascal_zero_size_box")
 def _(d: Path):
     images = dict(PFP_IMAGES)

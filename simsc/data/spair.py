@@ -186,6 +186,9 @@ class SPairDataset(PairDataset):
             return None
         if not ((bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])).all():
             return None
+        trg_w, trg_h = size_wh[1::2, 0], size_wh[1::2, 1]
+        if not _boxes_inside(bbox, trg_w, trg_h).all():
+            return None  # the exact path names the file
         root = str(self.root)
         src_paths = [f"JPEGImages/{c}/{n}" for c, n in zip(cats, srcs, strict=True)]
         trg_paths = [f"JPEGImages/{c}/{n}" for c, n in zip(cats, trgs, strict=True)]
@@ -258,6 +261,15 @@ class SPairDataset(PairDataset):
                 f"{jpath}: field 'trg_bndbox' {bbox.tolist()}; expected [x1, y1, x2, y2] "
                 "with x1 < x2 and y1 < y2 (a box of non-zero size)"
             )
+        h, w = trg_size
+        if not _boxes_inside(bbox.reshape(1, 4), np.array([w]), np.array([h]))[0]:
+            # theta_bbox = max(box w, box h) is the PCK threshold: a box beyond the image
+            # inflates it (a 2e6-px box accepts every prediction).
+            raise DatasetFormatError(
+                f"{jpath}: field 'trg_bndbox' {bbox.tolist()} lies outside the target image "
+                f"({w} x {h} px, trg_imsize); expected 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h} "
+                f"(up to {BOX_SLACK_PX:g} px outside)"
+            )
         src_kps = self._kps(data, "src_kps", jpath)
         trg_kps = self._kps(data, "trg_kps", jpath)
         if len(src_kps) != len(trg_kps):
@@ -319,6 +331,17 @@ def _numbers(value: Any, n: int, jpath: Path, what: str, allow_null: bool) -> np
     if not ok:
         raise DatasetFormatError(f"{jpath}: field {what!r} is {value!r}; expected a list of {n} finite numbers")
     return np.array(out, dtype=np.float64)
+
+
+#: How far a box may reach outside its image: SPair's boxes end at W / H (1-based corners).
+BOX_SLACK_PX = 1.0
+
+
+def _boxes_inside(bbox: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per row of ``[x1, y1, x2, y2]`` boxes: inside the ``w x h`` image, up to
+    :data:`BOX_SLACK_PX`."""
+    lo = -BOX_SLACK_PX
+    return (bbox[:, 0] >= lo) & (bbox[:, 1] >= lo) & (bbox[:, 2] <= w + BOX_SLACK_PX) & (bbox[:, 3] <= h + BOX_SLACK_PX)
 
 
 def _imsize(data: dict, key: str, jpath: Path) -> tuple[int, int]:
