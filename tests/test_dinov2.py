@@ -28,9 +28,7 @@ def test_dinov2_is_registered_with_its_tag_and_patch_centre(name):
 
 @pytest.mark.parametrize("name", DINOV2)
 @pytest.mark.parametrize("how", [True, "tag"])
-def test_pretrained_dinov2_without_cached_weights_fails_at_once_naming_the_download(
-    name, how, tmp_path, monkeypatch
-):
+def test_pretrained_dinov2_without_cached_weights_fails_at_once_naming_the_download(name, how, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
