@@ -3,9 +3,9 @@
 Data flow: pair batch -> :meth:`SimSC.features` (backbone, beta, L2 norm, scaling) ->
 query score maps -> Gaussian targets -> loss (training) or kernel soft-argmax ->
 image coordinates (:meth:`SimSC.predict`). With a matching head (``head="sfnet" | "ncnet" |
-"cats"``, :mod:`simsc.heads`) the backbone's levels go to the head, which applies the
-temperature before its correlation and gives the query score maps; the loss, the
-soft-argmax and the PCK path are the same.
+"cats"``, :mod:`simsc.heads`) the backbone's levels go to the head, which divides its
+final scores by the temperature (where its original applies its own) and gives the query
+score maps; the loss, the soft-argmax and the PCK path are the same.
 """
 
 from __future__ import annotations
