@@ -255,3 +255,21 @@ def test_ncnet_mutual_matching_is_bracketed_and_exactly_symmetric():
     r_a = flat / (flat.max(dim=1, keepdim=True).values + 1e-5)
     r_b = flat / (flat.max(dim=2, keepdim=True).values + 1e-5)
     assert torch.equal(mutual_matching(corr), (flat * (r_a * r_b)).view_as(corr))
+
+
+# ---------------------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+@pytest.mark.parametrize("name,channels", [("sfnet", (8, 16)), ("ncnet", (8,)), ("cats", (8, 4, 16))])
+def test_both_presets_run_forward_and_backward(name, channels, preset):
+    torch.manual_seed(0)
+    head = build_head(name, channels, preset=preset, grid=(3, 3)).train()
+    sizes = {8: (3, 3), 4: (6, 6), 16: (2, 2)}
+    levels = [[torch.randn(2, c, *sizes[c], requires_grad=True) for c in channels] for _ in range(2)]
+    beta = torch.full((2,), 0.5)
+    uv = torch.tensor([[[0.5, 1.0], [2.0, 2.0]]]).expand(2, 2, 2)
+    scores = head.query_scores(head(*levels, beta, beta), uv)
+    assert scores.shape == (2, 2, 3, 3) and torch.isfinite(scores).all()
+    scores.sum().backward()
+    assert all(f.grad is not None for side in levels for f in side)
