@@ -488,6 +488,7 @@ def hub_weights_path(name: str, spec: BackboneSpec) -> Path:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``; ``.safetensors`` files by safetensors) and
     unwrap it to a flat state dict."""
+    obj: Any  # a state dict, or a checkpoint that wraps one
     try:
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file
