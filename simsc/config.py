@@ -62,7 +62,8 @@ class ModelConfig:
     temperature: str = D.TEMPERATURE  # "mlp" | "single" | "fixed:<beta>" | "no-l2"
     ns: int = D.NS
     nk: int = D.NK
-    sigma: float = D.SIGMA
+    #: kernel soft-argmax std in feature cells; ``null``: 7 (paper Eq. 9), or the head's own (SFNet 5).
+    sigma: float | None = None
     gamma: float = D.GAMMA
     beta_thres: float = D.BETA_THRES
     #: sub-pixel cross-entropy: "prob" (paper Eq. 3: log of the interpolated probability) | "logprob"
@@ -381,7 +382,7 @@ def validate(cfg: Config) -> None:
         bad("model.ns", "must be an odd integer >= 1", m.ns)
     if m.nk < m.ns:
         bad("model.nk", f"must be >= model.ns ({m.ns})", m.nk)
-    if not m.sigma > 0:
+    if m.sigma is not None and not m.sigma > 0:
         bad("model.sigma", "must be > 0", m.sigma)
     if m.gamma < 0:
         bad("model.gamma", "must be >= 0", m.gamma)

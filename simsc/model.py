@@ -3,9 +3,9 @@
 Data flow: pair batch -> :meth:`SimSC.features` (backbone, beta, L2 norm, scaling) ->
 query score maps -> Gaussian targets -> loss (training) or kernel soft-argmax ->
 image coordinates (:meth:`SimSC.predict`). With a matching head (``head="sfnet" | "ncnet" |
-"cats"``, :mod:`simsc.heads`) the backbone's levels go to the head, which applies the
-temperature before its correlation and gives the query score maps; the loss, the
-soft-argmax and the PCK path are the same.
+"cats"``, :mod:`simsc.heads`) the backbone's levels go to the head, which divides its
+final scores by the temperature (where its original applies its own) and gives the query
+score maps; the loss, the soft-argmax and the PCK path are the same.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class SimSC(nn.Module):
         temperature: ``"mlp"``, ``"single"``, ``"fixed:<beta>"``, ``"no-l2"`` or a module.
         pretrained, finetune: passed to :func:`~simsc.backbones.build_backbone` for names.
         ns, nk: ground-truth region and Gaussian kernel sizes (paper: 3 and 5).
-        sigma: kernel soft-argmax std in feature cells (paper: 7).
+        sigma: kernel soft-argmax std in feature cells (paper: 7); ``None``: 7, or the head's
+            own (SFNet localises with 5, :attr:`~simsc.heads.MatchingHead.default_sigma`).
         gamma, beta_thres: weight and threshold of the temperature regulariser (0.2, 0.1).
         ce_interpolation: ``"prob"`` (the paper's log of the interpolated probability) or
             ``"logprob"`` (the interpolated log-probability); see :mod:`simsc.loss`.
@@ -97,7 +98,7 @@ class SimSC(nn.Module):
         finetune: str = D.FINETUNE,
         ns: int = D.NS,
         nk: int = D.NK,
-        sigma: float = D.SIGMA,
+        sigma: float | None = None,
         gamma: float = D.GAMMA,
         beta_thres: float = D.BETA_THRES,
         ce_interpolation: str = D.CE_INTERPOLATION,
@@ -136,7 +137,9 @@ class SimSC(nn.Module):
         if isinstance(temperature, str):
             temperature = build_temperature(temperature, backbone.out_channels)
         self.temperature = temperature
-        self.ns, self.nk, self.sigma = ns, nk, sigma
+        if sigma is None:
+            sigma = self.head.default_sigma if self.head is not None else D.SIGMA
+        self.ns, self.nk, self.sigma = ns, nk, float(sigma)
         self.gamma, self.beta_thres = gamma, beta_thres
         if ce_interpolation not in CE_INTERPOLATIONS:
             raise ValueError(f"ce_interpolation must be one of {sorted(CE_INTERPOLATIONS)}, got {ce_interpolation!r}")

@@ -14,7 +14,7 @@ from simsc.backbones import (
 
 #: Backbones whose build and forward take seconds on a CPU: their cases run in `make test`, not in
 #: `make test-fast` (resnet18 keeps every check in the quick tier).
-HEAVY = ("resnet34", "resnet50", "resnet101", "dino_vitb8", "ibot_vitb16")
+HEAVY = ("resnet34", "resnet50", "resnet101", "dino_vitb8", "ibot_vitb16", "dinov2_vitb14", "dinov2_vitb14_reg4")
 
 
 def heavy(*values):
@@ -31,6 +31,8 @@ def heavy(*values):
         heavy("dino_vitb8", 768, (120, 200), (15, 25)),
         heavy("ibot_vitb16", 768, (256, 256), (16, 16)),
         heavy("ibot_vitb16", 768, (333, 500), (21, 32)),  # non-square original size, padded to 336 x 512
+        heavy("dinov2_vitb14", 768, (224, 224), (16, 16)),
+        heavy("dinov2_vitb14_reg4", 768, (256, 270), (19, 20)),  # padded to 266 x 280
     ],
 )
 def test_feature_shapes_follow_the_stride(name, channels, size, expected):
@@ -38,7 +40,8 @@ def test_feature_shapes_follow_the_stride(name, channels, size, expected):
     with torch.no_grad():
         f = bb(torch.rand(1, 3, *size))
     assert f.shape == (1, channels, *expected)
-    assert bb.stride == {"resnet101": 16, "resnet18": 16, "dino_vitb8": 8, "ibot_vitb16": 16}[name]
+    strides = {"resnet101": 16, "resnet18": 16, "dino_vitb8": 8, "ibot_vitb16": 16}
+    assert bb.stride == strides.get(name, 14)
 
 
 def test_resnet_is_truncated_after_layer3():

@@ -88,7 +88,7 @@ def test_train_writes_the_run_folder(trained_run, capsys):
     cfg = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert cfg["train"]["max_steps"] == 2 and cfg["train"]["out_dir"] == str(trained_run)
     # both --config files composed in order (the second's resolution wins), schema defaults below
-    assert cfg["data"]["resolution"] == 64 and cfg["data"]["batch_size"] == 4 and cfg["model"]["sigma"] == 7.0
+    assert cfg["data"]["resolution"] == 64 and cfg["data"]["batch_size"] == 4 and cfg["model"]["sigma"] is None
     steps = [json.loads(x) for x in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["type"] == "step"] == [1, 2]
     # --resume on a finished run is a no-op that succeeds

@@ -28,7 +28,8 @@ def test_defaults_follow_the_paper():
     assert isinstance(cfg, Config)
     m = cfg.model
     assert (m.backbone, m.finetune, m.temperature) == ("resnet101", "last_block", "mlp")
-    assert (m.ns, m.nk, m.sigma, m.gamma, m.beta_thres) == (3, 5, 7.0, 0.2, 0.1)
+    # sigma null: the model resolves it to 7 (paper Eq. 9), or to the head's own (SFNet 5)
+    assert (m.ns, m.nk, m.sigma, m.gamma, m.beta_thres) == (3, 5, None, 0.2, 0.1)
     assert cfg.data.resolution == 256 and cfg.data.batch_size == 8
     assert cfg.resolved_lr_backbone() == 1e-4
     assert cfg.resolved_lr_temperature() == 1e-4
@@ -80,7 +81,7 @@ def test_params_yaml_composes_on_the_schema_defaults():
         400,
     )
     assert (cfg.model.finetune, cfg.resolved_lr_backbone(), cfg.resolved_lr_temperature()) == ("last_block", 1e-4, 1e-4)
-    assert (cfg.model.temperature, cfg.model.sigma, cfg.data.batch_size, cfg.train.seed) == ("mlp", 7.0, 8, 0)
+    assert (cfg.model.temperature, cfg.model.sigma, cfg.data.batch_size, cfg.train.seed) == ("mlp", None, 8, 0)
     written = {f"{s}.{k}" for s, sec in engine_sections(params).items() for k in sec}
     changed = set(diff_configs(cfg.to_dict(), load_config({}).to_dict()))
     # every changed key is one params.yaml writes; the written keys that change nothing are the

@@ -253,12 +253,12 @@ def test_no_signature_or_command_line_restates_a_schema_default():
 
 def test_the_code_check_finds_planted_defaults():
     source = (
-        "def f(x, sigma: float = 7.0, nk=5, resolution=128):\n    pass\n"
+        "def f(x, gamma: float = 0.2, nk=5, resolution=128):\n    pass\n"
         "parser.add_argument('--batch-size', type=int, default=8)\n"
         "parser.add_argument('--seed', default=3)\n"
     )
     assert restated_in_code(Path("simsc/planted.py"), source, schema_defaults()) == [
-        "simsc/planted.py:1 f(sigma=7.0)",
+        "simsc/planted.py:1 f(gamma=0.2)",
         "simsc/planted.py:1 f(nk=5)",
         "simsc/planted.py:3 --batch-size(batch_size=8)",
     ]

@@ -1,5 +1,6 @@
 """Matching heads (supp. Sec. 5): registry, shapes, gradients, where the temperature acts,
-NCNet's symmetry and 4D convolution, a tiny overfit, exact checkpoint resume.
+NCNet's symmetry and 4D convolution, a tiny overfit, exact checkpoint resume. Each head's
+rules against its original: ``tests/test_heads_faithful.py``.
 
 Every parametrised check runs over every registered head (``small`` preset, ResNet-18,
 random init: no weights are downloaded).
@@ -29,7 +30,6 @@ from simsc.heads import (
     swap_ab,
 )
 from simsc.heads.ncnet import Conv4d, mutual_matching
-from simsc.matching import query_score_maps
 
 ALL_HEADS = list_heads()
 
@@ -139,36 +139,39 @@ def _same_weights(head: str, temperature: str, ref: SimSC) -> SimSC:
     return model.eval()
 
 
-def test_sfnet_scores_are_the_product_of_two_correlations_scaled_by_the_temperature():
-    ref = _model("sfnet", temperature="fixed:1").eval()
+@pytest.mark.parametrize("head", ALL_HEADS)
+def test_heads_consume_the_cosine_correlation_and_divide_their_scores_by_beta_a_beta_b(head):
+    """The temperature replaces each original's own: the head sees the unscaled cosine
+    correlation and its final scores are divided by ``beta_A beta_B``."""
+    ref = _model(head, temperature="fixed:1").eval()
+    model = _same_weights(head, "mlp", ref)
     batch = _batch()
-    out = ref(batch["src_img"], batch["trg_img"])
     uv = ref.to_feature(batch["src_kps"])
-    h = out["head"]
-    for k in ("a3", "b3", "a4", "b4"):  # L2-normalised adapted features at the layer3 grid
-        assert torch.allclose(h[k].norm(dim=1), torch.ones(()), atol=1e-4) and h[k].shape[-2:] == (4, 4)
-    expected = query_score_maps(h["a3"], h["b3"], uv) * query_score_maps(h["a4"], h["b4"], uv)
-    assert torch.allclose(ref.query_scores(out, uv), expected)
-    hot = _same_weights("sfnet", "fixed:0.02", ref)
-    assert torch.allclose(
-        hot.query_scores(hot(batch["src_img"], batch["trg_img"]), uv), expected / 0.02, rtol=1e-4, atol=1e-4
-    )
+    out = model(batch["src_img"], batch["trg_img"])
+    unscaled = ref.query_scores(ref(batch["src_img"], batch["trg_img"]), uv)
+    expected = unscaled / (out["beta_a"] * out["beta_b"]).view(-1, 1, 1, 1)
+    assert torch.allclose(model.query_scores(out, uv), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out["beta_a"] * out["beta_b"], torch.ones(()))  # the check is not vacuous
 
 
 @pytest.mark.parametrize("head", ["ncnet", "cats"])
-def test_refining_heads_consume_the_cosine_correlation_over_beta_a_beta_b(head):
-    """The temperature divides the normalised features before the correlation the head refines."""
+def test_refining_heads_consume_the_cosine_correlation(head):
+    """The correlation the head refines is the cosine of the backbone features (CATs: mutual-NN filtered)."""
+    from simsc.heads.cats import mutual_nn_filter
+
     model = _model(head, temperature="mlp").eval()
     seen = []
     refine = model.head.refine
     model.head.refine = lambda corr, *a: seen.append(corr) or refine(corr, *a)
     batch = _batch()
-    out = model(batch["src_img"], batch["trg_img"])
+    model(batch["src_img"], batch["trg_img"])
     raw_a, raw_b = model.backbone(batch["src_img"]), model.backbone(batch["trg_img"])
     cos = correlation_4d(F.normalize(raw_a, dim=1), F.normalize(raw_b, dim=1))
-    expected = cos / (out["beta_a"] * out["beta_b"]).view(-1, 1, 1, 1, 1)
-    corr = seen[0] if head == "ncnet" else seen[0][:, 0].view_as(expected)  # CATs: level 0 = layer3
-    assert torch.allclose(corr, expected, rtol=1e-4, atol=1e-4)
+    if head == "ncnet":
+        corr = seen[0]
+    else:  # CATs: level 0 = layer3, already on the 4 x 4 grid at 64 px
+        corr, cos = seen[0][:, 0], mutual_nn_filter(cos.flatten(3).flatten(1, 2))
+    assert torch.allclose(corr.reshape(cos.shape), cos, rtol=1e-4, atol=1e-5)
 
 
 def test_mutual_matching_by_hand():
@@ -196,7 +199,8 @@ def test_ncnet_consensus_is_symmetric_under_swapping_a_and_b(preset):
     torch.manual_seed(0)
     head = build_head("ncnet", (256,), preset=preset)
     corr = torch.rand(2, 3, 4, 5, 2)  # non-square, different grids for A and B
-    assert torch.allclose(head.refine(swap_ab(corr)), swap_ab(head.refine(corr)), atol=1e-6)
+    # NCNet brackets its mutual matching c * (r_A * r_B): the symmetry is exact, not to rounding
+    assert torch.equal(head.refine(swap_ab(corr)), swap_ab(head.refine(corr)))
     # and through the whole model: (B, A) gives the swapped correlation
     model = _model("ncnet").eval()
     batch = _batch(size=(64, 48), size_b=(48, 80))
@@ -339,6 +343,25 @@ def test_checkpoint_saves_and_resumes_the_head_exactly(tmp_path, head):
     model, cfg, _ = load_model(run / "checkpoints" / "last.pt")
     assert cfg.model.head == head and type(model.head) is HEADS[head]
     assert all(torch.equal(v, got[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("head", ["sfnet", "ncnet"])
+def test_a_checkpoint_of_the_earlier_heads_is_refused_with_a_clear_error(tmp_path, head):
+    """The earlier heads stored no ``head.layout_version`` (and SFNet/CATs other layers): refused, not misread."""
+    from simsc.engine import CheckpointError
+    from simsc.engine.checkpoint import atomic_save, load_checkpoint
+
+    trn, val = ToyTranslationPairs(4, 64, seed=0), ToyTranslationPairs(2, 64, seed=1, split="val")
+    cfg = _head_config(tmp_path / "run", head)
+    cfg["train"]["max_steps"] = 1
+    Trainer(cfg, train_dataset=trn, val_dataset=val).fit()
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    del ckpt["model"]["head.layout_version"]
+    ckpt.pop("digest", None)
+    atomic_save(ckpt, path)
+    with pytest.raises(CheckpointError, match=f"(?s)the '{head}' head changed.*retrain it.*head.layout_version"):
+        load_model(path)
 
 
 def test_report_tab2_section_lays_out_ours_beside_the_paper(tmp_path):

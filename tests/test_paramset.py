@@ -46,8 +46,14 @@ def test_every_paper_parameter_set_gives_the_papers_setup(paramset):
     check(merged, paramset.name)  # raises SystemExit when invalid
     cfg = load_config({k: merged[k] for k in ("model", "data", "train", "eval") if k in merged})
     assert cfg.data.dataset in ("pfpascal", "spair")
-    # the paper's protocol (Sec. 4.1, 4.2): 256 px, pretrained, no step cap, whole validation set
-    assert cfg.data.resolution == 256 and cfg.eval.resolution == 256
+    # the paper's protocol (Sec. 4.1, 4.2): 256 px, pretrained, no step cap, whole validation set; the
+    # DINOv2 sets at the field's resolutions for it (patch 14: 518 / 840 px = 37 / 60 cells)
+    if cfg.model.backbone.startswith("dinov2"):
+        assert cfg.data.resolution in (518, 840) and cfg.eval.resolution == cfg.data.resolution
+        assert paramset.stem.endswith(str(cfg.data.resolution))
+        assert merged["preprocess"]["resolutions"] == [cfg.data.resolution, "original"]
+    else:
+        assert cfg.data.resolution == 256 and cfg.eval.resolution == 256
     assert cfg.model.pretrained not in (False, "false") and cfg.train.max_steps is None
     assert cfg.train.val_max_pairs is None and cfg.data.cache_dir == "cache"
     assert cfg.train.epochs == (10 if cfg.data.dataset == "spair" else 100)

@@ -410,7 +410,14 @@ def load_model(path: str | os.PathLike) -> tuple[SimSC, Config, dict[str, Any]]:
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the configured model: {exc}") from None
+        hint = ""
+        if cfg.model.head != "none" and "head." in str(exc):
+            hint = (
+                f" (the {cfg.model.head!r} head changed, its layers or where the temperature enters, when the "
+                "heads were made to compute what their papers' code computes; a checkpoint of the earlier head "
+                "cannot be loaded: retrain it)"
+            )
+        raise CheckpointError(f"{path}: weights do not fit the configured model{hint}: {exc}") from None
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng", DIGEST_KEY)}
     return model, cfg, meta

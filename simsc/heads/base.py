@@ -5,23 +5,48 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import defaults as D
 from ..matching import normalize_and_scale, sample_features
 
 HEAD_PRESETS = ("paper", "small")
+#: Stored with every head's weights (``head.layout_version``): checkpoints of the heads before
+#: they followed their originals (other layers, the temperature before the correlation) lack it
+#: and are refused by :func:`simsc.engine.load_model` instead of loading into other computations.
+HEAD_LAYOUT_VERSION = 2
+#: The epsilon of the originals' feature L2 norm: ``x / sqrt(sum x^2 + 1e-6)`` (SFNet's
+#: ``L2normalize``, NCNet's and CATs' ``featureL2Norm``).
+L2_EPS = 1e-6
+
+
+def l2_normalize(x: torch.Tensor, dim: int = 1, eps: float = L2_EPS) -> torch.Tensor:
+    """``x / sqrt(sum_dim x^2 + eps)``: the L2 norm the three originals use (eps inside the root)."""
+    return x / (x.pow(2).sum(dim=dim, keepdim=True) + eps).sqrt()
+
+
+def inverse_temperature(beta_a: torch.Tensor, beta_b: torch.Tensor, dims: int) -> torch.Tensor:
+    """``1 / (beta_A beta_B)`` per pair, shaped ``[B, 1, ...]`` (``dims`` trailing ones) to scale a score tensor."""
+    return (beta_a * beta_b).reciprocal().view(-1, *(1,) * dims)
 
 
 class MatchingHead(nn.Module):
     """Features of A and B (one map per backbone level) -> score maps of query points.
 
     Subclasses set :attr:`level_offsets` (the backbone levels they read, offsets from the
-    main level; the first entry is the level the temperature module reads) and
-    :attr:`default_temperature` (their paper's training temperature), and implement
-    :meth:`forward` and :meth:`query_scores`.
+    main level; the first entry is the level the temperature module reads),
+    :attr:`default_temperature` (their paper's training temperature) and
+    :attr:`default_sigma` (the kernel soft-argmax's std their paper localises with), and
+    implement :meth:`forward` and :meth:`query_scores`.
+
+    Every head applies the temperature where its original applies its own: to its final
+    scores, which are divided by ``beta_A beta_B`` (SimSC's effective temperature, paper
+    Eq. 5) in place of the original's fixed constant; ``fixed:<beta>`` at the original's
+    value then reproduces it (SFNet and CATs 0.02, NCNet 1).
     """
 
     name: str = ""
     level_offsets: tuple[int, ...] = (0,)
     default_temperature: str = "fixed:1"
+    default_sigma: float = D.SIGMA
 
     def __init__(
         self, level_channels: tuple[int, ...], preset: str = "paper", grid: tuple[int, int] | None = None
@@ -34,6 +59,7 @@ class MatchingHead(nn.Module):
             )
         self.level_channels = tuple(int(c) for c in level_channels)
         self.preset = preset
+        self.register_buffer("layout_version", torch.tensor(HEAD_LAYOUT_VERSION))
 
     def forward(
         self,
@@ -56,6 +82,12 @@ class MatchingHead(nn.Module):
         No ``beta > 0`` check here (a host read, a device sync each step on accelerators):
         :meth:`SimSC._forward_head` checks the same betas once, when checks are on."""
         return normalize_and_scale(feat, beta, l2=l2, check=False)
+
+    @staticmethod
+    def normalized(feat: torch.Tensor, l2: bool) -> torch.Tensor:
+        """The originals' feature L2 norm (:func:`l2_normalize`); ``l2=False`` (the ``no-l2``
+        temperature) leaves the features as they are."""
+        return l2_normalize(feat) if l2 else feat
 
 
 def correlation_4d(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:

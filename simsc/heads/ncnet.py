@@ -1,14 +1,19 @@
 """NCNet (Rocco et al., NeurIPS 2018) as a matching head: 4D neighbourhood consensus.
 
-The full correlation of the L2-normalised ``layer3`` features is filtered by soft mutual
-nearest neighbours, refined by a stack of 4D convolutions (ReLU after each) applied
-symmetrically (``N(c) + swap(N(swap(c)))``, so swapping A and B swaps the output), and
-filtered by soft mutual nearest neighbours again. NCNet's default temperature is 1
-(``fixed:1``): the correlation enters unscaled. Presets: ``paper`` = kernels 5-5-5,
-channels 16-16-1 (NCNet's PF-Pascal model); ``small`` = kernels 3-3, channels 8-1 for CPU
-toy runs. NCNet's weakly supervised loss is replaced by the shared cross-entropy. One
-deviation in the initialisation: the last 4D conv starts non-negative with zero bias (see
-``NCNetHead.__init__``) so that its ReLU output is not identically zero at the start.
+As NCNet computes it (``ignacio-rocco/ncnet``, ``lib/model.py``): the full correlation of the
+L2-normalised (``x / sqrt(sum x^2 + 1e-6)``) ``layer3`` features is filtered by soft mutual
+nearest neighbours ``c * ((c / max_A c) * (c / max_B c))`` (bracketed as NCNet's, so that
+swapping A and B gives exactly the swapped result, not only to rounding), refined by a stack
+of 4D convolutions (ReLU after each) applied symmetrically (``N(c) + swap(N(swap(c)))``), and
+filtered by soft mutual nearest neighbours again. NCNet's softmax over its output has
+temperature 1 (``fixed:1``); SimSC's temperature enters there: the output is divided by
+``beta_A beta_B``, so ``fixed:1`` is NCNet's. Presets: ``paper`` = kernels 5-5-5, channels
+16-16-1 (NCNet's PF-Pascal model); ``small`` = kernels 3-3, channels 8-1 for CPU toy runs.
+
+Differences, and why: NCNet's weakly supervised loss is replaced by the shared
+cross-entropy (the experiment's premise); the last 4D conv starts non-negative with zero
+bias (see ``NCNetHead.__init__``) so that its ReLU output is not identically zero at the
+start (with one output channel a random init is dead for about one seed in two).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MatchingHead, correlation_4d, sample_correlation, swap_ab
+from .base import MatchingHead, correlation_4d, inverse_temperature, sample_correlation, swap_ab
 from .registry import register_head
 
 _PRESETS = {"paper": ((5, 5, 5), (16, 16, 1)), "small": ((3, 3), (8, 1))}
@@ -56,12 +61,16 @@ class Conv4d(nn.Module):
 
 
 def mutual_matching(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Soft mutual nearest-neighbour filtering ``c * (c / max_A c) * (c / max_B c)`` of ``[B, hA, wA, hB, wB]``."""
+    """Soft mutual nearest-neighbour filtering ``c * ((c / max_A c) * (c / max_B c))`` of ``[B, hA, wA, hB, wB]``.
+
+    The two ratios are multiplied first, as in NCNet: swapping A and B swaps them, and their
+    product is commutative in floating point, so the result is exactly symmetric.
+    """
     b, ha, wa, hb, wb = corr.shape
     flat = corr.reshape(b, ha * wa, hb * wb)
     max_a = flat.max(dim=1, keepdim=True).values  # best A cell for each B cell
     max_b = flat.max(dim=2, keepdim=True).values  # best B cell for each A cell
-    return (flat * (flat / (max_a + eps)) * (flat / (max_b + eps))).view_as(corr)
+    return (flat * ((flat / (max_a + eps)) * (flat / (max_b + eps)))).view_as(corr)
 
 
 @register_head("ncnet")
@@ -99,8 +108,8 @@ class NCNetHead(MatchingHead):
         return mutual_matching(self.neighbourhood_consensus(mutual_matching(corr)))
 
     def forward(self, levels_a, levels_b, beta_a, beta_b, l2: bool = True) -> dict[str, torch.Tensor]:
-        corr = correlation_4d(self.scaled(levels_a[0], beta_a, l2), self.scaled(levels_b[0], beta_b, l2))
-        return {"corr": self.refine(corr)}
+        corr = correlation_4d(self.normalized(levels_a[0], l2), self.normalized(levels_b[0], l2))
+        return {"corr": self.refine(corr) * inverse_temperature(beta_a, beta_b, 4)}
 
     def query_scores(self, out: dict[str, torch.Tensor], uv_a: torch.Tensor) -> torch.Tensor:
         return sample_correlation(out["corr"], uv_a)
