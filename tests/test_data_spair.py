@@ -106,7 +106,7 @@ def test_invalid_json_missing_json_empty_split(tmp_path):
 
 
 def test_missing_image_and_size_mismatch(tmp_path):
-    _write_single(tmp_path, trg_imsize=[400, 332, 3])
+    _write_single(tmp_path, trg_imsize=[400, 332, 3], trg_bndbox=[36, 92, 400, 200])  # box inside the declared size
     with pytest.warns(UserWarning, match="outside"):  # trg keypoint x = 416 in a declared width of 400
         ds = SPairDataset(tmp_path, "test")
     with pytest.raises(

@@ -266,3 +266,17 @@ def test_a_refused_run_folder_stops_every_rank_with_rank_0s_error(tmp_path, toy)
     with pytest.raises(RunFolderError, match="already holds a run"):
         train(_config(tmp_path, 2, max_steps=1), train_dataset=trn, val_dataset=val)
     assert time.monotonic() - t0 < 60  # no rank waits for a peer that stopped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["ncnet", "cats"])
+def test_heads_without_batchnorm_train_the_same_on_two_ranks(tmp_path, head):
+    trn, val = ToyTranslationPairs(8, 64, seed=0), ToyTranslationPairs(3, 64, seed=1, split="val")
+    runs = {}
+    for devices in (1, 2):
+        cfg = _config(tmp_path / str(devices), devices, max_steps=2)
+        cfg["model"].update(head=head, head_preset="small")
+        train(cfg, train_dataset=trn, val_dataset=val)
+        runs[devices] = [r["loss"] for r in _records(tmp_path / str(devices)) if r["type"] == "step"]
+    assert runs[2] == pytest.approx(runs[1], rel=1e-5)
+    assert _max_weight_diff(tmp_path / "1" / "checkpoints" / "last.pt", tmp_path / "2" / "checkpoints" / "last.pt") < 1e-5

@@ -403,6 +403,12 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            if self.device.type == "cuda" and self.model.head is not None:
+                # A head's BatchNorm (SFNet's) trains on batch statistics: synchronised, they
+                # are the global batch's, as in one process. PyTorch has no SyncBatchNorm on
+                # the CPU, where each rank normalises its own part (README).
+                self.model.head = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.head)
+
             # DDP hooks the gradient all-reduce on a module's forward: the loss path is one.
             self._ddp = DistributedDataParallel(
                 _LossModule(self.model, self._call_loss),
