@@ -279,4 +279,5 @@ def test_heads_without_batchnorm_train_the_same_on_two_ranks(tmp_path, head):
         train(cfg, train_dataset=trn, val_dataset=val)
         runs[devices] = [r["loss"] for r in _records(tmp_path / str(devices)) if r["type"] == "step"]
     assert runs[2] == pytest.approx(runs[1], rel=1e-5)
-    assert _max_weight_diff(tmp_path / "1" / "checkpoints" / "last.pt", tmp_path / "2" / "checkpoints" / "last.pt") < 1e-5
+    one, two = (tmp_path / d / "checkpoints" / "last.pt" for d in ("1", "2"))
+    assert _max_weight_diff(one, two) < 1e-5
