@@ -207,6 +207,26 @@ def _unfinished(exp_path: str, spec: SweepSpec) -> bool:
     return len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
+def check_embedded_roots(spec: SweepSpec) -> None:
+    """Every embedded ``data.root`` a trial may use must hold the data set on the driver's
+    machine: nodes without it build the one params.yaml describes, but a mistyped root must
+    not become a new default data set (somewhere in the file system) and a sweep over it."""
+    from .sweep_spec import _candidate_overrides, compose
+
+    configs = [spec.engine_base()]
+    for entry in spec.search:
+        configs += [compose(spec.engine_base(), ov, root=spec.root) for ov in _candidate_overrides(entry)]
+    for cfg in configs:
+        data = cfg.get("data") or {}
+        if data.get("dataset") == "embedded" and data.get("root"):
+            root = Path(data["root"])
+            if not (root / "manifest.json").is_file():
+                raise SweepError(
+                    f"{spec.path}: data.root {root} holds no embedded data set (no manifest.json); build it "
+                    "first (dvc repro download, or python -m simsc.data.embedded ROOT) or fix the path"
+                )
+
+
 def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -295,6 +315,7 @@ def run_sweep(
                 f"-> {spec.digest()}); resume with the same spec and profile, or start a new --name"
             )
         exp_path = state.get("experiment_path", exp_path)
+    check_embedded_roots(spec)
     use_tracking = spec.tracking.get("enabled", True) if tracking is None else tracking
     state = state or {
         "name": spec.name,

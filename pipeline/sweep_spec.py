@@ -276,6 +276,7 @@ def _compose_params(spec: SweepSpec, raw: Mapping[str, Any], overrides: Sequence
     set_ = {k: _number(v) for k, v in set_.items()}
     for key in set_:
         _check_key(key, f"{where}: set.{key}")
+        _check_section(key, params, f"{where}: set.{key}")
     params = _apply_dotted(params, set_)
     spec.params_raw = copy.deepcopy(params)
     spec.params, spec.set = _absolute_paths(params, root), set_
@@ -288,6 +289,9 @@ def _parse_search(spec: SweepSpec, raw: Mapping[str, Any], root: Path, where: st
     if not isinstance(search, Mapping):
         raise SweepSpecError(f"{where}: search: expected a mapping of key -> {{grid|choice|...: values}}")
     spec.search = [_parse_entry(k, v, f"{where}: search.{k}") for k, v in search.items()]
+    for e in spec.search:
+        for key in [e.key] if e.bundles is None else sorted({k for b in e.bundles.values() for k in b}):
+            _check_section(key, spec.params, f"{where}: search.{e.key}")
     set_keys = set(spec.set)
     for e in spec.search:
         for overrides_ in _candidate_overrides(e):
@@ -407,6 +411,24 @@ def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
     return read_yaml_mapping(path, what=what, error=SweepSpecError)
+
+
+def _check_section(key: str, params: Mapping[str, Any], where: str) -> None:
+    """A dotted key outside the engine sections must name a section of the base params (e.g.
+    ``tracking.experiment``): a typo (``trian.max_steps``) would otherwise set a section that
+    nothing reads, and the trials would run unchanged."""
+    import difflib
+
+    section = key.partition(".")[0]
+    if "." not in key or section in SECTIONS or section in params:
+        return
+    known = sorted(set(SECTIONS) | set(params))
+    close = difflib.get_close_matches(section, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SweepSpecError(
+        f"{where}: unknown section {section!r} (engine sections: {', '.join(SECTIONS)}; sections of the "
+        f"base params: {', '.join(sorted(params)) or 'none'}){hint}"
+    )
 
 
 def _check_key(key: str, where: str) -> None:

@@ -628,6 +628,51 @@ def _(d: Path):
     yield Case(["-m", "pipeline.sweep", "spec.yaml", "--dry-run"], 2, ("params.yaml", "expands to more than"))
 
 
+def _sweep_spec(d: Path, body: str) -> None:
+    (d / "params.yaml").write_text("train:\n  epochs: 1\ntracking:\n  enabled: false\n")
+    (d / "spec.yaml").write_text("name: s\nbase: [params.yaml]\n" + body)
+
+
+@case("sweep_set_section_typo")
+def _(d: Path):
+    _sweep_spec(d, "set:\n  trian.max_steps: 2\nsearch:\n  train.seed: {grid: [0, 1]}\n")
+    yield Case(
+        ["-m", "pipeline.sweep", "spec.yaml", "--dry-run"],
+        2,
+        ("spec.yaml", "set.trian.max_steps", "unknown section 'trian'", "did you mean 'train'?"),
+    )
+
+
+@case("sweep_search_section_typo")
+def _(d: Path):
+    _sweep_spec(d, "search:\n  modle.temperature: {grid: [mlp, single]}\n")
+    yield Case(
+        ["-m", "pipeline.sweep", "spec.yaml", "--dry-run"], 2, ("search.modle.temperature", "did you mean 'model'?")
+    )
+
+
+@case("sweep_cli_set_section_typo")
+def _(d: Path):
+    _sweep_spec(d, "search:\n  train.seed: {grid: [0, 1]}\n")
+    yield Case(["-m", "pipeline.sweep", "spec.yaml", "--dry-run", "--set", "trian.x=1"], 2, ("set.trian.x", "'train'"))
+
+
+@case("sweep_embedded_root_missing")
+def _(d: Path):
+    # a mistyped root must not become a freshly built default data set (and a sweep over it)
+    _sweep_spec(d, "set:\n  data.dataset: embedded\n  data.root: no-such-set\nsearch:\n  train.seed: {grid: [0]}\n")
+    yield Case(
+        ["-m", "pipeline.sweep", "spec.yaml", "--out", "out"],
+        2,
+        ("spec.yaml", "no-such-set holds no embedded data set"),
+        check=lambda d, out: _assert_not_created(d / "no-such-set"),
+    )
+
+
+def _assert_not_created(path: Path) -> None:
+    assert not path.exists(), f"{path} was created"
+
+
 @case("stages_params_not_utf8")
 def _(d: Path):
     (d / "bad.yaml").write_bytes(b"train: \xff\n")
