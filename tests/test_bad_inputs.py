@@ -1177,3 +1177,16 @@ def test_temporaries_of_a_write_killed_midway_are_removed_on_the_next_start(tmp_
     assert out.returncode == 0, out.stderr
     assert not any(p.exists() for p in stale) and keep.exists()
     assert (ckpts / "last.pt").exists()
+
+
+@pytest.mark.parametrize("out", ["1e3", "010", "12:30", "run #2", "off"])
+def test_train_out_is_a_path_as_typed(tmp_path, out):
+    """`--out` is a folder name, not a YAML value (1e3 gave a folder 1000.0, 010 gave 8, off an error)."""
+    spair(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", out], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / out / "checkpoints" / "last.pt").is_file()
+    assert json.loads(done.stdout)["out_dir"] == out

@@ -91,11 +91,13 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"train.out_dir={args.out}")
     if args.quiet:
         overrides.append("train.progress=off")
-    cfg = load_config(apply_overrides(data, overrides))
+    data = apply_overrides(data, overrides)
+    if args.out:
+        # A path as typed: not a --set value, which YAML would read (1e3 -> 1000.0, 010 -> 8, off -> false).
+        data["train"] = {**(data.get("train") or {}), "out_dir": args.out}
+    cfg = load_config(data)
     resolve_device(cfg.train.device, "train.device")  # up front: before any model or data is built
     print(f"simsc train: run folder {cfg.train.out_dir}", file=sys.stderr)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
