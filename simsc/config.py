@@ -294,7 +294,7 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
             if low in ("false", "no", "none", ""):
                 return False
             return value
-        raise ConfigError(f"{name}: must be true, false, a timm tag or a checkpoint path, got {value!r}")
+        raise ConfigError(f"{name}: must be {_BOOL_OR_STR_EXPECTED.get(name, 'true, false or a string')}, got {value!r}")
     if ann.startswith("bool"):
         if isinstance(value, bool):
             return value
@@ -314,6 +314,18 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
             raise ConfigError(f"{name}: must be a string, got {value!r}")
         return str(value)
     return value  # pragma: no cover - every field has one of the types above
+
+
+#: The largest batch a config may ask for: far beyond any memory, below what indexing overflows at.
+MAX_BATCH = 1_000_000
+
+#: What the ``bool | str`` fields take, for their error messages.
+_BOOL_OR_STR_EXPECTED = {
+    "model.pretrained": "true, false, a timm tag or a checkpoint path",
+    "train.amp": "off, bf16 or fp16 (false = off)",
+    "train.compile": "true, false or a torch.compile backend name (e.g. aot_eager)",
+    "train.progress": "auto, bar, log or off (true = auto, false = off)",
+}
 
 
 def _to_int(name: str, value: Any) -> int:
@@ -399,8 +411,8 @@ def validate(cfg: Config) -> None:
         bad("data.dataset", "must name a dataset", d.dataset)
     if d.resolution < 16:
         bad("data.resolution", "must be an integer >= 16 (square training size)", d.resolution)
-    if d.batch_size < 1:
-        bad("data.batch_size", "must be >= 1", d.batch_size)
+    if not 1 <= d.batch_size <= MAX_BATCH:
+        bad("data.batch_size", f"must be between 1 and {MAX_BATCH} (pairs held in memory at once)", d.batch_size)
     if d.workers < 0:
         bad("data.workers", "must be >= 0", d.workers)
 
@@ -458,8 +470,8 @@ def validate(cfg: Config) -> None:
         bad("eval.resolution", "must be >= 16 or 'original'", e.resolution)
     if e.beta_eval is not None and not e.beta_eval > 0:
         bad("eval.beta_eval", "must be > 0 or null (model default)", e.beta_eval)
-    if e.batch_size < 1:
-        bad("eval.batch_size", "must be >= 1", e.batch_size)
+    if not 1 <= e.batch_size <= MAX_BATCH:
+        bad("eval.batch_size", f"must be between 1 and {MAX_BATCH} (pairs held in memory at once)", e.batch_size)
     _check_alphas("eval.alphas", e.alphas)
     if e.beta_sweep is not None:
         if not e.beta_sweep or any(not b > 0 for b in e.beta_sweep):

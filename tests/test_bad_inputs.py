@@ -673,6 +673,21 @@ def _assert_not_created(path: Path) -> None:
     assert not path.exists(), f"{path} was created"
 
 
+@case("config_amp_number")
+def _(d: Path):
+    yield Case(SIMSC + ["train", "--set", "train.amp=16"], 2, ("train.amp", "off, bf16 or fp16", "got 16"))
+
+
+@case("config_compile_number")
+def _(d: Path):
+    yield Case(SIMSC + ["train", "--set", "train.compile=1"], 2, ("train.compile", "backend name", "got 1"))
+
+
+@case("config_batch_size_1e20")
+def _(d: Path):
+    yield Case(SIMSC + ["train", "--set", "data.batch_size=1e20"], 2, ("data.batch_size", "between 1 and 1000000"))
+
+
 @case("stages_params_not_utf8")
 def _(d: Path):
     (d / "bad.yaml").write_bytes(b"train: \xff\n")
