@@ -294,7 +294,8 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
             if low in ("false", "no", "none", ""):
                 return False
             return value
-        raise ConfigError(f"{name}: must be {_BOOL_OR_STR_EXPECTED.get(name, 'true, false or a string')}, got {value!r}")
+        expected = _BOOL_OR_STR_EXPECTED.get(name, "true, false or a string")
+        raise ConfigError(f"{name}: must be {expected}, got {value!r}")
     if ann.startswith("bool"):
         if isinstance(value, bool):
             return value
