@@ -289,6 +289,11 @@ def _parse_search(spec: SweepSpec, raw: Mapping[str, Any], root: Path, where: st
     if not isinstance(search, Mapping):
         raise SweepSpecError(f"{where}: search: expected a mapping of key -> {{grid|choice|...: values}}")
     spec.search = [_parse_entry(k, v, f"{where}: search.{k}") for k, v in search.items()]
+    if not spec.search:
+        raise SweepSpecError(
+            f"{where}: search: no key to search; a sweep needs at least one (e.g. train.seed: {{grid: [0, 1]}}); "
+            "for one run use simsc train or dvc exp run"
+        )
     for e in spec.search:
         for key in [e.key] if e.bundles is None else sorted({k for b in e.bundles.values() for k in b}):
             _check_section(key, spec.params, f"{where}: search.{e.key}")

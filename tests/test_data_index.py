@@ -248,3 +248,25 @@ def test_the_preprocess_stage_writes_the_index_that_later_stages_load(spair_root
         # what the train and evaluate stages do: build_dataset(..., cache_dir=preprocess.cache_dir)
         ds = build_dataset("spair", spair_root, "test", 64, cache_dir=cache)
     assert ds.index_state == "loaded"
+
+
+@pytest.mark.parametrize("column", ["a_trg_kps", "s_src_path"])
+def test_an_edited_index_is_stale_not_ground_truth(spair_root, tmp_path, column):
+    """Editing the index file itself (keypoints that would score PCK 100, a path out of the root)
+    changes no source file: the key covers the stored columns, so the split is parsed again."""
+    first, _ = build(SPairDataset, spair_root, "test", cache_dir=tmp_path / "c")
+    path = first.index_path
+    with np.load(path, allow_pickle=False) as z:
+        cols = {k: z[k] for k in z.files}
+    if column == "a_trg_kps":
+        cols[column] = cols["a_src_kps"].copy()  # "ground truth" = the source points
+    else:
+        n = len(cols["a_offsets"]) - 1
+        paths = index_mod._split(cols[column], n)
+        cols[column] = index_mod._join(["../secret/x.jpg"] + paths[1:], "src_path")
+    with open(path, "wb") as f:
+        np.savez(f, **cols)
+    again, _ = build(SPairDataset, spair_root, "test", cache_dir=tmp_path / "c")
+    assert again.index_state == "rebuilt"  # reparsed and rewritten, the edit not read
+    same_pairs(first, again)
+    assert again.index_key == first.index_key

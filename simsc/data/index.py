@@ -15,8 +15,9 @@ written atomically (temporary file + rename) by the first loader that parses the
   threshold kind and out-of-image tolerance: anything that changes how the files are read;
 * ``deps`` and ``dep_stats``: every file the parse read (pair list, annotation files, images
   whose header or existence was checked) with its size and mtime in ns;
-* ``key``: SHA-256 of the three above. A load recomputes it from the files as they are now;
-  a different key (an edited, added or removed file, another format version or option) means
+* ``key``: SHA-256 of the three above and of the stored columns. A load recomputes it from
+  the files as they are now and from the columns it read; a different key (an edited, added or
+  removed file, another format version or option, or an edit of the index itself) means
   *stale*: the split is parsed again and the index rewritten, never silently reused.
 
 A file that is not a readable index (truncated, not a zip, a column missing) raises
@@ -43,7 +44,8 @@ from simsc.data.annotations import DatasetFormatError, Issue, PairAnnotation, ou
 from simsc.io import atomic_write
 
 #: Bumped whenever the file layout or the parse semantics change: older files are stale.
-INDEX_VERSION = 1
+#: 2: the key covers the stored columns too (an edited column is stale, not data).
+INDEX_VERSION = 2
 
 _STRINGS = ("pair_id", "category", "src_path", "trg_path", "source")
 _ARRAYS = ("row", "flip", "src_size", "trg_size", "trg_bbox", "offsets", "src_kps", "trg_kps", "valid")
@@ -235,11 +237,24 @@ def stat_files(paths: Sequence[str]) -> np.ndarray | None:
     return out
 
 
-def index_key(meta: dict[str, Any], deps: Sequence[str], stats: np.ndarray) -> str:
-    """SHA-256 over the options, the dependency list and the dependencies' sizes and mtimes."""
+def index_key(meta: dict[str, Any], deps: Sequence[str], stats: np.ndarray, content: str = "") -> str:
+    """SHA-256 over the options, the dependency list, the dependencies' sizes and mtimes and
+    the digest of the stored columns (:func:`content_digest`)."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     h.update(_SEP.join(deps).encode("utf-8", "surrogatepass"))
     h.update(np.ascontiguousarray(stats, dtype="<i8").tobytes())
+    h.update(content.encode())
+    return h.hexdigest()
+
+
+def content_digest(columns: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the data columns (names, dtypes, shapes, bytes): the key then covers what the
+    loaders read, so an edited keypoint or path column makes the index stale, not ground truth."""
+    h = hashlib.sha256()
+    for name in sorted(columns):
+        a = np.ascontiguousarray(columns[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 
@@ -254,13 +269,13 @@ def save_index(
 ) -> str:
     """Write the index atomically; returns its key."""
     meta = {**meta, "version": INDEX_VERSION}
-    key = index_key(meta, deps, stats)
     cols: dict[str, np.ndarray] = {f"a_{k}": np.asarray(v) for k, v in table.arrays.items()}
     cols.update({f"s_{k}": _join(v, k) for k, v in table.strings.items()})
     for name, issues in (("skipped", skipped), ("invalid", invalid)):
         cols[f"i_{name}_source"] = _join([i.source for i in issues], name)
         cols[f"i_{name}_message"] = _join([i.message for i in issues], name)
         cols[f"i_{name}_row"] = np.array([-1 if i.row is None else i.row for i in issues], dtype=np.int64)
+    key = index_key(meta, deps, stats, content_digest(cols))
     cols["deps"] = _join(list(deps), "deps")
     cols["dep_stats"] = np.asarray(stats, dtype=np.int64).reshape(-1, 2)
     cols["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
@@ -297,8 +312,15 @@ def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[
             deps = _split(z["deps"], len(stats))
             now = stat_files(deps)
             key = z["key"].tobytes().decode()
-            if now is None or index_key(stored_meta, deps, now) != key:
+            if now is None:
                 return None
+            required = [f"a_{k}" for k in _ARRAYS] + [f"s_{k}" for k in _STRINGS]
+            missing = [c for c in required if c not in z.files]
+            if missing:
+                raise KeyError(missing[0])
+            data = {name: z[name] for name in z.files if name[:2] in ("a_", "s_", "i_")}
+            if index_key(stored_meta, deps, now, content_digest(data)) != key:
+                return None  # a source changed, or the index itself was edited: parse again
             arrays = {k: z[f"a_{k}"] for k in _ARRAYS}
             n = len(arrays["offsets"]) - 1
             strings = {k: _split(z[f"s_{k}"], n) for k in _STRINGS}
