@@ -122,3 +122,37 @@ def test_cache_in_dataloader_workers(root, tmp_path):
 def test_build_cache_requires_cache_dir(root):
     with pytest.raises(ValueError, match="cache_dir"):
         build_cache(SPairDataset(root, "test", 256), show_progress=False)
+
+
+def test_build_cache_removes_only_stale_temporaries(root, tmp_path):
+    """Another process's write in progress (a young .tmp) survives a concurrent preprocess; the
+    leftover of an interrupted write (older than STALE_TMP_S) is removed."""
+    import time
+
+    from simsc.data.cache import STALE_TMP_S
+
+    ds = SPairDataset(root, "test", 64, cache_dir=tmp_path / "c")
+    cdir = tmp_path / "c" / "spair" / "64"
+    cdir.mkdir(parents=True)
+    young, old = cdir / ".abc.npy.x1.tmp", cdir / ".def.npy.x2.tmp"
+    young.write_bytes(b"in progress")
+    old.write_bytes(b"left over")
+    past = time.time() - STALE_TMP_S - 60
+    os.utime(old, (past, past))
+    build_cache(ds, show_progress=False)
+    assert young.exists() and not old.exists()
+
+
+@pytest.mark.parametrize("what", ["manifest", "entry"])
+def test_cache_files_holding_a_list_are_rebuilt(root, tmp_path, what):
+    ds = SPairDataset(root, "test", 64, cache_dir=tmp_path / "c")
+    build_cache(ds, show_progress=False)
+    cdir = tmp_path / "c" / "spair" / "64"
+    entries = sorted(p for p in cdir.glob("*.json") if p.name != "manifest.json")
+    victim = cdir / "manifest.json" if what == "manifest" else entries[0]
+    victim.write_text("[1, 2, 3]")
+    again = SPairDataset(root, "test", 64, cache_dir=tmp_path / "c")
+    out = build_cache(again, show_progress=False)
+    assert out["images"] == len(again.image_paths())
+    assert isinstance(json.loads((cdir / "manifest.json").read_text()), dict)
+    again[0]  # reads through the cache

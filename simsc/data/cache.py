@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,9 @@ from simsc.io import atomic_write, atomic_write_json
 
 CACHE_VERSION = 2  # 2: entries carry the SHA-256 of their pixels
 MANIFEST = "manifest.json"
+#: A temporary file older than this is a leftover of an interrupted write (removed by
+#: build_cache); younger ones may be another process's write in progress.
+STALE_TMP_S = 3600.0
 
 
 def pixel_digest(arr: np.ndarray) -> str:
@@ -80,7 +84,12 @@ class CachedImages:
             return None
         except (OSError, ValueError, EOFError, json.JSONDecodeError):
             return None  # corrupt entry: rebuilt by the caller
-        orig = tuple(int(v) for v in meta.get("orig_size", ()))
+        if not isinstance(meta, dict):
+            return None  # not an entry of ours (a list, a number): rebuilt by the caller
+        try:
+            orig = tuple(int(v) for v in meta.get("orig_size", ()))
+        except (TypeError, ValueError):
+            return None
         if arr.dtype != np.uint8 or arr.ndim != 3 or list(arr.shape) != meta.get("shape") or len(orig) != 2:
             return None
         if meta.get("sha256") != pixel_digest(arr):
@@ -122,9 +131,11 @@ class CachedImages:
             if p.name == MANIFEST:
                 continue
             try:
-                yield p.stem, json.loads(p.read_text())
+                meta = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
+            if isinstance(meta, dict):
+                yield p.stem, meta
 
 
 def build_cache(
@@ -170,8 +181,14 @@ def build_cache(
                     except FileNotFoundError:
                         pass
                 pruned += 1
+        # Leftovers of interrupted writes; a young one may be another process's write in progress.
+        now = time.time()
         for tmp in cache.dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)  # leftovers of interrupted writes
+            try:
+                if now - tmp.stat().st_mtime > STALE_TMP_S:
+                    tmp.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
     _write_manifest(cache, current)
     return {"dir": str(cache.dir), "images": len(paths), "hits": hits, "written": len(paths) - hits, "pruned": pruned}
 
@@ -191,11 +208,13 @@ def _write_manifest(cache: CachedImages, current: dict[str, str]) -> None:
     cache.dir.mkdir(parents=True, exist_ok=True)
     try:
         manifest = json.loads(path.read_text())
-        if manifest.get("version") != CACHE_VERSION:
-            manifest = {}
     except (OSError, json.JSONDecodeError):
         manifest = {}
+    if not isinstance(manifest, dict) or manifest.get("version") != CACHE_VERSION:
+        manifest = {}  # another version, or not a manifest of ours: rebuilt from this run
     entries = manifest.get("entries", {})
+    if not isinstance(entries, dict):
+        entries = {}
     entries.update(current)
     # Keep only entries whose files still exist (pruning may have removed older keys).
     entries = {s: k for s, k in sorted(entries.items()) if (cache.dir / f"{k}.json").exists()}
