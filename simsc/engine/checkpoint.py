@@ -119,7 +119,38 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     content digest (``digest``), which :func:`load_checkpoint` verifies."""
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         obj = {**obj, DIGEST_KEY: content_digest(obj)}
-    return atomic_write(path, lambda f: torch.save(obj, f), durable=True)
+
+    def save(f) -> None:
+        stream = _WriteErrors(f)
+        try:
+            torch.save(obj, stream)
+        except RuntimeError:
+            # torch's zip writer turns a failed write (a full disk) into a C++ enforce message
+            # ("unexpected pos ..."): raise the write's own OSError, which names the cause.
+            if stream.error is not None:
+                raise stream.error from None
+            raise
+
+    return atomic_write(path, save, durable=True)
+
+
+class _WriteErrors:
+    """A binary file wrapper that remembers the first ``OSError`` of a write."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
