@@ -1234,3 +1234,18 @@ def test_a_full_disk_during_a_checkpoint_write_says_so(tmp_path, tiny_disk):
     line = out.stderr.strip().splitlines()[-1]
     assert "checkpoints/" in line and ".pt: No space left" in line and "the disk is full" in line, line
     assert not list((tiny_disk / "run").rglob("*.tmp"))
+
+
+def test_overwrite_with_a_mistyped_data_root_keeps_the_earlier_checkpoints(tmp_path):
+    """--overwrite deleted best.pt / last.pt before the new run failed on its data root."""
+    spair(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run"]
+    assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT).returncode == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").glob("*.pt")}
+    assert len(before) == 2
+    out = subprocess.run(
+        cmd + ["--overwrite", "--set", "data.root=spiar"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "spiar" in out.stderr, out.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").glob("*.pt")} == before

@@ -497,6 +497,10 @@ class Trainer:
                 f"{self.out_dir} holds outputs of an earlier run ({names}) but no {self.last_path.name} to resume "
                 "from; pass --overwrite (overwrite=True) to replace them, or choose another output folder"
             )
+
+    def _clear_earlier_outputs(self) -> None:
+        """``overwrite``: the earlier run's checkpoints and summary go only once this run has
+        its model and data (a mistyped data root must not cost the old best.pt)."""
         for p in (self.last_path, self.best_path, self.out_dir / "summary.json"):
             p.unlink(missing_ok=True)
 
@@ -519,10 +523,13 @@ class Trainer:
 
     def _fit(self, resume: bool, overwrite: bool = False) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
+        fresh = not (resume and self.last_path.exists())
         self._build()
+        if fresh and self.rank == 0:
+            self._clear_earlier_outputs()
         model = self.model
         state = TrainState()
-        if resume and self.last_path.exists():
+        if not fresh:
             ckpt = self._load_resume_state()
             state = TrainState.from_dict(ckpt, self.last_path)
             self._open_metrics(int(ckpt["metrics_offset"]))
