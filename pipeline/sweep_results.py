@@ -49,7 +49,7 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
         trial_id = metrics.get("trial_id") or Path(str(res.path)).name
         epochs = _trial_epochs(spec, overrides)
         done = int(metrics.get("epochs_done") or 0)
-        if res.error is not None:
+        if res.error is not None or metrics.get("user_error"):
             status = STATUS_ERROR
         elif metrics.get("diverged"):
             status = STATUS_DIVERGED
@@ -77,7 +77,9 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
                 "val_pck_history": json.dumps([round(v, 3) for v in val_hist]),
                 "trial_starts": metrics.get("trial_starts"),
                 "error": (
-                    _error_line(res.error) if res.error is not None else str(metrics.get("diverged_reason") or "")
+                    _error_line(res.error)
+                    if res.error is not None
+                    else str(metrics.get("user_error") or metrics.get("diverged_reason") or "")
                 ),
             }
         )

@@ -164,6 +164,19 @@ class TuneReporter(Callback):
             ckpt = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
             ray.train.report(metrics, checkpoint=ckpt)
 
+    def report_user_error(self, message: str) -> None:
+        """A trial that fails on the user's input (a missing data root, a bad file) ends as an
+        error result: restarting it (``max_failures``, meant for dead workers) fails again."""
+        metrics = dict(self.last_report) or {
+            "epochs_done": 0,
+            "val_pck": float("nan"),
+            "best_val_pck": None,
+            "trial_starts": self.trial_state["starts"],
+            **self.extra,
+        }
+        metrics["user_error"] = message[:300]
+        self._report(metrics, None)
+
     def report_diverged(self, exc: Exception) -> None:
         """A diverged trial ends as a result, not an error: retrying would diverge again
         (supp. Fig. 3: beta_trn = 0.004 gives NaN). Its last validated numbers stay."""
@@ -326,6 +339,13 @@ def _fit_trial(config: dict[str, Any], context: TrialContext, trial_id: str, tra
         Trainer(cfg, callbacks=callbacks).fit(resume=resumed)
     except TrainingDivergedError as exc:
         reporter.report_diverged(exc)
+    except Exception as exc:
+        from simsc.errors import describe_user_error, one_line
+
+        message = describe_user_error(exc)
+        if message is None or isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise  # a bug or a machine's trouble (a full disk, a dead peer): Ray may retry it
+        reporter.report_user_error(one_line(message))
     finally:
         # Everything worth keeping went to the storage with the last report.
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -429,3 +429,19 @@ def test_two_worker_trials_across_two_nodes_survive_a_killed_worker(
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.params["train.devices"] for c in children} == {"2"}
     check_beta_histories(client, children, steps_per_trial=16)
+
+
+def test_a_trial_failing_on_user_input_is_an_error_not_retried(cluster, mlflow_server, tiny_embedded, tmp_path):
+    """max_failures restarts trials whose worker died; a trial that fails on the user's input
+    (here a data root without the data set) would fail again: it ends at once as an error."""
+    spec_path = write_spec(tmp_path / "spec.yaml", tiny_embedded, "usererr", epochs=1, max_concurrent=1)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["set"].update({"data.dataset": "spair", "data.root": str(tmp_path / "no-spair-here")})
+    spec["search"] = {"train.seed": {"grid": [0]}}
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = run(sweep_cmd(spec_path, cluster), tmp_path, env_for(cluster, mlflow_server))
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]  # errored trials: exit 1
+    rows = list(csv.DictReader(open(tmp_path / "sweeps" / "usererr" / "results.csv")))
+    assert len(rows) == 1 and rows[0]["status"] == "error"
+    assert rows[0]["trial_starts"] == "1"  # not restarted
+    assert "no-spair-here" in rows[0]["error"], rows[0]["error"]
