@@ -19,3 +19,17 @@ def tiny_embedded(tmp_path_factory):
 
     root = tmp_path_factory.getbasetemp() / "embedded-tiny"
     return build_embedded_dataset(root, n_train=8, n_val=4, n_test=4, progress=False, image_size=((96, 72), (128, 96)))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MiB tmpfs: a disk that fills up (needs the right to mount, e.g. root in a
+    container); the test is skipped where mounting is not allowed."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)

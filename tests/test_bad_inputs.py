@@ -1207,17 +1207,6 @@ def test_train_out_is_a_path_as_typed(tmp_path, out):
     assert json.loads(done.stdout)["out_dir"] == out
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MiB tmpfs (needs the right to mount: root in a container); skipped elsewhere."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], capture_output=True)
-
-
 def test_a_full_disk_during_a_checkpoint_write_says_so(tmp_path, tiny_disk):
     """torch.save on a full disk raised a C++ enforce message (exit 3, "a bug"); now the
     write's own error: exit 2 naming the file and the full disk, no temporary left."""

@@ -555,3 +555,97 @@ def test_spair_installs_under_its_loader_root(server, tmp_path):
     assert (path / "Layout/large/test.txt").read_bytes() == b"000001-a-b:cat\n"
     assert download_dataset("spair", tmp_path, mirror=server.base_url, **FAST) == path
     assert len(server.requests) == 1
+
+
+class _RawReply:
+    """A one-route HTTP server on 127.0.0.1 that answers every GET with the given headers and
+    then streams ``body_chunk`` ``repeat`` times (``None``: until the client hangs up)."""
+
+    def __init__(self, headers: dict[str, str], body_chunk: bytes, repeat: int | None) -> None:
+        import socketserver
+        import threading
+
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                head = "HTTP/1.0 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+                try:
+                    self.wfile.write(head.encode())
+                    n = 0
+                    while repeat is None or n < repeat:
+                        self.wfile.write(body_chunk)
+                        n += 1
+                        outer.sent += len(body_chunk)
+                except OSError:
+                    pass
+
+        self.sent = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/f.csv"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_stated_size_beyond_the_cap_is_refused_before_reading(tmp_path):
+    from simsc.data.download import DownloadError, fetch
+
+    srv = _RawReply({"Content-Length": str(10**12)}, b"x" * 65536, None)
+    try:
+        with pytest.raises(DownloadError, match=r"states 1000000000000 bytes, more than the 1048576 bytes"):
+            fetch(srv.url, tmp_path / "f.csv", max_bytes=1 << 20, retries=0, progress=False)
+    finally:
+        srv.close()
+    assert not list(tmp_path.iterdir())  # no .part, nothing installed
+
+
+def test_a_reply_that_never_ends_stops_at_the_cap(tmp_path):
+    from simsc.data.download import DownloadError, fetch
+
+    srv = _RawReply({}, b"x" * 65536, None)  # no length, streams forever
+    try:
+        with pytest.raises(DownloadError, match="has sent .* bytes, more than the 4194304 bytes"):
+            fetch(srv.url, tmp_path / "f.csv", max_bytes=4 << 20, retries=0, progress=False)
+    finally:
+        srv.close()
+    assert srv.sent < 64 << 20 and not list(tmp_path.iterdir())
+
+
+def test_a_gzip_encoded_reply_is_not_installed_as_the_file(tmp_path):
+    import gzip
+
+    from simsc.data.download import DownloadError, fetch
+
+    body = gzip.compress(b"a,b\n1,2\n")
+    srv = _RawReply({"Content-Length": str(len(body)), "Content-Encoding": "gzip"}, body, 1)
+    try:
+        with pytest.raises(DownloadError, match="Content-Encoding: gzip"):
+            fetch(srv.url, tmp_path / "f.csv", retries=0, progress=False)
+    finally:
+        srv.close()
+    assert not (tmp_path / "f.csv").exists()
+
+
+def test_a_full_disk_is_named_and_leaves_no_part(tiny_disk):
+    import errno
+
+    from simsc.data.download import fetch
+
+    from simsc.data.download import DownloadError
+
+    with LocalHTTPServer({"/big.zip": b"z" * (4 << 20)}) as server:
+        # a stated size beyond the free space: refused before a byte is written
+        with pytest.raises(DownloadError, match=r"4194304 bytes and .*small has \d+ bytes free"):
+            fetch(server.url("/big.zip"), tiny_disk / "big.zip", retries=0, progress=False)
+        # no stated size: the write that fills the disk is the error, named, not a retried "connection lost"
+        server.send_length = False
+        with pytest.raises(OSError) as e:
+            fetch(server.url("/big.zip"), tiny_disk / "big.zip", retries=0, progress=False)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tiny_disk / "big.zip.part")
+    assert not list(tiny_disk.iterdir())

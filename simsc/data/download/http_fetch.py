@@ -72,7 +72,41 @@ def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
     )  # None: only on a TTY
 
 
-def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str, counter: list[int]) -> bool:
+def _check_size(url: str, part: Path, size: int, max_bytes: int | None, stated: bool) -> None:
+    """Refuse a file larger than ``max_bytes`` (what the data set can hold) or than the free
+    disk, before it is read (``stated``: the server's size) or as soon as it grows past them."""
+    what = f"states {size} bytes" if stated else f"has sent {size} bytes"
+    if max_bytes is not None and size > max_bytes:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"could not download {url}: the server {what}, more than the {max_bytes} bytes this file "
+            "can be (a wrong mirror, or a reply that never ends); nothing was installed",
+            url=url,
+            path=part,
+        )
+    if stated:
+        import shutil
+
+        free = shutil.disk_usage(part.parent).free + (part.stat().st_size if part.exists() else 0)
+        if size > free:
+            raise DownloadError(
+                f"could not download {url}: it is {size} bytes and {part.parent} has {free} bytes free "
+                "(the disk is too small); free space or choose another --root",
+                url=url,
+                path=part,
+            )
+
+
+def _attempt(
+    url: str,
+    part: Path,
+    *,
+    timeout: float,
+    progress: bool,
+    desc: str,
+    counter: list[int],
+    max_bytes: int | None = None,
+) -> bool:
     """One request: append to / rewrite ``part``. Raises _Transient or DownloadError.
 
     Returns whether the server stated the file's total size (``Content-Length``,
@@ -107,6 +141,16 @@ def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str,
 
     with resp:
         status = getattr(resp, "status", None) or 200  # file:// replies have no status
+        encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            # Asked for identity: compressed bytes are not the file (they would be installed,
+            # and their digest recorded as the file's).
+            raise DownloadError(
+                f"could not download {url}: the server sent it with Content-Encoding: {encoding} although "
+                "the file itself was asked for (Accept-Encoding: identity); nothing was installed. Use "
+                "another --mirror.",
+                url=url,
+            )
         length = _int_or_none(resp.headers.get("Content-Length"))
         if status == 206:
             start, total = _parse_content_range(resp.headers.get("Content-Range"))
@@ -119,18 +163,32 @@ def _attempt(url: str, part: Path, *, timeout: float, progress: bool, desc: str,
             mode, initial = "ab", offset
         else:  # 200: the server ignored the Range header (or none was sent): start over
             mode, initial, total = "wb", 0, length
+        if total is not None:
+            _check_size(url, part, total, max_bytes, stated=True)
         received = 0
         with open(part, mode) as out, _progress_bar(total, initial, desc, progress) as bar:
-            try:
-                while chunk := resp.read(CHUNK):
+            while True:
+                try:
+                    chunk = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Transient(
+                        f"connection lost after {initial + received} bytes ({type(exc).__name__}: {exc})"
+                    ) from None
+                if not chunk:
+                    break
+                if max_bytes is not None and initial + received + len(chunk) > max_bytes:
+                    out.close()
+                    _check_size(url, part, initial + received + len(chunk), max_bytes, stated=False)
+                try:
                     out.write(chunk)
-                    received += len(chunk)
-                    counter[0] += len(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Transient(
-                    f"connection lost after {initial + received} bytes ({type(exc).__name__}: {exc})"
-                ) from None
+                except OSError as exc:
+                    # The disk, not the network: no retry; the partial file goes.
+                    out.close()
+                    part.unlink(missing_ok=True)
+                    raise OSError(exc.errno, exc.strerror, str(part)) from None
+                received += len(chunk)
+                counter[0] += len(chunk)
+                bar.update(len(chunk))
     have = initial + received
     if total is not None and have < total:
         raise _Transient(f"connection closed after {have} of {total} bytes")
@@ -153,6 +211,7 @@ def fetch(
     hint: str | None = None,
     log: Log | None = None,
     verify: Callable[[Path], None] | None = None,
+    max_bytes: int | None = None,
 ) -> FetchResult:
     """Download ``url`` to ``dest`` through ``dest + ".part"`` (resumable), with retries.
 
@@ -166,6 +225,10 @@ def fetch(
     end (``Range``: a 416 reply states the size, a 206 reply delivers the missing rest) and
     else by ``verify(part)`` (an archive integrity check that raises :class:`DownloadError`).
     A file whose completeness cannot be proven is not installed (:class:`DownloadError`).
+
+    ``max_bytes``: the most this file can be; a larger stated size, or a reply that grows past
+    it, is refused (so is a stated size beyond the free disk). A failed write (a full disk)
+    raises its ``OSError`` naming the ``.part``, which is removed.
     """
     log = log or _stderr
     dest = Path(dest)
@@ -176,7 +239,9 @@ def fetch(
         attempts += 1
         counter = [0]
         try:
-            sized = _attempt(url, part, timeout=timeout, progress=progress, desc=dest.name, counter=counter)
+            sized = _attempt(
+                url, part, timeout=timeout, progress=progress, desc=dest.name, counter=counter, max_bytes=max_bytes
+            )
             if sized or expected_sha256:
                 break
             if probes == 0 and part.exists():

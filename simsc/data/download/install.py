@@ -31,6 +31,9 @@ from .common import (
 )
 from .http_fetch import fetch
 
+#: The most a pair-list file (CSV) may be: the real ones are under 1 MB.
+MAX_LIST_BYTES = 64 << 20
+
 
 def _manual_hint(ds: Dataset, src: SourceFile, root: Path) -> str:
     what = "extracted" if src.kind == "archive" else "copied"
@@ -175,6 +178,8 @@ def download_dataset(
                     hint=_manual_hint(ds, src, root),
                     log=log,
                     verify=check_archive if src.kind == "archive" else None,
+                    # an archive is at most what it expands to; a pair list is a few MB
+                    max_bytes=ds.max_bytes if src.kind == "archive" else MAX_LIST_BYTES,
                 )
                 digest, size, origin = res.sha256, res.size, url
             if src.filename not in lock or src.sha256:
