@@ -635,9 +635,7 @@ def test_a_gzip_encoded_reply_is_not_installed_as_the_file(tmp_path):
 def test_a_full_disk_is_named_and_leaves_no_part(tiny_disk):
     import errno
 
-    from simsc.data.download import fetch
-
-    from simsc.data.download import DownloadError
+    from simsc.data.download import DownloadError, fetch
 
     with LocalHTTPServer({"/big.zip": b"z" * (4 << 20)}) as server:
         # a stated size beyond the free space: refused before a byte is written

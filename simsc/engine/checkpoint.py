@@ -123,7 +123,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     def save(f) -> None:
         stream = _WriteErrors(f)
         try:
-            torch.save(obj, stream)
+            torch.save(obj, stream)  # type: ignore[arg-type]  # a write/flush stream is all torch uses
         except RuntimeError:
             # torch's zip writer turns a failed write (a full disk) into a C++ enforce message
             # ("unexpected pos ..."): raise the write's own OSError, which names the cause.
