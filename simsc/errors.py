@@ -72,11 +72,23 @@ def describe_user_error(exc: BaseException, extra: tuple[type[BaseException], ..
     if isinstance(exc, OSError):
         return _oserror_text(exc)
     if isinstance(exc, (ValueError, UserError) + tuple(extra)):
-        return str(exc) or type(exc).__name__
+        return _without_worker_traceback(exc, str(exc)) or type(exc).__name__
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         return f"out of memory: {first} (use a smaller --resolution or --batch-size)"
     return None
+
+
+def _without_worker_traceback(exc: BaseException, text: str) -> str:
+    """A DataLoader worker's error reaches the main process as ``Caught X in DataLoader worker
+    process N. Original Traceback ...`` with the worker's whole traceback: keep X's own message."""
+    import re
+
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    name = re.escape(type(exc).__name__)
+    found = list(re.finditer(rf"^(?:[\w.]+\.)?{name}: ", text, flags=re.M))
+    return text[found[-1].end() :].strip() if found else text
 
 
 def one_line(text: object) -> str:

@@ -688,6 +688,20 @@ def _(d: Path):
     yield Case(SIMSC + ["train", "--set", "data.batch_size=1e20"], 2, ("data.batch_size", "between 1 and 1000000"))
 
 
+@case("truncated_image_in_a_loader_worker")
+def _(d: Path):
+    # the worker's traceback stays out of the one-line error: the same line as without workers
+    root = spair(d)
+    img = sorted((root / "JPEGImages").rglob("*.jpg"))[0]
+    img.write_bytes(img.read_bytes()[: img.stat().st_size // 3])
+    yield Case(
+        SIMSC + EVAL_SPAIR + ["--workers", "1"],
+        2,
+        (img.name, "cannot decode image", "truncated"),
+        check=lambda d, out: _assert_absent("Traceback", out),
+    )
+
+
 @case("stages_params_not_utf8")
 def _(d: Path):
     (d / "bad.yaml").write_bytes(b"train: \xff\n")
