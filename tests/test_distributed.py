@@ -281,3 +281,39 @@ def test_heads_without_batchnorm_train_the_same_on_two_ranks(tmp_path, head):
     assert runs[2] == pytest.approx(runs[1], rel=1e-5)
     one, two = (tmp_path / d / "checkpoints" / "last.pt" for d in ("1", "2"))
     assert _max_weight_diff(one, two) < 1e-5
+
+
+def _evaluate_rank(out: str) -> None:
+    """One rank of the sharded evaluation test: 5 pairs over the ranks, the report and the
+    per-pair predictions (gathered in the pairs' order) written by rank 0."""
+    import torch.distributed as dist
+
+    from simsc.evaluate import evaluate
+    from simsc.model import SimSC
+
+    torch.manual_seed(0)
+    model = SimSC("resnet18", "mlp", pretrained=False).eval()
+    val = ToyTranslationPairs(5, 64, seed=1, split="val")
+    rows: list = []
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rep = evaluate(model, val, batch_size=2, predictions=rows, progress=False, shard=(rank, world))
+    if rank == 0:
+        Path(out).write_text(json.dumps({"report": rep, "rows": rows}))
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process_with_its_predictions(tmp_path):
+    from simsc.engine.distributed import launch_local
+    from simsc.evaluate import evaluate
+    from simsc.model import SimSC
+
+    torch.manual_seed(0)
+    model = SimSC("resnet18", "mlp", pretrained=False).eval()
+    rows: list = []
+    one = evaluate(model, ToyTranslationPairs(5, 64, seed=1, split="val"), batch_size=2, predictions=rows, progress=False)
+    launch_local(_evaluate_rank, (str(tmp_path / "two.json"),), 2, "gloo")
+    two = json.loads((tmp_path / "two.json").read_text())
+    for key in ("per_image", "per_keypoint", "per_category", "n_pairs", "n_keypoints"):
+        assert two["report"][key] == json.loads(json.dumps(one[key])), key
+    assert [r["pair_id"] for r in two["rows"]] == [r["pair_id"] for r in rows]
+    assert [r["pred"] for r in two["rows"]] == [r["pred"] for r in rows]
