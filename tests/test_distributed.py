@@ -310,7 +310,8 @@ def test_sharded_evaluation_equals_one_process_with_its_predictions(tmp_path):
     torch.manual_seed(0)
     model = SimSC("resnet18", "mlp", pretrained=False).eval()
     rows: list = []
-    one = evaluate(model, ToyTranslationPairs(5, 64, seed=1, split="val"), batch_size=2, predictions=rows, progress=False)
+    val = ToyTranslationPairs(5, 64, seed=1, split="val")
+    one = evaluate(model, val, batch_size=2, predictions=rows, progress=False)
     launch_local(_evaluate_rank, (str(tmp_path / "two.json"),), 2, "gloo")
     two = json.loads((tmp_path / "two.json").read_text())
     for key in ("per_image", "per_keypoint", "per_category", "n_pairs", "n_keypoints"):
