@@ -3,6 +3,7 @@ per-epoch metrics, system metrics, the best checkpoint as a registered model).""
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -36,13 +37,25 @@ STEP_METRICS = {
 }
 
 
+#: Learning rates also logged as log10: MLflow's UI rounds a metric below 10 to 3 decimals
+#: (its formatMetric: mlflow/mlflow#2006), so a chart of 1e-4 reads as a flat 0; -4.0 reads.
+LOG10_METRICS = {"log10_lr": "lr_backbone", "log10_lr_temperature": "lr_temperature"}
+
+
 def step_metrics(record: Mapping[str, Any], ts: int | None = None) -> list[Any]:
-    """The MLflow metrics of one step record (those of :data:`STEP_METRICS` it holds)."""
-    return [
+    """The MLflow metrics of one step record (those of :data:`STEP_METRICS` it holds, and the
+    :data:`LOG10_METRICS` of its positive learning rates)."""
+    out = [
         metric(name, record[src], record["step"], ts)
         for name, src in STEP_METRICS.items()
         if record.get(src) is not None
     ]
+    out += [
+        metric(name, math.log10(record[src]), record["step"], ts)
+        for name, src in LOG10_METRICS.items()
+        if record.get(src) is not None and record[src] > 0
+    ]
+    return out
 
 
 def epoch_metrics(record: Mapping[str, Any], ts: int | None = None) -> list[Any]:

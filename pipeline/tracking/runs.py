@@ -25,9 +25,16 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+#: Tracked files a pipeline run itself rewrites (DVC's lock file and the committed outputs under
+#: reports/) or whose values a run logs as its params (params.yaml, which ``dvc exp run -S``
+#: edits): changes to them do not make the code ``-dirty``.
+NOT_CODE = ("dvc.lock", "params.yaml", "reports")
+
+
 def git_revision(cwd: str | os.PathLike[str] | None = None) -> str:
     """``HEAD`` of the repository at ``cwd`` (default: the working directory), ``-dirty`` when
-    tracked files changed. Outside any repository (a Ray worker's scratch folder, a sweep
+    tracked files other than :data:`NOT_CODE` changed (``dvc repro`` rewrites ``dvc.lock``
+    after its first stage: a clean checkout stays clean). Outside any repository (a Ray worker's scratch folder, a sweep
     driven from a plain folder): this project's checkout, the code that runs; ``unknown``
     when that is not a git checkout either (an installed wheel)."""
     rev = _git_revision(cwd)
@@ -43,7 +50,15 @@ def _git_revision(cwd: str | os.PathLike[str] | None) -> str:
         if out.returncode != 0 or not rev:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                *(f":(top,exclude){p}" for p in NOT_CODE),
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,
