@@ -175,8 +175,8 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
 def test_the_logged_model_gets_the_best_epochs_metrics(server):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.models import link_best_metrics
     from pipeline.tracking.client import metric
+    from pipeline.tracking.models import link_best_metrics
 
     client = MlflowClient(server.uri)
     exp = client.create_experiment("link-best")

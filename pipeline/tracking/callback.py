@@ -16,6 +16,7 @@ from .client import SafeMlflow, TrackingWarning, metric
 from .models import log_checkpoint_model
 from .runs import (
     describe_run,
+    file_sha256,
     find_tagged_run,
     last_step,
     read_state,
@@ -243,6 +244,8 @@ class MlflowCallback(Callback):
             )
             if version is not None:
                 extra["model_version"] = version
+        if self.best is not None and self.best.is_file():
+            extra["best_sha256"] = file_sha256(self.best)
         if self.run_id:
             self.ml.call(
                 "run status",

@@ -91,10 +91,9 @@ def log_checkpoint_model(
     from simsc import (
         config as simsc_config,  # its folder is the package shipped with the model
     )
+    from simsc.engine.checkpoint import load_checkpoint
 
     from .. import mlflow_model
-
-    from simsc.engine.checkpoint import load_checkpoint
 
     best_epoch = (load_checkpoint(checkpoint).get("best") or {}).get("epoch")
     tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg)}

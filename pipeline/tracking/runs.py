@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,32 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_of_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """:func:`read_state`, or ``{}`` when it belongs to another checkpoint: tracking.json is
+    the run folder's local state, not a DVC output, so after ``dvc exp apply`` / ``dvc
+    checkout`` of another experiment it may name the MLflow run of a later training. The
+    state records ``best_sha256`` (the best checkpoint's bytes) when the training ends."""
+    state = read_state(run_dir)
+    want = state.get("best_sha256")
+    best = run_dir / "checkpoints" / "best.pt"
+    if want and best.is_file() and file_sha256(best) != want:
+        print(
+            f"{run_dir / STATE_FILE} names the MLflow run of another checkpoint than {best} "
+            "(a DVC checkout restored an older one): nothing is logged to MLflow for it",
+            file=sys.stderr,
+        )
+        return {}
+    return state
+
+
 def write_state(run_dir: Path, state: dict[str, Any]) -> None:
     """Replace ``RUN_DIR/tracking.json`` atomically (temporary file + rename)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +208,7 @@ def run_page_url(run_dir: str | os.PathLike[str]) -> str | None:
     """The MLflow UI page of the run recorded in ``RUN_DIR/tracking.json``, in the UI's
     model-training view; ``None`` without a run. For a local store (sqlite, files) the page is
     served by ``mlflow ui --backend-store-uri URI`` (default address http://127.0.0.1:5000)."""
-    state = read_state(Path(run_dir))
+    state = state_of_checkpoint(Path(run_dir))
     run_id, uri = state.get("run_id"), state.get("tracking_uri")
     if not run_id or not uri:
         return None
