@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast repro clean bench sweep
+.PHONY: install lint test test-fast repro exp clean bench sweep
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ clean:
 # dvc runs the stage commands through the shell: put the venv first on PATH.
 repro: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+# One DVC experiment that does not leak into the next: make exp ARGS="-n lr2x -S ++train.lr_backbone=2e-4"
+# (dvc exp run ARGS, then params.yaml restored byte for byte: pipeline/exp.py).
+exp: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipeline.exp $(ARGS)
 
 # A Ray Tune sweep: make sweep SPEC=configs/sweeps/single_vs_mlp.yaml [ARGS="--profile full --resume"]
 SPEC ?= configs/sweeps/single_vs_mlp.yaml

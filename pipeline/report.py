@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,40 @@ EVAL_DIR = Path("reports/eval")
 #: the not-fine-tuned backbone's evaluations (pipeline/stage_baseline.py), beside the fine-tuned model's
 BASELINE_DIR = Path("reports/baseline")
 TRAIN_PLOTS = Path("reports/train")
+#: The run's identity (git revision, MLflow run id and page, registered version, timings),
+#: written next to the report and ignored by git: the committed report stays reproducible.
+THIS_RUN = Path("reports/this_run.md")
+PCK_DEFINITION = (
+    "PCK@alpha (percentage of correct keypoints) is the share of a pair's annotated keypoints whose "
+    "predicted position in the target image lies within alpha x theta of the true one, theta being the "
+    "data set's threshold size (the larger side of the target image for PF-Pascal and the embedded set, "
+    "the keypoints' extent for PF-Willow, the object's bounding box for SPair-71k); per image: averaged "
+    "over the pairs, in %."
+)
+
+
+def what_ran(cfg: Mapping[str, Any], train_metrics: Mapping[str, Any]) -> str:
+    """One paragraph: the backbone and its initialisation, what was fine-tuned, the
+    temperature, the steps and the training data (from the run's config.yaml)."""
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    pre = m.get("pretrained")
+    init = (
+        "randomly initialised"
+        if not pre
+        else "pretrained (timm's default weights)"
+        if pre is True
+        else f"pretrained ({pre})"
+    )
+    steps = train_metrics.get("steps")
+    budget = f"max_steps {t['max_steps']}" if t.get("max_steps") else f"{t.get('epochs')} epochs"
+    return (
+        f"**What ran:** backbone {m['backbone']}, {init}, fine-tuned: {m['finetune']}; temperature "
+        f"{m['temperature']}; {steps if steps is not None else '?'} training steps ({budget}, batch "
+        f"{d.get('batch_size')}, seed {t.get('seed')}); data: {d['dataset']} ({d['root']}, split "
+        f"{d.get('train_split')}) at {d['resolution']} px; validation on {d.get('val_split')}."
+    )
+
+
 DATASET_TITLES = {"pfpascal": "PF-Pascal", "pfwillow": "PF-Willow", "spair": "SPair-71k", "embedded": "embedded"}
 
 
@@ -252,7 +287,7 @@ def build_report(
     baseline_dir: Path = BASELINE_DIR,
 ) -> Path:
     from .tracking.results import load_reports, log_results, pck_table, table_markdown
-    from .tracking.runs import git_revision, run_page_url
+    from .tracking.runs import git_revision, run_page_url, state_of_checkpoint
 
     rep_cfg = params.get("report") or {}
     out_md = Path(rep_cfg.get("out", "reports/report.md"))
@@ -328,17 +363,24 @@ def build_report(
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
-    state_p = run_dir / "tracking.json"
-    state = json.loads(state_p.read_text()) if state_p.exists() else {}
+    state = state_of_checkpoint(run_dir)
     tracking = params.get("tracking") or {}
     results_logged = None
     if tracking.get("enabled") and state.get("run_id"):
         results_logged = log_results(run_dir, reports, record=False)
     summary_p = run_dir / "summary.json"
     summary = json.loads(summary_p.read_text()) if summary_p.exists() else {}
+    train_metrics_p = train_plots / "metrics.json"
+    train_metrics = json.loads(train_metrics_p.read_text()) if train_metrics_p.exists() else {}
+    best = train_metrics.get("best") or {}
+    best_alpha = cfg["train"].get("best_alpha", 0.1)
 
     md = [
         "# SimSC pipeline report",
+        "",
+        what_ran(cfg, train_metrics),
+        "",
+        PCK_DEFINITION,
         "",
         "## PCK (per image, %), laid out like the paper's Table 1",
         "",
@@ -372,11 +414,28 @@ def build_report(
         ]
         for p, caption in pics:
             md += [f"![{caption}]({Path(p).relative_to(out_md.parent)})", caption, ""]
+    # Only what the same code, data and params reproduce goes into the committed report; the
+    # run's own identity (git revision, MLflow run id, store, registered version, timings)
+    # goes to this_run.md next to it, which git ignores.
+    registered = tracking.get("registered_model") if tracking.get("enabled") else None
     meta = {
+        "training steps": train_metrics.get("steps"),
+        "best step": best.get("step"),
+        f"best val PCK@{best_alpha}": _r1(best.get(f"val_pck@{best_alpha}")),
+        "MLflow": (
+            f"experiment {tracking.get('experiment')}"
+            + (f", registered model {registered}" if registered else "")
+            + f"; this run's page, id and version: [{THIS_RUN.name}]({THIS_RUN.name}) (not committed)"
+            if tracking.get("enabled")
+            else "tracking disabled"
+        ),
+    }
+    url = run_page_url(run_dir)
+    this_run = {
         "git revision": git_revision(),
+        "MLflow run page": f"[{url}]({url})" if url else "-",
         "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
         "MLflow tracking URI": state.get("tracking_uri") or "-",
-        "MLflow run page": run_page_url(run_dir) or "-",
         "final PCK logged to MLflow": {
             None: "-",
             True: "yes",
@@ -385,11 +444,23 @@ def build_report(
         "registered model": (
             f"{state.get('registered_model')} v{state['model_version']}" if state.get("model_version") else "-"
         ),
-        "training steps": summary.get("step"),
-        "best step": summary.get("best_step"),
-        "best val PCK@0.1": _r1(summary.get("best_metric")),
         "train time (s)": _r1(summary.get("train_time_s")),
     }
+    this_md = (
+        "\n".join(
+            [
+                "# This run (not committed: it differs between machines and runs)",
+                "",
+                f"Report: [{out_md.name}]({out_md.name})",
+                "",
+            ]
+            + [f"- {k}: {v}" for k, v in this_run.items()]
+        )
+        + "\n"
+    )
+    this_p = out_md.parent / THIS_RUN.name
+    this_p.write_text(this_md, encoding="utf-8")
+    this_p.with_suffix(".html").write_text(_html(this_md), encoding="utf-8")
     md += ["", "## Run metadata", ""] + [f"- {k}: {v}" for k, v in meta.items()]
     # the run's eval section holds the engine defaults, not what ran: show the protocol instead
     trained = {k: v for k, v in cfg.items() if k != "eval"}
@@ -419,8 +490,18 @@ def build_report(
     return out_md
 
 
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown links ``[t](url)`` as ``<a>`` and ``**bold**`` as ``<b>``."""
+    out = _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', html.escape(text, quote=False))
+    return _BOLD.sub(r"<b>\1</b>", out)
+
+
 def _html(md: str) -> str:
-    """A small Markdown subset (headings, tables, images, lists, code) to HTML."""
+    """A small Markdown subset (headings, tables, images, lists, code, links, bold) to HTML."""
     out, in_table, in_code, in_list = [], False, False, False
     for line in md.splitlines():
         if line.startswith("```"):
@@ -455,9 +536,9 @@ def _html(md: str) -> str:
             if not in_list:
                 out.append("<ul>")
                 in_list = True
-            out.append(f"<li>{html.escape(line[2:])}</li>")
+            out.append(f"<li>{_inline(line[2:])}</li>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
     if in_table:
         out.append("</table>")
     if in_list:

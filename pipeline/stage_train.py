@@ -44,7 +44,9 @@ def stage_train(params: dict[str, Any]) -> None:
                 tags={"dvc.stage": "train"},
             )
         )
-    summary = train(cfg, callbacks=callbacks)
+    # DVC removed this stage's outputs (best.pt, config.yaml, metrics.jsonl) before running it;
+    # the run folder's local state of the previous run (last.pt, summary.json) is replaced.
+    summary = train(cfg, callbacks=callbacks, overwrite=True)
     metrics = Path(cfg.train.out_dir) / "metrics.jsonl"
     export_train_plots(metrics, PLOTS_DIR)
     train_metrics = export_train_metrics(metrics, PLOTS_DIR / "metrics.json")

@@ -203,10 +203,15 @@ def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any]
     """The dotted keys the sweep set for the best trial (``set``, its sampled values and a fresh
     ``train.out_dir``) that a trial reads and a stage declares, and the others with the reason."""
     declared = stage_params()
-    keys = {**spec.set, **row["_overrides"], "train.out_dir": f"runs/sweep-{spec.name}-best"}
+    # train.out_dir stays params.yaml's (runs/default): DVC keeps each experiment's outputs
+    # itself, and a new folder made dvc exp run remove runs/default from the workspace and
+    # warn "No file hash info found" for the folder dvc.lock does not know yet.
+    keys = {**spec.set, **row["_overrides"]}
     kept, dropped = {}, {}
     for k, v in keys.items():
-        if k.split(".")[0] not in TRIAL_SECTIONS:
+        if k == "train.seed" and k in row["_overrides"]:
+            dropped[k] = "searched seeds are replicates: the best trial's seed is luck, not a setting"
+        elif k.split(".")[0] not in TRIAL_SECTIONS:
             dropped[k] = "sweep trials do not read it"
         elif not is_declared(k, declared):
             dropped[k] = "no DVC stage declares it (dvc.yaml params)"
@@ -240,18 +245,45 @@ def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], di
         f"{section}.{key}": value
         for section in TRIAL_SECTIONS
         for key, value in trial[section].items()
-        if now[section][key] != value
+        if now[section][key] != value and (section, key) != ("train", "out_dir")
     }
+    raw = read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
+    kept.update(_follow_resolution(raw, now["data"]["resolution"], trial["data"]["resolution"]))
+    kept["tracking.registered_model"] = registered_name(spec)
     return kept, dropped
+
+
+def registered_name(spec: SweepSpec) -> str:
+    """The registered model a sweep's hand-off trains into: its own, not the default run's."""
+    return f"simsc-sweep-{spec.name}"
+
+
+def _follow_resolution(params: Mapping[str, Any], old: int, new: int) -> dict[str, Any]:
+    """When the best trial trained at another size than params.yaml's ``data.resolution``: the
+    evaluation sets at the old size evaluate at the new one (and the preprocess stage caches
+    it), so the model is evaluated at the resolution it was trained at."""
+    if old == new:
+        return {}
+    out: dict[str, Any] = {}
+    for name, entry in ((params.get("evaluate") or {}).get("sets") or {}).items():
+        if isinstance(entry, Mapping) and entry.get("resolution") == old:
+            out[f"evaluate.sets.{name}.resolution"] = new
+    sizes = list((params.get("preprocess") or {}).get("resolutions") or [])
+    if out and new not in sizes:
+        out["preprocess.resolutions"] = [new if r == old else r for r in sizes] if old in sizes else [new, *sizes]
+    return out
 
 
 def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
     """The best trial as a parameter set: its engine sections as differences from the schema's
-    defaults (``train.out_dir`` a fresh run folder). ``python -m pipeline.paramset FILE --apply``
+    defaults. ``python -m pipeline.paramset FILE --apply``
     makes params.yaml train exactly this configuration."""
     trial = trial_config(spec, row)
     defaults = load_config().to_dict()
-    out = {section: {k: v for k, v in values.items() if v != defaults[section][k]} for section, values in trial.items()}
+    out = {
+        section: {k: v for k, v in values.items() if v != defaults[section][k] and (section, k) != ("train", "out_dir")}
+        for section, values in trial.items()
+    }
     return {section: values for section, values in out.items() if values}
 
 
@@ -282,7 +314,8 @@ def write_results(out_dir: Path, spec: SweepSpec, rows: list[dict[str, Any]]) ->
             f"# Best trial {best['trial_id']} of sweep {spec.name} ({best['label']}): "
             f"best val PCK {best['best_val_pck']:.2f}\n"
             f"# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
-            f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && dvc exp run\n"
+            f"# Use: python -m pipeline.paramset {out_dir / 'best_params.yaml'} --apply && "
+            f"dvc exp run -S 'tracking.registered_model={registered_name(spec)}'\n"
         )
         paths["best_params"] = out_dir / "best_params.yaml"
         atomic_write_bytes(paths["best_params"], (header + yaml.safe_dump(params, sort_keys=False)).encode())

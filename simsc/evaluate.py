@@ -391,6 +391,17 @@ def eval_dataset(
     return build_dataset(name, root, split or ev.split, res, cache_dir=cache_dir)
 
 
+def checkpoint_resolution(cfg: Any) -> int | str:
+    """The resolution a checkpoint is evaluated at by default: its ``eval.resolution`` when the
+    config sets one (not the schema's default), else the size it was trained at
+    (``data.resolution``). A checkpoint of the DVC train stage never carries an ``eval`` section
+    (the evaluate stage owns it), so this is its training resolution: a model trained at 160 px
+    is evaluated at 160 px, not at the schema's 256."""
+    if cfg.eval.resolution != D.RESOLUTION:
+        return cfg.eval.resolution
+    return cfg.data.resolution
+
+
 def sweep_betas(ev: EvalConfig, betas: Sequence[float] | None = None) -> list[float]:
     """The beta_eval values of a sweep: ``betas`` if given, else the ``eval`` section's (when
     set and not empty), else :data:`DEFAULT_BETA_SWEEP`."""

@@ -272,3 +272,53 @@ def test_process_exit_code_and_message(tmp_path):
     )
     assert proc.returncode == 2
     assert "simsc train: error: config file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture()
+def ckpt_trained_at_48(trained_run, tmp_path, monkeypatch):
+    """The trained run's checkpoint as the DVC train stage writes one: trained at 48 px, no
+    ``eval`` section (the schema's 256 in it), served under the URI scheme ``fake:``."""
+    from simsc import model_uri
+    from simsc.engine.checkpoint import atomic_save, load_checkpoint
+
+    ck = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    ck["config"]["data"]["resolution"] = 48
+    ck["config"]["eval"]["resolution"] = 256
+    path = atomic_save(ck, tmp_path / "stage.pt")
+    monkeypatch.setattr(model_uri, "_RESOLVERS", {"fake": lambda uri: path})
+    return path
+
+
+def test_evaluate_defaults_to_the_checkpoints_training_resolution(ckpt_trained_at_48, tmp_path, capsys):
+    for source in (["--checkpoint", str(ckpt_trained_at_48)], ["--model", "fake:/m@champion"]):
+        out = tmp_path / "r.json"
+        assert main(["evaluate", *source, "--out", str(out), "--quiet"]) == 0
+        assert json.loads(out.read_text())["resolution"] == 48
+        # --quiet hides the progress, not the result
+        res = capsys.readouterr()
+        assert "test @48 (4 pairs" in res.out and "PCK@0.1" in res.out and "it/s" not in res.err
+    assert main(["evaluate", "--model", "fake:/m", "--resolution", "64", "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["resolution"] == 64
+
+
+def test_match_takes_a_registered_model_at_its_training_resolution(ckpt_trained_at_48, tmp_path, capsys, monkeypatch):
+    from simsc import visualize
+
+    seen = {}
+    real = visualize.predict_matches
+
+    def spy(*a, **kw):
+        seen["resolution"] = kw["resolution"]
+        return real(*a, **kw)
+
+    monkeypatch.setattr(visualize, "predict_matches", spy)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(tmp_path / name)
+    out = tmp_path / "m.png"
+    argv = ["match", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", "fake:/m@champion", "--grid", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert str(seen["resolution"]) == "48" and out.is_file()
+    assert "wrote" in capsys.readouterr().out
+    assert main([*argv, "--resolution", "64", "--out", str(out)]) == 0
+    assert str(seen["resolution"]) == "64"

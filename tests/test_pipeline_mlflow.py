@@ -120,8 +120,11 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
     client = MlflowClient(server.uri)
     hist = client.get_metric_history(cb.run_id, "beta_a")
     assert sorted(m.step for m in hist) == [1, 2, 3, 4, 5]
-    for key in ("beta_b", "beta_eff", "loss", "lr"):
+    for key in ("beta_b", "beta_eff", "loss", "lr", "log10_lr", "log10_lr_temperature"):
         assert len(client.get_metric_history(cb.run_id, key)) == 5
+    # the real rate, and its log10, which the UI's 3-decimal rounding does not flatten to 0
+    assert {m.value for m in client.get_metric_history(cb.run_id, "lr")} == {1e-3}
+    assert [round(m.value, 9) for m in client.get_metric_history(cb.run_id, "log10_lr")] == [-3.0] * 5
     run = client.get_run(cb.run_id)
     assert run.data.params["train.lr_backbone"] == "0.001"
     assert run.data.tags["params_hash"] and run.data.tags["git_revision"]
@@ -135,6 +138,17 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
     version = state["model_version"]
     mv = client.get_model_version("simsc-pytest", version)
     assert mv.tags["params_hash"] == run.data.tags["params_hash"]
+    # the logged model carries the best epoch's validation metrics, not epoch 0's
+    from simsc.engine.checkpoint import load_checkpoint
+
+    best_ck = load_checkpoint(Path(params["train"]["out_dir"]) / "checkpoints" / "best.pt")
+    (logged,) = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{cb.run_id}'"
+    )
+    model_metrics = {m.key: m for m in logged.metrics}
+    assert model_metrics["val_pck_0.1"].step == best_ck["best"]["epoch"]
+    assert model_metrics["val_pck_0.1"].value == pytest.approx(best_ck["best"]["metric"])
+    assert "loss" not in model_metrics and "beta_eff" not in model_metrics
 
     # the registered model evaluates exactly like the local checkpoint
     from simsc.cli import main as simsc_main
@@ -156,6 +170,24 @@ def test_live_run_is_tracked_and_registered(server, embedded, tmp_path, monkeypa
     assert simsc_main(["evaluate", "--model", f"models:/simsc-pytest/{version}", "--out", str(reg_out), *common]) == 0
     local, reg = json.loads(local_out.read_text()), json.loads(reg_out.read_text())
     assert reg["per_image"] == local["per_image"] == reports["test_64"]["per_image"]
+
+
+def test_the_logged_model_gets_the_best_epochs_metrics(server):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.client import metric
+    from pipeline.tracking.models import link_best_metrics
+
+    client = MlflowClient(server.uri)
+    exp = client.create_experiment("link-best")
+    rid = client.create_run(exp).info.run_id
+    vals = [9.74, 45.2, 30.0]
+    client.log_batch(rid, metrics=[metric("val_pck_0.1", v, epoch) for epoch, v in enumerate(vals)])
+    client.log_batch(rid, metrics=[metric("loss", 3.0, 1), metric("lr", 1e-4, 1)])
+    model = client.create_logged_model(exp, source_run_id=rid)
+    assert link_best_metrics(client, rid, model.model_id, 1) == 1
+    got = client.get_logged_model(model.model_id).metrics
+    assert [(m.key, m.value, m.step) for m in got] == [("val_pck_0.1", 45.2, 1)]
 
 
 def test_dead_server_costs_nothing_and_relog_restores(tmp_path_factory, embedded, tmp_path, monkeypatch):

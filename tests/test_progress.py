@@ -113,3 +113,18 @@ def test_cli_quiet_flag_silences_train_and_evaluate(tiny_embedded, tmp_path, cap
     assert "evaluate: batch 1/1" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", ckpt, "--out", str(tmp_path / "q.json"), "--split", "val", "--quiet"]) == 0
     assert "evaluate:" not in capsys.readouterr().err
+
+
+def test_download_and_preprocess_print_plain_lines_when_not_a_terminal(tmp_path, capsys):
+    """The embedded data set (download stage) and the image cache (preprocess stage) write
+    no carriage-return bar into a log: one plain line at least, none with a \\r."""
+    from simsc.data import build_dataset
+    from simsc.data.cache import build_cache
+    from simsc.data.embedded import build_embedded_dataset
+
+    root = build_embedded_dataset(tmp_path / "emb", seed=0, n_train=2, n_val=1, n_test=1, progress=True)
+    ds = build_dataset("embedded", root, "trn", 32, cache_dir=tmp_path / "cache")
+    build_cache(ds)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "embedded data set: pair 4/4" in err and "cache embedded/32: image" in err

@@ -74,13 +74,8 @@ def test_best_params_apply_to_params_yaml(spec, tmp_path):
     cfg = load_config({k: merged[k] for k in ("model", "data", "train", "eval")})
     assert (cfg.train.lr_backbone, cfg.model.temperature) == (2e-4, "fixed:1")  # searched, and the spec's set
     assert (cfg.train.epochs, cfg.train.max_steps, cfg.data.resolution, cfg.data.cache_dir) == (3, None, 128, None)
-    assert cfg.train.out_dir == "runs/sweep-lr_beta1-best"
-    expected = load_config(
-        compose(
-            engine_sections(spec.params_raw),
-            {**spec.set, **best["_overrides"], "train.out_dir": "runs/sweep-lr_beta1-best"},
-        )
-    )
+    assert cfg.train.out_dir == "runs/default"  # not a new folder: dvc exp run keeps runs/default
+    expected = load_config(compose(engine_sections(spec.params_raw), {**spec.set, **best["_overrides"]}))
     assert trained(merged) == {k: expected.to_dict()[k] for k in ("model", "data", "train")}
 
 
@@ -92,17 +87,19 @@ def test_dvc_flags_make_params_yaml_train_the_best_trial(spec, tmp_path):
     flags = dvc_flags(spec, best)
     assert flags.startswith("dvc exp run ")
     assert "-S '++train.lr_backbone=0.0002'" in flags and "-S '++model.temperature=fixed:1'" in flags
-    assert "-S '++data.cache_dir=null'" in flags and "-S '++train.out_dir=runs/sweep-lr_beta1-best'" in flags
+    assert "-S '++data.cache_dir=null'" in flags and "train.out_dir" not in flags
+    # its own registered model; evaluated at the size it trained at (the toy's 128 px)
+    assert "-S '++tracking.registered_model=simsc-sweep-lr_beta1'" in flags
+    assert "-S '++evaluate.sets.test_160.resolution=128'" in flags
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     apply_overrides(str(path), [f.strip("'") for f in flags.split(" -S ")[1:]])
     params = yaml.safe_load(path.read_text())
-    expected = load_config(
-        compose(
-            engine_sections(spec.params_raw),
-            {**spec.set, **best["_overrides"], "train.out_dir": "runs/sweep-lr_beta1-best"},
-        )
-    )
+    assert params["tracking"]["registered_model"] == "simsc-sweep-lr_beta1"
+    assert params["evaluate"]["sets"]["test_160"]["resolution"] == 128
+    assert params["evaluate"]["sets"]["test_original"]["resolution"] == "original"
+    assert params["preprocess"]["resolutions"] == [128, "original"]
+    expected = load_config(compose(engine_sections(spec.params_raw), {**spec.set, **best["_overrides"]}))
     assert trained(params) == {k: expected.to_dict()[k] for k in ("model", "data", "train")}
 
 
@@ -147,21 +144,34 @@ def test_handoff_reproduces_the_trial_for_every_spec(spec_file, profile, tmp_pat
     best = {"trial_id": "t", "label": "x", "best_val_pck": 1.0, "_overrides": overrides}
     flags = [f.strip("'") for f in dvc_flags(spec, best).split(" -S ")[1:]]
     keys = [f.removeprefix("++").split("=", 1)[0] for f in flags]
-    assert "train.out_dir" in keys
+    assert "train.out_dir" not in keys
+    assert "train.seed" not in overrides or "train.seed" not in keys  # a searched seed is not handed on
+    assert "tracking.registered_model" in keys
     for key in keys:
         assert any(key == d or key.startswith(d + ".") for d in declared), (spec_file.name, key)
-        assert key.split(".")[0] in ("model", "data", "train"), (spec_file.name, key)
-    kept = {k: v for k, v in {**spec.set, **overrides}.items() if k.split(".")[0] in ("model", "data", "train")}
-    expected = load_config(
-        compose(engine_sections(spec.params_raw), {**kept, "train.out_dir": f"runs/sweep-{spec.name}-best"})
-    ).to_dict()
+        assert key.split(".")[0] in ("model", "data", "train", "tracking", "evaluate", "preprocess"), key
+    kept = {
+        k: v
+        for k, v in {**spec.set, **overrides}.items()
+        if k.split(".")[0] in ("model", "data", "train") and not (k == "train.seed" and k in overrides)
+    }
+    expected = load_config(compose(engine_sections(spec.params_raw), kept)).to_dict()
     expected = {k: expected[k] for k in ("model", "data", "train")}
+    expected["train"]["out_dir"] = "runs/default"  # the workspace's run folder stays
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     apply_overrides(str(path), flags)
     assert trained(yaml.safe_load(path.read_text())) == expected
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     assert trained(paramset.apply_set(base, best_params(spec, best))) == expected
+
+
+def test_handoff_does_not_pin_a_searched_seed(spec):
+    best = row("c", STATUS_COMPLETED, 12.5, 2e-4)
+    best["_overrides"] = {**best["_overrides"], "train.seed": 1}
+    kept, dropped = handoff(spec, best)
+    assert "train.seed" not in kept and "replicates" in dropped["train.seed"]
+    assert "seed" not in yaml.safe_dump(best_params(spec, best))
 
 
 def test_handoff_leaves_out_keys_trials_do_not_read(spec):
@@ -207,7 +217,7 @@ def test_results_files(tmp_path):
     # params.yaml leaves to its default (epochs, lr_backbone)
     flags = (
         "dvc exp run -S '++model.temperature=fixed:1' -S '++train.epochs=3' "
-        "-S '++train.lr_backbone=2.0e-05' -S '++train.out_dir=runs/sweep-hand-best'"
+        "-S '++train.lr_backbone=2.0e-05' -S '++tracking.registered_model=simsc-sweep-hand'"
     )
     # label and error columns are left out of the table; small floats keep 4 significant digits
     assert paths["md"].read_text() == (
@@ -235,7 +245,8 @@ def test_results_files(tmp_path):
     assert paths["best_params"].read_text() == (
         "# Best trial a of sweep hand (lr_backbone=2e-05): best val PCK 10.00\n"
         "# Its engine config as differences from the schema defaults (results.md lists sweep keys left out).\n"
-        f"# Use: python -m pipeline.paramset {out / 'best_params.yaml'} --apply && dvc exp run\n"
+        f"# Use: python -m pipeline.paramset {out / 'best_params.yaml'} --apply && "
+        "dvc exp run -S 'tracking.registered_model=simsc-sweep-hand'\n"
         # the whole trained configuration: params.yaml's default run (the base) and the sweep's keys
         "model:\n"
         "  backbone: efficientnet_lite0\n"
@@ -247,7 +258,6 @@ def test_results_files(tmp_path):
         "  epochs: 3\n"
         "  max_steps: 400\n"
         "  lr_backbone: 2.0e-05\n"
-        "  out_dir: runs/sweep-hand-best\n"
         "  checkpoint_every_steps: 100\n"
         "  val_max_pairs: 50\n"
         "eval:\n"

@@ -150,3 +150,27 @@ def test_the_package_names_resolve_to_their_modules():
     assert tracking._LAZY["fetch_checkpoint"] == "models"
     for name, module in tracking._LAZY.items():
         assert getattr(tracking, name) is getattr(importlib.import_module(f"pipeline.tracking.{module}"), name)
+
+
+def test_git_revision_is_clean_when_only_pipeline_outputs_changed(tmp_path):
+    """``dvc repro`` rewrites dvc.lock (and reports/) before the train stage runs: that must
+    not tag a clean checkout's run ``-dirty``; a changed code file does."""
+    import subprocess
+
+    from pipeline.tracking.runs import git_revision
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "reports").mkdir()
+    for name in ("dvc.lock", "params.yaml", "reports/report.md", "code.py"):
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    for name in ("dvc.lock", "params.yaml", "reports/report.md"):
+        (tmp_path / name).write_text("b\n")
+    rev = git_revision(tmp_path / "reports")
+    assert len(rev) == 40 and not rev.endswith("-dirty")
+    (tmp_path / "code.py").write_text("b\n")
+    assert git_revision(tmp_path / "reports").endswith("-dirty")

@@ -3,6 +3,7 @@ per-epoch metrics, system metrics, the best checkpoint as a registered model).""
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from .client import SafeMlflow, TrackingWarning, metric
 from .models import log_checkpoint_model
 from .runs import (
     describe_run,
+    file_sha256,
     find_tagged_run,
     last_step,
     read_state,
@@ -36,13 +38,25 @@ STEP_METRICS = {
 }
 
 
+#: Learning rates also logged as log10: MLflow's UI rounds a metric below 10 to 3 decimals
+#: (its formatMetric: mlflow/mlflow#2006), so a chart of 1e-4 reads as a flat 0; -4.0 reads.
+LOG10_METRICS = {"log10_lr": "lr_backbone", "log10_lr_temperature": "lr_temperature"}
+
+
 def step_metrics(record: Mapping[str, Any], ts: int | None = None) -> list[Any]:
-    """The MLflow metrics of one step record (those of :data:`STEP_METRICS` it holds)."""
-    return [
+    """The MLflow metrics of one step record (those of :data:`STEP_METRICS` it holds, and the
+    :data:`LOG10_METRICS` of its positive learning rates)."""
+    out = [
         metric(name, record[src], record["step"], ts)
         for name, src in STEP_METRICS.items()
         if record.get(src) is not None
     ]
+    out += [
+        metric(name, math.log10(record[src]), record["step"], ts)
+        for name, src in LOG10_METRICS.items()
+        if record.get(src) is not None and record[src] > 0
+    ]
+    return out
 
 
 def epoch_metrics(record: Mapping[str, Any], ts: int | None = None) -> list[Any]:
@@ -230,6 +244,8 @@ class MlflowCallback(Callback):
             )
             if version is not None:
                 extra["model_version"] = version
+        if self.best is not None and self.best.is_file():
+            extra["best_sha256"] = file_sha256(self.best)
         if self.run_id:
             self.ml.call(
                 "run status",

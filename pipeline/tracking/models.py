@@ -54,6 +54,31 @@ def model_signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(f32, (-1, -1, 2))]))
 
 
+#: The ``step`` handed to ``log_model``: one no metric is logged at, so MLflow links none itself.
+NO_METRIC_STEP = -1
+#: The per-epoch metrics (:func:`pipeline.tracking.callback.epoch_metrics`, step = the epoch).
+EPOCH_METRIC_PREFIXES = ("val_pck_", "val_beta_eff", "train_loss_epoch")
+
+
+def link_best_metrics(client: Any, run_id: str, model_id: str, epoch: int) -> int:
+    """Attach the run's per-epoch metrics of ``epoch`` (the best checkpoint's) to the logged
+    model ``model_id``, as MLflow's ``log_model(step=...)`` would, but only those (a step
+    metric logged at the same step number is a training step, not this epoch). Returns how
+    many were linked."""
+    from mlflow.entities import Metric
+
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(EPOCH_METRIC_PREFIXES)]
+    linked = []
+    for key in keys:
+        at_epoch = [m for m in client.get_metric_history(run_id, key) if m.step == epoch and m.model_id is None]
+        if at_epoch:
+            m = at_epoch[-1]
+            linked.append(Metric(key, m.value, m.timestamp, m.step, run_id=run_id, model_id=model_id))
+    if linked:
+        client.log_batch(run_id, metrics=linked)
+    return len(linked)
+
+
 def log_checkpoint_model(
     client: Any, run_id: str, checkpoint: Path, registered_model: str | None, cfg: Mapping[str, Any]
 ) -> str | None:
@@ -66,9 +91,11 @@ def log_checkpoint_model(
     from simsc import (
         config as simsc_config,  # its folder is the package shipped with the model
     )
+    from simsc.engine.checkpoint import load_checkpoint
 
     from .. import mlflow_model
 
+    best_epoch = (load_checkpoint(checkpoint).get("best") or {}).get("epoch")
     tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg)}
     with fluent_uri(client.tracking_uri):
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
@@ -80,7 +107,13 @@ def log_checkpoint_model(
                 pip_requirements=model_requirements(),
                 signature=model_signature(),
                 input_example=model_example(),
+                # MLflow copies the run's metrics at this step to the model; at its default (0)
+                # the model showed epoch 0's validation PCK. No metric is logged at step -1:
+                # link_best_metrics gives it the best epoch's instead.
+                step=NO_METRIC_STEP,
             )
+        if best_epoch is not None and info.model_id:
+            link_best_metrics(client, run_id, info.model_id, int(best_epoch))
         if not registered_model:
             return None
         mv = mlflow.register_model(info.model_uri, registered_model, tags=tags)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .champion import champion_measure, promote_champion
 from .client import SafeMlflow, TrackingWarning, metric
-from .runs import read_state, write_state
+from .runs import state_of_checkpoint, write_state
 
 
 def load_reports(eval_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -63,7 +63,7 @@ def log_results(
     ``record=False`` leaves ``tracking.json`` untouched (the report stage: the run folder is
     the train stage's output and must not change after it)."""
     run_dir = Path(run_dir)
-    state = read_state(run_dir)
+    state = state_of_checkpoint(run_dir)
     run_id = state.get("run_id")
     ml = SafeMlflow(tracking_uri or state.get("tracking_uri"))
     if not run_id:
@@ -119,7 +119,7 @@ def log_report(
     run_dir, report_md = Path(run_dir), Path(report_md)
     if rule is not None:
         champion_measure(reports, rule)  # a bad rule is the user's error, not the server's
-    state = read_state(run_dir)
+    state = state_of_checkpoint(run_dir)
     run_id = state.get("run_id")
     if not run_id:
         return None

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,16 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+#: Tracked files a pipeline run itself rewrites (DVC's lock file and the committed outputs under
+#: reports/) or whose values a run logs as its params (params.yaml, which ``dvc exp run -S``
+#: edits): changes to them do not make the code ``-dirty``.
+NOT_CODE = ("dvc.lock", "params.yaml", "reports")
+
+
 def git_revision(cwd: str | os.PathLike[str] | None = None) -> str:
     """``HEAD`` of the repository at ``cwd`` (default: the working directory), ``-dirty`` when
-    tracked files changed. Outside any repository (a Ray worker's scratch folder, a sweep
+    tracked files other than :data:`NOT_CODE` changed (``dvc repro`` rewrites ``dvc.lock``
+    after its first stage: a clean checkout stays clean). Outside any repository (a Ray worker's scratch folder, a sweep
     driven from a plain folder): this project's checkout, the code that runs; ``unknown``
     when that is not a git checkout either (an installed wheel)."""
     rev = _git_revision(cwd)
@@ -43,7 +51,15 @@ def _git_revision(cwd: str | os.PathLike[str] | None) -> str:
         if out.returncode != 0 or not rev:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                *(f":(top,exclude){p}" for p in NOT_CODE),
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -154,6 +170,32 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_of_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """:func:`read_state`, or ``{}`` when it belongs to another checkpoint: tracking.json is
+    the run folder's local state, not a DVC output, so after ``dvc exp apply`` / ``dvc
+    checkout`` of another experiment it may name the MLflow run of a later training. The
+    state records ``best_sha256`` (the best checkpoint's bytes) when the training ends."""
+    state = read_state(run_dir)
+    want = state.get("best_sha256")
+    best = run_dir / "checkpoints" / "best.pt"
+    if want and best.is_file() and file_sha256(best) != want:
+        print(
+            f"{run_dir / STATE_FILE} names the MLflow run of another checkpoint than {best} "
+            "(a DVC checkout restored an older one): nothing is logged to MLflow for it",
+            file=sys.stderr,
+        )
+        return {}
+    return state
+
+
 def write_state(run_dir: Path, state: dict[str, Any]) -> None:
     """Replace ``RUN_DIR/tracking.json`` atomically (temporary file + rename)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +208,7 @@ def run_page_url(run_dir: str | os.PathLike[str]) -> str | None:
     """The MLflow UI page of the run recorded in ``RUN_DIR/tracking.json``, in the UI's
     model-training view; ``None`` without a run. For a local store (sqlite, files) the page is
     served by ``mlflow ui --backend-store-uri URI`` (default address http://127.0.0.1:5000)."""
-    state = read_state(Path(run_dir))
+    state = state_of_checkpoint(Path(run_dir))
     run_id, uri = state.get("run_id"), state.get("tracking_uri")
     if not run_id or not uri:
         return None

@@ -68,6 +68,32 @@ def add_model_source(p: argparse.ArgumentParser, required: bool = True):
     return g
 
 
+def add_model_uri(g) -> None:
+    """``--model URI`` in a model-source group: a registered model instead of ``--checkpoint``."""
+    g.add_argument(
+        "--model",
+        metavar="URI",
+        help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
+        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
+        "scheme (MLflow's comes with the pipeline extra)",
+    )
+
+
+def fetch_registered(uri: str) -> str:
+    """Download the checkpoint of a registered model through the resolver its URI scheme
+    names (:mod:`simsc.model_uri`: the pipeline package provides MLflow's)."""
+    from ..model_uri import NoResolverError, resolve
+
+    try:
+        return str(resolve(uri))
+    except NoResolverError as exc:
+        raise ValueError(f"--model {uri}: {exc}") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the registry's errors: unknown model, server down
+        raise ValueError(f"--model {uri}: cannot fetch the model: {type(exc).__name__}: {exc}") from None
+
+
 def load_model_from_args(args: argparse.Namespace):
     """``(model, config or None)`` from :func:`add_model_source`'s flags."""
     import torch

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import defaults as D
 from ..io import atomic_write_json
-from . import add_model_source, load_model_from_args, positive_int, user_errors
+from . import add_model_source, add_model_uri, fetch_registered, load_model_from_args, positive_int, user_errors
 
 _EPILOG = """\
 examples:
@@ -35,18 +35,16 @@ def add_parser(sub) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = add_model_source(p)
-    g.add_argument(
-        "--model",
-        metavar="URI",
-        help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
-        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
-        "scheme (MLflow's comes with the pipeline extra)",
-    )
+    add_model_uri(add_model_source(p))
     p.add_argument("--dataset", help="pfpascal, pfwillow, spair or embedded (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test)")
-    p.add_argument("--resolution", default=None, help="256 (square resize, the default) or original (batch size 1)")
+    p.add_argument(
+        "--resolution",
+        default=None,
+        help="pixels (square resize) or original (batch size 1); default: a checkpoint's training "
+        f"resolution (its eval.resolution if it sets one), else {D.RESOLUTION}",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--beta-eval",
@@ -80,7 +78,8 @@ def add_parser(sub) -> None:
         "--no-progress",
         dest="quiet",
         action="store_true",
-        help="no progress output (default: a bar on a terminal, else a plain line every 20 s)",
+        help="no progress output; the result line is still printed (default: a bar on a terminal, "
+        "else a plain line every 20 s)",
     )
     p.set_defaults(func=_run)
 
@@ -96,28 +95,13 @@ def _parse_betas(text: str) -> list[float]:
     return vals
 
 
-def _fetch_registered(uri: str) -> str:
-    """Download the checkpoint of a registered model through the resolver its URI scheme
-    names (:mod:`simsc.model_uri`: the pipeline package provides MLflow's)."""
-    from ..model_uri import NoResolverError, resolve
-
-    try:
-        return str(resolve(uri))
-    except NoResolverError as exc:
-        raise ValueError(f"--model {uri}: {exc}") from None
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the registry's errors: unknown model, server down
-        raise ValueError(f"--model {uri}: cannot fetch the model: {type(exc).__name__}: {exc}") from None
-
-
 @user_errors("evaluate")
 def _run(args: argparse.Namespace) -> int:
     from ..config import EvalConfig
-    from ..evaluate import beta_sweep, eval_dataset, evaluate_to_files, sweep_betas
+    from ..evaluate import beta_sweep, checkpoint_resolution, eval_dataset, evaluate_to_files, sweep_betas
 
     if getattr(args, "model", None):
-        args.checkpoint = _fetch_registered(args.model)
+        args.checkpoint = fetch_registered(args.model)
     model, cfg = load_model_from_args(args)
     ev = cfg.eval if cfg is not None else EvalConfig()
     dataset_name = args.dataset or (cfg.data.dataset if cfg is not None else None)
@@ -130,9 +114,10 @@ def _run(args: argparse.Namespace) -> int:
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     beta_eval = args.beta_eval if args.beta_eval is not None else ev.beta_eval
-    dataset = eval_dataset(
-        ev, dataset_name, root, split=args.split, resolution=args.resolution, cache_dir=args.cache_dir
-    )
+    resolution = args.resolution
+    if resolution is None and cfg is not None:
+        resolution = checkpoint_resolution(cfg)
+    dataset = eval_dataset(ev, dataset_name, root, split=args.split, resolution=resolution, cache_dir=args.cache_dir)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the evaluation
     common: dict[str, Any] = {

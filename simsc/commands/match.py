@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .. import defaults as D
-from . import add_model_source, load_model_from_args, positive_int, user_errors
+from . import add_model_source, add_model_uri, fetch_registered, load_model_from_args, positive_int, user_errors
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -24,19 +24,23 @@ def add_parser(sub) -> None:
         description="Predict where points of IMG_A land in IMG_B and draw both images side by side "
         "with a coloured line per correspondence (PNG).",
         epilog="example:\n  simsc match cat1.jpg cat2.jpg --checkpoint runs/default/checkpoints/best.pt "
-        "--points 120,80 200,150 --out match.png\n\nWithout --points a GRID x GRID grid of interior "
+        "--points 120,80 200,150 --out match.png\n"
+        "  simsc match cat1.jpg cat2.jpg --model models:/simsc-default@champion --out match.png"
+        "\n\nWithout --points a GRID x GRID grid of interior "
         "source points is used. Points are x,y in source-image pixels (0-based, pixel centres).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("img_a", metavar="IMG_A", help="source image")
     p.add_argument("img_b", metavar="IMG_B", help="target image")
-    add_model_source(p)
+    g = add_model_source(p)
+    add_model_uri(g)
     p.add_argument("--points", nargs="+", type=_point, metavar="X,Y", help="query points on IMG_A")
     p.add_argument("--grid", type=positive_int, default=5, help="grid size when no --points are given (default: 5)")
     p.add_argument(
         "--resolution",
-        default=str(D.RESOLUTION),
-        help=f"model input size: pixels or original (default: {D.RESOLUTION}, the paper's)",
+        default=None,
+        help="model input size: pixels or original (default: a checkpoint's training resolution, "
+        f"its eval.resolution if it sets one; {D.RESOLUTION} for --backbone)",
     )
     p.add_argument("--beta-eval", type=float, default=None, help="soft-argmax temperature (default: the model's)")
     p.add_argument(
@@ -52,15 +56,23 @@ def add_parser(sub) -> None:
 @user_errors("match")
 def _run(args: argparse.Namespace) -> int:
     from ..data.records import parse_resolution
+    from ..evaluate import checkpoint_resolution
     from ..visualize import save_match_picture
 
-    try:
-        parse_resolution(args.resolution)
-    except ValueError:
-        raise ValueError(f"--resolution: expected a positive integer or 'original', got {args.resolution!r}") from None
+    if args.resolution is not None:
+        try:
+            parse_resolution(args.resolution)
+        except ValueError:
+            raise ValueError(
+                f"--resolution: expected a positive integer or 'original', got {args.resolution!r}"
+            ) from None
     if args.beta_eval is not None and not args.beta_eval > 0:
         raise ValueError(f"--beta-eval must be > 0, got {args.beta_eval}")
-    model, _ = load_model_from_args(args)
+    if getattr(args, "model", None):
+        args.checkpoint = fetch_registered(args.model)
+    model, cfg = load_model_from_args(args)
+    if args.resolution is None:
+        args.resolution = str(checkpoint_resolution(cfg)) if cfg is not None else str(D.RESOLUTION)
     res = save_match_picture(
         model,
         args.img_a,

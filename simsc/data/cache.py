@@ -151,7 +151,7 @@ def build_cache(
     sharing the folder are left alone), and writes ``manifest.json``. This is the
     "preprocess" stage. Returns ``{"dir", "images", "hits", "written", "pruned"}``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import track
 
     if getattr(dataset, "cache_dir", None) is None:
         raise ValueError("build_cache: the dataset was built without cache_dir; pass cache_dir=... to it")
@@ -164,8 +164,15 @@ def build_cache(
     desc = f"cache {cache.dataset_name}/{resolution_tag(cache.resolution)}"
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # The threads share one CachedImages; its counters are plain ints, so count from results.
+        # a bar on a terminal, a plain line every 20 s in a log (no carriage returns)
         results = list(
-            tqdm(pool.map(lambda p: _fill_one(cache, p), paths), total=len(paths), desc=desc, disable=not show_progress)
+            track(
+                pool.map(lambda p: _fill_one(cache, p), paths),
+                "auto" if show_progress else "off",
+                desc,
+                len(paths),
+                unit="image",
+            )
         )
     hits = sum(1 for _, hit in results if hit)
     cache.hits, cache.misses = h0 + hits, m0 + len(results) - hits

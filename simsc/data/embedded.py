@@ -1168,7 +1168,7 @@ def build_embedded_dataset(
     ``difficulty`` is ``"mild"`` (the default set) or ``"hard"`` (:data:`HARD`: large warps,
     strong appearance change, occluders and clutter), or a :class:`Difficulty`.
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
     root = Path(root).absolute()
     seed = int(seed)
@@ -1191,14 +1191,17 @@ def build_embedded_dataset(
         tmp.chmod(0o755)  # mkdtemp makes it private; the data set is not
         jobs = [(split, si, i) for si, split in enumerate(SPLIT_ORDER) for i in range(counts[split])]
         lines: dict[str, list[str]] = {s: [""] * counts[s] for s in SPLIT_ORDER}
-        bar = tqdm(total=len(jobs), desc="embedded data set", unit="pair", disable=not progress)
+        # a bar on a terminal, a plain line every 20 s in a log (no carriage returns)
+        bar = Progress("auto" if progress else "off", "embedded data set", len(jobs), unit="pair")
         try:
             for split, si, i in jobs:
                 rec = _pair_record(split, si, i, seed, image_size, diff)
                 for rel, data in rec["files"].items():
                     _write(tmp / rel, data)
                 lines[split][i] = rec["line"]
-                bar.update(1)
+                bar.advance()
+            if bar._last_line_n != bar.n:
+                bar.line()
         finally:
             bar.close()
         for split in SPLIT_ORDER:
