@@ -42,10 +42,12 @@ COMMITTED = (
 
 
 def tree_digest(root: Path) -> dict[str, str]:
+    """Digests of the files under ``root`` that git or DVC share: not ``this_run.*``, the
+    report's local page of this machine's run (its MLflow ids; git-ignored, never pushed)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not p.name.startswith("this_run.")
     }
 
 
