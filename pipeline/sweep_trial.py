@@ -164,29 +164,27 @@ class TuneReporter(Callback):
             ckpt = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
             ray.train.report(metrics, checkpoint=ckpt)
 
-    def report_user_error(self, message: str) -> None:
-        """A trial that fails on the user's input (a missing data root, a bad file) ends as an
-        error result: restarting it (``max_failures``, meant for dead workers) fails again."""
-        metrics = dict(self.last_report) or {
+    def _final_metrics(self) -> dict[str, Any]:
+        """The last validated numbers of a trial that ends early (defaults before any)."""
+        return dict(self.last_report) or {
             "epochs_done": 0,
             "val_pck": float("nan"),
             "best_val_pck": None,
             "trial_starts": self.trial_state["starts"],
             **self.extra,
         }
+
+    def report_user_error(self, message: str) -> None:
+        """A trial that fails on the user's input (a missing data root, a bad file) ends as an
+        error result: restarting it (``max_failures``, meant for dead workers) fails again."""
+        metrics = self._final_metrics()
         metrics["user_error"] = message[:300]
         self._report(metrics, None)
 
     def report_diverged(self, exc: Exception) -> None:
         """A diverged trial ends as a result, not an error: retrying would diverge again
         (supp. Fig. 3: beta_trn = 0.004 gives NaN). Its last validated numbers stay."""
-        metrics = dict(self.last_report) or {
-            "epochs_done": 0,
-            "val_pck": float("nan"),
-            "best_val_pck": None,
-            "trial_starts": self.trial_state["starts"],
-            **self.extra,
-        }
+        metrics = self._final_metrics()
         metrics.update(diverged=True, diverged_step=getattr(exc, "step", None), diverged_reason=str(exc)[:300])
         self._report(metrics, None)
 

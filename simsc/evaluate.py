@@ -64,16 +64,22 @@ def pair_loader(
     workers: int = D.WORKERS,
     max_pairs: int | None = None,
     pin_memory: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
     """A sequential loader over ``dataset`` (the first ``max_pairs`` pairs when given).
     Datasets at ``resolution="original"`` hold images of different sizes: batch size 1.
-    ``pin_memory``: page-locked batches, for asynchronous copies to a CUDA device."""
+    ``pin_memory``: page-locked batches, for asynchronous copies to a CUDA device.
+    ``shard=(rank, world)``: only rank ``rank``'s contiguous part of those pairs."""
+    from .engine.distributed import chunk_bounds
+
     if getattr(dataset, "resolution", None) == "original":
         batch_size = 1
     if not isinstance(dataset, Sized):
         raise TypeError(f"evaluate: the dataset ({type(dataset).__name__}) must have a length (__len__)")
-    if max_pairs is not None and max_pairs < len(dataset):
-        dataset = Subset(dataset, range(max_pairs))
+    n = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
+    start, stop = chunk_bounds(n, *shard)
+    if (start, stop) != (0, len(dataset)):
+        dataset = Subset(dataset, range(start, stop))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -230,14 +236,12 @@ def evaluate(
     sink, commit = _open_sink(predictions)
     final_sink = sink
     if shard is not None and shard[1] > 1:
-        scored = _shard(dataset, max_pairs, *shard)
-        max_pairs = None
         if sink is not None:
             sink = rows.append  # gathered below, written by rank 0
         if shard[0] != 0:
             final_sink = commit = None
     else:
-        scored, shard = dataset, None
+        shard = None
 
     def score(pending):
         for batch, pred, beta_eff in _host_copy(pending):
@@ -249,7 +253,7 @@ def evaluate(
                     sink(row)
         pending.clear()
 
-    loader = pair_loader(scored, batch_size, workers, max_pairs, pin_memory=device.type == "cuda")
+    loader = pair_loader(dataset, batch_size, workers, max_pairs, device.type == "cuda", shard or (0, 1))
     pending: list = []
     for batch in _progress(loader, progress, "evaluate", len(loader), progress_every_s):
         pred, beta_eff = predict_batch(model, batch, [beta], device)
@@ -283,17 +287,6 @@ def evaluate(
         }
     )
     return report
-
-
-def _shard(dataset: Dataset, max_pairs: int | None, rank: int, world: int) -> Dataset:
-    """Rank ``rank``'s contiguous part of the first ``max_pairs`` pairs of ``dataset``."""
-    from .engine.distributed import chunk_bounds
-
-    if not isinstance(dataset, Sized):
-        raise TypeError(f"evaluate: the dataset ({type(dataset).__name__}) must have a length (__len__)")
-    n = len(dataset) if max_pairs is None else min(max_pairs, len(dataset))
-    start, stop = chunk_bounds(n, rank, world)
-    return Subset(dataset, range(start, stop))
 
 
 def _open_sink(predictions):

@@ -97,10 +97,11 @@ def local_batches(order: Sequence[int], batch_size: int, rank: int, world: int) 
     return out
 
 
-def global_share(n_local: int, n_global: int, world: int) -> float:
+def global_share(n_local: int, n_global: Any, world: int) -> Any:
     """The factor on a rank's mean loss over ``n_local`` items that makes DDP's gradient average
-    (a sum over ranks divided by ``world``) the gradient of the mean over all ``n_global``."""
-    return n_local * world / n_global if n_global else 0.0
+    (a sum over ranks divided by ``world``) the gradient of the mean over all ``n_global``
+    (``>= 1``: a count, or a device tensor of the all-reduced count, read without a host sync)."""
+    return n_local * world / n_global
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -212,9 +213,9 @@ def launch_local(
 
     This process is rank 0 (so its callbacks, return value and exceptions are the caller's;
     ``rank0``, when given, replaces ``fn`` there); ranks 1..N-1 are spawned processes (``fn``
-    and ``args`` must pickle). When a rank fails or
-    dies the run stops: the others are terminated and :class:`DistributedRunError` names the
-    rank (rank 0's own errors propagate unchanged, unless a child failed first)."""
+    and ``args`` must pickle). When a rank fails or dies the run stops: the others are
+    terminated and :class:`DistributedRunError` names the rank (rank 0's own errors propagate
+    unchanged, unless a child failed first)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -286,7 +287,8 @@ def _child_failure(children: Sequence[Any], errors: Any, wait_s: float) -> str |
         rank, kind, message = errors.get()
         reported.setdefault(rank, (kind, message))
     world = len(children) + 1
-    for rank in sorted(reported):
+    if reported:
+        rank = min(reported)
         kind, message = reported[rank]
         return f"rank {rank} of {world} failed: {kind}: {message}"
     for r, p in enumerate(children, start=1):

@@ -585,7 +585,7 @@ class Trainer:
             worker_gen.manual_seed(epoch_seed(t.seed, epoch) + 1)
             # Every rank takes its part of each global batch (one rank: the whole batch).
             parts = ddp.local_batches(order, bs, self.rank, self.world)
-            self._shares = iter([(n_local, n_global) for _, n_local, n_global in parts])
+            shares = iter([(n_local, n_global) for _, n_local, n_global in parts])
             loader = DataLoader(
                 self.train_dataset,
                 batch_sampler=[indices for indices, _, _ in parts],
@@ -600,7 +600,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 self._data_wait += t0 - ready  # the step waited this long for its batch
                 check_batch(batch)  # on the CPU, before the batch moves: reading it costs no device sync
-                self._pending.append(self._train_step(batch, epoch, next(self._shares)))
+                self._pending.append(self._train_step(batch, epoch, next(shares)))
                 dt = time.perf_counter() - t0
                 state.train_time += dt
                 self._step_time += dt
@@ -724,7 +724,9 @@ class Trainer:
         ce_total, n_total = sums[2].clamp_min(1), sums[3].clamp_min(1)
         gamma = float(self.model.gamma)
         world = self.world
-        backprop = ce * (ce_pairs * world / ce_total) + gamma * reg * (n_local * world / n_total)
+        backprop = ce * ddp.global_share(ce_pairs, ce_total, world) + gamma * reg * ddp.global_share(
+            n_local, n_total, world
+        )
         ce_g, reg_g = sums[0] / ce_total, sums[1] / n_total
         capacity = -(-self.cfg.data.batch_size // world)
         sizes = [b - a for a, b in (ddp.chunk_bounds(n_global, r, world) for r in range(world))]
