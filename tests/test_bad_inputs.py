@@ -1105,6 +1105,17 @@ def test_train_lock_is_released_and_overwrite_replaces_outputs(tmp_path):
     assert "earlier run" not in (tmp_path / "run" / "metrics.jsonl").read_text()  # a new run's records
 
 
+def _start_endless_training(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``cmd`` (a ``simsc train``) in the background, with more steps than any test waits for."""
+    return subprocess.Popen(
+        cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_two_concurrent_trainings_the_second_refuses_naming_the_first(tmp_path):
     """The issue's case: `simsc train --out R` twice at once, different seeds. B refuses while
     A trains; A's metrics stay whole (no spliced lines)."""
@@ -1113,13 +1124,7 @@ def test_two_concurrent_trainings_the_second_refuses_naming_the_first(tmp_path):
     spair(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run"]
-    a = subprocess.Popen(
-        cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    a = _start_endless_training(cmd, tmp_path, env)
     try:
         lock = tmp_path / "run" / ".simsc-run.lock"
         deadline = time.monotonic() + TIMEOUT
@@ -1154,13 +1159,7 @@ def test_a_killed_training_does_not_leave_its_lock_to_its_loader_workers(tmp_pat
     spair(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run", "--set", "data.workers=2"]
-    a = subprocess.Popen(
-        cmd + ["--set", "train.max_steps=100000", "--set", "train.epochs=100000"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    a = _start_endless_training(cmd, tmp_path, env)
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.monotonic() + TIMEOUT

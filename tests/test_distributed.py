@@ -16,6 +16,7 @@ import torch
 from simsc.engine import load_checkpoint, train
 from simsc.engine.distributed import chunk_bounds, global_share, local_batches
 from simsc.engine.toy import ToyTranslationPairs
+from tests.test_train import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,21 +45,9 @@ def test_local_batches_split_each_global_batch_and_stand_in_with_weight_zero():
 
 
 def _config(out_dir, devices, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
-        "data": {"batch_size": 4, "resolution": 64},
-        "train": {
-            "epochs": 1,
-            "lr_backbone": 1e-3,
-            "out_dir": str(out_dir),
-            "progress": False,
-            "device": "cpu",
-            "devices": devices,
-            "num_threads": 1,
-        },
-    }
-    cfg["train"].update(train)
-    return cfg
+    """:func:`tests.test_train.tiny_config` for one epoch on ``devices`` ranks, one thread each,
+    validated on every pair."""
+    return tiny_config(out_dir, **{"epochs": 1, "val_max_pairs": None, "devices": devices, "num_threads": 1, **train})
 
 
 def _records(run: Path) -> list[dict]:
@@ -123,41 +112,25 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path, toy):
     assert _max_weight_diff(ref / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt") < 1e-5
 
 
+#: The CLI runs of these tests: a tiny random-init resnet18 on 2 CPU ranks, a checkpoint a step.
+CLI_SETTINGS = (
+    "data.dataset=embedded",
+    "data.resolution=64",
+    "data.batch_size=4",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.finetune=all",
+    "train.device=cpu",
+    "train.devices=2",
+    "train.val_max_pairs=2",
+    "train.checkpoint_every_steps=1",
+    "train.num_threads=1",
+)
+
+
 def _cli(out: Path, data: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "simsc.cli",
-        "train",
-        "--out",
-        str(out),
-        "--set",
-        f"data.root={data}",
-        "--set",
-        "data.dataset=embedded",
-        "--set",
-        "data.resolution=64",
-        "--set",
-        "data.batch_size=4",
-        "--set",
-        "model.backbone=resnet18",
-        "--set",
-        "model.pretrained=false",
-        "--set",
-        "model.finetune=all",
-        "--set",
-        "train.device=cpu",
-        "--set",
-        "train.devices=2",
-        "--set",
-        "train.val_max_pairs=2",
-        "--set",
-        "train.checkpoint_every_steps=1",
-        "--set",
-        "train.num_threads=1",
-        "--quiet",
-        *extra,
-    ]
+    sets = [arg for kv in (f"data.root={data}", *CLI_SETTINGS) for arg in ("--set", kv)]
+    return [sys.executable, "-m", "simsc.cli", "train", "--out", str(out), *sets, "--quiet", *extra]
 
 
 @pytest.mark.slow

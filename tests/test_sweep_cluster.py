@@ -105,6 +105,19 @@ def env_for(cluster: LocalRayCluster, server: MlflowServer) -> dict[str, str]:
     return dict(cluster.env, MLFLOW_TRACKING_URI=server.uri, PYTHONPATH=str(REPO))
 
 
+def start_sweep(spec: Path, cluster: LocalRayCluster, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The sweep driver in the background (its own session: a test can signal its group)."""
+    return subprocess.Popen(
+        sweep_cmd(spec, cluster),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def run(cmd, cwd, env, timeout=600) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return out
@@ -223,15 +236,7 @@ def test_worker_node_killed_mid_sweep(cluster, worker, mlflow_server, tiny_embed
     # 4 epochs of 4 steps: long enough to kill the worker between two checkpoints
     spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "fault", epochs=4, resolution=96, batch_size=2)
     storage = tmp_path / "sweeps" / "ray_results"
-    proc = subprocess.Popen(
-        sweep_cmd(spec, cluster),
-        cwd=tmp_path,
-        env=env_for(cluster, mlflow_server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_sweep(spec, cluster, tmp_path, env_for(cluster, mlflow_server))
     try:
         worker_id = cluster.node_ids[worker.pid]
 
@@ -283,15 +288,7 @@ def test_interrupted_driver_resumes_without_rerunning_finished_trials(
     spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, name, epochs=3, max_concurrent=1)
     storage = tmp_path / "sweeps" / "ray_results"
     env = env_for(cluster, mlflow_server)
-    proc = subprocess.Popen(
-        sweep_cmd(spec, cluster),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_sweep(spec, cluster, tmp_path, env)
     try:
 
         def one_finished_one_running():
@@ -375,15 +372,7 @@ def test_two_worker_trials_across_two_nodes_survive_a_killed_worker(
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     storage = tmp_path / "sweeps" / "ray_results"
     t0 = time.time()
-    proc = subprocess.Popen(
-        sweep_cmd(spec_path, cluster),
-        cwd=tmp_path,
-        env=env_for(cluster, mlflow_server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_sweep(spec_path, cluster, tmp_path, env_for(cluster, mlflow_server))
     try:
 
         def trial_mid_run():
