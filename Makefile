@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast repro exp clean bench sweep
+.PHONY: install lint test test-fast repro exp clean bench sweep dvc-deps
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ repro: install
 # (dvc exp run ARGS, then params.yaml restored byte for byte: pipeline/exp.py).
 exp: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipeline.exp $(ARGS)
+
+# Rewrite each stage's code deps in dvc.yaml from the imports (a test fails when it is stale).
+dvc-deps: install
+	$(PY) -m pipeline.dvc_deps
 
 # A Ray Tune sweep: make sweep SPEC=configs/sweeps/single_vs_mlp.yaml [ARGS="--profile full --resume"]
 SPEC ?= configs/sweeps/single_vs_mlp.yaml

@@ -2,9 +2,9 @@
 
 Each stage is one small module, ``pipeline/stage_<name>.py`` (``python -m pipeline.stage_train``),
 so that its transitive import closure inside ``simsc/`` and ``pipeline/`` is exactly the code
-it runs: ``tests/test_dvc_deps.py`` computes that closure with ``ast`` and checks it against
-the stage's ``deps`` in ``dvc.yaml``. Keep this module small and its imports few: it is in
-every stage's closure.
+it runs: :mod:`pipeline.dvc_deps` computes that closure with ``ast`` and writes it into the
+stage's ``deps`` in ``dvc.yaml`` (``make dvc-deps``; ``tests/test_dvc_deps.py`` checks it).
+Keep this module small and its imports few: it is in every stage's closure.
 
 Each stage module declares the ``params.yaml`` keys it reads in one constant, ``PARAMS``
 (``"section"`` or ``"section.key"``). :func:`run_stage` hands the stage only those keys

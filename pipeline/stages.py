@@ -1,7 +1,7 @@
 """``python -m pipeline.stages <stage>``: a thin dispatcher to the stage entry modules.
 
 ``dvc.yaml`` runs each stage's own module (``python -m pipeline.stage_<name>``), so that a
-stage's dependencies are the import closure of that module alone (``tests/test_dvc_deps.py``);
+stage's dependencies are the import closure of that module alone (``pipeline/dvc_deps.py``);
 this command runs the same code for people and tests that name the stage instead. It imports
 a stage module only when that stage is asked for.
 """

@@ -3,7 +3,7 @@
 Each package keeps a ``_LAZY`` table (name -> the submodule that defines it) and gets its
 module-level ``__getattr__`` / ``__dir__`` from :func:`lazy_attributes`, so that importing one
 submodule does not run the whole package: each DVC stage's dependencies are the modules it
-really imports (``tests/test_dvc_deps.py`` reads the tables).
+really imports (``pipeline/dvc_deps.py`` reads the tables).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """``dvc.yaml`` cannot go stale: each stage's ``deps`` and ``params`` are checked against the code.
 
-**Code deps.** A stage's command is ``python -m pipeline.stage_<name>``; its code is the
-transitive import closure of that module inside ``simsc/`` and ``pipeline/``, computed here
-with :mod:`ast`: ``import x``, ``from x import y`` (``y`` a submodule or a name), relative
-imports, and imports anywhere (inside functions too, since the stages import lazily); every
-package on the way contributes its ``__init__.py``. Each file of the closure must be listed
-in the stage's ``deps`` (a listed directory covers the files under it), and each listed
+**Code deps.** :mod:`pipeline.dvc_deps` writes each stage's code deps (the import closure of
+its module inside ``simsc/`` and ``pipeline/``) into ``dvc.yaml``; the file must be what it
+writes (``make dvc-deps``). Independently of that rendering, each file of the closure must be
+listed in the stage's ``deps`` (a listed directory covers the files under it), and each listed
 ``.py`` file must be in the closure (no dep that cannot change the stage's output).
 
 **Params.** Each stage module declares the keys it reads in one constant, ``PARAMS``, and
@@ -24,90 +22,14 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("simsc", "pipeline")
-
-
-def module_file(name: str) -> Path | None:
-    """The file of module ``name`` inside the project's packages, or None."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    base = REPO.joinpath(*name.split("."))
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    return None
-
-
-def module_name(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
-
-
-def lazy_names(package: str) -> dict[str, str]:
-    """A package's ``_LAZY`` table (name -> submodule it is imported from on first use, PEP 562)."""
-    f = module_file(package)
-    if f is None or f.name != "__init__.py":
-        return {}
-    for node in ast.parse(f.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return {}
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every project module that ``path`` imports, with the packages it passes through."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    here = module_name(path)
-    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                names.add(alias.name)
-                # `import pkg` can reach any name of a lazy package as an attribute
-                names.update(f"{alias.name}.{m}" for m in lazy_names(alias.name).values())
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base_parts = package.split(".")
-                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
-                base = ".".join(base_parts + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            names.add(base)
-            for alias in node.names:
-                names.add(f"{base}.{alias.name}")  # a submodule, if it is one
-                lazy = lazy_names(base)
-                if alias.name in lazy:  # a name a lazy package imports on first use
-                    names.add(f"{base}.{lazy[alias.name]}")
-                elif alias.name == "*":
-                    names.update(f"{base}.{m}" for m in lazy.values())
-    out = set()
-    for name in names:
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # import a.b.c runs a/__init__, a/b/__init__, ...
-            out.add(".".join(parts[:i]))
-    return {n for n in out if module_file(n) is not None}
-
-
-def closure(entry: str) -> set[str]:
-    """The project files (repo-relative) that ``python -m entry`` can import."""
-    seen: set[Path] = set()
-    todo = [m for m in {entry, *[".".join(entry.split(".")[:i]) for i in range(1, entry.count(".") + 1)]}]
-    while todo:
-        f = module_file(todo.pop())
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        todo.extend(imported_modules(f))
-    return {f.relative_to(REPO).as_posix() for f in seen}
+from pipeline.dvc_deps import PACKAGES, REPO, closure
+from pipeline.dvc_deps import main as dvc_deps_main
 
 
 def stages() -> dict[str, dict]:
@@ -141,6 +63,32 @@ def test_the_closure_follows_lazy_and_relative_imports():
         "simsc/errors.py",
     } <= files
     assert "pipeline/stage_train.py" not in files
+
+
+def test_dvc_yaml_is_what_make_dvc_deps_writes(capsys):
+    assert dvc_deps_main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_a_new_import_makes_the_file_stale_and_the_command_repairs_it(tmp_path):
+    """A copy of the project where the report stage gains an import: --check fails, a rewrite
+    lists the new module, keeps every hand-written line, and --check passes again."""
+    for name in ("simsc", "pipeline"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "pipeline" / "extra_table.py").write_text("X = 1\n")
+    stage = tmp_path / "pipeline" / "stage_report.py"
+    stage.write_text(stage.read_text() + "\nfrom pipeline import extra_table  # noqa: E402,F401\n")
+    yaml_file = tmp_path / "dvc.yaml"
+    before = yaml_file.read_text()
+    assert dvc_deps_main(["--check", "--file", str(yaml_file)]) == 1
+    assert dvc_deps_main(["--file", str(yaml_file)]) == 0
+    after = yaml_file.read_text()
+    report = yaml.safe_load(after)["stages"]["report"]["deps"]
+    assert "pipeline/extra_table.py" in report
+    # every line but the code lists and their marker comments is kept as it was
+    kept = [ln for ln in before.splitlines() if not re.match(r"\s*(- (simsc|pipeline)/|# code:)", ln)]
+    assert kept == [ln for ln in after.splitlines() if not re.match(r"\s*(- (simsc|pipeline)/|# code:)", ln)]
+    assert dvc_deps_main(["--check", "--file", str(yaml_file)]) == 0
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
+from pipeline.dvc_deps import closure
 from simsc.config import engine_sections, load_config
 from tests.dvc_project import DVC, make_project, ran_stages, run, set_params
-from tests.test_dvc_deps import closure
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 # module <-> file and the packages' lazy tables, read the way the DVC deps test reads them
-from tests.test_dvc_deps import lazy_names as lazy_table
-from tests.test_dvc_deps import module_file
-from tests.test_dvc_deps import module_name as module_of
+from pipeline.dvc_deps import lazy_names as lazy_table
+from pipeline.dvc_deps import module_file
+from pipeline.dvc_deps import module_name as module_of
 
 REPO = Path(__file__).resolve().parents[1]
 #: The project's packages: the import graph covers both (``pipeline`` may import ``simsc``).

@@ -4,7 +4,7 @@ from .._lazy import lazy_attributes
 
 # name -> the submodule that defines it, imported on first use (PEP 562), so that importing
 # one submodule does not run the whole package: each DVC stage's dependencies are the
-# modules it imports (tests/test_dvc_deps.py reads this table).
+# modules it imports (pipeline/dvc_deps.py reads this table).
 _LAZY = {
     "Callback": "callbacks",
     "CallbackList": "callbacks",
