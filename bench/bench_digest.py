@@ -1,4 +1,4 @@
-"""Cost of the content digests (issue 14): checkpoint save/load and cache-entry reads.
+"""Cost of the content digests: checkpoint save/load and cache-entry reads.
 
     .venv/bin/python -m bench.bench_digest [resnet18 resnet101]
 

@@ -1,10 +1,10 @@
-"""GPU fast path (issue 17 items 1 and 3): train-step time and host syncs with/without
+"""GPU fast path: train-step time and host syncs with/without
 batched record reads, bf16 / fp16 autocast and torch.compile, through the real trainer step.
 
 Variants (each its own :class:`~simsc.engine.trainer.Trainer`, same seed and batch):
 
 - ``before``: the loss with its value checks (``check=True``) and the records read after every
-  step: what a step did before issue 17 item 1;
+  step: what a step did before the sync-free step;
 - ``fast``: no checks on the device, records read every ``--log-every`` steps (the default);
 - ``bf16``, ``fp16``: ``fast`` under ``train.amp``; ``compile``, ``compile+bf16``: with
   ``train.compile: true`` (inductor; compile time reported apart, not in the step time).

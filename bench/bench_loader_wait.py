@@ -1,4 +1,4 @@
-"""Loader vs device (issue 17 item 5): the share of training time spent waiting for data.
+"""Loader vs device: the share of training time spent waiting for data.
 
 Runs real training (:class:`~simsc.engine.trainer.Trainer`, its DataLoader, ``--steps`` optimiser
 steps) on an SPair-layout set of ~500x375 JPEGs (tests/data_fixtures.py) read through the

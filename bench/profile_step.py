@@ -7,7 +7,7 @@ a step makes. Writes the table to ``--out``.
     .venv/bin/python -m bench.profile_step [--backbone resnet101] [--device cpu] [--steps 3] [--checks]
 
 The step is the trainer's: ``model.loss(batch, check=False)`` (the batch is checked on the CPU
-before it moves); ``--checks`` profiles the loss with its value checks (the step before issue 17).
+before it moves); ``--checks`` profiles the loss with its value checks (the step before the sync-free step).
 """
 
 from __future__ import annotations

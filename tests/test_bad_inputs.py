@@ -1,4 +1,4 @@
-"""Bad inputs, hostile files and faults (issue 14), one named case a row.
+"""Bad inputs, hostile files and faults, one named case a row.
 
 Every case of :data:`CASES` builds its inputs in a fresh folder, runs the real command line
 (``python -m simsc.cli``, ``pipeline.stages``, ``pipeline.sweep``, ``pipeline.relog``,

@@ -1,4 +1,4 @@
-"""Issue 17 item 3: ``train.amp`` and ``train.compile`` give the same training within a stated
+"""``train.amp`` and ``train.compile`` give the same training within a stated
 tolerance (on the CPU here; bench/bench_gpu_fastpath.py measures their speed on a GPU), and
 runs with them resume exactly (the fp16 GradScaler state is checkpointed)."""
 

@@ -1,4 +1,4 @@
-"""Issue 17 item 1: the training step and the evaluator's inner step read no tensor value on
+"""The training step and the evaluator's inner step read no tensor value on
 the host (no GPU sync), with loss values unchanged, and bad batches still rejected clearly.
 
 The guard (tests/sync_guard.py) turns every host read into an error; on the CPU those reads
@@ -74,7 +74,7 @@ def test_guard_lets_device_side_code_and_allowed_tensors_through():
 
 
 def _old_mean_over_valid_queries(per_query, valid, who, check=True):
-    """The implementation before issue 17 (boolean indexing), kept as the reference."""
+    """The implementation before the sync-free step (boolean indexing), kept as the reference."""
     valid = valid.bool()
     n = valid.sum(-1)
     has = n > 0

@@ -1,4 +1,4 @@
-"""Issue 12 item 1: training and evaluation report progress by default; plain lines when the
+"""Training and evaluation report progress by default; plain lines when the
 output is not a terminal (DVC, Ray, CI logs), a tqdm bar when it is; nothing when quiet."""
 
 from __future__ import annotations
