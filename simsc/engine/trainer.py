@@ -406,7 +406,7 @@ class Trainer:
             if self.device.type == "cuda" and self.model.head is not None:
                 # A head's BatchNorm (SFNet's) trains on batch statistics: synchronised, they
                 # are the global batch's, as in one process. PyTorch has no SyncBatchNorm on
-                # the CPU, where each rank normalises its own part (README).
+                # the CPU, where each rank normalises its own part (docs/training.md).
                 self.model.head = nn.SyncBatchNorm.convert_sync_batchnorm(self.model.head)
 
             # DDP hooks the gradient all-reduce on a module's forward: the loss path is one.
