@@ -23,7 +23,6 @@ counters excluded) plus one per read of the records.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 import warnings
@@ -63,7 +62,7 @@ def build(variant: str, args, out_dir: Path) -> Trainer:
     tr = Trainer(cfg, train_dataset=toy, val_dataset=toy)
     tr._build()
     tr.state = TrainState()
-    tr._metrics_fh = open(os.devnull, "w", encoding="utf-8")
+    tr.folder.start_log(None)  # the step records go to the run folder's metrics.jsonl, as in training
     tr.progress = Progress("off", "bench", None)
     tr._last_flush = time.monotonic()
     if variant == "before":
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
                     f"{first[name]:.1f}",
                 ]
             )
-            trainers[name]._metrics_fh.close()
+            trainers[name].folder.close()
     print(
         f"{args.backbone} {args.size}x{args.size} batch {args.batch} kps {args.kps} on {args.device}, "
         f"{args.steps} steps x {args.reps} interleaved rounds"

@@ -19,7 +19,7 @@ import torch
 
 from simsc.config import load_config
 from simsc.engine import build_model, param_groups
-from simsc.engine.trainer import resolve_device
+from simsc.engine.runtime import resolve_device
 
 
 def bench_one(

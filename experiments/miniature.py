@@ -63,11 +63,11 @@ from typing import Any
 
 import torch
 
-from simsc.config import Config, apply_overrides, diff_configs, engine_sections, load_config, read_yaml
+from simsc.config import Config, apply_overrides, diff_configs, engine_sections, load_config, read_yaml, resumable_keys
 from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
 from simsc.engine import load_model, train
-from simsc.engine.trainer import RESUMABLE_CHANGES, TrainingDivergedError
+from simsc.engine.trainer import TrainingDivergedError
 from simsc.evaluate import evaluate
 from simsc.io import atomic_write_bytes, atomic_write_json, read_yaml_mapping
 from simsc.model import build_model
@@ -315,7 +315,7 @@ def cached_row(path: Path, cfg: Config) -> dict[str, Any] | None:
         if stored is None
         else [k for k in diff_configs(stored, cfg.to_dict()) if k not in _CACHE_FREE_KEYS]
     )
-    fixed = [k for k in changed if k not in RESUMABLE_CHANGES or k == "data.root"]
+    fixed = [k for k in changed if k not in resumable_keys() or k == "data.root"]
     if fixed:
         raise SystemExit(
             f"{path}: this cached run was trained with another configuration ({', '.join(fixed)}); "

@@ -54,7 +54,9 @@ def relog(
     created = run_id is None
     if run_id is None:
         run_id = start_run(client, experiment, describe_run(cfg), cfg, run_dir=run_dir)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from simsc.engine.records import read_records
+
+    records = list(read_records(run_dir / "metrics.jsonl"))
     metrics = []
     for rec in records:
         if rec.get("type") == "step":

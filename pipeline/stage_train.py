@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,8 @@ def engine_config(params: dict[str, Any]):
 
 def stage_train(params: dict[str, Any]) -> None:
     """Train with the MLflow callback (when ``tracking.enabled``) and export the plot data."""
-    from simsc.engine.trainer import resolve_device, train
+    from simsc.engine.runtime import resolve_device
+    from simsc.engine.trainer import train
 
     cfg = engine_config(params)
     resolve_device(cfg.train.device, "params.yaml: train.device")  # before anything is built
@@ -71,10 +71,11 @@ def export_train_plots(metrics: Path, out_dir: Path) -> None:
     """metrics.jsonl -> ``steps.csv`` (loss, betas, lr per step) and ``val_pck.csv`` (per epoch)."""
     import csv
 
+    from simsc.engine.records import read_records
+
     out_dir.mkdir(parents=True, exist_ok=True)
     steps, epochs = [], []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
+    for rec in read_records(metrics):
         if rec.get("type") == "step":
             steps.append(
                 {
@@ -105,11 +106,11 @@ def export_train_metrics(metrics: Path, out: Path) -> dict[str, Any]:
     PCK@best_alpha was highest (the one ``best.pt`` holds): its step, its PCK per alpha and
     its mean beta_eff over the validation pairs. Numbers are rounded so diffs stay readable.
     """
+    from simsc.engine.records import read_records
     from simsc.io import atomic_write_json
 
     last_step, best = None, None
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
+    for rec in read_records(metrics):
         if rec.get("type") == "step":
             last_step = rec
         elif rec.get("type") == "epoch" and rec.get("is_best"):

@@ -47,6 +47,10 @@ class ConfigError(ValueError):
     """An invalid configuration: the message names the offending key or field."""
 
 
+#: Field metadata of the keys that may change when a run resumes (where it runs, how it logs,
+#: when it stops, how it is evaluated); every other key must match the checkpoint's.
+RESUMABLE = {"resumable": True}
+
 #: ``train.amp`` values: autocast dtype of the forward pass, or none.
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -84,11 +88,11 @@ class DataConfig:
     """Training / validation data. ``resolution``: square training size in pixels."""
 
     dataset: str = "embedded"
-    root: str = "data/embedded"
+    root: str = field(default="data/embedded", metadata=RESUMABLE)
     resolution: int = D.RESOLUTION
     batch_size: int = D.TRAIN_BATCH_SIZE
-    workers: int = D.WORKERS
-    cache_dir: str | None = None
+    workers: int = field(default=D.WORKERS, metadata=RESUMABLE)
+    cache_dir: str | None = field(default=None, metadata=RESUMABLE)
     train_split: str = "trn"
     val_split: str = "val"
 
@@ -97,9 +101,9 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, checkpointing and logging."""
 
-    epochs: int = D.EPOCHS
+    epochs: int = field(default=D.EPOCHS, metadata=RESUMABLE)
     #: stop after this many optimiser steps (over all epochs); ``null`` = run all epochs.
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=RESUMABLE)
     #: ``null`` = paper default for the fine-tuning mode (1e-4 last block, 2e-5 all).
     lr_backbone: float | None = None
     #: ``null`` = paper default for the temperature (1e-4 mlp, 0.005 single).
@@ -108,38 +112,38 @@ class TrainConfig:
     lr_head: float | None = None
     seed: int = D.SEED
     #: log the mean |grad| of every conv / linear layer of the last backbone block (supp. Fig. 2).
-    log_grad_stats: bool = False
+    log_grad_stats: bool = field(default=False, metadata=RESUMABLE)
     #: the run directory: metrics.jsonl, config.yaml, checkpoints/, summary.json.
-    out_dir: str = "runs/default"
+    out_dir: str = field(default="runs/default", metadata=RESUMABLE)
     #: also write ``checkpoints/last.pt`` every this many steps (``null``: only at epoch ends).
-    checkpoint_every_steps: int | None = None
+    checkpoint_every_steps: int | None = field(default=None, metadata=RESUMABLE)
     #: alphas of the validation PCK; the best checkpoint is chosen by per-image PCK@``best_alpha``.
     alphas: list[float] = field(default_factory=lambda: list(D.ALPHAS))
     best_alpha: float = 0.1
     #: validate on at most this many pairs (``null``: the whole validation split).
-    val_max_pairs: int | None = None
+    val_max_pairs: int | None = field(default=None, metadata=RESUMABLE)
     #: beta_eval of the validation PCK (``null``: the model's default, 1 for learned and
     #: fixed:<beta> temperatures, 0.02 for fixed:1). Supp. Fig. 3 validates fixed:1 at 1.
     val_beta_eval: float | None = None
     #: ``torch.set_num_threads`` during training (``null``: leave torch's setting).
-    num_threads: int | None = None
+    num_threads: int | None = field(default=None, metadata=RESUMABLE)
     #: ``torch.use_deterministic_algorithms(True, warn_only=True)`` during training.
     deterministic: bool = True
     #: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ...
-    device: str = D.DEVICE
+    device: str = field(default=D.DEVICE, metadata=RESUMABLE)
     #: data-parallel processes of one run (one per GPU, or CPU processes): the global batch
     #: ``data.batch_size`` is split across them; 1 = one process (simsc.engine.distributed).
-    devices: int = 1
+    devices: int = field(default=1, metadata=RESUMABLE)
     #: progress of training and validation: "auto" (a tqdm bar when stderr is a terminal, else
     #: a plain log line on stderr every ``progress_every_s`` seconds and at epoch ends: DVC, Ray,
     #: CI logs), "bar", "log" or "off" (``true`` = auto, ``false`` = off; ``--quiet`` = off).
-    progress: bool | str = D.PROGRESS
+    progress: bool | str = field(default=D.PROGRESS, metadata=RESUMABLE)
     #: seconds between two plain progress lines (the first comes after the first step).
-    progress_every_s: float = D.PROGRESS_EVERY_S
+    progress_every_s: float = field(default=D.PROGRESS_EVERY_S, metadata=RESUMABLE)
     #: steps between two reads of the step records from the device (one host sync for all of
     #: them): metrics.jsonl, callbacks, progress and the divergence check see them then.
     #: ``null``: every step on the CPU (reading costs nothing there), every 25 on accelerators.
-    log_every_steps: int | None = None
+    log_every_steps: int | None = field(default=None, metadata=RESUMABLE)
     #: mixed precision of the forward pass: "off", "bf16" or "fp16" (autocast; the softmax and
     #: the loss stay float32; fp16 adds a GradScaler, saved in checkpoints). YAML reads a bare
     #: ``off`` as false, which means "off" too.
@@ -157,14 +161,14 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation defaults (``simsc evaluate`` flags override them)."""
 
-    split: str = "test"
-    resolution: int | str = D.RESOLUTION  # a size in pixels or "original"
+    split: str = field(default="test", metadata=RESUMABLE)
+    resolution: int | str = field(default=D.RESOLUTION, metadata=RESUMABLE)  # a size in pixels or "original"
     #: ``null`` = the model's default (1 for learned temperatures, 0.02 for fixed:1 / untrained).
-    beta_eval: float | None = None
-    batch_size: int = D.EVAL_BATCH_SIZE
-    alphas: list[float] = field(default_factory=lambda: list(D.ALPHAS))
+    beta_eval: float | None = field(default=None, metadata=RESUMABLE)
+    batch_size: int = field(default=D.EVAL_BATCH_SIZE, metadata=RESUMABLE)
+    alphas: list[float] = field(default_factory=lambda: list(D.ALPHAS), metadata=RESUMABLE)
     #: beta_eval values of the sweep mode (paper Fig. 6); ``null`` = 0.005 .. 1, log-spaced.
-    beta_sweep: list[float] | None = None
+    beta_sweep: list[float] | None = field(default=None, metadata=RESUMABLE)
 
 
 @dataclass
@@ -535,6 +539,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             raise ConfigError(f"config section {section!r} must be a mapping")
         out[section] = {**sec, name: value}
     return out
+
+
+def resumable_keys() -> frozenset[str]:
+    """The dotted keys declared resumable on the schema (:data:`RESUMABLE`)."""
+    return frozenset(
+        f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls) if f.metadata.get("resumable")
+    )
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:

@@ -453,7 +453,7 @@ def _(d: Path):
 
 @case("train_run_folder_locked_by_another_run")
 def _(d: Path):
-    from simsc.engine.trainer import RunLock
+    from simsc.engine.run_folder import RunLock
 
     spair(d)
     lock = RunLock(d / "run")
@@ -1073,7 +1073,7 @@ def test_checkpoint_digest_survives_a_round_trip_and_catches_a_flip(tmp_path):
 
 def test_two_trainers_in_one_folder_the_second_refuses(tmp_path):
     """The lock is taken before anything is written; released when the run ends."""
-    from simsc.engine.trainer import RunFolderBusyError, RunLock
+    from simsc.engine.run_folder import RunFolderBusyError, RunLock
 
     first = RunLock(tmp_path / "run")
     first.acquire()
@@ -1087,7 +1087,7 @@ def test_two_trainers_in_one_folder_the_second_refuses(tmp_path):
 
 def test_train_lock_is_released_and_overwrite_replaces_outputs(tmp_path):
     """A finished run leaves its folder unlocked; a fresh start over it needs --overwrite."""
-    from simsc.engine.trainer import RunLock
+    from simsc.engine.run_folder import RunLock
 
     spair(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -1154,7 +1154,7 @@ def test_a_killed_training_does_not_leave_its_lock_to_its_loader_workers(tmp_pat
 
     import psutil
 
-    from simsc.engine.trainer import RunLock
+    from simsc.engine.run_folder import RunLock
 
     spair(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -231,7 +231,7 @@ def test_the_dvc_train_stage_reads_train_devices_from_params_yaml(tmp_path, tiny
 
 @pytest.mark.slow
 def test_a_refused_run_folder_stops_every_rank_with_rank_0s_error(tmp_path, toy):
-    from simsc.engine.trainer import RunFolderError
+    from simsc.engine.run_folder import RunFolderError
 
     trn, val = toy
     train(_config(tmp_path, 1, max_steps=1), train_dataset=trn, val_dataset=val)

@@ -99,7 +99,7 @@ def load_model_from_args(args: argparse.Namespace):
     import torch
 
     from ..engine.checkpoint import load_model
-    from ..engine.trainer import resolve_device
+    from ..engine.runtime import resolve_device
     from ..model import SimSC
 
     device = resolve_device(args.device, "--device")

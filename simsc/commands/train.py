@@ -81,7 +81,8 @@ def add_parser(sub) -> None:
 @user_errors("train")
 def _run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, load_config, read_configs
-    from ..engine.trainer import resolve_device, train
+    from ..engine.runtime import resolve_device
+    from ..engine.trainer import train
 
     data, ignored = read_configs(args.config)
     if ignored:

@@ -1,20 +1,15 @@
 """The training loop: Adam on the SimSC loss, validation PCK, checkpoints, exact resume.
 
-Run directory (``train.out_dir``)::
-
-    config.yaml            the resolved config of the run
-    metrics.jsonl          one JSON record a line: ``type: step`` after every optimiser step,
-                           ``type: epoch`` after every validation, ``type: diverged`` on NaN
-    checkpoints/last.pt    full training state (see :mod:`simsc.engine.checkpoint`), written
-                           at every epoch end and every ``checkpoint_every_steps`` steps
-    checkpoints/best.pt    model + config of the best validation PCK@``best_alpha`` (per image)
-    summary.json           written when the run finishes
+What a run writes and where: :mod:`simsc.engine.run_folder`; the records of ``metrics.jsonl``:
+:mod:`simsc.engine.records`; device, seeds, threads and compile: :mod:`simsc.engine.runtime`.
 
 Exact resume: the data order of epoch ``e`` is ``torch.randperm`` from a generator seeded
-with :func:`epoch_seed` (``seed``, ``e``); its state, the position in the epoch, the global
-step, the optimiser state and the Python / NumPy / torch RNG states are checkpointed, and a
-resumed run skips the batches already done (without loading them). On CPU with the same
-thread count a killed-and-resumed run ends with bit-identical weights.
+with :func:`~simsc.engine.runtime.epoch_seed` (``seed``, ``e``); its state, the position in the
+epoch, the global step, the optimiser state and the Python / NumPy / torch RNG states are
+checkpointed, and a resumed run skips the batches already done (without loading them). On CPU
+with the same thread count a killed-and-resumed run ends with bit-identical weights. Which
+config keys may change between a run and its resumption is declared on the schema
+(:func:`simsc.config.resumable_keys`).
 
 The model stays in ``train()`` mode throughout (the backbone keeps its BatchNorm layers in
 eval mode by design, see :mod:`simsc.backbones`); validation runs under ``no_grad``.
@@ -23,24 +18,20 @@ eval mode by design, see :mod:`simsc.backbones`); validation runs under ``no_gra
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import random
 import time
 from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, diff_configs, dump_config, load_config
+from ..config import Config, diff_configs, load_config, resumable_keys
 from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
-from ..io import atomic_write_json
 from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
 from . import distributed as ddp
@@ -54,33 +45,31 @@ from .checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-
-#: Config keys that may change between a run and its resumption (the rest must match).
-RESUMABLE_CHANGES = frozenset(
-    {
-        "train.epochs",
-        "train.max_steps",
-        "train.checkpoint_every_steps",
-        "train.progress",
-        "train.progress_every_s",
-        "train.log_every_steps",
-        "train.num_threads",
-        "train.log_grad_stats",
-        "train.val_max_pairs",
-        "train.device",
-        "train.devices",
-        "train.out_dir",
-        "data.workers",
-        "data.cache_dir",
-        "data.root",
-        "eval.split",
-        "eval.resolution",
-        "eval.beta_eval",
-        "eval.batch_size",
-        "eval.alphas",
-        "eval.beta_sweep",
-    }
+from .records import diverged_record, epoch_record, step_record
+from .run_folder import RunFolder, RunFolderError
+from .runtime import (
+    AMP_DTYPES,
+    DEVICE_LOG_EVERY_STEPS,
+    compile_backend,
+    compile_fallback,
+    epoch_seed,
+    maybe_compile,
+    resolve_device,
+    run_settings,
+    seed_everything,
 )
+
+# Re-exported: where callers have found them (``simsc.engine.trainer.resolve_device``, ...).
+__all__ = [
+    "RunFolderError",
+    "Trainer",
+    "TrainingDivergedError",
+    "epoch_seed",
+    "param_groups",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
 
 
 class TrainingDivergedError(DivergedError):
@@ -115,121 +104,6 @@ def _fmt_betas(values: Sequence[float]) -> str:
     finite = [v for v in vals if math.isfinite(v)]
     mean = f"{sum(finite) / len(finite):.4g}" if finite else "nan"
     return f"[{shown}] (mean {mean})"
-
-
-class RunFolderError(CheckpointError):
-    """The run folder holds outputs that starting a run would destroy."""
-
-
-class RunFolderBusyError(RunFolderError):
-    """Another process trains in the same run folder (it holds :data:`RUN_LOCK`)."""
-
-
-#: Lock file in the run folder; ``fcntl.flock`` on it is held for the whole run and released
-#: by the kernel when the process ends, however it ends (no stale locks after SIGKILL).
-RUN_LOCK = ".simsc-run.lock"
-
-
-#: Descriptors of the run locks this process holds (see :func:`_drop_inherited_locks`).
-_HELD_LOCK_FDS: set[int] = set()
-
-
-def _drop_inherited_locks() -> None:
-    """In a forked child (DataLoader workers): point the inherited lock descriptors at
-    /dev/null. A flock belongs to the open file, which a fork shares: without this, workers
-    orphaned by a killed run would keep its folder locked until they notice and exit."""
-    if not _HELD_LOCK_FDS:
-        return
-    null = os.open(os.devnull, os.O_RDWR)
-    try:
-        for fd in _HELD_LOCK_FDS:
-            os.dup2(null, fd)
-    finally:
-        os.close(null)
-    _HELD_LOCK_FDS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_inherited_locks)
-
-
-class RunLock:
-    """An exclusive, non-blocking lock on a run folder; the file names its holder. Held by
-    this process only: forked children (loader workers) do not keep it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / RUN_LOCK
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        import fcntl
-        import socket
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Open for the whole run (the lock lives as long as the handle), hence no `with`.
-        # Not "w": the holder's line must survive a refusal.
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # held by another process; other errors (no locks on this FS) propagate
-            fh.seek(0)
-            holder = fh.read().strip() or "an unknown process"
-            fh.close()
-            raise RunFolderBusyError(
-                f"{self.path.parent} is in use by another training run ({holder}; lock file {self.path}); "
-                "wait for it to finish or choose another output folder"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
-        fh.flush()
-        self._fh = fh
-        _HELD_LOCK_FDS.add(fh.fileno())
-
-    def release(self) -> None:
-        if self._fh is not None:
-            import fcntl
-
-            _HELD_LOCK_FDS.discard(self._fh.fileno())
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the data-order generator of one epoch."""
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
-
-
-def resolve_device(name: str, what: str = "device") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda[:N]``, ``mps``: a device this
-    host has, or ``ValueError`` naming ``what`` (the flag or config key) and what exists."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{what}: unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"{what} {name}: CUDA is not available on this host (torch.cuda.is_available() is "
-                "False); use cpu or auto"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"{what} {name}: this host has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"{what} {name}: MPS is not available on this host; use cpu or auto")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{what}: device type {dev.type!r} is not supported; expected auto, cpu, cuda[:N] or mps")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def param_groups(model: SimSC, cfg: Config) -> list[dict[str, Any]]:
@@ -269,11 +143,6 @@ def _mean_std(x: torch.Tensor) -> tuple[float, float]:
     return float(x.mean()), float(x.std(unbiased=False)) if x.numel() > 1 else 0.0
 
 
-def _finite(x: float) -> float | None:
-    """JSON has no NaN/inf: non-finite numbers become ``null``."""
-    return x if math.isfinite(x) else None
-
-
 class Trainer:
     """Train a :class:`~simsc.model.SimSC` model as a config describes.
 
@@ -299,12 +168,10 @@ class Trainer:
         self.callbacks = CallbackList(cb for cb in callbacks if self.rank == 0 or getattr(cb, "all_ranks", False))
         # What the caller gave; _build makes the rest and keeps it (a second fit reuses it).
         self._given_model, self._given_train, self._given_val = model, train_dataset, val_dataset
-        self.out_dir = Path(self.cfg.train.out_dir)
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.last_path = self.ckpt_dir / "last.pt"
-        self.best_path = self.ckpt_dir / "best.pt"
-        self.metrics_path = self.out_dir / "metrics.jsonl"
-        self._metrics_fh: IO[str] | None = None
+        self.folder = RunFolder(self.cfg.train.out_dir)
+        self.out_dir = self.folder.out_dir
+        self.last_path = self.folder.last_path
+        self.best_path = self.folder.best_path
         self._resumed_from: int | None = None
         self._data_wait = 0.0
         self._step_time = 0.0
@@ -333,38 +200,20 @@ class Trainer:
         ``overwrite=True`` asks to replace them.
         """
         t = self.cfg.train
-        old_threads = torch.get_num_threads()
-        old_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-        lock = RunLock(self.out_dir)
         try:
             # Rank 0 owns the run folder: it locks it and checks it; every rank learns the result.
             refused: RunFolderError | None = None
             if self.rank == 0:
                 try:
-                    lock.acquire()
-                    # Before the model and data are built: a refused folder costs nothing.
-                    if not (resume and self.last_path.exists()):
-                        self._check_fresh_folder(overwrite)
+                    self.folder.open(resume, overwrite)
                 except RunFolderError as exc:
                     refused = exc
             ddp.agree(refused)
-            if self.rank == 0:
-                self._remove_stale_temporaries()
-            threads = t.num_threads
-            if threads is None and self.world > 1 and t.device in ("cpu", "auto") and not torch.cuda.is_available():
-                threads = ddp.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
-            if threads is not None:
-                torch.set_num_threads(threads)
-            if t.deterministic:
-                torch.use_deterministic_algorithms(True, warn_only=True)
-            return self._fit(resume, overwrite)
+            with run_settings(t.num_threads, t.deterministic, t.device, self.world):
+                return self._fit(resume)
         finally:
-            torch.set_num_threads(old_threads)
-            torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
-            if self._metrics_fh is not None:
-                self._metrics_fh.close()
-                self._metrics_fh = None
-            lock.release()
+            if self.rank == 0:
+                self.folder.close()
 
     # -- setup -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -394,10 +243,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg))
         self.grad_layers = _grad_layers(self.model) if cfg.train.log_grad_stats else []
         t = cfg.train
-        self.amp_dtype = _AMP_DTYPES[str(t.amp)]  # the config check leaves one of these names
+        self.amp_dtype = AMP_DTYPES[str(t.amp)]  # the config check leaves one of these names
         # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16") if t.amp == "fp16" else None
-        self._loss_fn = self._compiled_loss(t.compile)
+        self._loss_fn = maybe_compile(self._eager_loss, t.compile)
         self._compile_checked = not t.compile
         self._ddp: nn.Module | None = None
         if self.world > 1:
@@ -418,38 +267,21 @@ class Trainer:
         self.log_every = t.log_every_steps or (1 if self.device.type == "cpu" else DEVICE_LOG_EVERY_STEPS)
         self._pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]] = []
 
-    def _compiled_loss(self, option: bool | str):
-        """``model.loss`` with the value checks off (the batch is checked on the CPU), compiled
-        when ``train.compile`` asks for it."""
-        model = self.model
-
-        def loss(batch):
-            return model.loss(batch, check=False)
-
-        if not option:
-            return loss
-        backend = _compile_backend(option)
-        try:
-            return torch.compile(loss, backend=backend)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager (a warning)
-            if type(exc).__name__ == "InvalidBackend":  # a typo is the user's error, not a fallback
-                raise ValueError(
-                    f"train.compile: unknown torch.compile backend {backend!r}; use true (inductor), "
-                    "false or a name from torch._dynamo.list_backends()"
-                ) from None
-            _compile_fallback(backend, exc)  # a missing compiler fails later, on the first call
-            return loss
+    def _eager_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``model.loss`` with the value checks off (the batch is checked on the CPU)."""
+        return self.model.loss(batch, check=False)
 
     def _load_resume_state(self) -> dict[str, Any]:
         """Load ``last.pt`` into the model, optimiser, scaler and global RNGs; returns the checkpoint."""
         ckpt = load_checkpoint(self.last_path)
         if ckpt.get("kind") != "last":
             raise CheckpointError(f"{self.last_path}: not a training checkpoint (kind={ckpt.get('kind')!r})")
-        changed = [k for k in diff_configs(ckpt["config"], self.cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        resumable = resumable_keys()
+        changed = [k for k in diff_configs(ckpt["config"], self.cfg.to_dict()) if k not in resumable]
         if changed:
             raise CheckpointError(
                 f"cannot resume {self.last_path}: the config differs in {', '.join(changed)} "
-                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change); start a new run instead"
+                f"(only {', '.join(sorted(resumable))} may change); start a new run instead"
             )
         self.model.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -458,86 +290,28 @@ class Trainer:
         restore_rng_state(ckpt["rng"])
         return ckpt
 
-    def _open_metrics(self, offset: int | None) -> None:
-        if self.rank != 0:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if offset is None:
-            self._metrics_fh = open(self.metrics_path, "w", encoding="utf-8")
-            return
-        # Drop the records written after the checkpoint (by the interrupted run).
-        if self.metrics_path.exists() and self.metrics_path.stat().st_size > offset:
-            with open(self.metrics_path, "r+b") as f:
-                f.truncate(offset)
-        self._metrics_fh = open(self.metrics_path, "a", encoding="utf-8")
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        fh = self._metrics_fh
-        if fh is None:  # a bug, not a user error: records are written only during fit
-            raise RuntimeError("Trainer._log: metrics.jsonl is not open (only fit writes records)")
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
+    def _log(self, record: Any) -> None:
+        if self.rank == 0:
+            self.folder.log(record)
 
     # -- the loop --------------------------------------------------------------------------
-    def _check_fresh_folder(self, overwrite: bool) -> None:
-        """Refuse to start over a folder with outputs of an earlier run unless ``overwrite``."""
-        existing = [p for p in self._outputs() if p.exists()]
-        if not existing:
-            return
-        if not overwrite:
-            names = ", ".join(str(p.relative_to(self.out_dir)) for p in existing)
-            if self.last_path.exists():
-                raise RunFolderError(
-                    f"{self.out_dir} already holds a run ({self.last_path}); resume it (--resume / resume=True), "
-                    "replace it (--overwrite / overwrite=True) or choose another output folder"
-                )
-            raise RunFolderError(
-                f"{self.out_dir} holds outputs of an earlier run ({names}) but no {self.last_path.name} to resume "
-                "from; pass --overwrite (overwrite=True) to replace them, or choose another output folder"
-            )
-
-    def _clear_earlier_outputs(self) -> None:
-        """``overwrite``: the earlier run's checkpoints and summary go only once this run has
-        its model and data (a mistyped data root must not cost the old best.pt)."""
-        for p in (self.last_path, self.best_path, self.out_dir / "summary.json"):
-            p.unlink(missing_ok=True)
-
-    def _remove_stale_temporaries(self) -> None:
-        """Temporary files of an earlier run that was killed mid-write (``.last.pt.*.tmp``):
-        nobody else writes here while this process holds the folder's lock."""
-        for folder in (self.out_dir, self.ckpt_dir):
-            for name in ("last.pt", "best.pt", "summary.json", "config.yaml"):
-                for tmp in folder.glob(f".{name}.*.tmp") if folder.is_dir() else ():
-                    tmp.unlink(missing_ok=True)
-
-    def _outputs(self) -> list[Path]:
-        return [
-            self.last_path,
-            self.best_path,
-            self.metrics_path,
-            self.out_dir / "summary.json",
-            self.out_dir / "config.yaml",
-        ]
-
-    def _fit(self, resume: bool, overwrite: bool = False) -> dict[str, Any]:
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
-        fresh = not (resume and self.last_path.exists())
+        fresh = not self.folder.resumable(resume)
         self._build()
-        if fresh and self.rank == 0:
-            self._clear_earlier_outputs()
         model = self.model
         state = TrainState()
+        offset: int | None = None
         if not fresh:
             ckpt = self._load_resume_state()
             state = TrainState.from_dict(ckpt, self.last_path)
-            self._open_metrics(int(ckpt["metrics_offset"]))
+            offset = int(ckpt["metrics_offset"])
             self._resumed_from = int(ckpt["step"])
-        else:
-            self._open_metrics(None)
         if self.rank == 0:
-            dump_config(cfg, self.out_dir / "config.yaml")
+            if fresh:
+                self.folder.clear_earlier_outputs()
+            self.folder.start_log(offset)
+            self.folder.write_config(cfg)
         self.state = state
 
         n = self._n_train
@@ -561,7 +335,7 @@ class Trainer:
             self.progress.close()
         summary = self._summary()
         if self.rank == 0:
-            atomic_write_json(self.out_dir / "summary.json", summary, indent=2)
+            self.folder.write_summary(summary)
         self.callbacks.on_end(summary)
         return summary
 
@@ -745,8 +519,8 @@ class Trainer:
         except Exception as exc:
             if isinstance(exc, ValueError):
                 raise
-            _compile_fallback(_compile_backend(self.cfg.train.compile), exc)
-            self._loss_fn = self._compiled_loss(False)
+            compile_fallback(compile_backend(self.cfg.train.compile), exc)
+            self._loss_fn = self._eager_loss
             out = self._loss_fn(batch)
         self._compile_checked = True
         return out
@@ -790,28 +564,11 @@ class Trainer:
             grad = {k[5:]: float(x) for k, x in v.items() if k.startswith("grad:")}
             if grad:
                 record["grad_abs_mean"] = grad
-            order = (
-                "type",
-                "step",
-                "epoch",
-                "batch",
-                "loss",
-                "ce",
-                "reg",
-                "beta_a_mean",
-                "beta_a_std",
-                "beta_b_mean",
-                "beta_b_std",
-                "beta_eff_mean",
-                "lr_backbone",
-                "lr_temperature",
-                "grad_abs_mean",
-            )
-            record = {k: record[k] for k in order if k in record}
-            state.epoch_loss_sum += record["loss"]
+            written = step_record(record)
+            state.epoch_loss_sum += written["loss"]
             state.epoch_loss_count += 1
-            self._log(record)
-            self.callbacks.on_step(record)
+            self._log(written)
+            self.callbacks.on_step(written)
         self.progress.set_values(epoch=record["epoch"], loss=record["loss"], beta_eff=record["beta_eff_mean"])
         self.progress.maybe_line()
 
@@ -834,18 +591,7 @@ class Trainer:
                 pass
         last = self.last_path if self.last_path.exists() else None
         err = TrainingDivergedError(step, epoch, loss, beta_a, beta_b, reason, last)
-        self._log(
-            {
-                "type": "diverged",
-                "step": step,
-                "epoch": epoch,
-                "loss": _finite(loss),
-                "reason": reason,
-                "beta_a": [_finite(float(b)) for b in beta_a],
-                "beta_b": [_finite(float(b)) for b in beta_b],
-                "last_checkpoint": str(last) if last else None,
-            }
-        )
+        self._log(diverged_record(step, epoch, loss, reason, beta_a, beta_b, last))
         self.callbacks.on_end(
             {
                 "status": "diverged",
@@ -881,20 +627,8 @@ class Trainer:
         if is_best:
             state.best = BestSoFar(metric, epoch, state.step)
         loss_sum, loss_n = state.epoch_loss_sum, state.epoch_loss_count
-        record = {
-            "type": "epoch",
-            "epoch": epoch,
-            "step": state.step,
-            "partial": partial,
-            "train_loss_mean": loss_sum / loss_n if loss_n else None,
-            "val": {
-                k: rep[k] for k in ("per_image", "per_keypoint", "per_category", "n_pairs", "beta_eff", "beta_eval")
-            },
-            **{f"val_pck@{a}": v for a, v in rep["per_image"].items()},
-            "val_beta_eff_mean": rep["beta_eff"]["mean"],
-            "best_metric": state.best.metric,
-            "is_best": is_best,
-        }
+        mean = loss_sum / loss_n if loss_n else None
+        record = epoch_record(epoch, state.step, partial, mean, rep, state.best.metric, is_best)
         self._log(record)
         self.callbacks.on_epoch(record)
         if is_best:
@@ -916,9 +650,6 @@ class Trainer:
         self.callbacks.on_checkpoint(self.last_path, False)
 
     def _payload(self, kind: str) -> dict[str, Any]:
-        fh = self._metrics_fh
-        if fh is None:  # a bug: checkpoints are written only during fit
-            raise RuntimeError("Trainer._payload: metrics.jsonl is not open (only fit writes checkpoints)")
         return build_checkpoint(
             kind,
             model=self.model,
@@ -926,7 +657,7 @@ class Trainer:
             state=self.state,
             optimizer=self.optimizer,
             scaler=self.scaler,
-            metrics_offset=fh.tell(),
+            metrics_offset=self.folder.log_offset(),
         )
 
     def _summary(self) -> dict[str, Any]:
@@ -966,29 +697,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self._loss_fn(batch)
-
-
-_AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-#: Steps between two reads of the step records on accelerators (``train.log_every_steps: null``).
-DEVICE_LOG_EVERY_STEPS = 25
-
-
-def _compile_backend(option: bool | str) -> str:
-    """The torch.compile backend of a ``train.compile`` value (``true``: inductor)."""
-    return "inductor" if option is True else str(option)
-
-
-def _compile_fallback(backend: str, exc: BaseException) -> None:
-    import warnings
-
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    warnings.warn(
-        f"train.compile: torch.compile (backend {backend!r}) failed ({type(exc).__name__}: {reason[:300]}); "
-        "training runs eagerly instead",
-        RuntimeWarning,
-        stacklevel=3,
-    )
 
 
 def _collate(records):
