@@ -63,7 +63,7 @@ from typing import Any
 
 import torch
 
-from simsc.config import Config, apply_overrides, diff_configs, engine_sections, load_config, read_yaml, resumable_keys
+from simsc.config import Config, compose, diff_configs, load_config, read_yaml, resumable_keys
 from simsc.data.embedded import build_embedded_dataset
 from simsc.data.registry import build_dataset
 from simsc.engine import load_model, train
@@ -271,7 +271,7 @@ def code_version() -> str:
 
 def base_config(path: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:
     """The engine sections of ``path`` (params.yaml by default) with ``overrides`` applied."""
-    return load_config(apply_overrides(engine_sections(read_yaml(path)), list(overrides)))
+    return compose([path], list(overrides))
 
 
 def run_config(task: dict[str, Any], out_dir: Path, overrides: Sequence[str] = ()) -> Config:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simsc.config import SECTIONS, engine_sections, load_config
+from simsc.config import SECTIONS, compose, load_config
 from simsc.data.registry import DATASETS
 from simsc.io import atomic_write_bytes, merge_mappings, read_overlay, read_yaml_mapping
 
@@ -75,7 +75,7 @@ def dvc_declared(dvc_yaml: Path) -> list[str]:
 
 def effective(params: dict[str, Any]) -> dict[str, Any]:
     """The engine sections as the trainer sees them: every key, learning rates resolved."""
-    cfg = load_config(engine_sections(params))
+    cfg = compose(base=params)
     out = cfg.to_dict()
     out["train"].update(
         lr_backbone=cfg.resolved_lr_backbone(),
@@ -107,7 +107,7 @@ def _leaf_changes(base: Any, merged: Any, prefix: str = "") -> list[str]:
 def check(params: dict[str, Any], source: str) -> None:
     """The parameters must load as an engine config and name registered data sets."""
     try:
-        load_config(engine_sections(params))
+        compose(base=params)
     except ValueError as exc:
         raise SystemExit(f"{source}: the merged parameters are not a valid config: {exc}") from None
     names = [(params.get("data") or {}).get("dataset", load_config().data.dataset)]

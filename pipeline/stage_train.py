@@ -18,9 +18,9 @@ PLOTS_DIR = Path("reports/train")
 def engine_config(params: dict[str, Any]):
     """The training config: the :data:`simsc.config.TRAIN_SECTIONS` of params.yaml (``eval`` is
     the evaluate stage's), on top of the schema's defaults."""
-    from simsc.config import TRAIN_SECTIONS, engine_sections, load_config
+    from simsc.config import TRAIN_SECTIONS, compose, engine_sections
 
-    return load_config(engine_sections(params, TRAIN_SECTIONS))
+    return compose(base=engine_sections(params, TRAIN_SECTIONS))
 
 
 def stage_train(params: dict[str, Any]) -> None:

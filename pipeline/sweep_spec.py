@@ -50,14 +50,24 @@ import hashlib
 import itertools
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simsc.config import SECTIONS, ConfigError, check_key, engine_sections, load_config, parse_override
-from simsc.io import read_overlay, read_yaml_mapping
+from simsc.config import (
+    SECTIONS,
+    ConfigError,
+    absolute_paths,
+    check_key,
+    compose_data,
+    engine_sections,
+    load_config,
+    parse_override,
+    set_dotted,
+    yaml_number,
+)
+from simsc.io import merge_mappings, read_overlay, read_yaml_mapping
 
 from .paramset import REPLACED, merge
 
@@ -70,7 +80,6 @@ SCHEDULER_DEFAULT: dict[str, Any] = {"type": "fifo"}
 ASHA_DEFAULTS: dict[str, Any] = {"grace_period": 1, "reduction_factor": 2}
 #: Engine keys holding local paths, made absolute against the driver's folder (trials run
 #: in their own trial folders, possibly on other nodes).
-PATH_KEYS = ("data.root", "data.cache_dir", "model.pretrained")
 
 
 class SweepSpecError(ValueError):
@@ -273,13 +282,13 @@ def _compose_params(spec: SweepSpec, raw: Mapping[str, Any], overrides: Sequence
         except ConfigError as exc:
             raise SweepSpecError(str(exc)) from None
         set_[key] = value
-    set_ = {k: _number(v) for k, v in set_.items()}
+    set_ = {k: yaml_number(v) for k, v in set_.items()}
     for key in set_:
         _check_key(key, f"{where}: set.{key}")
         _check_section(key, params, f"{where}: set.{key}")
-    params = _apply_dotted(params, set_)
+    params = set_dotted(params, set_)
     spec.params_raw = copy.deepcopy(params)
-    spec.params, spec.set = _absolute_paths(params, root), set_
+    spec.params, spec.set = absolute_paths(params, root), set_
     _validate_engine(spec.engine_base(), f"{where}: base + set")
 
 
@@ -402,16 +411,17 @@ def _parse_options(spec: SweepSpec, raw: Mapping[str, Any], where: str) -> None:
         raise SweepSpecError(f"{where}: metric: expected val_pck, best_val_pck or val_pck@<alpha>, got {spec.metric!r}")
 
 
+#: A profile's sections merged key by key into the spec's (one level: a ``search`` entry or a
+#: ``set`` value is replaced whole); every other key of a profile (``base`` included) replaces.
+PROFILE_MERGED = ("set", "search", "tracking", "scheduler", "resources")
+
+
 def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Profile merge: ``set`` and ``search`` merge key by key, ``tracking``, ``scheduler`` and
-    ``resources`` too; everything else (``base`` included) is replaced."""
-    out = dict(base)
-    for k, v in over.items():
-        if k in ("set", "search", "tracking", "scheduler", "resources") and isinstance(v, Mapping):
-            out[k] = {**(out.get(k) or {}), **v}
-        else:
-            out[k] = v
-    return out
+    """A profile over its spec: :func:`simsc.io.merge_mappings` (the one merge rule) told what
+    is replaced whole (see :data:`PROFILE_MERGED`)."""
+    replace = {k for k in over if k not in PROFILE_MERGED}
+    replace |= {f"{k}.{name}" for k in PROFILE_MERGED if isinstance(over.get(k), Mapping) for name in over[k]}
+    return merge_mappings(base, over, replace=replace)
 
 
 def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
@@ -449,36 +459,6 @@ def _check_key(key: str, where: str) -> None:
         raise SweepSpecError(f"{where}: expected a dotted key such as train.lr_backbone, got {key!r}")
 
 
-def _apply_dotted(params: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(params))
-    for key, value in overrides.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = copy.deepcopy(value)
-    return out
-
-
-def _absolute_paths(params: dict[str, Any], root: Path) -> dict[str, Any]:
-    out = copy.deepcopy(params)
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = (out.get(section) or {}).get(name)
-        if not isinstance(value, str) or not value:
-            continue
-        if key == "model.pretrained" and not (
-            ("/" in value) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-        ):
-            continue  # a timm tag or "true"
-        if "://" in value or Path(value).is_absolute():
-            continue
-        out[section][name] = str((root / value).absolute())
-    return out
-
-
 def _validate_engine(engine: Mapping[str, Any], where: str) -> None:
     try:
         load_config(engine_sections(engine))
@@ -508,13 +488,13 @@ def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
                 raise SweepSpecError(f"{where}.{label}: expected a mapping of dotted keys to values")
             for k in ov:
                 _check_key(k, f"{where}.{label}")
-            bundles[str(label)] = {k: _number(v) for k, v in ov.items()}
+            bundles[str(label)] = {k: yaml_number(v) for k, v in ov.items()}
         return SearchEntry(key, sampler, list(bundles), bundles)
     _check_key(key, where)
     if not isinstance(values, list) or not values:
         raise SweepSpecError(f"{where}: {sampler}: expected a non-empty list, got {values!r}")
     if sampler in ("uniform", "loguniform", "randint"):
-        values = [_number(v) for v in values]
+        values = [yaml_number(v) for v in values]
         if (
             len(values) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -523,17 +503,7 @@ def _parse_entry(key: str, value: Any, where: str) -> SearchEntry:
             raise SweepSpecError(f"{where}: {sampler}: expected [low, high] with low < high, got {values!r}")
         if sampler == "loguniform" and values[0] <= 0:
             raise SweepSpecError(f"{where}: loguniform: low must be > 0, got {values[0]!r}")
-    return SearchEntry(key, sampler, [_number(v) for v in values])
-
-
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def _number(value: Any) -> Any:
-    """``"1e-4"`` -> ``1e-4``: YAML 1.1 reads exponents without a dot as strings."""
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
-        return float(value) if any(c in value for c in ".eE") else int(value)
-    return value
+    return SearchEntry(key, sampler, [yaml_number(v) for v in values])
 
 
 def _candidate_overrides(entry: SearchEntry) -> Iterator[dict[str, Any]]:
@@ -570,8 +540,7 @@ def compose(
     engine_base: Mapping[str, Any], overrides: Mapping[str, Any], *, root: str | os.PathLike | None = None
 ) -> dict[str, Any]:
     """``engine_base`` with dotted ``overrides`` applied (relative paths made absolute)."""
-    out = _apply_dotted(engine_base, overrides)
-    return _absolute_paths(out, Path(root)) if root is not None else out
+    return compose_data(base=engine_base, overrides=overrides, root=root)
 
 
 def sample_overrides(spec: SweepSpec, sample: Mapping[str, Any]) -> dict[str, Any]:

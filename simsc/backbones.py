@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import defaults as D
+from .choices import FINETUNE_MODES as FINETUNE_MODES
 from .coords import patch_centre_origin
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FINETUNE_MODES = ("none", "last_block", "all")
 
 #: A timm model: ``feature_info``, ``forward_intermediates``, ``prune_intermediate_layers`` and
 #: ``pretrained_cfg`` are attributes nn.Module's type (``Tensor | Module``) knows nothing about.

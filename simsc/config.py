@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,12 +36,17 @@ from typing import Any
 import yaml
 
 from . import defaults as D
-from .backbones import FINETUNE_MODES
-from .coords import CELL_CENTRES
+from .choices import (
+    CE_INTERPOLATION_NAMES,
+    CELL_CENTRES,
+    FINETUNE_MODES,
+    HEAD_NAMES,
+    HEAD_PRESETS,
+    REG_OVER_IMAGES,
+    parse_temperature,
+)
 from .io import merge_mappings, read_overlay, yaml_load
-from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES
 from .progress import PROGRESS_MODES
-from .temperature import build_temperature
 
 
 class ConfigError(ValueError):
@@ -333,6 +339,18 @@ _BOOL_OR_STR_EXPECTED = {
 }
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def yaml_number(value: Any) -> Any:
+    """``"1e-4"`` -> ``1e-4``, ``"3"`` -> ``3``; anything else unchanged. YAML 1.1 reads exponents
+    without a dot (``1e-4``) as strings: the project's one number coercion."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        text = value.strip()
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    return value
+
+
 def _to_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{name}: must be an integer, got {value!r}")
@@ -340,11 +358,8 @@ def _to_int(name: str, value: Any) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
+    if isinstance(value, str) and isinstance(yaml_number(value), int):
+        return int(yaml_number(value))
     raise ConfigError(f"{name}: must be an integer, got {value!r}")
 
 
@@ -381,10 +396,8 @@ def validate(cfg: Config) -> None:
         bad("model.backbone", "must be a backbone name", m.backbone)
     if m.finetune not in FINETUNE_MODES:
         bad("model.finetune", f"must be one of {list(FINETUNE_MODES)}", m.finetune)
-    from .heads import HEAD_PRESETS, list_heads
-
-    if m.head != "none" and m.head not in list_heads():
-        bad("model.head", f"must be 'none' or one of {list_heads()}", m.head)
+    if m.head != "none" and m.head not in HEAD_NAMES:
+        bad("model.head", f"must be 'none' or one of {sorted(HEAD_NAMES)}", m.head)
     if m.head_preset not in HEAD_PRESETS:
         bad("model.head_preset", f"must be one of {list(HEAD_PRESETS)}", m.head_preset)
     if m.temperature == "default":
@@ -392,7 +405,7 @@ def validate(cfg: Config) -> None:
             bad("model.temperature", "'default' is a matching head's own temperature; set model.head", m.temperature)
     else:
         try:
-            build_temperature(m.temperature, 1)
+            parse_temperature(m.temperature)
         except ValueError as exc:
             raise ConfigError(f"model.temperature: {exc}") from None
     if m.ns < 1 or m.ns % 2 == 0:
@@ -405,8 +418,8 @@ def validate(cfg: Config) -> None:
         bad("model.gamma", "must be >= 0", m.gamma)
     if not m.beta_thres > 0:
         bad("model.beta_thres", "must be > 0", m.beta_thres)
-    if m.ce_interpolation not in CE_INTERPOLATIONS:
-        bad("model.ce_interpolation", f"must be one of {sorted(CE_INTERPOLATIONS)}", m.ce_interpolation)
+    if m.ce_interpolation not in CE_INTERPOLATION_NAMES:
+        bad("model.ce_interpolation", f"must be one of {sorted(CE_INTERPOLATION_NAMES)}", m.ce_interpolation)
     if m.reg_over_images not in REG_OVER_IMAGES:
         bad("model.reg_over_images", f"must be one of {list(REG_OVER_IMAGES)}", m.reg_over_images)
     if m.cell_centre not in CELL_CENTRES:
@@ -526,19 +539,99 @@ def check_key(key: str, where: str) -> None:
         raise ConfigError(f"{where}: unknown config key {key!r}; allowed keys in {section!r}: {', '.join(names)}")
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (:func:`parse_override`) to a nested mapping (returns
-    a new dict); the result still goes through :func:`load_config` for validation."""
+def set_dotted(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (copied) with each dotted key of ``overrides`` set: ``{"train.seed": 1}`` sets
+    ``data["train"]["seed"]``, creating sections as needed. The project's one override rule."""
     out = copy.deepcopy(dict(data))
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"{key}: {where!r} must be a mapping, got {type(node[part]).__name__}")
+            node = node[part]
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (:func:`parse_override`, each key checked against the
+    schema) to a nested mapping (returns a new dict); :func:`load_config` validates the result."""
+    dotted: dict[str, Any] = {}
     for item in overrides:
         key, value = parse_override(item)
         check_key(key, f"--set {item!r}")
+        dotted[key] = value
+    return set_dotted(data, dotted)
+
+
+#: Engine keys that hold a path (made absolute against a root by :func:`compose`).
+PATH_KEYS = ("data.root", "data.cache_dir", "model.pretrained")
+
+
+def absolute_paths(data: Mapping[str, Any], root: str | os.PathLike) -> dict[str, Any]:
+    """``data`` (copied) with the relative paths of :data:`PATH_KEYS` made absolute against
+    ``root`` (a sweep trial runs in another folder); URIs, timm tags and ``true`` are left."""
+    out = copy.deepcopy(dict(data))
+    for key in PATH_KEYS:
         section, name = key.split(".")
-        sec = out.get(section) or {}
-        if not isinstance(sec, Mapping):
-            raise ConfigError(f"config section {section!r} must be a mapping")
-        out[section] = {**sec, name: value}
+        value = (out.get(section) or {}).get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if key == "model.pretrained" and not (
+            ("/" in value) or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+        ):
+            continue  # a timm tag or "true"
+        if "://" in value or Path(value).is_absolute():
+            continue
+        out[section][name] = str((Path(root) / value).absolute())
     return out
+
+
+def compose(
+    files: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+    out_dir: str | None = None,
+    root: str | os.PathLike | None = None,
+) -> Config:
+    """The one composition of a run's configuration (see :func:`compose_data`), on top of the
+    schema's defaults and checked (:func:`load_config`)."""
+    return load_config(compose_data(files, overrides, base=base, out_dir=out_dir, root=root))
+
+
+def compose_data(
+    files: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+    out_dir: str | None = None,
+    root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The one composition of a run's configuration, used by every entry point (``simsc
+    train``, the DVC stages, sweep trials, experiments, ``paramset``):
+
+    ``base`` (a params mapping; its engine sections) <- ``files`` in order (each with its
+    ``defaults:`` list, merged by :func:`simsc.io.merge_mappings`) <- ``overrides`` (``key=value``
+    strings checked against the schema, or a mapping of dotted keys) <- ``out_dir`` (a path as
+    typed, never parsed as YAML); relative paths made absolute against ``root`` when given;
+    the engine sections as a mapping (:func:`compose` loads it)."""
+    data = engine_sections(base or {})
+    for path in files:
+        data = merge_mappings(data, engine_sections(read_yaml(path)))
+    if isinstance(overrides, Mapping):
+        data = set_dotted(data, overrides)
+    else:
+        data = apply_overrides(data, overrides)
+    if out_dir:
+        data = set_dotted(data, {"train.out_dir": out_dir})
+    if root is not None:
+        data = absolute_paths(data, root)
+    return data
 
 
 def resumable_keys() -> frozenset[str]:

@@ -24,11 +24,9 @@ from collections.abc import Sequence
 
 import torch
 
-Size = Sequence[int] | torch.Tensor  # (H, W)
+from .choices import CELL_CENTRES as CELL_CENTRES
 
-#: Where a model puts its cells: "backbone" (the backbone's declared ``cell_origin``) or
-#: "patch" (the patch centre ``(s - 1) / 2`` for every backbone, the mapping before per-backbone centres).
-CELL_CENTRES = ("backbone", "patch")
+Size = Sequence[int] | torch.Tensor  # (H, W)
 
 
 def patch_centre_origin(stride: float) -> float:

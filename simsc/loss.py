@@ -24,6 +24,7 @@ import math
 import torch
 
 from . import defaults as D
+from .choices import REG_OVER_IMAGES as REG_OVER_IMAGES
 
 
 def gaussian_kernel_1d(ns: int = D.NS, nk: int = D.NK, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -191,8 +192,6 @@ def cross_entropy_prob(
 
 #: The two readings of the sub-pixel cross-entropy, by ``ce_interpolation`` name.
 CE_INTERPOLATIONS = {"prob": cross_entropy_prob, "logprob": cross_entropy_logprob}
-#: How the per-image regularisers of a pair combine, by ``reg_over_images`` name.
-REG_OVER_IMAGES = ("sum", "mean")
 
 
 def temperature_regularizer(beta: torch.Tensor, beta_thres: float = D.BETA_THRES, check: bool = True) -> torch.Tensor:

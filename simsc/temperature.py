@@ -20,6 +20,9 @@ import math
 import torch
 from torch import nn
 
+from .choices import TEMPERATURES as TEMPERATURES
+from .choices import parse_temperature
+
 # The WithL2Norm baseline and untrained backbones are evaluated with this soft-argmax
 # temperature (paper supp. Tab. 1; SFNet/CATs default).
 MANUAL_BETA_EVAL = 0.02
@@ -92,25 +95,17 @@ class NoL2Temperature(Temperature):
         return feat.new_ones(feat.shape[0])
 
 
-TEMPERATURES = ("mlp", "single", "fixed:<beta>", "no-l2")
-
-
 def build_temperature(mode: str, channels: int) -> Temperature:
     """Build a temperature variant from its name (``mlp``, ``single``, ``fixed:<beta>``, ``no-l2``)."""
-    mode = str(mode).strip()
-    if mode == "mlp":
+    kind, beta = parse_temperature(mode)
+    if kind == "mlp":
         return MLPTemperature(channels)
-    if mode == "single":
+    if kind == "single":
         return SingleTemperature()
-    if mode in ("no-l2", "no_l2", "nol2"):
+    if kind == "no-l2":
         return NoL2Temperature()
-    if mode.startswith("fixed:"):
-        try:
-            beta = float(mode.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"temperature {mode!r}: expected fixed:<beta> with a number, e.g. fixed:0.03") from None
-        return FixedTemperature(beta)
-    raise ValueError(f"unknown temperature {mode!r}: use one of {TEMPERATURES}")
+    assert beta is not None  # parse_temperature gives fixed its beta
+    return FixedTemperature(beta)
 
 
 def effective_temperature(beta_a: torch.Tensor, beta_b: torch.Tensor) -> torch.Tensor:

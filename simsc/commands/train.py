@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import user_errors
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _EPILOG = """\
 examples:
@@ -78,27 +83,31 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def train_config(files: Sequence[str], overrides: Sequence[str], out: str | None = None) -> tuple[Config, list[str]]:
+    """The run's configuration as ``simsc train`` composes it (:func:`simsc.config.compose`) and
+    the top-level sections of ``files`` it leaves to the pipeline."""
+    from ..config import compose, read_configs
+
+    data, ignored = read_configs(files)
+    # --out is a path as typed: not a --set value, which YAML would read (1e3 -> 1000.0, 010 -> 8).
+    return compose(base=data, overrides=overrides, out_dir=out), ignored
+
+
 @user_errors("train")
 def _run(args: argparse.Namespace) -> int:
-    from ..config import apply_overrides, load_config, read_configs
     from ..engine.runtime import resolve_device
     from ..engine.trainer import train
 
-    data, ignored = read_configs(args.config)
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("train.progress=off")
+    cfg, ignored = train_config(args.config, overrides, args.out)
     if ignored:
         print(
             f"simsc train: ignoring sections {', '.join(ignored)} of {', '.join(args.config)} "
             "(not engine config: model, data, train, eval)",
             file=sys.stderr,
         )
-    overrides = list(args.overrides)
-    if args.quiet:
-        overrides.append("train.progress=off")
-    data = apply_overrides(data, overrides)
-    if args.out:
-        # A path as typed: not a --set value, which YAML would read (1e3 -> 1000.0, 010 -> 8, off -> false).
-        data["train"] = {**(data.get("train") or {}), "out_dir": args.out}
-    cfg = load_config(data)
     resolve_device(cfg.train.device, "train.device")  # up front: before any model or data is built
     print(f"simsc train: run folder {cfg.train.out_dir}", file=sys.stderr)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)

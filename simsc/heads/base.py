@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from .. import defaults as D
+from ..choices import HEAD_PRESETS as HEAD_PRESETS
 from ..matching import normalize_and_scale, sample_features
 
-HEAD_PRESETS = ("paper", "small")
 #: Stored with every head's weights (``head.layout_version``): checkpoints of the heads before
 #: they followed their originals (other layers, the temperature before the correlation) lack it
 #: and are refused by :func:`simsc.engine.load_model` instead of loading into other computations.

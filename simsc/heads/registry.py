@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..choices import HEAD_NAMES
 from .base import HEAD_PRESETS, MatchingHead
 
 HEADS: dict[str, type[MatchingHead]] = {}
@@ -19,6 +20,7 @@ def register_head(name: str) -> Callable[[type[MatchingHead]], type[MatchingHead
             raise ValueError(f"matching head {name!r} is already registered ({HEADS[name].__name__})")
         cls.name = name
         HEADS[name] = cls
+        HEAD_NAMES.add(name)  # the schema accepts it as model.head from now on
         return cls
 
     return deco
