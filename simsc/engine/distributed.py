@@ -125,6 +125,31 @@ def all_gather_padded(x: torch.Tensor, capacity: int, sizes: Sequence[int]) -> t
     return torch.cat([out[r * capacity : r * capacity + sizes[r]] for r in range(world)])
 
 
+def global_loss(
+    out: dict[str, torch.Tensor], ce_pairs: int, n_local: int, n_global: int, gamma: float, world: int, batch_size: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Several ranks: the global batch's loss terms (what one rank with the whole batch logs)
+    and this rank's loss to back-propagate, weighted by its share of each term's pairs so that
+    DDP's gradient average is the gradient of the global loss. ``ce_pairs``: this rank's pairs
+    with a valid keypoint (the cross-entropy's average), ``n_local``: all its pairs (the
+    regulariser's)."""
+    ce, reg = out["ce"], out["reg"]
+    # One all-reduce (no host sync): the terms' sums over the ranks' pairs and the counts.
+    local = torch.stack([ce.detach() * ce_pairs, reg.detach() * n_local]).float()
+    counts = torch.tensor([ce_pairs, n_local], dtype=local.dtype, device=local.device)
+    sums = all_reduce_sum(torch.cat([local, counts]))
+    ce_total, n_total = sums[2].clamp_min(1), sums[3].clamp_min(1)
+    backprop = ce * global_share(ce_pairs, ce_total, world) + gamma * reg * global_share(n_local, n_total, world)
+    ce_g, reg_g = sums[0] / ce_total, sums[1] / n_total
+    capacity = -(-batch_size // world)
+    sizes = [b - a for a, b in (chunk_bounds(n_global, r, world) for r in range(world))]
+    gathered = {
+        k: all_gather_padded(out[k].detach()[:n_local].float(), capacity, sizes)
+        for k in ("beta_a", "beta_b", "beta_eff")
+    }
+    return {"loss": ce_g + gamma * reg_g, "ce": ce_g, "reg": reg_g, **gathered}, backprop
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` in rank order (``[obj]`` outside a process group)."""
     _, world = rank_world()

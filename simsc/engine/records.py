@@ -11,7 +11,10 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    import torch
 
 
 class StepRecord(TypedDict, total=False):
@@ -129,3 +132,9 @@ def read_records(path: str | os.PathLike, kind: str | None = None) -> Iterator[d
                 rec = json.loads(line)
                 if kind is None or rec.get("type") == kind:
                     yield rec
+
+
+def mean_std(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and population standard deviation of a tensor's values, as floats."""
+    x = x.detach().double().flatten()
+    return float(x.mean()), float(x.std(unbiased=False)) if x.numel() > 1 else 0.0

@@ -21,8 +21,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence, Sized
-from pathlib import Path
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
@@ -30,7 +29,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, diff_configs, load_config, resumable_keys
-from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
@@ -45,7 +43,9 @@ from .checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from .records import diverged_record, epoch_record, step_record
+from .divergence import TrainingDivergedError
+from .optim import grad_layers, param_groups
+from .records import diverged_record, epoch_record, mean_std, step_record
 from .run_folder import RunFolder, RunFolderError
 from .runtime import (
     AMP_DTYPES,
@@ -70,77 +70,6 @@ __all__ = [
     "seed_everything",
     "train",
 ]
-
-
-class TrainingDivergedError(DivergedError):
-    """The loss (or a gradient / weight) became non-finite. No checkpoint of the bad state is
-    written; ``last_checkpoint`` (if any) holds the last good state."""
-
-    def __init__(
-        self,
-        step: int,
-        epoch: int,
-        loss: float,
-        beta_a: Sequence[float],
-        beta_b: Sequence[float],
-        reason: str,
-        last_checkpoint: Path | None,
-    ) -> None:
-        self.step, self.epoch, self.loss = step, epoch, loss
-        self.beta_a, self.beta_b = list(beta_a), list(beta_b)
-        self.reason, self.last_checkpoint = reason, last_checkpoint
-        where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-        super().__init__(
-            f"training diverged at step {step} (epoch {epoch}): {reason}; loss = {loss:.6g}, "
-            f"beta_a = {_fmt_betas(self.beta_a)}, beta_b = {_fmt_betas(self.beta_b)}; {where}"
-        )
-
-
-def _fmt_betas(values: Sequence[float]) -> str:
-    vals = [float(v) for v in values]
-    if not vals:
-        return "[]"
-    shown = ", ".join(f"{v:.4g}" for v in vals[:8]) + (", ..." if len(vals) > 8 else "")
-    finite = [v for v in vals if math.isfinite(v)]
-    mean = f"{sum(finite) / len(finite):.4g}" if finite else "nan"
-    return f"[{shown}] (mean {mean})"
-
-
-def param_groups(model: SimSC, cfg: Config) -> list[dict[str, Any]]:
-    """Adam parameter groups: trainable backbone weights at ``lr_backbone``, temperature
-    parameters at ``lr_temperature``; empty groups are left out."""
-    groups = []
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    if backbone:
-        groups.append({"name": "backbone", "params": backbone, "lr": cfg.resolved_lr_backbone()})
-    temperature = [p for p in model.temperature.parameters() if p.requires_grad]
-    if temperature:
-        groups.append({"name": "temperature", "params": temperature, "lr": cfg.resolved_lr_temperature()})
-    head = [p for p in model.head.parameters() if p.requires_grad] if model.head is not None else []
-    if head:
-        groups.append({"name": "head", "params": head, "lr": cfg.resolved_lr_head()})
-    if not groups:
-        raise ValueError(
-            f"nothing to train: model.finetune={cfg.model.finetune!r} and temperature "
-            f"{cfg.model.temperature!r} has no parameters"
-        )
-    return groups
-
-
-def _grad_layers(model: SimSC) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
-    """Conv / linear layers of the last backbone block, named relative to the timm model."""
-    names = {id(m): n for n, m in model.backbone.model.named_modules()}
-    out: list[tuple[str, nn.Conv2d | nn.Linear]] = []
-    for block in model.backbone.last_block():
-        for m in block.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                out.append((names.get(id(m), type(m).__name__), m))
-    return out
-
-
-def _mean_std(x: torch.Tensor) -> tuple[float, float]:
-    x = x.detach().double().flatten()
-    return float(x.mean()), float(x.std(unbiased=False)) if x.numel() > 1 else 0.0
 
 
 class Trainer:
@@ -241,7 +170,7 @@ class Trainer:
         if self._n_train == 0:
             raise ValueError("the training split has no pairs")
         self.optimizer = torch.optim.Adam(param_groups(self.model, cfg))
-        self.grad_layers = _grad_layers(self.model) if cfg.train.log_grad_stats else []
+        self.grad_layers = grad_layers(self.model) if cfg.train.log_grad_stats else []
         t = cfg.train
         self.amp_dtype = AMP_DTYPES[str(t.amp)]  # the config check leaves one of these names
         # fp16 gradients underflow without loss scaling; bf16 has float32's exponent range.
@@ -441,7 +370,8 @@ class Trainer:
             raise
         loss = out["loss"]
         if self._ddp is not None:
-            out, loss = self._global_loss(out, ce_pairs, n_local, n_global)
+            gamma, world, bs = float(self.model.gamma), self.world, self.cfg.data.batch_size
+            out, loss = ddp.global_loss(out, ce_pairs, n_local, n_global, gamma, world, bs)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(opt)  # the finiteness check and the logged gradients are unscaled
@@ -483,32 +413,6 @@ class Trainer:
             opt.step()
         state.step = step
         return record, tensors
-
-    def _global_loss(
-        self, out: dict[str, torch.Tensor], ce_pairs: int, n_local: int, n_global: int
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Several ranks: the global batch's loss terms (what one rank with the whole batch
-        logs) and this rank's loss to back-propagate, weighted by its share of each term's
-        pairs so that DDP's gradient average is the gradient of the global loss."""
-        ce, reg = out["ce"], out["reg"]
-        # One all-reduce (no host sync): the terms' sums over the ranks' pairs and the counts.
-        local = torch.stack([ce.detach() * ce_pairs, reg.detach() * n_local]).float()
-        counts = torch.tensor([ce_pairs, n_local], dtype=local.dtype, device=local.device)
-        sums = ddp.all_reduce_sum(torch.cat([local, counts]))
-        ce_total, n_total = sums[2].clamp_min(1), sums[3].clamp_min(1)
-        gamma = float(self.model.gamma)
-        world = self.world
-        backprop = ce * ddp.global_share(ce_pairs, ce_total, world) + gamma * reg * ddp.global_share(
-            n_local, n_total, world
-        )
-        ce_g, reg_g = sums[0] / ce_total, sums[1] / n_total
-        capacity = -(-self.cfg.data.batch_size // world)
-        sizes = [b - a for a, b in (ddp.chunk_bounds(n_global, r, world) for r in range(world))]
-        gathered = {
-            k: ddp.all_gather_padded(out[k].detach()[:n_local].float(), capacity, sizes)
-            for k in ("beta_a", "beta_b", "beta_eff")
-        }
-        return {"loss": ce_g + gamma * reg_g, "ce": ce_g, "reg": reg_g, **gathered}, backprop
 
     def _call_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self._compile_checked:
@@ -558,9 +462,9 @@ class Trainer:
                     betas=(v["beta_a"].tolist(), v["beta_b"].tolist()),
                 )
             record["loss"], record["ce"], record["reg"] = loss, float(v["ce"]), float(v["reg"])
-            record["beta_a_mean"], record["beta_a_std"] = _mean_std(v["beta_a"])
-            record["beta_b_mean"], record["beta_b_std"] = _mean_std(v["beta_b"])
-            record["beta_eff_mean"] = _mean_std(v["beta_eff"])[0]
+            record["beta_a_mean"], record["beta_a_std"] = mean_std(v["beta_a"])
+            record["beta_b_mean"], record["beta_b_std"] = mean_std(v["beta_b"])
+            record["beta_eff_mean"] = mean_std(v["beta_eff"])[0]
             grad = {k[5:]: float(x) for k, x in v.items() if k.startswith("grad:")}
             if grad:
                 record["grad_abs_mean"] = grad
