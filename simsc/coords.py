@@ -29,6 +29,17 @@ from .choices import CELL_CENTRES as CELL_CENTRES
 Size = Sequence[int] | torch.Tensor  # (H, W)
 
 
+def keypoint_mask(points: torch.Tensor, valid: torch.Tensor | None, name: str) -> torch.Tensor:
+    """The boolean validity mask ``[B, N]`` of keypoints ``points`` ``[B, N, 2]``: ``valid`` as
+    booleans (all True when None); ``ValueError`` naming ``name`` when its shape is not ``[B, N]``."""
+    if valid is None:
+        return torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+    valid = valid.bool()
+    if valid.shape != points.shape[:2]:
+        raise ValueError(f"valid must have shape {tuple(points.shape[:2])} for {name}, got {tuple(valid.shape)}")
+    return valid
+
+
 def patch_centre_origin(stride: float) -> float:
     """Pixel of cell 0's centre when cell ``u`` covers pixels ``[u*s, (u+1)*s)``: ``(s - 1) / 2``."""
     return (stride - 1.0) / 2.0

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import defaults as D
 from .backbones import Backbone, build_backbone
-from .coords import CELL_CENTRES, feature_to_image, image_to_feature, patch_centre_origin
+from .coords import CELL_CENTRES, feature_to_image, image_to_feature, keypoint_mask, patch_centre_origin
 from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES, simsc_loss
 from .matching import normalize_and_scale, query_score_maps
 from .soft_argmax import kernel_soft_argmax
@@ -37,11 +37,7 @@ def _check_keypoints(kps: torch.Tensor, valid: torch.Tensor | None, name: str, v
         raise ValueError(f"{name} must be [B, N, 2] (x, y) pixels, got {shape}")
     if kps.shape[1] == 0:
         raise ValueError(f"{name} is an empty keypoint set (N = 0)")
-    if valid is None:
-        valid = torch.ones(kps.shape[:2], dtype=torch.bool, device=kps.device)
-    valid = valid.bool()
-    if valid.shape != kps.shape[:2]:
-        raise ValueError(f"valid must be {tuple(kps.shape[:2])} for {name}, got {tuple(valid.shape)}")
+    valid = keypoint_mask(kps, valid, name)
     if values and bool((torch.isnan(kps).any(-1) & valid).any()):
         raise ValueError(f"{name} has NaN coordinates at valid keypoints; mark them invalid instead")
     return valid

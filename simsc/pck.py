@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from .coords import keypoint_mask
 from .defaults import ALPHAS as DEFAULT_ALPHAS
 
 
@@ -117,11 +118,7 @@ def _prepare(pred, gt, threshold, valid):
         valid = None if valid is None else valid.unsqueeze(0)
     if pred.dim() != 3:
         raise ValueError(f"pred must be [B, N, 2] or [N, 2], got {tuple(pred.shape)}")
-    if valid is None:
-        valid = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
-    valid = valid.bool()
-    if valid.shape != pred.shape[:2]:
-        raise ValueError(f"valid must have shape {tuple(pred.shape[:2])}, got {tuple(valid.shape)}")
+    valid = keypoint_mask(pred, valid, "pred")
     if not bool(valid.any(dim=-1).all()):
         raise ValueError("pck: a pair has no valid keypoint; drop it before scoring")
     if torch.isnan(gt[valid]).any() or torch.isnan(pred[valid]).any():
