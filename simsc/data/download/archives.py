@@ -11,7 +11,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import IO
 
 from simsc.io import current_umask
 
@@ -68,6 +71,27 @@ def _write_member(src, dest: Path, executable: bool, budget: _Budget) -> None:
     os.chmod(dest, (0o777 if executable else 0o666) & ~current_umask())
 
 
+def _place_member(
+    dest: Path | None, is_dir: bool, open_src: Callable[[], IO[bytes]], executable: bool, budget: _Budget
+) -> int:
+    """Put one checked archive member at ``dest`` (None: the target folder itself, skipped): a
+    folder is made, a file is written from ``open_src()``. Returns the number of files written."""
+    if dest is None:
+        return 0
+    if is_dir:
+        dest.mkdir(parents=True, exist_ok=True)
+        return 0
+    with open_src() as src:
+        _write_member(src, dest, executable, budget)
+    return 1
+
+
+def _tar_file(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    src = tf.extractfile(member)
+    assert src is not None  # a regular file: the caller checked
+    return src
+
+
 def _extract_zip(archive: Path, target: Path, budget: _Budget) -> int:
     n = 0
     with zipfile.ZipFile(archive) as zf:
@@ -88,14 +112,8 @@ def _extract_zip(archive: Path, target: Path, budget: _Budget) -> int:
                     f"refusing to extract {archive.name}: member {info.filename!r} is {kind}; nothing was extracted",
                     path=archive,
                 )
-            if dest is None:
-                continue
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            with zf.open(info) as src:  # checks the CRC at the end
-                _write_member(src, dest, bool(mode & 0o111), budget)
-            n += 1
+            # zf.open checks the CRC at the end
+            n += _place_member(dest, info.is_dir(), partial(zf.open, info), bool(mode & 0o111), budget)
     return n
 
 
@@ -117,16 +135,7 @@ def _extract_tar(archive: Path, target: Path, budget: _Budget) -> int:
                     "device, FIFO or other special file; nothing was extracted",
                     path=archive,
                 )
-            if dest is None:
-                continue
-            if member.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            src = tf.extractfile(member)
-            assert src is not None
-            with src:
-                _write_member(src, dest, bool(member.mode & 0o111), budget)
-            n += 1
+            n += _place_member(dest, member.isdir(), partial(_tar_file, tf, member), bool(member.mode & 0o111), budget)
     return n
 
 
