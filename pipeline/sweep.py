@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simsc.commands import add_overrides_flag
 from simsc.errors import ArgumentParser, add_debug_flag, run_main
 from simsc.io import atomic_copy, atomic_write_json
 
@@ -426,14 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", type=Path, help="the sweep spec (YAML), e.g. configs/sweeps/lr_beta1.yaml")
     p.add_argument("--profile", help="a profile of the spec (e.g. toy, full; default: the spec's default_profile)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="add a fixed override to the spec's set: (repeatable), e.g. --set train.epochs=2",
-    )
+    add_overrides_flag(p, "add a fixed override to the spec's set: (repeatable), e.g. --set train.epochs=2")
     p.add_argument("--name", help="the sweep's name (default: the spec's name)")
     p.add_argument(
         "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray instance)"

@@ -41,6 +41,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_overrides_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: dotted config overrides whose
+    values are YAML, applied after the config files (:func:`simsc.config.compose`)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_model_source(p: argparse.ArgumentParser, required: bool = True):
     """``--checkpoint C`` or ``--backbone NAME [--pretrained [P]]`` (no fine-tuning, fixed:1).
     Returns the mutually exclusive group (a command may add another source to it)."""

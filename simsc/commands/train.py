@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import user_errors
+from . import add_overrides_flag, user_errors
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -52,14 +52,7 @@ def add_parser(sub) -> None:
         help="config file (sections model, data, train, eval), e.g. params.yaml; repeatable: "
         "later files override earlier ones; without it the schema's defaults are used",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr_backbone=1e-3 (repeatable; values are YAML)",
-    )
+    add_overrides_flag(p, "override a config value, e.g. --set train.lr_backbone=1e-3 (repeatable; values are YAML)")
     p.add_argument("--out", metavar="DIR", help="run folder (overrides train.out_dir)")
     p.add_argument(
         "--resume",
