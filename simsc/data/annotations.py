@@ -8,6 +8,7 @@ import it, so the package's imports point one way (``tests/test_import_graph.py`
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -105,6 +106,25 @@ def read_text_lines(path: Path) -> list[str]:
         raise DatasetFormatError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetFormatError(f"{path}: cannot read text file ({e})") from e
+
+
+def read_csv_rows(path: Path, what: str) -> list[list[str]]:
+    """Read a CSV listing (``what``, e.g. "PF-Willow pair list") with an error that names the file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetFormatError(f"{path}: cannot read CSV ({e})") from e
+
+
+def first_file(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of ``folder / name`` that is a file, else an error naming ``what`` and every place looked at."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise DatasetFormatError(f"{what} not found: expected {' or '.join(str(folder / n) for n in names)}")
 
 
 def inside_root(relpath: str, where: str, field: str) -> str:

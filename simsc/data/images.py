@@ -63,6 +63,19 @@ def read_image_size(path: str | os.PathLike[str], max_pixels: int | None = None)
     return h, w
 
 
+def listed_image_size(sizes: dict[str, tuple[int, int]], root: Path, relpath: str, where: str) -> tuple[int, int]:
+    """``(H, W)`` of the image ``relpath`` (below ``root``) a pair list names at ``where``, read
+    once per image into the cache ``sizes``; a missing image is a :class:`DatasetFormatError`."""
+    if relpath not in sizes:
+        path = root / relpath
+        if not path.is_file():
+            raise DatasetFormatError(
+                f"{where}: image {path} not found (paths in the pair list are relative to the root)"
+            )
+        sizes[relpath] = read_image_size(path)
+    return sizes[relpath]
+
+
 def _to_rgb8(im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode == "RGB":

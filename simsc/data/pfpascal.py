@@ -28,14 +28,14 @@ their image are marked invalid; pairs left without a valid keypoint are dropped 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
 from simsc import defaults as D
-from simsc.data.images import read_image_size
+from simsc.data.annotations import first_file, read_csv_rows
+from simsc.data.images import listed_image_size
 from simsc.data.records import (
     DatasetFormatError,
     Issue,
@@ -86,12 +86,7 @@ class PFPascalDataset(PairDataset):
         self._mats.clear()  # only needed while parsing; keeps the pickled dataset small for workers
 
     def _find_list(self) -> Path:
-        for name in PAIR_FILES[self.split]:
-            p = self.pairs_dir / name
-            if p.is_file():
-                return p
-        expected = " or ".join(str(self.pairs_dir / n) for n in PAIR_FILES[self.split])
-        raise DatasetFormatError(f"PF-Pascal {self.split} pair list not found: expected {expected}")
+        return first_file(self.pairs_dir, PAIR_FILES[self.split], f"PF-Pascal {self.split} pair list")
 
     def _dependencies(self) -> list[str]:
         # the .mat files and the images whose headers gave the sizes
@@ -102,11 +97,7 @@ class PFPascalDataset(PairDataset):
         required = ["source_image", "target_image", "class"]
         if self.split == "test":
             required += ["XA", "YA", "XB", "YB"]
-        try:
-            with path.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise DatasetFormatError(f"{path}: cannot read CSV ({e})") from e
+        rows = read_csv_rows(path, "PF-Pascal pair list")
         if not rows:
             raise DatasetFormatError(f"{path}: empty file; expected a header {','.join(required)} and pair rows")
         header = [h.strip() for h in rows[0]]
@@ -186,14 +177,7 @@ class PFPascalDataset(PairDataset):
         )
 
     def _size(self, relpath: str, where: str) -> tuple[int, int]:
-        if relpath not in self._sizes:
-            path = self.root / relpath
-            if not path.is_file():
-                raise DatasetFormatError(
-                    f"{where}: image {path} not found (paths in the list are relative to the root)"
-                )
-            self._sizes[relpath] = read_image_size(path)
-        return self._sizes[relpath]
+        return listed_image_size(self._sizes, self.root, relpath, where)
 
     def _mat_path(self, category: str, image: str) -> Path:
         return self.root / IMAGE_DIR / "Annotations" / category / f"{Path(image).stem}.mat"

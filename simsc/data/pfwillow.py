@@ -21,13 +21,13 @@ invalid; pairs left with no valid keypoint or with ``theta_kps = 0`` are dropped
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from simsc import defaults as D
-from simsc.data.images import read_image_size
+from simsc.data.annotations import first_file, read_csv_rows
+from simsc.data.images import listed_image_size
 from simsc.data.records import (
     DatasetFormatError,
     Issue,
@@ -65,25 +65,14 @@ class PFWillowDataset(PairDataset):
         self._load_pairs(self.pairs_file)
 
     def _find_csv(self) -> Path:
-        for name in CSV_NAMES:
-            if (self.root / name).is_file():
-                return self.root / name
-        raise DatasetFormatError(
-            f"PF-Willow pair list not found: expected {' or '.join(str(self.root / n) for n in CSV_NAMES)}"
-        )
+        return first_file(self.root, CSV_NAMES, "PF-Willow pair list")
 
     def _dependencies(self) -> list[str]:
         return [str(self.pairs_file), *(str(self.root / p) for p in self._sizes)]
 
     def _parse(self) -> list[PairAnnotation]:
         path = self.pairs_file
-        try:
-            with path.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-        except FileNotFoundError:
-            raise DatasetFormatError(f"{path}: PF-Willow pair list not found") from None
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise DatasetFormatError(f"{path}: cannot read CSV ({e})") from e
+        rows = read_csv_rows(path, "PF-Willow pair list")
         pairs: list[PairAnnotation] = []
         for line, row in enumerate(rows, start=1):
             if not row or all(not c.strip() for c in row):
@@ -129,12 +118,7 @@ class PFWillowDataset(PairDataset):
         return pairs
 
     def _size(self, relpath: str, where: str) -> tuple[int, int]:
-        if relpath not in self._sizes:
-            path = self.root / relpath
-            if not path.is_file():
-                raise DatasetFormatError(f"{where}: image {path} not found (paths in the CSV are relative to the root)")
-            self._sizes[relpath] = read_image_size(path)
-        return self._sizes[relpath]
+        return listed_image_size(self._sizes, self.root, relpath, where)
 
 
 def _is_data_row(row: list[str]) -> bool:
