@@ -38,7 +38,6 @@ from simsc.data.annotations import first_file, read_csv_rows
 from simsc.data.images import listed_image_size
 from simsc.data.records import (
     DatasetFormatError,
-    Issue,
     PairAnnotation,
     PairDataset,
     Resolution,
@@ -145,12 +144,7 @@ class PFPascalDataset(PairDataset):
                 raise DatasetFormatError(f"{where}: XA, YA, XB, YB must list the same number of values, got {lens}")
             src_kps = np.stack([coords["XA"], coords["YA"]], axis=1)
             trg_kps = np.stack([coords["XB"], coords["YB"]], axis=1)
-            nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
-            for i in np.flatnonzero(nan):
-                self.invalid_keypoints.append(
-                    Issue(str(self.pairs_file), line, f"keypoint {i} has a NaN coordinate; marked invalid")
-                )
-            valid = ~nan
+            valid = self._finite_keypoints(src_kps, trg_kps, self.pairs_file, line)
         else:
             src_kps, _ = self._mat(category, src, where)
             trg_kps = trg_kps_mat

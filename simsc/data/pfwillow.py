@@ -30,7 +30,6 @@ from simsc.data.annotations import first_file, read_csv_rows
 from simsc.data.images import listed_image_size
 from simsc.data.records import (
     DatasetFormatError,
-    Issue,
     PairAnnotation,
     PairDataset,
     Resolution,
@@ -90,11 +89,7 @@ class PFWillowDataset(PairDataset):
             ).reshape(4, N_KPS)
             src_kps = np.stack([vals[0], vals[1]], axis=1)
             trg_kps = np.stack([vals[2], vals[3]], axis=1)
-            nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
-            for i in np.flatnonzero(nan):
-                self.invalid_keypoints.append(
-                    Issue(str(path), line, f"keypoint {i} has a NaN coordinate; marked invalid")
-                )
+            valid = self._finite_keypoints(src_kps, trg_kps, path, line)
             src = inside_root(row[0].strip(), where, "imageA")
             trg = inside_root(row[1].strip(), where, "imageB")
             pairs.append(
@@ -105,7 +100,7 @@ class PFWillowDataset(PairDataset):
                     trg_path=trg,
                     src_kps=src_kps,
                     trg_kps=trg_kps,
-                    valid=~nan,
+                    valid=valid,
                     trg_bbox=None,  # -> box of the valid target keypoints
                     source=str(path),
                     row=line,

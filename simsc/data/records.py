@@ -260,6 +260,16 @@ class PairDataset(Dataset):
     def _dependencies(self) -> list[str]:
         raise NotImplementedError
 
+    def _finite_keypoints(self, src_kps: np.ndarray, trg_kps: np.ndarray, listing: Path, line: int) -> np.ndarray:
+        """The valid mask ``[N]`` of a listed pair: False where either image's keypoint has a NaN
+        coordinate, each such keypoint reported in ``invalid_keypoints`` (``listing``, ``line``)."""
+        nan = np.isnan(src_kps).any(1) | np.isnan(trg_kps).any(1)
+        for i in np.flatnonzero(nan):
+            self.invalid_keypoints.append(
+                Issue(str(listing), line, f"keypoint {i} has a NaN coordinate; marked invalid")
+            )
+        return ~nan
+
     def _index_meta(self) -> dict[str, Any]:
         """What, besides the files, decides the parse result (the index is stale if it differs)."""
         return {
