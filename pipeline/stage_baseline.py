@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.stage_common import section, stage_main
-from pipeline.stage_evaluate import evaluation_set, pck_metrics, write_json
+from pipeline.stage_evaluate import evaluate_into, evaluation_set, pck_line
 
 # The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
 PARAMS = ("model", "eval", "evaluate", "preprocess.cache_dir")
@@ -28,7 +28,6 @@ def stage_baseline(params: dict[str, Any], name: str) -> None:
 
     from simsc import defaults as D
     from simsc.config import load_config
-    from simsc.evaluate import evaluate_to_files
     from simsc.model import build_model
 
     ev, dataset = evaluation_set(params, name)
@@ -38,19 +37,9 @@ def stage_baseline(params: dict[str, Any], name: str) -> None:
     torch.manual_seed(D.SEED)
     model = build_model(cfg).eval()
     out = BASELINE_DIR / name
-    report = evaluate_to_files(
-        model,
-        dataset,
-        out / "report.json",
-        out / "predictions.jsonl",
-        batch_size=ev.batch_size,
-        alphas=ev.alphas,
-        max_pairs=params["evaluate"].get("max_pairs"),
-        extra={"name": name, "model": f"{cfg.model.backbone} pretrained={cfg.model.pretrained}, not fine-tuned"},
-    )
-    write_json(out / "pck.json", pck_metrics(report))
-    pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
-    print(f"baseline {name} ({cfg.model.backbone}, not fine-tuned): {report['n_pairs']} pairs, {pck}")
+    extra = {"name": name, "model": f"{cfg.model.backbone} pretrained={cfg.model.pretrained}, not fine-tuned"}
+    report = evaluate_into(out, model, dataset, ev, params["evaluate"].get("max_pairs"), extra)
+    print(f"baseline {name} ({cfg.model.backbone}, not fine-tuned): {pck_line(report)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

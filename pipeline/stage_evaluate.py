@@ -24,7 +24,7 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     ``predictions.jsonl``.
     """
     from simsc.engine.checkpoint import load_model
-    from simsc.evaluate import beta_sweep, evaluate_to_files, sweep_betas
+    from simsc.evaluate import beta_sweep, sweep_betas
 
     ev, dataset = evaluation_set(params, name)
     train_sec = section(params, "train", ["out_dir"])
@@ -33,18 +33,9 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
     out = EVAL_DIR / name
     ev_sec = params["evaluate"]
     max_pairs = ev_sec.get("max_pairs")
-    report = evaluate_to_files(
-        model,
-        dataset,
-        out / "report.json",
-        out / "predictions.jsonl",
-        beta_eval=ev.beta_eval,
-        batch_size=ev.batch_size,
-        alphas=ev.alphas,
-        max_pairs=max_pairs,
-        extra={"name": name, "checkpoint": str(ckpt)},
+    report = evaluate_into(
+        out, model, dataset, ev, max_pairs, {"name": name, "checkpoint": str(ckpt)}, beta_eval=ev.beta_eval
     )
-    write_json(out / "pck.json", pck_metrics(report))
     write_json(out / "pck_vs_alpha.json", [{"alpha": float(a), "pck": v} for a, v in report["per_image"].items()])
     rows = []
     sweep_on = ev_sec.get("sweep", True)
@@ -56,8 +47,42 @@ def stage_evaluate(params: dict[str, Any], name: str) -> None:
             {"beta_eval": r["beta_eval"], **{f"pck@{a}": v for a, v in r["per_image"].items()}} for r in sweep["rows"]
         ]
     write_json(out / "pck_vs_beta.json", rows)
+    print(f"{name}: {pck_line(report)}")
+
+
+def evaluate_into(
+    out: Path,
+    model: Any,
+    dataset: Any,
+    ev: Any,
+    max_pairs: int | None,
+    extra: dict[str, Any],
+    beta_eval: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``dataset`` with the ``eval`` settings ``ev`` into the folder ``out``:
+    ``report.json`` (with the ``extra`` entries), ``predictions.jsonl`` and ``pck.json`` (the DVC
+    metrics). ``beta_eval=None``: the model's default. Returns the report."""
+    from simsc.evaluate import evaluate_to_files
+
+    report = evaluate_to_files(
+        model,
+        dataset,
+        out / "report.json",
+        out / "predictions.jsonl",
+        beta_eval=beta_eval,
+        batch_size=ev.batch_size,
+        alphas=ev.alphas,
+        max_pairs=max_pairs,
+        extra=extra,
+    )
+    write_json(out / "pck.json", pck_metrics(report))
+    return report
+
+
+def pck_line(report: dict[str, Any]) -> str:
+    """``<n> pairs, PCK@0.05 <v>, ...``: the one line a stage prints of an evaluation."""
     pck = ", ".join(f"PCK@{a} {v:.2f}" for a, v in report["per_image"].items())
-    print(f"{name}: {report['n_pairs']} pairs, {pck}")
+    return f"{report['n_pairs']} pairs, {pck}"
 
 
 def evaluation_set(params: dict[str, Any], name: str) -> tuple[Any, Any]:
