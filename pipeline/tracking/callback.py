@@ -199,22 +199,16 @@ class MlflowCallback(Callback):
     def on_step(self, metrics: Mapping[str, Any]) -> None:
         self._start()
         if self.run_id and metrics["step"] > self._logged_step:
-            self.ml.call(
-                f"step metrics (from step {metrics['step']})",
-                self.ml.client.log_batch,
-                self.run_id,
-                metrics=step_metrics(metrics),
-            )
+            self._log_batch(f"step metrics (from step {metrics['step']})", step_metrics(metrics))
 
     def on_epoch(self, metrics: Mapping[str, Any]) -> None:
         self._start()
         if self.run_id and metrics["epoch"] > self._logged_epoch:
-            self.ml.call(
-                f"validation PCK (from epoch {metrics['epoch']})",
-                self.ml.client.log_batch,
-                self.run_id,
-                metrics=epoch_metrics(metrics),
-            )
+            self._log_batch(f"validation PCK (from epoch {metrics['epoch']})", epoch_metrics(metrics))
+
+    def _log_batch(self, what: str, metrics: list[Any]) -> None:
+        """Log ``metrics`` to the run (a lost batch is a warning naming ``what``, see ``self.ml``)."""
+        self.ml.call(what, self.ml.client.log_batch, self.run_id, metrics=metrics)
 
     def on_checkpoint(self, path: str | os.PathLike[str], is_best: bool) -> None:
         if is_best:
