@@ -1,0 +1,172 @@
+"""Bad inputs of the ``simsc`` command line, second round: outputs that would replace inputs,
+messages that named internals, sizes beyond memory, a read-only cache.
+
+The cases run the real command line in a subprocess with the harness of
+:mod:`tests.test_bad_inputs` (exit status, one ``error:`` line naming the culprit, no file
+changed outside what the command may write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.test_bad_inputs import (
+    EVAL_SPAIR,
+    SIMSC,
+    TRAIN_SPAIR,
+    Case,
+    changed_outside,
+    error_lines,
+    run_case,
+    simsc_checkpoint,
+    snapshot,
+    spair,
+    tmpfs_mount,
+    two_images,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+Builder = Callable[[Path], "contextlib.AbstractContextManager[Case]"]
+CASES: dict[str, Builder] = {}
+
+
+def case(name: str):
+    def register(fn):
+        CASES[name] = contextlib.contextmanager(fn)
+        return fn
+
+    return register
+
+
+EVAL_CKPT = ["evaluate", "--checkpoint", "c.pt", "--no-progress", "--device", "cpu"]
+MATCH = ["match", "a.png", "b.png", "--backbone", "resnet18", "--device", "cpu"]
+
+
+# -- outputs that would replace inputs
+
+
+@case("evaluate_out_is_the_checkpoint")
+def _(d: Path):
+    spair(d)
+    simsc_checkpoint(d / "c.pt")
+    yield Case(SIMSC + EVAL_CKPT + ["--out", "c.pt"], 2, ("--out c.pt", "--checkpoint c.pt", "same file"))
+
+
+@case("evaluate_out_is_a_link_to_the_checkpoint")
+def _(d: Path):
+    spair(d)
+    simsc_checkpoint(d / "c.pt")
+    (d / "link.pt").symlink_to("c.pt")
+    yield Case(SIMSC + EVAL_CKPT + ["--out", "link.pt"], 2, ("--out link.pt", "--checkpoint c.pt"))
+
+
+@case("evaluate_predictions_is_the_report")
+def _(d: Path):
+    spair(d)
+    simsc_checkpoint(d / "c.pt")
+    yield Case(
+        SIMSC + EVAL_CKPT + ["--out", "r.json", "--predictions", "./out/../r.json"],
+        2,
+        ("--predictions out/../r.json", "output --out r.json"),
+    )
+
+
+@case("evaluate_predictions_is_the_checkpoint")
+def _(d: Path):
+    spair(d)
+    simsc_checkpoint(d / "c.pt")
+    yield Case(SIMSC + EVAL_CKPT + ["--out", "r.json", "--predictions", "c.pt"], 2, ("--predictions c.pt", "c.pt"))
+
+
+@case("match_out_is_an_input_image")
+def _(d: Path):
+    two_images(d)
+    yield Case(SIMSC + MATCH + ["--out", "b.png"], 2, ("--out b.png", "IMG_B b.png", "same file"))
+
+
+@case("match_out_is_the_checkpoint")
+def _(d: Path):
+    two_images(d)
+    simsc_checkpoint(d / "c.pt")
+    argv = ["match", "a.png", "b.png", "--checkpoint", "c.pt", "--device", "cpu", "--out", "c.pt"]
+    yield Case(SIMSC + argv, 2, ("--out c.pt", "--checkpoint c.pt"))
+
+
+def _earlier_run(d: Path) -> None:
+    spair(d)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, *SIMSC, *TRAIN_SPAIR, "--out", "run"], cwd=d, env=env, capture_output=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@case("train_overwrite_with_the_runs_own_config")
+def _(d: Path):
+    _earlier_run(d)
+    yield Case(
+        SIMSC + TRAIN_SPAIR + ["--config", "run/config.yaml", "--out", "run", "--overwrite"],
+        2,
+        ("run/config.yaml", "--config run/config.yaml", "same file"),
+        may_change=("run/.simsc-run.lock",),
+    )
+
+
+@case("train_overwrite_with_the_runs_best_as_pretrained")
+def _(d: Path):
+    _earlier_run(d)
+    yield Case(
+        SIMSC + TRAIN_SPAIR + ["--set", "model.pretrained=run/checkpoints/best.pt", "--out", "run", "--overwrite"],
+        2,
+        ("run/checkpoints/best.pt", "model.pretrained"),
+        may_change=("run/.simsc-run.lock",),
+    )
+
+
+@case("clean_train_resume_with_the_runs_own_config")
+def _(d: Path):
+    _earlier_run(d)
+    yield Case(
+        SIMSC + TRAIN_SPAIR + ["--config", "run/config.yaml", "--out", "run", "--resume", "--set", "train.max_steps=2"],
+        0,
+        ('"step": 2',),
+        may_change=("run",),
+    )
+
+
+# ----------------------------------------------------------------------------- the table test
+
+
+@pytest.mark.slow  # one subprocess a case (a few seconds each)
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_cli(name: str, tmp_path: Path) -> None:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    with CASES[name](folder) as c:
+        before = snapshot(folder)
+        proc = run_case(c, folder)
+        after = snapshot(folder)
+    detail = f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
+    assert proc.returncode == c.rc, detail
+    if c.rc != 0:
+        lines = error_lines(proc.stderr)
+        assert len(lines) == 1, detail
+        for needle in c.needles:
+            assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    else:
+        for needle in c.needles:
+            assert needle in proc.stdout + proc.stderr, detail
+    assert "Traceback" not in proc.stderr, detail
+    assert changed_outside(before, after, c.may_change) == [], detail
+    if c.check is not None:
+        c.check(folder, proc)
