@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from tests.test_bad_inputs import (
     simsc_checkpoint,
     snapshot,
     spair,
-    tmpfs_mount,
     two_images,
 )
 
@@ -142,6 +140,74 @@ def _(d: Path):
         ('"step": 2',),
         may_change=("run",),
     )
+
+
+# -- messages that named internals
+
+
+@case("spair_box_zero_size_in_float32")
+def _(d: Path):
+    # non-zero in the file's float64, zero-size once the record holds it in float32
+    spair(d, lambda p: p.update(trg_bndbox=[50, 60, 50.000001, 60.000001]))
+    yield Case(
+        SIMSC + EVAL_SPAIR,
+        2,
+        ("aeroplane.json", "pair 000001-2008_002719-2008_004100:aeroplane", "target box", "float32", "theta_bbox = 0"),
+        may_change=("out",),
+    )
+
+
+@case("match_points_nan")
+def _(d: Path):
+    two_images(d)
+    yield Case(
+        SIMSC + MATCH + ["--points", "nan,nan", "--out", "m.png"], 2, ("--points", "finite numbers", "'nan,nan'")
+    )
+
+
+@case("checkpoint_version_not_an_integer")
+def _(d: Path):
+    spair(d)
+    simsc_checkpoint(d / "c.pt", version=[1])
+    yield Case(SIMSC + EVAL_CKPT + ["--out", "r.json"], 2, ("c.pt", "entry 'version'", "integer", "[1]"))
+
+
+def _edit_last(d: Path, **entries) -> None:
+    import torch
+
+    from simsc.engine.checkpoint import DIGEST_KEY, atomic_save
+
+    path = d / "run" / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt.pop(DIGEST_KEY)
+    atomic_save({**ckpt, **entries}, path)  # a fresh digest: the edit is not caught as corruption
+
+
+RESUME = TRAIN_SPAIR + ["--out", "run", "--resume", "--set", "train.max_steps=2"]
+
+
+@case("train_resume_metrics_offset_not_an_integer")
+def _(d: Path):
+    _earlier_run(d)
+    _edit_last(d, metrics_offset="x")
+    yield Case(
+        SIMSC + RESUME,
+        2,
+        ("run/checkpoints/last.pt", "entry 'metrics_offset'", "'x'"),
+        may_change=("run/.simsc-run.lock",),
+    )
+
+
+@case("train_resume_rng_of_wrong_types")
+def _(d: Path):
+    _earlier_run(d)
+    _edit_last(d, rng={"python": 5})
+    yield Case(SIMSC + RESUME, 2, ("run/checkpoints/last.pt", "entry 'rng'", "cannot be restored"), may_change=("run",))
+
+
+@case("train_out_dir_off")
+def _(d: Path):
+    yield Case(SIMSC + ["train", "--set", "train.out_dir=off"], 2, ("train.out_dir", "boolean false", "quote", '"off"'))
 
 
 # ----------------------------------------------------------------------------- the table test

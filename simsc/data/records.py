@@ -115,6 +115,15 @@ def build_record(
     s = torch.where(vmask[:, None], s, torch.zeros(()))
     t = torch.where(vmask[:, None], t, torch.zeros(()))
     thresholds = compute_thresholds(t, vmask, b, trg_size)
+    if not float(thresholds[threshold_kind]) > 0:
+        # The loaders refuse zero-size boxes in the files' float64; a box narrower than
+        # float32 resolves (x2 - x1 ~ 1e-6 at x = 50) still becomes zero-size here.
+        basis = {"bbox": f"target box {np.asarray(bbox).tolist()}", "kps": "span of the valid target keypoints"}
+        raise DatasetFormatError(
+            f"{ann.source}: pair {ann.pair_id}: the {basis.get(threshold_kind, 'target image size')} is "
+            f"zero-size at float32 precision, so theta_{threshold_kind} = 0 and PCK is undefined; expected "
+            "a box / keypoint span of non-zero size (e.g. at least 0.01 px wide)"
+        )
     return {
         "pair_id": ann.pair_id,
         "category": ann.category,
@@ -244,7 +253,8 @@ class PairDataset(Dataset):
         set, else :class:`~simsc.data.images.DirectImages` (decodes every time)."""
         if self._images is None:
             if self.cache_dir is not None:
-                self._images = CachedImages(self.cache_dir, self.name, self.root, self.resolution)
+                writable = self._cache_writable()
+                self._images = CachedImages(self.cache_dir, self.name, self.root, self.resolution, writable)
             else:
                 self._images = DirectImages(self.root, self.resolution)
         return self._images

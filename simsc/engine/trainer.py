@@ -28,7 +28,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import IO, Any
 
@@ -451,11 +451,29 @@ class Trainer:
                 f"cannot resume {self.last_path}: the config differs in {', '.join(changed)} "
                 f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change); start a new run instead"
             )
-        self.model.load_state_dict(ckpt["model"], strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        TrainState.from_dict(ckpt, self.last_path)  # every entry checked before anything is restored
+        offset = ckpt["metrics_offset"]
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise CheckpointError(
+                f"{self.last_path}: checkpoint entry 'metrics_offset' must be an integer >= 0, got {offset!r:.80}; "
+                "the file was edited or written by other code, it cannot be resumed"
+            )
+        restores: list[tuple[str, Callable[[], Any]]] = [
+            ("model", lambda: self.model.load_state_dict(ckpt["model"], strict=True)),
+            ("optimizer", lambda: self.optimizer.load_state_dict(ckpt["optimizer"])),
+            ("rng", lambda: restore_rng_state(ckpt["rng"])),
+        ]
         if self.scaler is not None and ckpt.get("scaler") is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng_state(ckpt["rng"])
+            restores.append(("scaler", lambda: self.scaler.load_state_dict(ckpt["scaler"])))  # type: ignore[union-attr]
+        for key, restore in restores:
+            try:
+                restore()
+            except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(
+                    f"{self.last_path}: checkpoint entry {key!r} cannot be restored ({reason:.200}); the file was "
+                    "edited or written by other code, it cannot be resumed"
+                ) from None
         return ckpt
 
     def _open_metrics(self, offset: int | None) -> None:
