@@ -210,6 +210,37 @@ def _(d: Path):
     yield Case(SIMSC + ["train", "--set", "train.out_dir=off"], 2, ("train.out_dir", "boolean false", "quote", '"off"'))
 
 
+# -- sizes beyond memory: refused up front, naming the flag or key
+
+
+@case("evaluate_resolution_beyond_memory")
+def _(d: Path):
+    spair(d)
+    argv = [a if a != "64" else "200000" for a in EVAL_SPAIR]
+    yield Case(SIMSC + argv, 2, ("--resolution 200000", "GiB of memory", "free", "smaller --resolution"))
+
+
+@case("match_grid_beyond_memory")
+def _(d: Path):
+    two_images(d)
+    yield Case(
+        SIMSC + MATCH + ["--grid", "1000000", "--out", "m.png"],
+        2,
+        ("--grid 1000000", "1,000,000,000,000 query points", "GiB of memory", "smaller --grid"),
+    )
+
+
+@case("train_ns_beyond_memory")
+def _(d: Path):
+    spair(d)
+    yield Case(
+        SIMSC + TRAIN_SPAIR + ["--set", "model.ns=100001", "--set", "model.nk=100001", "--out", "run"],
+        2,
+        ("model.ns=100001", "GiB of memory", "smaller odd model.ns"),
+        may_change=("run",),
+    )
+
+
 # ----------------------------------------------------------------------------- the table test
 
 

@@ -133,6 +133,17 @@ def _run(args: argparse.Namespace) -> int:
     resolution = args.resolution
     if resolution is None and cfg is not None:
         resolution = checkpoint_resolution(cfg)
+    if isinstance(resolution, int) or str(resolution).isdigit():
+        from ..memory import check_memory, inference_bytes
+
+        side = int(resolution)
+        flag = f"--resolution {side}" if args.resolution is not None else f"the checkpoint's resolution {side}"
+        check_memory(
+            batch_size * inference_bytes(getattr(model.backbone, "name", ""), [(side, side)]),
+            next(model.parameters()).device,
+            f"{flag} (a batch of {batch_size} pairs of {side} x {side} pixels)",
+            "use a smaller --resolution or --batch-size",
+        )
     dataset = eval_dataset(ev, dataset_name, root, split=args.split, resolution=resolution, cache_dir=args.cache_dir)
     out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the evaluation
     common: dict[str, Any] = {

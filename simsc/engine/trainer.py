@@ -41,6 +41,7 @@ from ..config import Config, diff_configs, dump_config, load_config
 from ..errors import DivergedError
 from ..evaluate import alpha_key, evaluate
 from ..io import atomic_write_json
+from ..memory import check_training_memory
 from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
 from . import distributed as ddp
@@ -372,6 +373,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.model = self._given_model = self._given_model if self._given_model is not None else build_model(cfg)
         self.device = ddp.rank_device(resolve_device(cfg.train.device, "train.device"))
+        check_training_memory(cfg, self.device)  # before the model moves and any data is read
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
