@@ -55,6 +55,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
     return path
 
 
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in ``folder`` (made if missing), or ``None`` when they can:
+    decided by creating (and removing) a temporary file there, which also holds for root,
+    whom permission bits do not stop, and for a read-only mount."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: :func:`os.path.samefile` when both exist (hard and
     symbolic links included), else the same absolute path once ``..`` and links are resolved."""

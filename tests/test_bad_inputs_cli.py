@@ -241,6 +241,46 @@ def _(d: Path):
     )
 
 
+# -- a cache folder this process cannot write: read what it holds, decode the rest uncached
+
+
+@case("evaluate_cache_dir_under_a_file")
+def _(d: Path):
+    # fails to write for root too (permission bits do not stop root)
+    spair(d)
+    (d / "afile").write_text("not a folder\n")
+    yield Case(
+        SIMSC + EVAL_SPAIR + ["--cache-dir", "afile/cache"],
+        0,
+        ("afile/cache/spair: cache folder not writable (Not a directory)", "PCK@0.1"),
+        may_change=("out",),
+    )
+
+
+@case("evaluate_cache_dir_read_only_with_entries")
+def _(d: Path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a mode 555 folder")
+    spair(d)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, *SIMSC, *EVAL_SPAIR, "--cache-dir", "cache"]
+    filled = subprocess.run(argv, cwd=d, env=env, capture_output=True, timeout=TIMEOUT)
+    assert filled.returncode == 0, filled.stderr
+    folders = [d / "cache", *(p for p in (d / "cache").rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        yield Case(
+            SIMSC + EVAL_SPAIR + ["--cache-dir", "cache"],
+            0,
+            ("cache folder not writable", "PCK@0.1"),
+            may_change=("out",),
+        )
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+
+
 # ----------------------------------------------------------------------------- the table test
 
 

@@ -52,6 +52,7 @@ from simsc.data.annotations import (  # noqa: F401 - re-exported: the names' his
 from simsc.data.cache import CachedImages
 from simsc.data.images import DirectImages
 from simsc.data.index import PairTable, finalize_pairs, load_index, save_index, stat_files
+from simsc.io import unwritable
 from simsc.pck import theta_bbox, theta_img, theta_kps
 
 
@@ -243,6 +244,7 @@ class PairDataset(Dataset):
         self.skipped: list[Issue] = []
         self.invalid_keypoints: list[Issue] = []
         self._images: ImageSource | None = None
+        self._cache_write_error: str | None = None  # "" once the cache folder proved writable
         if not self.root.is_dir():
             raise DatasetFormatError(f"{self.root}: dataset root folder not found")
 
@@ -258,6 +260,20 @@ class PairDataset(Dataset):
             else:
                 self._images = DirectImages(self.root, self.resolution)
         return self._images
+
+    def _cache_writable(self) -> bool:
+        """Whether this data set's cache folder can be written; decided once, with one warning
+        when it cannot (a read-only cache is read, and what it lacks is decoded uncached)."""
+        if self._cache_write_error is None and self.cache_dir is not None:
+            reason = unwritable(self.cache_dir / self.name)
+            self._cache_write_error = reason or ""
+            if reason:
+                warnings.warn(
+                    f"{self.cache_dir / self.name}: cache folder not writable ({reason}); reading the entries "
+                    "it holds, decoding the other images without caching them",
+                    stacklevel=4,
+                )
+        return not self._cache_write_error
 
     def image_paths(self) -> list[str]:
         """Unique image paths (relative to the root) used by this split, in first-use order."""
@@ -306,7 +322,7 @@ class PairDataset(Dataset):
             self._report(listing)
             raise DatasetFormatError(f"{listing}: split {self.split!r} has no usable pair")
         self.pairs = table
-        if self.index_path is not None:
+        if self.index_path is not None and self._cache_writable():
             stats = stat_files(deps)
             try:
                 if stats is None:
