@@ -208,6 +208,24 @@ def _unfinished(exp_path: str, spec: SweepSpec) -> bool:
     return len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
+def _refuse_completed_without_results(exp_path: str) -> None:
+    """A resumed sweep keeps its completed trials as they are: one whose folder (or its
+    ``result.json``) was deleted would be reported completed with no history. Refuse, naming
+    the folder, before the sweep continues (local storage; a remote one is not listed)."""
+    from ray.tune import ExperimentAnalysis
+
+    if "://" in exp_path:
+        return
+    for trial in ExperimentAnalysis(exp_path).trials:
+        path = Path(trial.path or "")  # in the storage (local_path is a scratch copy)
+        if trial.status == "TERMINATED" and not (path / "result.json").is_file():
+            raise SweepError(
+                f"--resume: completed trial {trial.trial_id} has no results: {path / 'result.json'} is gone, "
+                "so it cannot be reported; restore that folder, or rerun the whole sweep under another "
+                "--name / --out"
+            )
+
+
 def check_embedded_roots(spec: SweepSpec) -> None:
     """Every embedded ``data.root`` a trial may use must hold the data set on the driver's
     machine: nodes without it build the one params.yaml describes, but a mistyped root must
@@ -317,6 +335,10 @@ def run_sweep(
             )
         exp_path = state.get("experiment_path", exp_path)
     check_embedded_roots(spec)
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    if resume and tune.Tuner.can_restore(exp_path):
+        _refuse_completed_without_results(exp_path)  # before the sweep is marked running again
     use_tracking = spec.tracking.get("enabled", True) if tracking is None else tracking
     state = state or {
         "name": spec.name,
@@ -360,8 +382,6 @@ def run_sweep(
         max_failures=spec.max_failures,
         keep_checkpoints=spec.keep_checkpoints,
     )
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
     restore = None
     if resume:
         if tune.Tuner.can_restore(exp_path):

@@ -321,7 +321,14 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
     if ann.startswith("float"):
         return _to_float(name, value)
     if ann.startswith("str"):
-        if isinstance(value, (dict, list, tuple)) or isinstance(value, bool):
+        if isinstance(value, bool):
+            # YAML (a config file, a --set value) reads an unquoted off/no/yes/on as a boolean.
+            raise ConfigError(
+                f"{name}: must be a string, got the boolean {str(value).lower()} (YAML reads an unquoted "
+                f'off, no, on or yes as one); quote the value: {name}: "off" in a file, '
+                f"--set '{name}=\"off\"' on the command line"
+            )
+        if isinstance(value, (dict, list, tuple)):
             raise ConfigError(f"{name}: must be a string, got {value!r}")
         return str(value)
     return value  # pragma: no cover - every field has one of the types above

@@ -55,6 +55,47 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
     return path
 
 
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in ``folder`` (made if missing), or ``None`` when they can:
+    decided by creating (and removing) a temporary file there, which also holds for root,
+    whom permission bits do not stop, and for a read-only mount."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: :func:`os.path.samefile` when both exist (hard and
+    symbolic links included), else the same absolute path once ``..`` and links are resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+PathArgs = Collection[tuple[str, "str | os.PathLike | None"]]
+
+
+def refuse_overwriting_inputs(inputs: PathArgs, outputs: PathArgs) -> None:
+    """Raise ``ValueError`` when an output path is an input file or another output, before
+    any work: the write would replace the input (a checkpoint by a report) or one output
+    another. ``inputs`` / ``outputs`` are ``(flag or key, path or None)`` pairs."""
+    ins = [("input", name, p) for name, p in inputs if p is not None]
+    outs = [("output", name, p) for name, p in outputs if p is not None]
+    for i, (_, name, out) in enumerate(outs):
+        for what, other, path in ins + outs[:i]:
+            if same_file(out, path):
+                raise ValueError(
+                    f"{name} {out} is the same file as the {what} {other} {path}: writing it would replace "
+                    f"that file; choose another path"
+                )
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 

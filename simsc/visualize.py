@@ -23,6 +23,7 @@ from .coords import rescale_points
 from .data.images import load_image, resize_uint8, target_size
 from .data.records import image_to_tensor, parse_resolution
 from .io import atomic_write
+from .memory import check_memory, inference_bytes, query_bytes
 from .model import SimSC
 
 
@@ -82,6 +83,11 @@ def predict_matches(
     res = parse_resolution(resolution)
     size_a, size_b = a.shape[:2], b.shape[:2]
     ha, wa = size_a
+    ra, rb = target_size(size_a, res), target_size(size_b, res)
+    device = next(model.parameters()).device
+    n_points = grid * grid if points is None else len(points)
+    flag = f"--grid {grid}" if points is None else "--points"
+    check_inference_memory(getattr(model.backbone, "name", ""), (ra, rb), device, n_points, model.stride, flag)
     if points is None:
         pts_a = grid_points(ha, wa, n=grid)
     else:
@@ -92,9 +98,6 @@ def predict_matches(
     if bool(outside.any()):
         bad = pts_a[outside][0].tolist()
         raise ValueError(f"query point {bad} lies outside the source image ({wa} x {ha} pixels)")
-    ra, rb = target_size(size_a, res), target_size(size_b, res)
-    device = next(model.parameters()).device
-    check_inference_memory(getattr(model.backbone, "name", ""), (ra, rb), device)
     ta = image_to_tensor(resize_uint8(a, ra) if ra != size_a else a)
     tb = image_to_tensor(resize_uint8(b, rb) if rb != size_b else b)
     q = rescale_points(pts_a, size_a, ra)
@@ -108,49 +111,27 @@ def predict_matches(
     return pts_a, pred
 
 
-#: Peak memory of a pair's inference per pixel of the larger input, by backbone: measured on
-#: CPU under ``no_grad`` (peak RSS growth of ``SimSC.predict`` on two square random images:
-#: resnet18 318, resnet50 and resnet101 501 bytes a pixel at 1000-2000 px), with a small margin. Basic-block
-#: ResNets share resnet18's figure; every other backbone gets the bottleneck figure. ViTs are
-#: not modelled (their attention grows with the square of the token count).
-BYTES_PER_PIXEL = {"resnet18": 330, "resnet34": 330}
-DEFAULT_BYTES_PER_PIXEL = 520
-
-
-def inference_bytes(backbone: str, sizes: Sequence[tuple[int, int]]) -> int:
-    """Estimated peak memory (bytes) of predicting one pair of images of ``sizes`` ``(H, W)``."""
-    return max(h * w for h, w in sizes) * BYTES_PER_PIXEL.get(backbone, DEFAULT_BYTES_PER_PIXEL)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free memory of ``device`` in bytes (``MemAvailable`` on CPU), ``None`` when unknown."""
-    if device.type == "cuda":
-        try:
-            return int(torch.cuda.mem_get_info(device)[0])
-        except Exception:  # noqa: BLE001 - no estimate is better than a failure here
-            return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def check_inference_memory(backbone: str, sizes: Sequence[tuple[int, int]], device: torch.device) -> None:
-    """Refuse, before any allocation, inputs whose estimated inference memory
-    (:func:`inference_bytes`) exceeds what ``device`` has free, with the fix (a smaller
-    ``--resolution``)."""
-    need = inference_bytes(backbone, sizes)
-    free = available_memory(device)
-    if free is not None and need > free:
+def check_inference_memory(
+    backbone: str,
+    sizes: Sequence[tuple[int, int]],
+    device: torch.device,
+    n_points: int = 0,
+    stride: int = 16,
+    points_flag: str = "--points",
+) -> None:
+    """Refuse, before any allocation, inputs whose estimated inference memory (the images
+    through the backbone and ``n_points`` query points' score maps over image B, the second
+    of ``sizes``) exceeds what ``device`` has free, naming the flag to change."""
+    images = inference_bytes(backbone, sizes)
+    queries = query_bytes(n_points, sizes[-1], stride)
+    if queries > images:
+        what = f"{points_flag}: {n_points:,} query points over a {sizes[-1][1]} x {sizes[-1][0]} pixel target"
+        fix = "use a smaller --grid, fewer --points or a smaller --resolution"
+    else:
         (h, w) = max(sizes, key=lambda hw: hw[0] * hw[1])
-        raise ValueError(
-            f"an input of {w} x {h} pixels needs about {need / 2**30:.1f} GiB for inference but {device} has "
-            f"{free / 2**30:.1f} GiB free; use a smaller --resolution (e.g. --resolution 256) instead of original"
-        )
+        what = f"an input of {w} x {h} pixels (--resolution)"
+        fix = "use a smaller --resolution (e.g. --resolution 256)"
+    check_memory(images + queries, device, what, fix)
 
 
 def draw_matches(

@@ -902,7 +902,7 @@ def _(d: Path):
 
 @case("match_original_size_too_large_for_memory")
 def _(d: Path):
-    from simsc.visualize import inference_bytes
+    from simsc.memory import inference_bytes
 
     side = 7900  # 62.4 MP: under the 64 MP decoding limit
     if inference_bytes("resnet50", [(side, side)]) <= mem_available():

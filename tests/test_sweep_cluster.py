@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -434,3 +435,22 @@ def test_a_trial_failing_on_user_input_is_an_error_not_retried(cluster, mlflow_s
     assert len(rows) == 1 and rows[0]["status"] == "error"
     assert rows[0]["trial_starts"] == "1"  # not restarted
     assert "no-spair-here" in rows[0]["error"], rows[0]["error"]
+
+
+def test_resume_refuses_a_completed_trial_whose_folder_is_gone(cluster, tiny_embedded, tmp_path):
+    # resumed, Tune keeps a completed trial as it is: without its folder it would be reported
+    # completed with no history
+    spec_path = write_spec(tmp_path / "spec.yaml", tiny_embedded, "gone", epochs=1, max_concurrent=1)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec.update(search={"train.seed": {"grid": [0]}}, tracking={"enabled": False})
+    spec_path.write_text(yaml.safe_dump(spec))
+    env = dict(cluster.env, PYTHONPATH=str(REPO))
+    out = run(sweep_cmd(spec_path, cluster), tmp_path, env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    (trial,) = trial_dirs(tmp_path / "sweeps" / "ray_results", "gone")
+    shutil.rmtree(trial)
+    out = run(sweep_cmd(spec_path, cluster, "--resume"), tmp_path, env)
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-5000:]
+    lines = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"{trial}/result.json is gone" in lines[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr

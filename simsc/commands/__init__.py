@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from collections.abc import Callable
 
 from .. import defaults as D
@@ -98,6 +99,12 @@ def fetch_registered(uri: str) -> str:
         raise
     except Exception as exc:  # noqa: BLE001 - the registry's errors: unknown model, server down
         raise ValueError(f"--model {uri}: cannot fetch the model: {type(exc).__name__}: {exc}") from None
+
+
+def local_file(path: str | None) -> str | None:
+    """``path`` when it names an existing file (a ``--pretrained`` that is a checkpoint, not a
+    timm tag or true/false), else ``None``."""
+    return path if path and os.path.isfile(path) else None
 
 
 def load_model_from_args(args: argparse.Namespace):

@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as D
-from ..io import atomic_write_json
-from . import add_model_source, add_model_uri, fetch_registered, load_model_from_args, positive_int, user_errors
+from ..io import atomic_write_json, refuse_overwriting_inputs
+from . import (
+    add_model_source,
+    add_model_uri,
+    fetch_registered,
+    load_model_from_args,
+    local_file,
+    positive_int,
+    user_errors,
+)
 
 _EPILOG = """\
 examples:
@@ -100,6 +108,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..config import EvalConfig
     from ..evaluate import beta_sweep, checkpoint_resolution, eval_dataset, evaluate_to_files, sweep_betas
 
+    out = Path(args.out)
+    preds = Path(args.predictions) if args.predictions else out.with_name(out.stem + ".predictions.jsonl")
+    # Before any work: a report written over its own checkpoint (--out c.pt) or over the
+    # predictions would replace that file.
+    refuse_overwriting_inputs(
+        [("--checkpoint", args.checkpoint), ("--pretrained", local_file(args.pretrained))],
+        [("--out", out), ("--predictions", None if args.beta_sweep is not None else preds)],
+    )
     if getattr(args, "model", None):
         args.checkpoint = fetch_registered(args.model)
     model, cfg = load_model_from_args(args)
@@ -117,8 +133,18 @@ def _run(args: argparse.Namespace) -> int:
     resolution = args.resolution
     if resolution is None and cfg is not None:
         resolution = checkpoint_resolution(cfg)
+    if isinstance(resolution, int) or str(resolution).isdigit():
+        from ..memory import check_memory, inference_bytes
+
+        side = int(resolution)
+        flag = f"--resolution {side}" if args.resolution is not None else f"the checkpoint's resolution {side}"
+        check_memory(
+            batch_size * inference_bytes(getattr(model.backbone, "name", ""), [(side, side)]),
+            next(model.parameters()).device,
+            f"{flag} (a batch of {batch_size} pairs of {side} x {side} pixels)",
+            "use a smaller --resolution or --batch-size",
+        )
     dataset = eval_dataset(ev, dataset_name, root, split=args.split, resolution=resolution, cache_dir=args.cache_dir)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before the evaluation
     common: dict[str, Any] = {
         "batch_size": batch_size,
@@ -144,7 +170,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{row['beta_eval']:>10.4g} " + " ".join(f"{v:>9.2f}" for v in row["per_image"].values()))
         print(f"report: {out}", file=sys.stderr)
         return 0
-    preds = Path(args.predictions) if args.predictions else out.with_name(out.stem + ".predictions.jsonl")
     report = evaluate_to_files(
         model, dataset, out, preds, beta_eval=beta_eval, **common, extra={"model": source, "predictions": str(preds)}
     )

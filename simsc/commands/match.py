@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from .. import defaults as D
-from . import add_model_source, add_model_uri, fetch_registered, load_model_from_args, positive_int, user_errors
+from ..io import refuse_overwriting_inputs
+from . import (
+    add_model_source,
+    add_model_uri,
+    fetch_registered,
+    load_model_from_args,
+    local_file,
+    positive_int,
+    user_errors,
+)
 
 
 def _point(text: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected x,y (source pixels), got {text!r}") from None
+        x = y = math.nan
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise argparse.ArgumentTypeError(f"expected x,y as two finite numbers (source pixels), got {text!r}")
     return x, y
 
 
@@ -68,6 +80,16 @@ def _run(args: argparse.Namespace) -> int:
             ) from None
     if args.beta_eval is not None and not args.beta_eval > 0:
         raise ValueError(f"--beta-eval must be > 0, got {args.beta_eval}")
+    # Before any work: the picture written over one of its images or the checkpoint would replace it.
+    refuse_overwriting_inputs(
+        [
+            ("IMG_A", args.img_a),
+            ("IMG_B", args.img_b),
+            ("--checkpoint", args.checkpoint),
+            ("--pretrained", local_file(args.pretrained)),
+        ],
+        [("--out", args.out)],
+    )
     if getattr(args, "model", None):
         args.checkpoint = fetch_registered(args.model)
     model, cfg = load_model_from_args(args)

@@ -101,8 +101,31 @@ def _run(args: argparse.Namespace) -> int:
             "(not engine config: model, data, train, eval)",
             file=sys.stderr,
         )
+    _refuse_overwriting_inputs(args, cfg)
     resolve_device(cfg.train.device, "train.device")  # up front: before any model or data is built
     print(f"simsc train: run folder {cfg.train.out_dir}", file=sys.stderr)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+#: The files a run writes in its folder (:mod:`simsc.engine.trainer`).
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
+
+
+def _refuse_overwriting_inputs(args: argparse.Namespace, cfg) -> None:
+    """A fresh run writes its outputs over whatever is there: refuse, before any work, a
+    ``--config`` or a ``model.pretrained`` checkpoint that is one of them (e.g. ``--config
+    runs/a/config.yaml --out runs/a --overwrite``). A resumed run continues the same run, so
+    its own ``config.yaml`` is a fine input."""
+    from pathlib import Path
+
+    from ..io import refuse_overwriting_inputs
+    from . import local_file
+
+    out_dir = Path(cfg.train.out_dir)
+    if args.resume and (out_dir / "checkpoints" / "last.pt").is_file():
+        return
+    pretrained = cfg.model.pretrained if isinstance(cfg.model.pretrained, str) else None
+    inputs = [("--config", path) for path in args.config] + [("model.pretrained", local_file(pretrained))]
+    refuse_overwriting_inputs(inputs, [("the run folder's", out_dir / name) for name in RUN_OUTPUTS])

@@ -54,9 +54,17 @@ class CachedImages:
     """
 
     def __init__(
-        self, cache_dir: str | Path, dataset_name: str, root: str | Path, resolution: Resolution | str
+        self,
+        cache_dir: str | Path,
+        dataset_name: str,
+        root: str | Path,
+        resolution: Resolution | str,
+        writable: bool = True,
     ) -> None:
         self.root = Path(root)
+        #: False for a cache folder this process cannot write: hits are read, misses decoded
+        #: and not stored.
+        self.writable = writable
         self.resolution = parse_resolution(resolution)
         self.dir = Path(cache_dir) / dataset_name / resolution_tag(self.resolution)
         self.dataset_name = dataset_name
@@ -106,7 +114,8 @@ class CachedImages:
             return hit
         self.misses += 1
         arr, orig = images.decode_resized(self.root / relpath, self.resolution)
-        self._write(key, relpath, st, arr, orig)
+        if self.writable:
+            self._write(key, relpath, st, arr, orig)
         return arr, orig
 
     def _write(self, key: str, relpath: str, st: os.stat_result, arr: np.ndarray, orig: tuple[int, int]) -> None:

@@ -52,6 +52,7 @@ from simsc.data.annotations import (  # noqa: F401 - re-exported: the names' his
 from simsc.data.cache import CachedImages
 from simsc.data.images import DirectImages
 from simsc.data.index import PairTable, finalize_pairs, load_index, save_index, stat_files
+from simsc.io import unwritable
 from simsc.pck import theta_bbox, theta_img, theta_kps
 
 
@@ -115,6 +116,15 @@ def build_record(
     s = torch.where(vmask[:, None], s, torch.zeros(()))
     t = torch.where(vmask[:, None], t, torch.zeros(()))
     thresholds = compute_thresholds(t, vmask, b, trg_size)
+    if not float(thresholds[threshold_kind]) > 0:
+        # The loaders refuse zero-size boxes in the files' float64; a box narrower than
+        # float32 resolves (x2 - x1 ~ 1e-6 at x = 50) still becomes zero-size here.
+        basis = {"bbox": f"target box {np.asarray(bbox).tolist()}", "kps": "span of the valid target keypoints"}
+        raise DatasetFormatError(
+            f"{ann.source}: pair {ann.pair_id}: the {basis.get(threshold_kind, 'target image size')} is "
+            f"zero-size at float32 precision, so theta_{threshold_kind} = 0 and PCK is undefined; expected "
+            "a box / keypoint span of non-zero size (e.g. at least 0.01 px wide)"
+        )
     return {
         "pair_id": ann.pair_id,
         "category": ann.category,
@@ -234,6 +244,7 @@ class PairDataset(Dataset):
         self.skipped: list[Issue] = []
         self.invalid_keypoints: list[Issue] = []
         self._images: ImageSource | None = None
+        self._cache_write_error: str | None = None  # "" once the cache folder proved writable
         if not self.root.is_dir():
             raise DatasetFormatError(f"{self.root}: dataset root folder not found")
 
@@ -244,10 +255,25 @@ class PairDataset(Dataset):
         set, else :class:`~simsc.data.images.DirectImages` (decodes every time)."""
         if self._images is None:
             if self.cache_dir is not None:
-                self._images = CachedImages(self.cache_dir, self.name, self.root, self.resolution)
+                writable = self._cache_writable()
+                self._images = CachedImages(self.cache_dir, self.name, self.root, self.resolution, writable)
             else:
                 self._images = DirectImages(self.root, self.resolution)
         return self._images
+
+    def _cache_writable(self) -> bool:
+        """Whether this data set's cache folder can be written; decided once, with one warning
+        when it cannot (a read-only cache is read, and what it lacks is decoded uncached)."""
+        if self._cache_write_error is None and self.cache_dir is not None:
+            reason = unwritable(self.cache_dir / self.name)
+            self._cache_write_error = reason or ""
+            if reason:
+                warnings.warn(
+                    f"{self.cache_dir / self.name}: cache folder not writable ({reason}); reading the entries "
+                    "it holds, decoding the other images without caching them",
+                    stacklevel=4,
+                )
+        return not self._cache_write_error
 
     def image_paths(self) -> list[str]:
         """Unique image paths (relative to the root) used by this split, in first-use order."""
@@ -306,7 +332,7 @@ class PairDataset(Dataset):
             self._report(listing)
             raise DatasetFormatError(f"{listing}: split {self.split!r} has no usable pair")
         self.pairs = table
-        if self.index_path is not None:
+        if self.index_path is not None and self._cache_writable():
             stats = stat_files(deps)
             try:
                 if stats is None:

@@ -179,7 +179,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a simsc checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
-    if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
+    version = ckpt.get("version", 0)  # checkpoints before versions were stored have none
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(
+            f"{path}: checkpoint entry 'version' must be an integer, got {version!r:.80}; the file was "
+            "edited or is not a simsc checkpoint"
+        )
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint version {ckpt.get('version')} is newer than this simsc "
             f"(reads up to {CHECKPOINT_VERSION})"

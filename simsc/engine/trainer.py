@@ -21,7 +21,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, diff_configs, load_config, resumable_keys
 from ..evaluate import alpha_key, evaluate
+from ..memory import check_training_memory
 from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
 from . import distributed as ddp
@@ -150,6 +151,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.model = self._given_model = self._given_model if self._given_model is not None else build_model(cfg)
         self.device = ddp.rank_device(resolve_device(cfg.train.device, "train.device"))
+        check_training_memory(cfg, self.device)  # before the model moves and any data is read
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -212,11 +214,29 @@ class Trainer:
                 f"cannot resume {self.last_path}: the config differs in {', '.join(changed)} "
                 f"(only {', '.join(sorted(resumable))} may change); start a new run instead"
             )
-        self.model.load_state_dict(ckpt["model"], strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        TrainState.from_dict(ckpt, self.last_path)  # every entry checked before anything is restored
+        offset = ckpt["metrics_offset"]
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise CheckpointError(
+                f"{self.last_path}: checkpoint entry 'metrics_offset' must be an integer >= 0, got {offset!r:.80}; "
+                "the file was edited or written by other code, it cannot be resumed"
+            )
+        restores: list[tuple[str, Callable[[], Any]]] = [
+            ("model", lambda: self.model.load_state_dict(ckpt["model"], strict=True)),
+            ("optimizer", lambda: self.optimizer.load_state_dict(ckpt["optimizer"])),
+            ("rng", lambda: restore_rng_state(ckpt["rng"])),
+        ]
         if self.scaler is not None and ckpt.get("scaler") is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng_state(ckpt["rng"])
+            restores.append(("scaler", lambda: self.scaler.load_state_dict(ckpt["scaler"])))  # type: ignore[union-attr]
+        for key, restore in restores:
+            try:
+                restore()
+            except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(
+                    f"{self.last_path}: checkpoint entry {key!r} cannot be restored ({reason:.200}); the file was "
+                    "edited or written by other code, it cannot be resumed"
+                ) from None
         return ckpt
 
     def _log(self, record: Any) -> None:
