@@ -739,7 +739,9 @@ def test_a_replaced_checkpoint_is_refused(stage_run, server, embedded, tmp_path)
     finally:
         stored.write_bytes(good)
     # a version registered without the tag (before digests were recorded) still loads
-    old = client.create_model_version("simsc-stages", client.get_model_version("simsc-stages", version).source)
+    mv = client.get_model_version("simsc-stages", version)
+    model_id = mv.source.removeprefix("models:/")  # the logged model's id (get_model_version leaves it out)
+    old = client.create_model_version("simsc-stages", mv.source, run_id=mv.run_id, model_id=model_id)
     proc = simsc_evaluate(f"models:/simsc-stages/{old.version}", embedded, tmp_path / "old.json", env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warned = [x for x in proc.stderr.splitlines() if "warning" in x.lower()]
