@@ -786,3 +786,32 @@ def test_malformed_tracking_and_report_files(stage_run, tmp_path):
         assert line.startswith(f"pipeline.stages report: error: {path.relative_to(cwd)}: not valid JSON"), line
         assert advice in line, line
         path.write_text(good)
+
+
+def test_a_relative_sqlite_store_in_a_dvc_temporary_copy(embedded, tmp_path, entry_points_dir):
+    """A train stage run in a temporary copy of the project (what ``dvc exp run --queue`` /
+    ``--temp`` do: the working directory is ``.dvc/tmp/exps/tmpXXX``, ``$DVC_ROOT`` the
+    checkout) with MLflow's relative default store tracks into the checkout's ``mlflow.db``,
+    and the model's files go to the checkout's ``mlruns/``, nothing into the copy."""
+    import sqlite3
+
+    root = tmp_path / "project"
+    copy = root / ".dvc" / "tmp" / "exps" / "tmpcopy"
+    copy.mkdir(parents=True)
+    params = params_for(embedded, Path("runs") / "default", max_steps=1, registered="simsc-temp")
+    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**stage_env_for("sqlite:///mlflow.db", entry_points_dir), "DVC_ROOT": str(root)}
+    err = run_stage("stage_train", cwd=copy, env=env)
+    assert "MLflow (" not in err, err[-3000:]
+    assert not (copy / "mlflow.db").exists() and not (copy / "mlruns").exists(), sorted(copy.iterdir())
+    state = json.loads((copy / "runs" / "default" / "tracking.json").read_text())
+    con = sqlite3.connect(root / "mlflow.db")
+    try:
+        runs = con.execute("select run_uuid from runs where status = 'FINISHED'").fetchall()
+        versions = con.execute("select version from model_versions where name = 'simsc-temp'").fetchall()
+        (location,) = con.execute("select artifact_location from experiments where name = 'pytest'").fetchone()
+    finally:
+        con.close()
+    assert runs == [(state["run_id"],)] and versions == [(1,)], (runs, versions, state)
+    assert location == (root / "mlruns" / "pytest").as_uri(), location
+    assert list((root / "mlruns").rglob("best.pt")), "the registered checkpoint is not in the checkout's mlruns/"
