@@ -571,25 +571,40 @@ def copy_project(stage_run, dst: Path) -> Path:
     return dst
 
 
-# Runs the report stage with the alias read held at a barrier until both racing processes got
-# there (or 5 s passed): the window of a real race made wide enough to hit every time. The
-# barrier is in the read of the model's alias table, not in the decision code.
+# Runs the report stage with two barriers that make the window of a real race wide enough to
+# hit every time, on a loaded machine too: the stages wait for each other (up to 300 s) once
+# their version's champion tags are written, just before the decision, so the decisions
+# start together however long each process took to start; then the read of the model's alias
+# table waits (up to 5 s) until both got there. Both barriers are in MLflow client calls, not
+# in the decision code: a decision under a lock passes the second one alone after 5 s.
 RACE_DRIVER = """
 import os, sys, time
 from pathlib import Path
 from mlflow.tracking import MlflowClient
 
-real = MlflowClient.get_registered_model
+def barrier(step, timeout_s):
+    folder = Path(os.environ["RACE_DIR"], step)
+    folder.mkdir(exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    deadline = time.time() + timeout_s
+    while len(os.listdir(folder)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
 
-def at_barrier(self, name):
+real_tag, real_read = MlflowClient.set_model_version_tag, MlflowClient.get_registered_model
+
+def tag_then_wait(self, name, version=None, key=None, value=None, *args, **kwargs):
+    out = real_tag(self, name, version, key, value, *args, **kwargs)
+    if name == os.environ["RACE_MODEL"] and key == "champion.value":
+        barrier("tagged", 300)
+    return out
+
+def wait_then_read(self, name):
     if name == os.environ["RACE_MODEL"]:
-        Path(os.environ["RACE_DIR"], str(os.getpid())).touch()
-        deadline = time.time() + 5
-        while len(os.listdir(os.environ["RACE_DIR"])) < 2 and time.time() < deadline:
-            time.sleep(0.05)
-    return real(self, name)
+        barrier("read", 5)
+    return real_read(self, name)
 
-MlflowClient.get_registered_model = at_barrier
+MlflowClient.set_model_version_tag = tag_then_wait
+MlflowClient.get_registered_model = wait_then_read
 from pipeline.stage_report import main
 sys.exit(main())
 """
