@@ -785,6 +785,35 @@ def test_runs_uri_leaves_no_download_behind(stage_run, embedded, tmp_path):
     assert str(tmpdir) not in line and str(cache) not in line and "/tmp" not in line.replace(bad, ""), line
 
 
+def test_a_cached_version_is_not_downloaded_again(stage_run, server, embedded, tmp_path):
+    """A registered version fetched once is read from the model cache (``<sha256>.pt``) the
+    next time: with its file in the artifact store broken, ``--model models:/...`` still
+    evaluates, to the same numbers, and leaves nothing in TMPDIR."""
+    import hashlib
+
+    client, state = stage_run["client"], stage_run["state"]
+    uri = f"models:/simsc-stages/{state['model_version']}"
+    want = state["best_sha256"]
+    (stored,) = [p for p in server.root.rglob("*.pt") if hashlib.sha256(p.read_bytes()).hexdigest() == want]
+    tmpdir, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmpdir.mkdir()
+    env = {**stage_run["env"], "TMPDIR": str(tmpdir), "SIMSC_MODEL_CACHE": str(cache)}
+    first = simsc_evaluate(uri, embedded, tmp_path / "first.json", env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(p.name for p in cache.iterdir()) == [f"{want}.pt"]
+    good = stored.read_bytes()
+    stored.write_bytes(b"not a checkpoint")
+    try:
+        again = simsc_evaluate(uri, embedded, tmp_path / "again.json", env)
+    finally:
+        stored.write_bytes(good)
+    assert again.returncode == 0, again.stderr[-3000:]
+    pck = [json.loads((tmp_path / f).read_text())["per_image"] for f in ("first.json", "again.json")]
+    assert pck[0] == pck[1], pck
+    assert not [p for p in tmpdir.rglob("*") if p.is_file()]
+    assert client.get_model_version("simsc-stages", state["model_version"]).tags["checkpoint.sha256"] == want
+
+
 def test_malformed_tracking_and_report_files(stage_run, tmp_path):
     """A cut-short ``tracking.json`` or ``report.json``: the report stage exits 2 with one line
     naming the file and how to regenerate it."""
