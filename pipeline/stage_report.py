@@ -36,8 +36,12 @@ def stage_report(params: dict[str, Any]) -> None:
 
     reports = {k: v for k, v in load_reports(EVAL_DIR).items() if k in sets}
     run_dir = Path(params["train"]["out_dir"])
+    from .tracking.runs import TrackingStateError
+
     try:
         decision = log_report(run_dir, out_md, reports, rule)
+    except TrackingStateError:
+        raise
     except ValueError as exc:  # the rule names a set or alpha the evaluations lack
         raise UserError(f"params.yaml: {exc}") from None
     if decision:

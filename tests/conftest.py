@@ -7,6 +7,13 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory):
+    """Checkpoints fetched by ``--model`` go to a temporary cache, not the user's ~/.cache
+    (subprocesses inherit it)."""
+    os.environ["SIMSC_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

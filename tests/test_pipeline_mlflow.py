@@ -552,3 +552,310 @@ def _uri(uri: str):
     from pipeline.tracking.client import fluent_uri
 
     return fluent_uri(uri)
+
+
+# ------------------------------------------------------------------------------------------
+# Hardening: concurrent stages, a tampered registry, downloads, malformed files
+# ------------------------------------------------------------------------------------------
+
+
+def run_proc(args: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def copy_project(stage_run, dst: Path) -> Path:
+    """A copy of the stage run's project folder (params, run folder, reports)."""
+    import shutil
+
+    shutil.copytree(stage_run["cwd"], dst)
+    return dst
+
+
+# Runs the report stage with two barriers that make the window of a real race wide enough to
+# hit every time, on a loaded machine too: the stages wait for each other (up to 300 s) once
+# their version's champion tags are written, just before the decision, so the decisions
+# start together however long each process took to start; then the read of the model's alias
+# table waits (up to 5 s) until both got there. Both barriers are in MLflow client calls, not
+# in the decision code: a decision under a lock passes the second one alone after 5 s.
+RACE_DRIVER = """
+import os, sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+
+def barrier(step, timeout_s):
+    folder = Path(os.environ["RACE_DIR"], step)
+    folder.mkdir(exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    deadline = time.time() + timeout_s
+    while len(os.listdir(folder)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+
+real_tag, real_read = MlflowClient.set_model_version_tag, MlflowClient.get_registered_model
+
+def tag_then_wait(self, name, version=None, key=None, value=None, *args, **kwargs):
+    out = real_tag(self, name, version, key, value, *args, **kwargs)
+    if name == os.environ["RACE_MODEL"] and key == "champion.value":
+        barrier("tagged", 300)
+    return out
+
+def wait_then_read(self, name):
+    if name == os.environ["RACE_MODEL"]:
+        barrier("read", 5)
+    return real_read(self, name)
+
+MlflowClient.set_model_version_tag = tag_then_wait
+MlflowClient.get_registered_model = wait_then_read
+from pipeline.stage_report import main
+sys.exit(main())
+"""
+
+
+def test_two_report_stages_racing_for_the_champion(stage_run, server, tmp_path):
+    """v1 is the champion at PCK 50; report stages of v2 (70) and v3 (60) run at once: the alias
+    ends on v2 and each stage's line says what it did (the later one compared with the
+    earlier one's result)."""
+    import re
+
+    from pipeline.tracking.champion import champion_measure
+
+    client, name = stage_run["client"], "simsc-race"
+    report = json.loads((stage_run["cwd"] / "reports" / "eval" / "test_64" / "report.json").read_text())
+    rule = ("test_64", "pck@0.1")
+    key, _ = champion_measure({"test_64": report}, rule)
+    client.create_registered_model(name)
+    versions = [client.create_model_version(name, "s3://simsc-test/model").version for _ in range(3)]
+    assert versions == ["1", "2", "3"]
+    client.set_model_version_tag(name, "1", "champion.key", key)
+    client.set_model_version_tag(name, "1", "champion.value", "50.0000")
+    client.set_registered_model_alias(name, "champion", "1")
+    procs = {}
+    race_dir = tmp_path / "barrier"
+    race_dir.mkdir()
+    env = {**stage_run["env"], "RACE_MODEL": name, "RACE_DIR": str(race_dir)}
+    for version, pck in (("2", 70.0), ("3", 60.0)):
+        cwd = copy_project(stage_run, tmp_path / f"v{version}")
+        state_p = cwd / "runs" / "default" / "tracking.json"
+        state = json.loads(state_p.read_text())
+        state.update(registered_model=name, model_version=version)
+        state_p.write_text(json.dumps(state))
+        rep_p = cwd / "reports" / "eval" / "test_64" / "report.json"
+        rep_p.write_text(json.dumps(dict(report, per_image={**report["per_image"], "0.1": pck})))
+        procs[version] = subprocess.Popen(
+            [sys.executable, "-c", RACE_DRIVER], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+        )
+    lines = {}
+    for version, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        (line,) = [x for x in err.splitlines() if x.startswith("champion: ")]
+        lines[version] = line
+    print(lines)
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    pattern = r"for v(\d); alias (moved to|stays on) v(\d) \(.*?(?:champion v(\d)'s [\d.]+)?\)$"
+    (v2_where, v2_on, v2_vs), (v3_where, v3_on, v3_vs) = (
+        re.search(pattern, lines[v]).group(2, 3, 4) for v in ("2", "3")
+    )
+    assert (v2_where, v2_on) == ("moved to", "2"), lines
+    if v3_where == "moved to":  # v3 went first: v2 then beat v3, not the old v1
+        assert (v3_on, v3_vs, v2_vs) == ("3", "1", "3"), lines
+    else:  # v2 went first: v3 compared with v2
+        assert (v3_on, v3_vs, v2_vs) == ("2", "2", "1"), lines
+    assert name + ".champion-lock" not in {m.name for m in client.search_registered_models()}
+
+
+def test_two_trainings_on_a_fresh_sqlite_store(embedded, tmp_path, entry_points_dir):
+    """Two train stages start together on a store that does not exist yet: both runs are
+    tracked (the store is created and migrated once), nothing warns."""
+    import sqlite3
+
+    store = tmp_path / "store" / "mlflow.db"
+    env = {**stage_env_for(f"sqlite:///{store}", entry_points_dir)}
+    procs = []
+    for i in range(2):
+        cwd = tmp_path / f"p{i}"
+        cwd.mkdir()
+        params = params_for(embedded, Path("runs") / "default", max_steps=1, registered="simsc-fresh")
+        (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pipeline.stage_train"], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+            )
+        )
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    for err in errs:
+        assert "MLflow (" not in err, err[-3000:]
+    states = [json.loads((tmp_path / f"p{i}" / "runs" / "default" / "tracking.json").read_text()) for i in range(2)]
+    assert all(s["run_id"] and not s["failed"] and s["model_version"] for s in states), states
+    con = sqlite3.connect(store)
+    try:
+        assert con.execute("select count(*) from runs where status = 'FINISHED'").fetchone() == (2,)
+        assert con.execute("select count(*) from model_versions").fetchone() == (2,)
+    finally:
+        con.close()
+
+
+def stage_env_for(uri: str, extra_path: Path | None = None) -> dict:
+    path = [str(REPO)] + ([str(extra_path)] if extra_path else [])
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+
+
+def test_a_store_that_cannot_open_is_named_in_the_warning(embedded, tmp_path, entry_points_dir):
+    """A store MLflow cannot create (its folder is a file): the run trains, untracked, and the
+    warning names the store instead of ``MLflow (None)``."""
+    (tmp_path / "afile").write_text("not a folder\n")
+    uri = f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}"
+    cwd = tmp_path / "p"
+    cwd.mkdir()
+    params = params_for(embedded, Path("runs") / "default", max_steps=1, registered="simsc-none")
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    err = run_stage("stage_train", cwd=cwd, env=stage_env_for(uri, entry_points_dir))
+    assert f"MLflow ({uri}) failed" in err, err[-3000:]
+    assert "MLflow (None)" not in err
+
+
+def simsc_evaluate(model: str, embedded: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "simsc.cli", "evaluate", "--model", model, "--dataset", "embedded"]
+    args += ["--root", str(embedded), "--resolution", "64", "--no-progress", "--device", "cpu", "--out", str(out)]
+    return run_proc(args, out.parent, env)
+
+
+def test_a_replaced_checkpoint_is_refused(stage_run, server, embedded, tmp_path):
+    """The registered version records its checkpoint's SHA-256: a ``best.pt`` replaced in the
+    artifact store by another model's is refused naming the URI and both digests; a version
+    registered before the tag existed loads with one warning line."""
+    import hashlib
+
+    from pipeline.tracking.models import DIGEST_TAG
+
+    client, state = stage_run["client"], stage_run["state"]
+    version = state["model_version"]
+    want = client.get_model_version("simsc-stages", version).tags[DIGEST_TAG]
+    assert want == state["best_sha256"]
+    (stored,) = [p for p in server.root.rglob("*.pt") if hashlib.sha256(p.read_bytes()).hexdigest() == want]
+    other = stage_run["cwd"] / "runs" / "default" / "checkpoints" / "last.pt"
+    other_sha = hashlib.sha256(other.read_bytes()).hexdigest()
+    assert other_sha != want
+    env = {**stage_run["env"], "SIMSC_MODEL_CACHE": str(tmp_path / "cache")}
+    good = stored.read_bytes()
+    stored.write_bytes(other.read_bytes())
+    try:
+        for uri in (f"models:/simsc-stages/{version}", "models:/simsc-stages@champion"):
+            proc = simsc_evaluate(uri, embedded, tmp_path / "out.json", env)
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            (line,) = proc.stderr.strip().splitlines()[-1:]
+            assert line.startswith(f"simsc evaluate: error: --model {uri}: ") and want in line and other_sha in line
+            assert not (tmp_path / "out.json").exists()
+    finally:
+        stored.write_bytes(good)
+    # a version registered without the tag (before digests were recorded) still loads
+    mv = client.get_model_version("simsc-stages", version)
+    model_id = mv.source.removeprefix("models:/")  # the logged model's id (get_model_version leaves it out)
+    old = client.create_model_version("simsc-stages", mv.source, run_id=mv.run_id, model_id=model_id)
+    proc = simsc_evaluate(f"models:/simsc-stages/{old.version}", embedded, tmp_path / "old.json", env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [x for x in proc.stderr.splitlines() if "warning" in x.lower()]
+    assert len(warned) == 1 and f"models:/simsc-stages/{old.version}" in warned[0] and DIGEST_TAG in warned[0]
+
+
+def test_runs_uri_leaves_no_download_behind(stage_run, embedded, tmp_path):
+    """``--model runs:/ID/model`` keeps one copy of the checkpoint in the model cache, named
+    by its digest, and nothing in TMPDIR; a second fetch reuses it. A wrong artifact path is
+    an error naming the URI, not a temporary folder."""
+    state = stage_run["state"]
+    tmpdir, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmpdir.mkdir()
+    env = {**stage_run["env"], "TMPDIR": str(tmpdir), "SIMSC_MODEL_CACHE": str(cache)}
+    for i in range(2):
+        proc = simsc_evaluate(f"runs:/{state['run_id']}/model", embedded, tmp_path / f"r{i}.json", env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    left = [p for p in tmpdir.rglob("*") if p.is_file()]
+    assert not left, left
+    assert sorted(p.name for p in cache.iterdir()) == [f"{state['best_sha256']}.pt"]
+    bad = f"runs:/{state['run_id']}/no-such-model"
+    proc = simsc_evaluate(bad, embedded, tmp_path / "bad.json", env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"simsc evaluate: error: --model {bad}: "), line
+    assert str(tmpdir) not in line and str(cache) not in line and "/tmp" not in line.replace(bad, ""), line
+
+
+def test_a_cached_version_is_not_downloaded_again(stage_run, server, embedded, tmp_path):
+    """A registered version fetched once is read from the model cache (``<sha256>.pt``) the
+    next time: with its file in the artifact store broken, ``--model models:/...`` still
+    evaluates, to the same numbers, and leaves nothing in TMPDIR."""
+    import hashlib
+
+    client, state = stage_run["client"], stage_run["state"]
+    uri = f"models:/simsc-stages/{state['model_version']}"
+    want = state["best_sha256"]
+    (stored,) = [p for p in server.root.rglob("*.pt") if hashlib.sha256(p.read_bytes()).hexdigest() == want]
+    tmpdir, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmpdir.mkdir()
+    env = {**stage_run["env"], "TMPDIR": str(tmpdir), "SIMSC_MODEL_CACHE": str(cache)}
+    first = simsc_evaluate(uri, embedded, tmp_path / "first.json", env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(p.name for p in cache.iterdir()) == [f"{want}.pt"]
+    good = stored.read_bytes()
+    stored.write_bytes(b"not a checkpoint")
+    try:
+        again = simsc_evaluate(uri, embedded, tmp_path / "again.json", env)
+    finally:
+        stored.write_bytes(good)
+    assert again.returncode == 0, again.stderr[-3000:]
+    pck = [json.loads((tmp_path / f).read_text())["per_image"] for f in ("first.json", "again.json")]
+    assert pck[0] == pck[1], pck
+    assert not [p for p in tmpdir.rglob("*") if p.is_file()]
+    assert client.get_model_version("simsc-stages", state["model_version"]).tags["checkpoint.sha256"] == want
+
+
+def test_malformed_tracking_and_report_files(stage_run, tmp_path):
+    """A cut-short ``tracking.json`` or ``report.json``: the report stage exits 2 with one line
+    naming the file and how to regenerate it."""
+    cwd = copy_project(stage_run, tmp_path / "p")
+    state_p = cwd / "runs" / "default" / "tracking.json"
+    rep_p = cwd / "reports" / "eval" / "test_64" / "report.json"
+    args = [sys.executable, "-m", "pipeline.stage_report"]
+    for path, advice in ((state_p, "python -m pipeline.relog runs/default"), (rep_p, "dvc repro -f evaluate@test_64")):
+        good = path.read_text()
+        path.write_text(good[: len(good) // 2])
+        proc = run_proc(args, cwd, stage_run["env"])
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"pipeline.stages report: error: {path.relative_to(cwd)}: not valid JSON"), line
+        assert advice in line, line
+        path.write_text(good)
+
+
+def test_a_relative_sqlite_store_in_a_dvc_temporary_copy(embedded, tmp_path, entry_points_dir):
+    """A train stage run in a temporary copy of the project (what ``dvc exp run --queue`` /
+    ``--temp`` do: the working directory is ``.dvc/tmp/exps/tmpXXX``, ``$DVC_ROOT`` the
+    checkout) with MLflow's relative default store tracks into the checkout's ``mlflow.db``,
+    and the model's files go to the checkout's ``mlruns/``, nothing into the copy."""
+    import sqlite3
+
+    root = tmp_path / "project"
+    copy = root / ".dvc" / "tmp" / "exps" / "tmpcopy"
+    copy.mkdir(parents=True)
+    params = params_for(embedded, Path("runs") / "default", max_steps=1, registered="simsc-temp")
+    (copy / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**stage_env_for("sqlite:///mlflow.db", entry_points_dir), "DVC_ROOT": str(root)}
+    err = run_stage("stage_train", cwd=copy, env=env)
+    assert "MLflow (" not in err, err[-3000:]
+    assert not (copy / "mlflow.db").exists() and not (copy / "mlruns").exists(), sorted(copy.iterdir())
+    state = json.loads((copy / "runs" / "default" / "tracking.json").read_text())
+    con = sqlite3.connect(root / "mlflow.db")
+    try:
+        runs = con.execute("select run_uuid from runs where status = 'FINISHED'").fetchall()
+        versions = con.execute("select version from model_versions where name = 'simsc-temp'").fetchall()
+        (location,) = con.execute("select artifact_location from experiments where name = 'pytest'").fetchone()
+    finally:
+        con.close()
+    assert runs == [(state["run_id"],)] and versions == [(1,)], (runs, versions, state)
+    assert location == (root / "mlruns" / "pytest").as_uri(), location
+    assert list((root / "mlruns").rglob("best.pt")), "the registered checkpoint is not in the checkout's mlruns/"

@@ -182,7 +182,7 @@ class MlflowCallback(Callback):
             mon.mlflow_logger.flush()
 
     def _save_state(self, **extra: Any) -> None:
-        state = read_state(self.run_dir)
+        state = read_state(self.run_dir, strict=False)  # this run replaces whatever was there
         state.update(
             {
                 "tracking_uri": self.ml.tracking_uri,

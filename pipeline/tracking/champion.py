@@ -4,15 +4,33 @@ The registered model's alias ``champion`` (:data:`CHAMPION_ALIAS`) names the bes
 far: :func:`promote_champion` moves it only when a new version beats the champion on the same
 comparison key (evaluation set + metric, tag ``champion.key``), so ``models:/NAME@champion``
 is always the best model measured one way.
+
+Two report stages deciding at once (queued DVC experiments) take turns: the decision (read
+the alias, compare, move) runs under :func:`champion_lock`, a registry-side lock that works
+for every store (sqlite, a server), so the last one to decide compares with the first one's
+result and each says truthfully what it did.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
+import socket
+import time
+import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 CHAMPION_ALIAS = "champion"
+#: The lock of :func:`champion_lock`: a registered model named ``<model>`` + this suffix.
+LOCK_SUFFIX = ".champion-lock"
+#: How long a decision waits for the lock before giving up (a warning: alias not decided).
+LOCK_WAIT_S = 180.0
+#: A lock held by the same holder this long is stale (its process died mid-decision, which
+#: takes well under a second otherwise) and is broken.
+LOCK_STALE_S = 60.0
 
 
 class ChampionWarning(UserWarning):
@@ -76,6 +94,66 @@ def champion_measure(reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, 
     return champion_key(set_name, reports[set_name], metric), round(metric_value(reports[set_name], metric), 4)
 
 
+@contextlib.contextmanager
+def champion_lock(client: Any, name: str, wait_s: float = LOCK_WAIT_S, stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+    """Hold the champion lock of registered model ``name`` for the block.
+
+    The lock is a registered model ``<name>.champion-lock`` that exists while held:
+    creating a registered model whose name exists fails on every store (the name is the
+    table's key), the one atomic test-and-set MLflow's API offers (tags and aliases are
+    overwritten silently). Its tag ``holder`` (host, pid, a random token) tells a request
+    that reached the server before a retry (ours already) from another holder's. A lock whose
+    holder stays the same for ``stale_s`` seconds of waiting is broken; after ``wait_s``
+    seconds :class:`TimeoutError` names the lock to delete by hand."""
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    start = time.monotonic()
+    seen: tuple[str | None, float] | None = None  # (holder, since when we see it)
+    while True:
+        try:
+            client.create_registered_model(
+                lock,
+                tags={"holder": me},
+                description=f"held while deciding the {CHAMPION_ALIAS!r} alias of {name}; deleted afterwards",
+            )
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            holder = client.get_registered_model(lock).tags.get("holder")
+        except MlflowException:  # released between the two calls
+            continue
+        if holder == me:  # our create succeeded, its reply was lost and the retry collided
+            break
+        now = time.monotonic()
+        if seen is None or seen[0] != holder:
+            seen = (holder, now)
+        elif now - seen[1] > stale_s:
+            warnings.warn(
+                f"registered model {name}: breaking the stale champion lock {lock!r} of {holder} "
+                f"(held over {stale_s:.0f} s)",
+                ChampionWarning,
+                stacklevel=3,
+            )
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)
+            seen = None
+            continue
+        if now - start > wait_s:
+            raise TimeoutError(
+                f"registered model {name}: the champion lock {lock!r} is held by {holder} for over "
+                f"{wait_s:.0f} s; delete that registered model if no report stage is running"
+            )
+        time.sleep(random.uniform(0.1, 0.4))
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
 def promote_champion(
     client: Any, name: str, version: str, reports: Mapping[str, Mapping[str, Any]], rule: tuple[str, str]
 ) -> dict[str, Any]:
@@ -95,6 +173,12 @@ def promote_champion(
             client.set_model_version_tag(name, version, f"pck.{sname}.{alpha}", f"{float(v):.4f}")
     client.set_model_version_tag(name, version, "champion.key", key)
     client.set_model_version_tag(name, version, "champion.value", f"{value:.4f}")
+    with champion_lock(client, name):
+        return _decide(client, name, version, key, value, rule)
+
+
+def _decide(client: Any, name: str, version: str, key: str, value: float, rule: tuple[str, str]) -> dict[str, Any]:
+    """The alias decision of :func:`promote_champion` (under the champion lock)."""
     # from the model's alias table: a missing alias is no error to tell from a failing server
     champ_version = client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
     champ = client.get_model_version(name, champ_version) if champ_version is not None else None
@@ -119,7 +203,7 @@ def promote_champion(
             f"{out['reason']}; move it by hand if v{version} is better "
             f"(MlflowClient().set_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}, {version!r}))",
             ChampionWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     else:
         best = float(champ.tags["champion.value"])

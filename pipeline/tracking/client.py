@@ -6,8 +6,9 @@ warning naming what was not logged and stops talking to the server after the fir
 connection failure. The run folder keeps everything needed to log it later:
 ``python -m pipeline.relog RUN_DIR``.
 
-The store is MLflow's default (``sqlite:///mlflow.db`` in the working directory for
-MLflow 3) unless ``MLFLOW_TRACKING_URI`` says otherwise.
+The store is MLflow's default (``sqlite:///mlflow.db``) unless ``MLFLOW_TRACKING_URI`` says
+otherwise; a relative sqlite path is the project's (:func:`resolve_tracking_uri`: in a queued
+or ``--temp`` DVC experiment, the original checkout's, not the temporary copy's).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+
+#: MLflow 3's default store, a sqlite file relative to the project root.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Set by DVC for every stage: the project's root. In a queued or ``--temp`` experiment the
+#: stage runs in a temporary copy (``.dvc/tmp/exps/tmpXXX``, deleted afterwards) and this
+#: still names the original checkout (DVC's queue passes it on: dvc/repo/experiments/queue/base.py).
+DVC_ROOT_ENV = "DVC_ROOT"
 
 #: MLflow's HTTP client settings while this project talks to a server: short timeouts and few
 #: retries, so a dead server costs a training run seconds, not minutes per call. Applied by
@@ -78,12 +88,69 @@ def mlflow_module() -> Any:
     return mlflow
 
 
+def project_root() -> Path:
+    """Where a relative store lives: ``$DVC_ROOT`` under DVC (the original checkout, also for
+    a queued or temporary experiment), else the working directory."""
+    return Path(os.environ.get(DVC_ROOT_ENV) or os.getcwd()).absolute()
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """The store to use: ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else
+    :data:`DEFAULT_TRACKING_URI`; a relative sqlite path made absolute under
+    :func:`project_root` (a DVC experiment's temporary copy would lose a store inside it).
+    Imports nothing: the name is known before any connection, for every warning."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    path = sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        rest = uri[len("sqlite:///") :].partition("?")[2]
+        return f"sqlite:///{project_root() / path}" + (f"?{rest}" if rest else "")
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (relative or ``sqlite:////abs``), else ``None``."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri[len("sqlite:///") :].partition("?")[0])
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_init_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock file next to a sqlite store (``<db>.init-lock``) while the
+    store is opened: MLflow creates and migrates a new database's tables on first open
+    without a lock, so two processes starting on a fresh store collide ("duplicate column",
+    a half-migrated schema) and one run goes untracked. No-op for other stores, on Windows,
+    or where the folder is not writable (a store that cannot be created is MLflow's error)."""
+    path = sqlite_path(uri)
+    if path is None or os.name == "nt":
+        yield
+        return
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_name(path.name + ".init-lock"), "a")  # held across the yield
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def client_for(tracking_uri: str | None) -> Any:
-    """An ``MlflowClient`` for ``tracking_uri`` (``None``: MLflow's default store)."""
+    """An ``MlflowClient`` for ``tracking_uri`` resolved by :func:`resolve_tracking_uri`; a
+    sqlite store is opened (created, migrated) under :func:`store_init_lock`."""
     mlflow_module()
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    with store_init_lock(uri):
+        return MlflowClient(uri)  # opens the tracking store, which creates every table
 
 
 def metric(key: str, value: float, step: int, ts: int | None = None) -> Any:
@@ -101,17 +168,17 @@ class SafeMlflow:
     """
 
     def __init__(self, tracking_uri: str | None = None) -> None:
-        self.tracking_uri = tracking_uri
+        # resolved now, not at connect: a failing first connection names the store it tried
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client: Any = None
         self.offline = False
         self.failed: dict[str, int] = {}
         self._warned: set[str] = set()
 
     def connect(self) -> Any:
-        """The ``MlflowClient``, made on first use (the URI becomes the resolved one)."""
+        """The ``MlflowClient``, made on first use."""
         if self.client is None:
             self.client = client_for(self.tracking_uri)
-            self.tracking_uri = self.client.tracking_uri
         return self.client
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

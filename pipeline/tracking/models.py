@@ -1,17 +1,30 @@
 """A simsc checkpoint as an MLflow model: logged (pyfunc from code, signature, input example,
 pinned requirements, ``simsc`` shipped as code), registered, and fetched back as a ``.pt``
 file (the ``models:`` / ``runs:`` resolver of :mod:`simsc.model_uri`). The model class
-itself is :mod:`pipeline.mlflow_model`, the file MLflow copies into the model."""
+itself is :mod:`pipeline.mlflow_model`, the file MLflow copies into the model.
+
+A registered version carries its checkpoint's SHA-256 (tag :data:`DIGEST_TAG`); a fetch
+checks the downloaded bytes against it. Fetched checkpoints are kept once each, named by
+their digest, in :func:`model_cache_dir` (a download's other files are removed at once).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .client import fluent_uri, mlflow_module
-from .runs import git_revision, params_hash
+from .client import client_for, fluent_uri, mlflow_module
+from .runs import file_sha256, git_revision, params_hash
+
+#: Model version tag: the SHA-256 of the registered checkpoint (``best.pt``) as logged.
+DIGEST_TAG = "checkpoint.sha256"
+#: Where fetched checkpoints are kept (``<sha256>.pt``); default ``$XDG_CACHE_HOME/simsc/models``
+#: (``~/.cache/simsc/models``). Delete the folder to free the space; nothing else points into it.
+CACHE_ENV = "SIMSC_MODEL_CACHE"
 
 #: What loading the model imports besides ``simsc`` (shipped as code) and mlflow: pinned to
 #: the versions installed here, so the model installs the way it was trained.
@@ -96,7 +109,7 @@ def log_checkpoint_model(
     from .. import mlflow_model
 
     best_epoch = (load_checkpoint(checkpoint).get("best") or {}).get("epoch")
-    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg)}
+    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg), DIGEST_TAG: file_sha256(checkpoint)}
     with fluent_uri(client.tracking_uri):
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
@@ -120,14 +133,74 @@ def log_checkpoint_model(
     return str(mv.version)
 
 
+def model_cache_dir() -> Path:
+    """:data:`CACHE_ENV`, else ``$XDG_CACHE_HOME/simsc/models`` (``~/.cache/simsc/models``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "simsc" / "models"
+
+
+class CheckpointDigestError(ValueError):
+    """A registered version's checkpoint is not the one registered (its bytes changed)."""
+
+
+def registered_version(client: Any, uri: str) -> Any:
+    """The model version ``models:/NAME/N`` or ``models:/NAME@ALIAS`` names, else ``None``
+    (``runs:/``, a logged model's ``models:/m-...``)."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, _, alias = rest.partition("@")
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = rest.rpartition("/")
+    return client.get_model_version(name, version) if name and version.isdigit() else None
+
+
 def fetch_checkpoint(uri: str, dst: str | os.PathLike[str] | None = None) -> Path:
-    """Download the simsc checkpoint of an MLflow model (``models:/<name>/<version>``,
-    ``runs:/<id>/model``, ...) and return the local ``.pt`` path."""
+    """The local ``.pt`` of the simsc checkpoint of an MLflow model (``models:/NAME/N``,
+    ``models:/NAME@ALIAS``, ``runs:/ID/model``, ...), in :func:`model_cache_dir` (or ``dst``).
+
+    A registered version's download must have the digest of its tag :data:`DIGEST_TAG`
+    (:class:`CheckpointDigestError` naming the URI and both digests otherwise); a version
+    registered before the tag existed is fetched with one warning line. A cached checkpoint
+    with the tagged digest is used without a download. Errors name ``uri``, never the
+    temporary folder the model was downloaded to (removed when done)."""
     mlflow = mlflow_module()
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
-    if local.is_file():
-        return local
-    found = sorted(local.rglob("*.pt"))
-    if not found:
-        raise FileNotFoundError(f"{uri}: no checkpoint (*.pt) in the downloaded model at {local}")
-    return found[0]
+    client = client_for(None)
+    mv = registered_version(client, uri)
+    expected = mv.tags.get(DIGEST_TAG) if mv is not None else None
+    cache = Path(dst) if dst else model_cache_dir()
+    cached = cache / f"{expected}.pt"
+    if expected and cached.is_file() and file_sha256(cached) == expected:
+        return cached
+    if mv is not None and not expected:
+        print(
+            f"warning: {uri} (v{mv.version}) has no {DIGEST_TAG} tag (registered before digests were "
+            "recorded): its checkpoint is not verified",
+            file=sys.stderr,
+        )
+    # the version itself, not the alias again: the bytes checked are the tagged version's
+    source = f"models:/{mv.name}/{mv.version}" if mv is not None else uri
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri)
+            )
+        except Exception as exc:  # noqa: BLE001 - MLflow names its temporary path, the user gave a URI
+            first = str(exc).replace(tmp, "").strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"{uri}: no such model or artifact ({type(exc).__name__}: {first})") from None
+        found = [local] if local.is_file() else sorted(local.rglob("*.pt"))
+        if not found or found[0].suffix != ".pt":
+            raise ValueError(f"{uri}: not a simsc model: no checkpoint (*.pt) in it")
+        actual = file_sha256(found[0])
+        if expected and actual != expected:
+            raise CheckpointDigestError(
+                f"{uri}: the checkpoint's SHA-256 is {actual}, the registered version v{mv.version} "
+                f"recorded {expected} (tag {DIGEST_TAG}): its artifact was replaced; not loading it"
+            )
+        out = cache / f"{actual}.pt"
+        os.replace(found[0], out)  # same file system: the cache never holds a partial file
+    return out

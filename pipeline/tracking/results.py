@@ -18,10 +18,22 @@ from .runs import state_of_checkpoint, write_state
 
 
 def load_reports(eval_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """``{set name: report}`` from ``reports/eval/<name>/report.json``."""
+    """``{set name: report}`` from ``<eval_dir>/<name>/report.json``; ValueError naming a
+    file that is not a JSON object with ``per_image`` PCK, and the stage that rewrites it."""
     out = {}
     for p in sorted(Path(eval_dir).glob("*/report.json")):
-        out[p.parent.name] = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            rep = json.loads(p.read_text(encoding="utf-8"))
+            problem = None if isinstance(rep, dict) and isinstance(rep.get("per_image"), dict) else "no per_image PCK"
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"not valid JSON ({exc})"
+        if problem is not None:
+            stage = "baseline" if Path(eval_dir).name == "baseline" else "evaluate"
+            raise ValueError(
+                f"{p}: {problem}; regenerate it with `dvc repro -f {stage}@{p.parent.name}` "
+                f"(or `python -m pipeline.stage_{stage} {p.parent.name}`)"
+            )
+        out[p.parent.name] = rep
     return out
 
 
@@ -59,7 +71,8 @@ def log_results(
     record: bool = True,
 ) -> bool:
     """Log final PCK per set/alpha and the PCK table (JSON, Markdown, ``log_table``) into the
-    run recorded in ``RUN_DIR/tracking.json``. Never raises; returns whether it all worked.
+    run recorded in ``RUN_DIR/tracking.json``. MLflow failures never raise (a malformed
+    ``tracking.json`` does: :class:`~.runs.TrackingStateError`); returns whether it all worked.
     ``record=False`` leaves ``tracking.json`` untouched (the report stage: the run folder is
     the train stage's output and must not change after it)."""
     run_dir = Path(run_dir)

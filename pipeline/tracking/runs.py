@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .client import client_for
+from .client import client_for, project_root, sqlite_path
 
 STATE_FILE = "tracking.json"
 #: The project checkout: where the git revision comes from when the working directory is
@@ -104,10 +104,23 @@ def experiment_id(client: Any, experiment: str | None) -> str:
     exp_name = experiment or "Default"
     exp = client.get_experiment_by_name(exp_name)
     if exp is None:
-        return str(client.create_experiment(exp_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        location = artifact_location(client.tracking_uri, exp_name)
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        return str(client.create_experiment(exp_name, artifact_location=location, tags=tags))
     if EXPERIMENT_KIND_TAG not in exp.tags:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return str(exp.experiment_id)
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a local sqlite store keeps its artifacts: MLflow's default
+    (``None``: ``./mlruns/<id>`` of the working directory) unless the stage runs outside the
+    project root, in a queued or ``--temp`` DVC experiment's temporary copy, which DVC deletes:
+    then ``mlruns/<experiment>`` of the project root, beside its store."""
+    if sqlite_path(tracking_uri) is None or project_root().resolve() == Path.cwd().resolve():
+        return None
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in experiment)
+    return (project_root() / "mlruns" / slug).as_uri()
 
 
 def find_tagged_run(client: Any, experiment: str | None, tags: Mapping[str, str]) -> Any:
@@ -158,16 +171,31 @@ def start_run(
     return run_id
 
 
-def read_state(run_dir: Path) -> dict[str, Any]:
-    """``RUN_DIR/tracking.json``, or ``{}`` when missing or unreadable (nothing was tracked)."""
+class TrackingStateError(ValueError):
+    """``RUN_DIR/tracking.json`` exists but is not a JSON object (the message says how to redo it)."""
+
+
+def read_state(run_dir: Path, strict: bool = True) -> dict[str, Any]:
+    """``RUN_DIR/tracking.json``, or ``{}`` when missing. A file that is not a JSON object
+    (cut short, edited by hand) is :class:`TrackingStateError` naming it and how to
+    regenerate it; ``strict=False`` reads it as ``{}`` instead (a training run about to
+    replace it)."""
     p = run_dir / STATE_FILE
-    if p.exists():
-        try:
-            state: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
-            return state
-        except ValueError:
-            return {}
-    return {}
+    if not p.exists():
+        return {}
+    try:
+        state = json.loads(p.read_text(encoding="utf-8"))
+        problem = None if isinstance(state, dict) else f"a JSON {type(state).__name__}, not an object"
+    except (ValueError, UnicodeDecodeError) as exc:
+        problem = f"not valid JSON ({exc})"
+    if problem is None:
+        return state
+    if not strict:
+        return {}
+    raise TrackingStateError(
+        f"{p}: {problem}; it records the run's MLflow ids: delete it and re-log the run with "
+        f"`python -m pipeline.relog {run_dir}` (a new MLflow run), or retrain (`dvc repro -f train`)"
+    )
 
 
 def file_sha256(path: Path) -> str:

@@ -97,6 +97,10 @@ def fetch_registered(uri: str) -> str:
         raise ValueError(f"--model {uri}: {exc}") from None
     except FileNotFoundError:
         raise
+    except ValueError as exc:
+        if str(exc).startswith(uri):  # the resolver's own message, naming the URI already
+            raise ValueError(f"--model {exc}") from None
+        raise ValueError(f"--model {uri}: cannot fetch the model: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the registry's errors: unknown model, server down
         raise ValueError(f"--model {uri}: cannot fetch the model: {type(exc).__name__}: {exc}") from None
 
