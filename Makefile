@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast repro exp clean bench sweep dvc-deps
+.PHONY: install lint test test-fast repro exp exp-show tables clean bench sweep dvc-deps
 
 install: $(STAMP)
 
@@ -47,6 +47,18 @@ exp: install
 # Rewrite each stage's code deps in dvc.yaml from the imports (a test fails when it is stale).
 dvc-deps: install
 	$(PY) -m pipeline.dvc_deps
+
+# The experiments side by side in a 120-column terminal: only the params that differ, and the
+# headline metrics (PCK@0.1 per set, fine-tuned and not, final beta_eff); every column: dvc exp show.
+EXP_SHOW_DROP := .*
+EXP_SHOW_KEEP := ^Experiment$$|^(model|data|train)\.|^pck@0\.1$$|final\.beta_eff
+exp-show: install
+	$(VENV)/bin/dvc exp show --no-pager --only-changed --drop '$(EXP_SHOW_DROP)' --keep '$(EXP_SHOW_KEEP)' $(ARGS)
+
+# The paper's tables (Tab. 1-3, supp. Tab. 2-3) from the finished runs of the MLflow experiment:
+# reports/tables/tables.{md,html,json}. make tables ARGS="--experiment simsc-sweeps"
+tables: install
+	$(PY) -m pipeline.tables $(ARGS)
 
 # A Ray Tune sweep: make sweep SPEC=configs/sweeps/single_vs_mlp.yaml [ARGS="--profile full --resume"]
 SPEC ?= configs/sweeps/single_vs_mlp.yaml

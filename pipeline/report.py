@@ -554,13 +554,13 @@ _CODE = re.compile(r"`([^`]+)`")
 #: wider than the column.
 STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
-       max-width: 1100px; margin: 1.5em auto; padding: 0 1.2em; }
+       max-width: 1200px; margin: 1.5em auto; padding: 0 1.2em; }
 h1 { font-size: 1.6em; border-bottom: 2px solid #d0d7de; padding-bottom: .2em; }
 h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #d0d7de; padding-bottom: .15em; }
 h3 { font-size: 1.05em; margin-top: 1.2em; }
 table { border-collapse: collapse; margin: .6em 0 1em; font-size: 13.5px; display: block;
         overflow-x: auto; max-width: 100%; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; min-width: 5em; }
 th { background: #f6f8fa; }
 td:first-child, th:first-child { text-align: left; white-space: normal; min-width: 12em; }
 tr:nth-child(even) td { background: #fbfcfd; }

@@ -326,7 +326,9 @@ def build_table(
                     row.append(text)
                     table.cells.append(cell)
             if filled:
-                row.append(" ".join(_run_link(r) for r in group))
+                first = not table.row_runs or table.row_runs[-1] != {r.run_id for r in group}
+                # the group's links once, on its first row (its other rows are the other eval sizes)
+                row.append(" ".join(_run_link(r) for r in group) if first else "″")
                 table.rows.append(row)
                 table.row_runs.append({r.run_id for r in group})
                 table.run_ids |= {r.run_id for r in group}
