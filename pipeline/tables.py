@@ -39,11 +39,19 @@ NOT_A_SETTING = (
     "train.out_dir",
     "train.checkpoint_every_steps",
     "train.log_every_steps",
-    "train.resume",
+    "train.log_grad_stats",
+    "train.progress",
+    "train.progress_every_s",
+    "train.num_threads",
+    "train.device",
     "data.cache_dir",
-    "data.num_workers",
-    "data.root",
+    "data.workers",
+    "data.root",  # the data set is data.dataset; a sweep makes its root absolute
 )
+#: Sections of the params that are not the training's settings: ``eval`` in a training run
+#: holds the engine's defaults (the evaluation protocol is the report stage's), ``tracking``
+#: says where it was logged.
+NOT_A_SETTING_SECTIONS = ("eval.", "tracking.")
 #: The tag of the run that holds the tables as artifacts (never a row of them).
 TABLES_TAG = ("simsc.kind", "tables")
 ALPHAS = ("0.05", "0.1", "0.15")
@@ -92,7 +100,11 @@ def summarize(values: Sequence[float]) -> Stat:
 
 def setting_keys(params: Mapping[str, str]) -> list[str]:
     """The keys of ``params`` that define a configuration (not replicate, not bookkeeping)."""
-    return [k for k in params if k not in REPLICATE_KEYS and k not in NOT_A_SETTING and not k.startswith("tracking.")]
+    return [
+        k
+        for k in params
+        if k not in REPLICATE_KEYS and k not in NOT_A_SETTING and not k.startswith(NOT_A_SETTING_SECTIONS)
+    ]
 
 
 def varying_keys(runs: Sequence[RunRow]) -> list[str]:

@@ -228,6 +228,12 @@ def test_tables_command_reads_logged_runs_from_a_real_server(tmp_path):
         lines = "\n".join(comparison_lines(client, second))
         assert "previous run, same configuration" in lines and f"runs/{first}?workflowType" in lines
         assert "| -3.0 |" in lines  # 40.0 - 43.0
+        from pipeline.tables import run_context_markdown
+
+        page = "\n".join(run_context_markdown(client, a, "tables-test"))
+        assert "## The tables this run belongs to (experiment tables-test, 6 runs)" in page
+        assert "| **temperature mlp, seed 0 (baseline)** ← this run |" not in page  # the seed is no row
+        assert "← this run" in page and "### Tab. 3" in page
 
         bad = subprocess.run(
             [*cmd[:4], "nope", "--tracking-uri", srv.uri], cwd=REPO, capture_output=True, text=True, timeout=300
