@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from simsc.errors import UserError
-from simsc.io import read_yaml_mapping
+from simsc.io import atomic_write_bytes, read_yaml_mapping
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 EVAL_DIR = Path("reports/eval")
@@ -336,7 +336,11 @@ def build_report(
     eval_dir: Path = EVAL_DIR,
     train_plots: Path = TRAIN_PLOTS,
     baseline_dir: Path = BASELINE_DIR,
+    compare: bool = True,
 ) -> Path:
+    """Write the report (``report.out``: Markdown and HTML) and the run's local page
+    ``this_run.md`` / ``.html`` beside it; ``compare``: add the page's MLflow sections now
+    (the report stage adds them after the champion decision: :func:`add_mlflow_sections`)."""
     from .tracking.results import load_reports, log_results, pck_table, table_markdown
     from .tracking.runs import git_revision, run_page_url, state_of_checkpoint
 
@@ -508,14 +512,13 @@ def build_report(
                 "",
             ]
             + [f"- {k}: {v}" for k, v in this_run.items()]
-            + [""]
-            + mlflow_context(state, tracking)
         )
         + "\n"
     )
     this_p = out_md.parent / THIS_RUN.name
-    this_p.write_text(this_md, encoding="utf-8")
-    this_p.with_suffix(".html").write_text(_html(this_md), encoding="utf-8")
+    _write_page(this_p, this_md)
+    if compare:
+        add_mlflow_sections(out_md, params)
     md += ["", "## Run metadata", ""] + [f"- {k}: {v}" for k, v in meta.items()]
     # the run's eval section holds the engine defaults, not what ran: show the protocol instead
     trained = {k: v for k, v in cfg.items() if k != "eval"}
@@ -539,10 +542,28 @@ def build_report(
         "```",
         "",
     ]
-    text = "\n".join(md)
-    out_md.write_text(text, encoding="utf-8")
-    out_md.with_suffix(".html").write_text(_html(text), encoding="utf-8")
+    _write_page(out_md, "\n".join(md))
     return out_md
+
+
+def _write_page(md_path: Path, text: str) -> None:
+    """``md_path`` and its HTML twin, each written whole or not at all."""
+    atomic_write_bytes(md_path, text.encode("utf-8"))
+    atomic_write_bytes(md_path.with_suffix(".html"), _html(text).encode("utf-8"))
+
+
+def add_mlflow_sections(out_md: Path, params: Mapping[str, Any]) -> Path:
+    """Append to the run's page (``this_run.md`` beside ``out_md``, as :func:`build_report`
+    wrote it) how the run compares with the previous run of its configuration and the
+    champion, and the paper's tables it is a row of, as MLflow has them now."""
+    from .tracking.runs import state_of_checkpoint
+
+    this_p = out_md.parent / THIS_RUN.name
+    state = state_of_checkpoint(Path(params["train"]["out_dir"]))
+    text = this_p.read_text(encoding="utf-8").rstrip("\n")
+    text += "\n\n" + "\n".join(mlflow_context(state, params.get("tracking") or {})) + "\n"
+    _write_page(this_p, text)
+    return this_p
 
 
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")

@@ -544,9 +544,9 @@ def log_tables(client: Any, experiment: str, folder: Path) -> str:
 
 def _write(path: Path, text: str) -> None:
     """Write ``text`` whole or not at all (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    from simsc.io import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_tables(tables: Sequence[Table], out: Path, intro: Sequence[str] = ()) -> list[Path]:
