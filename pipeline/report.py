@@ -32,11 +32,10 @@ TRAIN_PLOTS = Path("reports/train")
 #: written next to the report and ignored by git: the committed report stays reproducible.
 THIS_RUN = Path("reports/this_run.md")
 PCK_DEFINITION = (
-    "PCK@alpha (percentage of correct keypoints) is the share of a pair's annotated keypoints whose "
-    "predicted position in the target image lies within alpha x theta of the true one, theta being the "
-    "data set's threshold size (the larger side of the target image for PF-Pascal and the embedded set, "
-    "the keypoints' extent for PF-Willow, the object's bounding box for SPair-71k); per image: averaged "
-    "over the pairs, in %."
+    "**PCK@alpha** (percentage of correct keypoints): the share of a pair's annotated keypoints "
+    "predicted within alpha x theta of the true position, theta being the data set's size threshold "
+    "(the target image's larger side for PF-Pascal and the embedded set, the keypoints' extent for "
+    "PF-Willow, the object's box for SPair-71k), averaged over the pairs (per image), in %."
 )
 
 
@@ -490,7 +489,7 @@ def build_report(
     url = run_page_url(run_dir)
     this_run = {
         "git revision": git_revision(),
-        "MLflow run page": f"[{url}]({url})" if url else "-",
+        "MLflow run page": f"[{str(state.get('run_id'))[:8]} in the MLflow UI]({url})" if url else "-",
         "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
         "MLflow tracking URI": state.get("tracking_uri") or "-",
         "final PCK logged to MLflow": {
@@ -610,7 +609,8 @@ def _split_cells(line: str) -> list[str]:
 
 def html_page(md: str, title: str = "SimSC report") -> str:
     """A small Markdown subset (headings, tables, images, lists, code, links, bold) as a
-    standalone HTML page with :data:`STYLE` inline. A section titled "Headline" is boxed."""
+    standalone HTML page with :data:`STYLE` inline. The list of a section titled "Headline" is
+    boxed."""
     out, in_table, in_code, in_list, in_box = [], False, False, False, False
     for line in md.splitlines():
         if line.startswith("```"):
@@ -626,6 +626,9 @@ def html_page(md: str, title: str = "SimSC report") -> str:
         if in_list and not line.startswith("- "):
             out.append("</ul>")
             in_list = False
+            if in_box:  # the headline box holds its list only
+                out.append("</div>")
+                in_box = False
         if line.startswith("|"):
             cells = _split_cells(line)
             if all(c and set(c) <= {"-", ":"} for c in cells):

@@ -680,10 +680,11 @@ def _main(args: argparse.Namespace) -> int:
         )
     client = client_for(uri)
     tables, runs = tables_for_experiment(client, experiment, args.ui_url)
+    ui = ui_base(client.tracking_uri, args.ui_url)
     intro = [
         f"Experiment `{experiment}` at `{client.tracking_uri}`: {len(runs)} finished runs with PCK. "
         "Test PCK where the report stage logged it, else the best epoch's validation PCK (sweep trials). "
-        f"Run links open the MLflow UI at {ui_base(client.tracking_uri, args.ui_url)} in its training view"
+        f"Run links open the MLflow UI at [{ui}]({ui}) in its training view"
         + (
             ""
             if client.tracking_uri.startswith("http")

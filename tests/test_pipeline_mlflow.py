@@ -377,16 +377,17 @@ def test_report_leads_with_this_runs_numbers_and_compares_it_in_mlflow(stage_run
     ) in headline
     what_ran = "**What ran:** backbone resnet18, randomly initialised, fine-tuned: all; temperature mlp; 3 training"
     assert what_ran in md
-    assert md.count("PCK@alpha (percentage of correct keypoints) is") == 1
+    assert md.count("**PCK@alpha** (percentage of correct keypoints): ") == 1
     page = (cwd / "reports/report.html").read_text()
     head = page.split("<body>")[0]
     assert "<style>" in head and "http" not in head.replace("http-equiv", "")  # nothing fetched
     assert '<div class="headline">' in page and '<a href="this_run.html">' in page
+    assert page.index('<div class="headline">') < page.index("</div>") < page.index("<b>What ran:</b>")
 
     exp = client.get_experiment_by_name("stages").experiment_id
     url = f"{client.tracking_uri}/#/experiments/{exp}/runs/{state['run_id']}?workflowType=machine_learning"
     this_run = (cwd / "reports/this_run.md").read_text()
-    assert f"- MLflow run page: [{url}]({url})" in this_run
+    assert f"- MLflow run page: [{state['run_id'][:8]} in the MLflow UI]({url})" in this_run
     assert f'<a href="{url}">' in (cwd / "reports/this_run.html").read_text()
     assert "## This run against the previous run and the champion (from MLflow)" in this_run
     assert "This run is the champion of simsc-stages (v1)." in this_run
