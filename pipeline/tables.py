@@ -446,7 +446,8 @@ def _set_meta(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
 def run_results(client: Any, run: Any) -> list[Result]:
     """The run's evaluations: the final test PCK the report stage logs (``test_pck_<set>_<alpha>``,
     described by ``results/pck_table.json``), else the validation PCK of its best epoch (by
-    ``train.best_alpha``), the only PCK a sweep trial logs."""
+    ``train.best_alpha``), the only PCK a sweep trial logs; none for a pipeline run (tag
+    ``dvc.stage``) whose report stage has not logged its test PCK yet."""
     metrics: Mapping[str, float] = run.data.metrics
     params: Mapping[str, str] = run.data.params
     by_set: dict[str, dict[str, float]] = {}
@@ -468,6 +469,10 @@ def run_results(client: Any, run: Any) -> list[Result]:
                 )
             )
         return out
+    if run.data.tags.get("dvc.stage"):
+        # a pipeline run between its train and report stages: its test PCK is not logged yet,
+        # and its validation PCK is no number for the paper's tables
+        return []
     alphas = [m["alpha"] for k in metrics if (m := _VAL_METRIC.match(k))]
     if not alphas:
         return []

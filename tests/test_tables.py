@@ -198,6 +198,11 @@ def test_tables_command_reads_logged_runs_from_a_real_server(tmp_path):
         log("fixed:1", 0, 20.0)
         log("fixed:1", 1, 21.0)
         log("fixed:1", 2, 99.0, status="FAILED")  # not finished: not a row
+        # a pipeline run whose report stage has not run yet: validation PCK only, not a row
+        early = client.create_run(exp, tags={"dvc.stage": "train"}, run_name="mlp s3").info.run_id
+        client.log_batch(early, params=[Param(k, v) for k, v in params(train__seed="3").items()])
+        client.log_batch(early, metrics=[Metric("val_pck_0.1", 77.0, 0, 1)])
+        client.set_terminated(early, "FINISHED")
         out = tmp_path / "tables"
         cmd = [sys.executable, "-m", "pipeline.tables", "--experiment", "tables-test", "--out", str(out)]
         res = subprocess.run(
@@ -206,7 +211,7 @@ def test_tables_command_reads_logged_runs_from_a_real_server(tmp_path):
         assert res.returncode == 0, res.stderr
         md = (out / "tables.md").read_text()
         assert "32.0 ± 2.8 (n=2)" in md and "20.5 ± 0.7 (n=2); Δ -11.5 vs baseline" in md
-        assert "99.0" not in md
+        assert "99.0" not in md and "77.0" not in md and early not in md
         assert f"{srv.uri}/#/experiments/{exp}/runs/{a}?workflowType=machine_learning" in md
         assert "<style>" in (out / "tables.html").read_text()
         assert json.loads((out / "tables.json").read_text())[0]["key"] == "tab1"
