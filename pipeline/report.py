@@ -589,6 +589,7 @@ pre { background: #f6f8fa; padding: .7em; overflow-x: auto; font-size: 12.5px; }
 code { background: #f6f8fa; padding: 0 .25em; border-radius: 3px; font-size: 90%; }
 ul { padding-left: 1.3em; } li { margin: .15em 0; }
 a { color: #0969da; }
+td a { white-space: nowrap; }
 .headline { background: #f6f8fa; border-left: 4px solid #0969da; padding: .3em 1em; }
 """
 
@@ -637,7 +638,15 @@ def html_page(md: str, title: str = "SimSC report") -> str:
             if not in_table:
                 out.append("<table>")
                 in_table = True
-            out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            # a cell's comparison (paper number, delta) on a line of its own under its value
+            out.append(
+                "<tr>"
+                + "".join(
+                    f"<{tag}>{_inline(c).replace('; paper ', '<br>paper ').replace('; Δ', '<br>Δ')}</{tag}>"
+                    for c in cells
+                )
+                + "</tr>"
+            )
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             if in_box and level <= 2:

@@ -335,7 +335,10 @@ def test_stages_print_no_mlflow_warnings(stage_run):
         noisy = [
             line
             for line in err.splitlines()
-            if "warning" in line.lower() or "alembic" in line.lower() or " INFO " in line
+            if "warning" in line.lower()
+            or "alembic" in line.lower()
+            or " INFO " in line
+            or "Downloading artifacts" in line
         ]
         assert not noisy, f"stage {stage} printed:\n" + "\n".join(noisy)
     assert "champion: " in stage_run["stderr"]["report"]

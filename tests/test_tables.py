@@ -209,6 +209,7 @@ def test_tables_command_reads_logged_runs_from_a_real_server(tmp_path):
             [*cmd, "--tracking-uri", srv.uri], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
         )
         assert res.returncode == 0, res.stderr
+        assert "Downloading artifacts" not in res.stderr  # no progress bar per run
         md = (out / "tables.md").read_text()
         assert "32.0 ± 2.8 (n=2)" in md and "20.5 ± 0.7 (n=2); Δ -11.5 vs baseline" in md
         assert "99.0" not in md and "77.0" not in md and early not in md
