@@ -50,11 +50,12 @@ dvc-deps: install
 
 # The experiments side by side in a 120-column terminal: only the params that differ, and the
 # headline metrics (PCK@0.1 of one evaluation set, final beta_eff); everything: dvc exp show.
-# --keep protects a column from --only-changed and --drop; DVC names a metric by its file when
-# several files share the key (the four pck.json), hence the path in the kept column.
+# --drop keeps only the engine params (model, data, train) and the headline, less the bookkeeping
+# params; --only-changed then leaves the params that differ; --keep protects the headline from it.
+# DVC names a metric by its file when several files share the key (the four pck.json).
 EXP_SHOW_SET ?= test_160
 EXP_SHOW_KEEP := ^Experiment$$|^reports/eval/$(EXP_SHOW_SET)/pck\.json:pck@0\.1$$|^final\.beta_eff$$
-EXP_SHOW_DROP := .*/|Created|steps$$|final\.loss|best\.|(embedded|preprocess|evaluate|report|tracking|eval)\.|train\.(out_dir|checkpoint_every_steps|val_max_pairs)
+EXP_SHOW_DROP := ^(?!Experiment$$|final\.beta_eff$$|reports/eval/$(EXP_SHOW_SET)/pck\.json:pck@0\.1$$|(model|data|train)\.).*|^train\.(num_threads|out_dir|checkpoint_every_steps|val_max_pairs|progress|progress_every_s|log_every_steps|device)$$|^data\.(root|cache_dir|workers)$$
 exp-show: install
 	$(VENV)/bin/dvc exp show --no-pager --only-changed --keep '$(EXP_SHOW_KEEP)' --drop '$(EXP_SHOW_DROP)' $(ARGS)
 
