@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast repro exp clean bench sweep dvc-deps
+.PHONY: install lint test test-fast repro exp exp-show tables clean bench sweep dvc-deps
 
 install: $(STAMP)
 
@@ -47,6 +47,22 @@ exp: install
 # Rewrite each stage's code deps in dvc.yaml from the imports (a test fails when it is stale).
 dvc-deps: install
 	$(PY) -m pipeline.dvc_deps
+
+# The experiments side by side in a 120-column terminal: only the params that differ, and the
+# headline metrics (PCK@0.1 of one evaluation set, final beta_eff); everything: dvc exp show.
+# --drop keeps only the engine params (model, data, train) and the headline, less the bookkeeping
+# params; --only-changed then leaves the params that differ; --keep protects the headline from it.
+# DVC names a metric by its file when several files share the key (the four pck.json).
+EXP_SHOW_SET ?= test_160
+EXP_SHOW_KEEP := ^Experiment$$|^reports/eval/$(EXP_SHOW_SET)/pck\.json:pck@0\.1$$|^final\.beta_eff$$
+EXP_SHOW_DROP := ^(?!Experiment$$|final\.beta_eff$$|reports/eval/$(EXP_SHOW_SET)/pck\.json:pck@0\.1$$|(model|data|train)\.).*|^train\.(num_threads|out_dir|checkpoint_every_steps|val_max_pairs|progress|progress_every_s|log_every_steps|device)$$|^data\.(root|cache_dir|workers)$$
+exp-show: install
+	$(VENV)/bin/dvc exp show --no-pager --only-changed --keep '$(EXP_SHOW_KEEP)' --drop '$(EXP_SHOW_DROP)' $(ARGS)
+
+# The paper's tables (Tab. 1-3, supp. Tab. 2-3) from the finished runs of the MLflow experiment:
+# reports/tables/tables.{md,html,json}. make tables ARGS="--experiment simsc-sweeps"
+tables: install
+	$(PY) -m pipeline.tables $(ARGS)
 
 # A Ray Tune sweep: make sweep SPEC=configs/sweeps/single_vs_mlp.yaml [ARGS="--profile full --resume"]
 SPEC ?= configs/sweeps/single_vs_mlp.yaml

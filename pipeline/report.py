@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from simsc.errors import UserError
-from simsc.io import read_yaml_mapping
+from simsc.io import atomic_write_bytes, read_yaml_mapping
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 EVAL_DIR = Path("reports/eval")
@@ -32,11 +32,10 @@ TRAIN_PLOTS = Path("reports/train")
 #: written next to the report and ignored by git: the committed report stays reproducible.
 THIS_RUN = Path("reports/this_run.md")
 PCK_DEFINITION = (
-    "PCK@alpha (percentage of correct keypoints) is the share of a pair's annotated keypoints whose "
-    "predicted position in the target image lies within alpha x theta of the true one, theta being the "
-    "data set's threshold size (the larger side of the target image for PF-Pascal and the embedded set, "
-    "the keypoints' extent for PF-Willow, the object's bounding box for SPair-71k); per image: averaged "
-    "over the pairs, in %."
+    "**PCK@alpha** (percentage of correct keypoints): the share of a pair's annotated keypoints "
+    "predicted within alpha x theta of the true position, theta being the data set's size threshold "
+    "(the target image's larger side for PF-Pascal and the embedded set, the keypoints' extent for "
+    "PF-Willow, the object's box for SPair-71k), averaged over the pairs (per image), in %."
 )
 
 
@@ -44,14 +43,9 @@ def what_ran(cfg: Mapping[str, Any], train_metrics: Mapping[str, Any]) -> str:
     """One paragraph: the backbone and its initialisation, what was fine-tuned, the
     temperature, the steps and the training data (from the run's config.yaml)."""
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
-    pre = m.get("pretrained")
-    init = (
-        "randomly initialised"
-        if not pre
-        else "pretrained (timm's default weights)"
-        if pre is True
-        else f"pretrained ({pre})"
-    )
+    from simsc.backbones import weights_source
+
+    init = weights_source(str(m["backbone"]), m.get("pretrained"))
     steps = train_metrics.get("steps")
     budget = f"max_steps {t['max_steps']}" if t.get("max_steps") else f"{t.get('epochs')} epochs"
     return (
@@ -276,6 +270,62 @@ def beta_eval_lines(reports: Mapping[str, Mapping[str, Any]], sweeps: Mapping[st
     return lines
 
 
+def headline_lines(
+    reports: Mapping[str, Mapping[str, Any]],
+    baselines: Mapping[str, Mapping[str, Any]],
+    train_metrics: Mapping[str, Any],
+    sweeps: Mapping[str, list],
+    temperature: str = "mlp",
+) -> list[str]:
+    """The report's first section: PCK@0.1 per evaluation set, fine-tuned beside the backbone
+    not fine-tuned, the learned temperature and the best beta_eval of the sweep."""
+    lines = ["## Headline", ""]
+    for name, rep in reports.items():
+        ours = rep["per_image"].get("0.1")
+        if ours is None:
+            continue
+        base = (baselines.get(name) or {}).get("per_image", {}).get("0.1")
+        vs = f"; not fine-tuned **{base:.1f}** ({ours - base:+.1f} from fine-tuning)" if base is not None else ""
+        lines.append(
+            f"- {name} ({DATASET_TITLES.get(str(rep.get('dataset')), rep.get('dataset'))} {rep.get('split')}, "
+            f"{rep.get('resolution')} px, {rep.get('n_pairs')} pairs): PCK@0.1 fine-tuned **{ours:.1f}**{vs}"
+        )
+    final = (train_metrics.get("final") or {}).get("beta_eff")
+    if final is not None and temperature in ("mlp", "single"):
+        lines.append(
+            f"- learned effective temperature at the end of training: beta_eff {final:.3g} (paper: about 0.03)"
+        )
+    for name, rows in sweeps.items():
+        best = best_beta_eval(rows)
+        if best is not None:
+            lines.append(
+                f"- {name}: best PCK@0.1 over beta_eval {best['pck@0.1']:.1f} at beta_eval {best['beta_eval']:.3g}"
+            )
+    lines.append(
+        f"- this run against the champion and the previous run of its configuration, and the paper's tables it "
+        f"belongs to: [{THIS_RUN.name}]({THIS_RUN.name}) (from MLflow; not committed)"
+    )
+    return lines
+
+
+def mlflow_context(state: Mapping[str, Any], tracking: Mapping[str, Any]) -> list[str]:
+    """The MLflow sections of this run's page (:func:`pipeline.tables.run_context_markdown`),
+    or one line saying why there are none: tracking off, no run, or MLflow failing (the report
+    never fails for it)."""
+    run_id, uri = state.get("run_id"), state.get("tracking_uri")
+    if not tracking.get("enabled") or not run_id:
+        return ["No MLflow run: no comparison with other runs."]
+    from .tables import run_context_markdown
+    from .tracking.client import client_for
+
+    try:
+        return run_context_markdown(
+            client_for(uri), str(run_id), str(tracking.get("experiment") or "Default"), tracking.get("registered_model")
+        )
+    except Exception as exc:  # noqa: BLE001 - a comparison is a convenience: the report goes on
+        return [f"MLflow ({uri}) could not be read for the comparison: {type(exc).__name__}: {str(exc)[:200]}"]
+
+
 def _r1(value: Any) -> Any:
     return f"{value:.1f}" if isinstance(value, float) else value
 
@@ -285,7 +335,11 @@ def build_report(
     eval_dir: Path = EVAL_DIR,
     train_plots: Path = TRAIN_PLOTS,
     baseline_dir: Path = BASELINE_DIR,
+    compare: bool = True,
 ) -> Path:
+    """Write the report (``report.out``: Markdown and HTML) and the run's local page
+    ``this_run.md`` / ``.html`` beside it; ``compare``: add the page's MLflow sections now
+    (the report stage adds them after the champion decision: :func:`add_mlflow_sections`)."""
     from .tracking.results import load_reports, log_results, pck_table, table_markdown
     from .tracking.runs import git_revision, run_page_url, state_of_checkpoint
 
@@ -378,6 +432,8 @@ def build_report(
     md = [
         "# SimSC pipeline report",
         "",
+        *headline_lines(reports, baselines, train_metrics, sweeps, str(cfg["model"]["temperature"])),
+        "",
         what_ran(cfg, train_metrics),
         "",
         PCK_DEFINITION,
@@ -433,7 +489,7 @@ def build_report(
     url = run_page_url(run_dir)
     this_run = {
         "git revision": git_revision(),
-        "MLflow run page": f"[{url}]({url})" if url else "-",
+        "MLflow run page": f"[{str(state.get('run_id'))[:8]} in the MLflow UI]({url})" if url else "-",
         "MLflow run id": state.get("run_id") or "none (tracking disabled or failed)",
         "MLflow tracking URI": state.get("tracking_uri") or "-",
         "final PCK logged to MLflow": {
@@ -459,8 +515,9 @@ def build_report(
         + "\n"
     )
     this_p = out_md.parent / THIS_RUN.name
-    this_p.write_text(this_md, encoding="utf-8")
-    this_p.with_suffix(".html").write_text(_html(this_md), encoding="utf-8")
+    _write_page(this_p, this_md)
+    if compare:
+        add_mlflow_sections(out_md, params)
     md += ["", "## Run metadata", ""] + [f"- {k}: {v}" for k, v in meta.items()]
     # the run's eval section holds the engine defaults, not what ran: show the protocol instead
     trained = {k: v for k, v in cfg.items() if k != "eval"}
@@ -484,25 +541,78 @@ def build_report(
         "```",
         "",
     ]
-    text = "\n".join(md)
-    out_md.write_text(text, encoding="utf-8")
-    out_md.with_suffix(".html").write_text(_html(text), encoding="utf-8")
+    _write_page(out_md, "\n".join(md))
     return out_md
+
+
+def _write_page(md_path: Path, text: str) -> None:
+    """``md_path`` and its HTML twin, each written whole or not at all."""
+    atomic_write_bytes(md_path, text.encode("utf-8"))
+    atomic_write_bytes(md_path.with_suffix(".html"), _html(text).encode("utf-8"))
+
+
+def add_mlflow_sections(out_md: Path, params: Mapping[str, Any]) -> Path:
+    """Append to the run's page (``this_run.md`` beside ``out_md``, as :func:`build_report`
+    wrote it) how the run compares with the previous run of its configuration and the
+    champion, and the paper's tables it is a row of, as MLflow has them now."""
+    from .tracking.runs import state_of_checkpoint
+
+    this_p = out_md.parent / THIS_RUN.name
+    state = state_of_checkpoint(Path(params["train"]["out_dir"]))
+    text = this_p.read_text(encoding="utf-8").rstrip("\n")
+    text += "\n\n" + "\n".join(mlflow_context(state, params.get("tracking") or {})) + "\n"
+    _write_page(this_p, text)
+    return this_p
 
 
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
+_CODE = re.compile(r"`([^`]+)`")
+
+#: The pages' stylesheet, inline: the report must read the same offline (no CDN, no fonts to
+#: fetch). A laptop-width column, tables that scroll sideways instead of squeezing, figures no
+#: wider than the column.
+STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 1200px; margin: 1.5em auto; padding: 0 1.2em; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #d0d7de; padding-bottom: .2em; }
+h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #d0d7de; padding-bottom: .15em; }
+h3 { font-size: 1.05em; margin-top: 1.2em; }
+table { border-collapse: collapse; margin: .6em 0 1em; font-size: 13.5px; display: block;
+        overflow-x: auto; max-width: 100%; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; min-width: 5em; }
+th { background: #f6f8fa; }
+td:first-child, th:first-child { text-align: left; white-space: normal; min-width: 12em; }
+tr:nth-child(even) td { background: #fbfcfd; }
+img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+pre { background: #f6f8fa; padding: .7em; overflow-x: auto; font-size: 12.5px; }
+code { background: #f6f8fa; padding: 0 .25em; border-radius: 3px; font-size: 90%; }
+ul { padding-left: 1.3em; } li { margin: .15em 0; }
+a { color: #0969da; }
+td a { white-space: nowrap; }
+.headline { background: #f6f8fa; border-left: 4px solid #0969da; padding: .3em 1em; }
+"""
 
 
 def _inline(text: str) -> str:
-    """Escaped text with Markdown links ``[t](url)`` as ``<a>`` and ``**bold**`` as ``<b>``."""
+    """Escaped text with Markdown links ``[t](url)`` as ``<a>``, ``**bold**`` as ``<b>`` and
+    ``code`` as ``<code>``."""
     out = _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', html.escape(text, quote=False))
+    out = _CODE.sub(r"<code>\1</code>", out)
     return _BOLD.sub(r"<b>\1</b>", out)
 
 
-def _html(md: str) -> str:
-    """A small Markdown subset (headings, tables, images, lists, code, links, bold) to HTML."""
-    out, in_table, in_code, in_list = [], False, False, False
+def _split_cells(line: str) -> list[str]:
+    """A Markdown table row's cells (``\\|`` is a literal bar inside a cell)."""
+    cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+def html_page(md: str, title: str = "SimSC report") -> str:
+    """A small Markdown subset (headings, tables, images, lists, code, links, bold) as a
+    standalone HTML page with :data:`STYLE` inline. The list of a section titled "Headline" is
+    boxed."""
+    out, in_table, in_code, in_list, in_box = [], False, False, False, False
     for line in md.splitlines():
         if line.startswith("```"):
             out.append("</pre>" if in_code else "<pre>")
@@ -517,18 +627,36 @@ def _html(md: str) -> str:
         if in_list and not line.startswith("- "):
             out.append("</ul>")
             in_list = False
+            if in_box:  # the headline box holds its list only
+                out.append("</div>")
+                in_box = False
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= {"-"} for c in cells):
+            cells = _split_cells(line)
+            if all(c and set(c) <= {"-", ":"} for c in cells):
                 continue
             tag = "td" if in_table else "th"
             if not in_table:
-                out.append('<table border="1" cellspacing="0" cellpadding="3">')
+                out.append("<table>")
                 in_table = True
-            out.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            # a cell's comparison (paper number, delta) on a line of its own under its value
+            out.append(
+                "<tr>"
+                + "".join(
+                    f"<{tag}>{_inline(c).replace('; paper ', '<br>paper ').replace('; Δ', '<br>Δ')}</{tag}>"
+                    for c in cells
+                )
+                + "</tr>"
+            )
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+            if in_box and level <= 2:
+                out.append("</div>")
+                in_box = False
+            text = line[level:].strip()
+            out.append(f"<h{level}>{html.escape(text)}</h{level}>")
+            if level == 2 and text.lower().startswith("headline"):
+                out.append('<div class="headline">')
+                in_box = True
         elif line.startswith("!["):
             alt, src = line[2:].split("](", 1)
             out.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}"></p>')
@@ -543,8 +671,18 @@ def _html(md: str) -> str:
         out.append("</table>")
     if in_list:
         out.append("</ul>")
+    if in_box:
+        out.append("</div>")
     return (
-        "<!doctype html>\n<html><head><meta charset='utf-8'><title>SimSC report</title></head><body>\n"
-        + "\n".join(out)
-        + "\n</body></html>\n"
+        f"<!doctype html>\n<html><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
     )
+
+
+def _html(md: str) -> str:
+    """The report's page: :func:`html_page` with the report's title; links to the Markdown
+    pages beside it point at their HTML twins."""
+    md = md.replace(f"]({THIS_RUN.name})", f"]({THIS_RUN.with_suffix('.html').name})")
+    md = re.sub(r"\]\(report\.md\)", "](report.html)", md)
+    return html_page(md, "SimSC report")

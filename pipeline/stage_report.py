@@ -17,7 +17,7 @@ PARAMS = ("report", "evaluate", "tracking", "train.out_dir")
 
 
 def stage_report(params: dict[str, Any]) -> None:
-    from .report import EVAL_DIR, build_report
+    from .report import EVAL_DIR, add_mlflow_sections, build_report
 
     tracking = tracking_section(params)
     sets = list((params.get("evaluate") or {}).get("sets") or {})
@@ -29,8 +29,9 @@ def stage_report(params: dict[str, Any]) -> None:
             rule = champion_rule(tracking, sets)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    out_md = build_report(params)
+    out_md = build_report(params, compare=False)
     if rule is None:
+        add_mlflow_sections(out_md, params)
         return
     from .tracking.results import load_reports, log_report
 
@@ -51,6 +52,8 @@ def stage_report(params: dict[str, Any]) -> None:
             f"{where} v{decision['champion']} ({decision['reason']})",
             file=sys.stderr,
         )
+    # after the decision: the page compares the run with the champion as it now stands
+    add_mlflow_sections(out_md, params)
     from .tracking.runs import run_page_url
 
     url = run_page_url(run_dir)

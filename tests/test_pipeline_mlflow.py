@@ -315,6 +315,7 @@ def stage_run(server, embedded, tmp_path_factory, entry_points_dir):
     stderr = {
         "train": run_stage("stage_train", cwd=cwd, env=env),
         "evaluate": run_stage("stage_evaluate", "test_64", cwd=cwd, env=env),
+        "baseline": run_stage("stage_baseline", "test_64", cwd=cwd, env=env),
         "report": run_stage("stage_report", cwd=cwd, env=env),
     }
     state = json.loads((cwd / "runs" / "default" / "tracking.json").read_text())
@@ -334,7 +335,10 @@ def test_stages_print_no_mlflow_warnings(stage_run):
         noisy = [
             line
             for line in err.splitlines()
-            if "warning" in line.lower() or "alembic" in line.lower() or " INFO " in line
+            if "warning" in line.lower()
+            or "alembic" in line.lower()
+            or " INFO " in line
+            or "Downloading artifacts" in line
         ]
         assert not noisy, f"stage {stage} printed:\n" + "\n".join(noisy)
     assert "champion: " in stage_run["stderr"]["report"]
@@ -356,6 +360,44 @@ def test_the_ui_shows_a_training_run(stage_run):
     assert "report/figures/beta_trajectory.png" in figures
     # the checkpoint is stored once: as the model's artifact
     assert "checkpoint" not in {a.path for a in client.list_artifacts(state["run_id"])}
+
+
+def test_report_leads_with_this_runs_numbers_and_compares_it_in_mlflow(stage_run):
+    """The report a reader opens: the headline first, its numbers the evaluation's and the
+    not-fine-tuned baseline's; what ran; PCK defined once; styled inline; and the local page
+    with the run's MLflow link, the champion comparison and the tables it is a row of."""
+    cwd, client, state = stage_run["cwd"], stage_run["client"], stage_run["state"]
+    evaluated = json.loads((cwd / "reports/eval/test_64/report.json").read_text())
+    ours, n_pairs = evaluated["per_image"]["0.1"], evaluated["n_pairs"]
+    base = json.loads((cwd / "reports/baseline/test_64/report.json").read_text())["per_image"]["0.1"]
+    md = (cwd / "reports/report.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## Headline", "## PCK (per image, %), laid out like the paper's Table 1"]
+    headline = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
+    assert (
+        f"- test_64 (embedded test, 64 px, {n_pairs} pairs): PCK@0.1 fine-tuned **{ours:.1f}**; "
+        f"not fine-tuned **{base:.1f}** ({ours - base:+.1f} from fine-tuning)"
+    ) in headline
+    what_ran = "**What ran:** backbone resnet18, randomly initialised, fine-tuned: all; temperature mlp; 3 training"
+    assert what_ran in md
+    assert md.count("**PCK@alpha** (percentage of correct keypoints): ") == 1
+    page = (cwd / "reports/report.html").read_text()
+    head = page.split("<body>")[0]
+    assert "<style>" in head and "http" not in head.replace("http-equiv", "")  # nothing fetched
+    assert '<div class="headline">' in page and '<a href="this_run.html">' in page
+    assert page.index('<div class="headline">') < page.index("</div>") < page.index("<b>What ran:</b>")
+
+    exp = client.get_experiment_by_name("stages").experiment_id
+    url = f"{client.tracking_uri}/#/experiments/{exp}/runs/{state['run_id']}?workflowType=machine_learning"
+    this_run = (cwd / "reports/this_run.md").read_text()
+    assert f"- MLflow run page: [{state['run_id'][:8]} in the MLflow UI]({url})" in this_run
+    assert f'<a href="{url}">' in (cwd / "reports/this_run.html").read_text()
+    assert "## This run against the previous run and the champion (from MLflow)" in this_run
+    assert "This run is the champion of simsc-stages (v1)." in this_run
+    row = next(line for line in this_run.splitlines() if line.startswith("| [this run]("))
+    assert f"| {ours:.1f} |" in row  # the final PCK logged to MLflow is the evaluation's
+    assert "## The tables this run belongs to (experiment stages, 1 runs)" in this_run
+    assert "### Tab. 1: PCK per data set and alpha" in this_run and "← this run" in this_run
 
 
 def test_logged_model_installs_and_predicts_in_a_fresh_process(stage_run, embedded, tmp_path):
