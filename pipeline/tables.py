@@ -148,7 +148,7 @@ def paper_number(
     evaluated on the test split of a data set the paper reports for that training set
     (PF-Pascal-trained: PF-Pascal, PF-Willow, SPair-71k (T); SPair-trained: SPair-71k (F)), at
     256 px or the original size, PCK per image at this alpha."""
-    from .report import DATASET_TITLES, paper_column
+    from .page import DATASET_TITLES, paper_column
 
     if result.dataset == "embedded":
         return "the embedded set is this project's own: the paper has no number for it"
@@ -282,7 +282,7 @@ def build_table(
     columns = sorted({(res.dataset, res.split) for r in mine for res in r.results})
     sizes = sorted({res.resolution for r in mine for res in r.results}, key=_res_key)
     table.header = ["configuration", "eval size"]
-    from .report import DATASET_TITLES
+    from .page import DATASET_TITLES
 
     table.header += [f"{DATASET_TITLES.get(d, d)} {s} PCK@{a}" for d, s in columns for a in spec.alphas]
     table.header.append("runs")
@@ -558,7 +558,7 @@ def _write(path: Path, text: str) -> None:
 
 def write_tables(tables: Sequence[Table], out: Path, intro: Sequence[str] = ()) -> list[Path]:
     """``tables.md``, ``tables.html`` and ``tables.json`` under ``out``."""
-    from .report import html_page
+    from .page import html_page
 
     out.mkdir(parents=True, exist_ok=True)
     md = render_markdown(tables, intro=intro)
@@ -586,7 +586,7 @@ def tables_for_experiment(client: Any, experiment: str, ui_url: str | None = Non
     """The tables of ``experiment`` and the runs they were built from."""
     from simsc.io import read_yaml_mapping
 
-    from .report import PAPER_NUMBERS
+    from .page import PAPER_NUMBERS
 
     runs = collect_runs(client, experiment, ui_url)
     numbers = read_yaml_mapping(PAPER_NUMBERS, what="paper numbers")

@@ -91,7 +91,7 @@ def test_headline_puts_the_not_fine_tuned_number_beside_the_fine_tuned_one():
     }
     baselines = {"test_160": {"per_image": {"0.1": 45.80}}}
     sweeps = {"test_160": [{"beta_eval": 0.41, "pck@0.1": 47.9}, {"beta_eval": 1.0, "pck@0.1": 34.7}]}
-    lines = headline_lines(reports, baselines, {"final": {"beta_eff": 0.0913}}, sweeps)
+    lines = headline_lines(reports, baselines, {"final": {"beta_eff": 0.0913}}, sweeps, "mlp")
     assert lines[0] == "## Headline"
     assert lines[2] == (
         "- test_160 (embedded test, 160 px, 100 pairs): PCK@0.1 fine-tuned **34.7**; not fine-tuned **45.8** "
