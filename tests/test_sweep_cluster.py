@@ -219,6 +219,17 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     assert {"results/results.csv", "results/results.md", "results/best_params.yaml"} <= artifacts
     assert parents[0].data.tags["sweep.best_trial"] == best["trial_id"]
 
+    # the finished trials keep their newest checkpoint, without the resume state (last.pt)
+    assert "MiB of finished trials' resume state (last.pt, older checkpoints) removed" in out.stderr
+    for d in trial_dirs(tmp_path / "sweeps" / "ray_results", "four"):
+        (ckpt,) = d.glob("checkpoint_*")
+        assert sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*.*")) == [
+            "checkpoints/best.pt",
+            "config.yaml",
+            "metrics.jsonl",
+            "trial_state.json",
+        ]
+
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
     deadline = time.time() + timeout
