@@ -306,7 +306,11 @@ def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | Non
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             verbose=1,
-            log_to_file=True,
+            # No per-trial capture of stdout/stderr: Tune swaps sys.stdout/stderr for a Tee per trial
+            # and closes its file when a reused worker moves on, and what still holds the previous
+            # trial's Tee then warns "ValueError when calling 'flush' on stream" at the end of the next
+            # trial. The trials' output goes to the driver and Ray's worker logs all the same.
+            log_to_file=False,
         ),
     )
 

@@ -168,6 +168,8 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "four", epochs=2)
     out = run(sweep_cmd(spec, cluster), tmp_path, env_for(cluster, mlflow_server))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    # a worker runs several trials (reuse_actors, 4 trials 2 at a time): none warns about a closed log file
+    assert "ValueError when calling" not in out.stdout + out.stderr
 
     # both nodes ran trials
     worker_id = cluster.node_ids[worker.pid]
