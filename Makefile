@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast repro exp exp-show tables clean bench sweep dvc-deps
+.PHONY: install lint test test-fast repro exp exp-show tables clean bench sweep dvc-deps plots
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ exp-show: install
 # reports/tables/tables.{md,html,json}. make tables ARGS="--experiment simsc-sweeps"
 tables: install
 	$(PY) -m pipeline.tables $(ARGS)
+
+# dvc plots diff as a page that draws offline (Vega inline, pipeline/plots.py); opens nothing:
+# make plots [ARGS="HEAD~1 exp-name"] -> dvc_plots/index.html
+plots: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipeline.plots diff $(ARGS)
 
 # A Ray Tune sweep: make sweep SPEC=configs/sweeps/single_vs_mlp.yaml [ARGS="--profile full --resume"]
 SPEC ?= configs/sweeps/single_vs_mlp.yaml

@@ -226,6 +226,43 @@ def _refuse_completed_without_results(exp_path: str) -> None:
             )
 
 
+def prune_finished_trials(rows: list[dict[str, Any]]) -> int:
+    """Shrink the storage of the trials that are done for good: bytes freed.
+
+    While a trial runs, Tune keeps its newest ``keep_checkpoints`` checkpoints, each with
+    ``last.pt`` (the full training state a restart resumes from). A finished trial (completed,
+    stopped early, diverged) never runs again (``--resume`` keeps it), so only its newest
+    checkpoint stays, without ``last.pt``: ``best.pt``, ``metrics.jsonl``, ``config.yaml``.
+    Errored trials keep everything: ``--resume`` retries them from their checkpoint. Called
+    only after Tune saved the final experiment state, so no resume point refers to what goes.
+    """
+    import pyarrow.fs
+
+    freed = 0
+    for row in rows:
+        if row["status"] == STATUS_ERROR or row.get("_checkpoint") is None or not row.get("_path"):
+            continue
+        keep = row["_checkpoint"]
+        fs, trial_dir = keep.filesystem, str(Path(keep.path).parent)
+        if Path(trial_dir).name != Path(str(row["_path"])).name:
+            continue  # a multi-worker trial's checkpoints live in Ray Train's storage: left alone
+        try:
+            found = fs.get_file_info(pyarrow.fs.FileSelector(trial_dir, recursive=True))
+            sizes = {Path(i.path): i.size or 0 for i in found if i.type == pyarrow.fs.FileType.File}
+            for ckpt in [i.path for i in found if i.type == pyarrow.fs.FileType.Directory]:
+                if Path(ckpt).parent == Path(trial_dir) and Path(ckpt).name.startswith("checkpoint_"):
+                    if Path(ckpt) != Path(keep.path):
+                        freed += sum(v for k, v in sizes.items() if Path(ckpt) in k.parents)
+                        fs.delete_dir(ckpt)
+            last = Path(keep.path, "checkpoints", "last.pt")
+            if last in sizes:
+                fs.delete_file(str(last))
+                freed += sizes[last]
+        except OSError as e:  # only space is at stake: say so and keep the rest of the sweep's work
+            warnings.warn(f"sweep: {row['_path']}: finished trial not pruned ({e})", stacklevel=2)
+    return freed
+
+
 def check_embedded_roots(spec: SweepSpec) -> None:
     """Every embedded ``data.root`` a trial may use must hold the data set on the driver's
     machine: nodes without it build the one params.yaml describes, but a mistyped root must
@@ -288,7 +325,11 @@ def _build_tuner(spec: SweepSpec, storage: str, context, restore_path: str | Non
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
             verbose=1,
-            log_to_file=True,
+            # No per-trial capture of stdout/stderr: Tune swaps sys.stdout/stderr for a Tee per trial
+            # and closes its file when a reused worker moves on, and what still holds the previous
+            # trial's Tee then warns "ValueError when calling 'flush' on stream" at the end of the next
+            # trial. The trials' output goes to the driver and Ray's worker logs all the same.
+            log_to_file=False,
         ),
     )
 
@@ -301,8 +342,12 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     tracking: bool | None = None,
+    keep_all_checkpoints: bool = False,
 ) -> dict[str, Any]:
     """Run (or ``resume``) a sweep; returns a summary with the rows and output paths.
+
+    Unless ``keep_all_checkpoints``, the finished trials' resume state goes at the end
+    (:func:`prune_finished_trials`).
 
     Raises :class:`SweepError` when the sweep exists and ``resume`` is false, or when a
     resumed spec no longer matches the one that started the sweep.
@@ -425,6 +470,12 @@ def run_sweep(
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     atomic_write_json(out / STATE_FILE, state, indent=2)
+    freed = 0 if keep_all_checkpoints else prune_finished_trials(rows)
+    if freed:
+        print(
+            f"sweep: {freed / 2**20:.1f} MiB of finished trials' resume state (last.pt, older checkpoints) removed",
+            file=sys.stderr,
+        )
     return {
         "state": state,
         "rows": [public(r) for r in rows],
@@ -465,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         "their last checkpoint, errored ones are retried",
     )
     p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
+    p.add_argument(
+        "--keep-all-checkpoints",
+        action="store_true",
+        help="keep every checkpoint of the finished trials, with last.pt (default: only the newest, "
+        "without last.pt: best.pt, metrics.jsonl, config.yaml)",
+    )
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
     add_debug_flag(p)
@@ -503,6 +560,7 @@ def _main(args: argparse.Namespace) -> int:
             address=args.address,
             resume=args.resume,
             tracking=False if args.no_tracking else None,
+            keep_all_checkpoints=args.keep_all_checkpoints,
         )
     except KeyboardInterrupt:
         print("sweep: interrupted; continue with the same command and --resume", file=sys.stderr)

@@ -96,8 +96,10 @@ def test_resolution_is_part_of_the_key(root, tmp_path):
     img, orig = o.images.get(rel)
     assert img.shape == (333, 500, 3) and orig == (333, 500)  # 'original' caches the decoded image
     assert np.array_equal(img, images.load_image(root / rel))
-    # one folder per resolution, plus the resolution-free pair index (simsc.data.index)
-    assert {p.name for p in (tmp_path / "c" / "spair").iterdir()} == {"256", "128", "original", "index"}
+    # one folder per resolution, plus the resolution-free pair index (simsc.data.index) and
+    # this machine's memo of source digests
+    names = {p.name for p in (tmp_path / "c" / "spair").iterdir()}
+    assert names == {"256", "128", "original", "index", ".source-digests.json"}
     assert b.images.misses == 1 and b.images.hits == 0
 
 
@@ -156,3 +158,56 @@ def test_cache_files_holding_a_list_are_rebuilt(root, tmp_path, what):
     assert out["images"] == len(again.image_paths())
     assert isinstance(json.loads((cdir / "manifest.json").read_text()), dict)
     again[0]  # reads through the cache
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_preprocess_stage_output_is_the_same_bytes_in_another_clone(tmp_path, monkeypatch):
+    """Two clones (other folders, sources written at other times) preprocess the same data:
+    the cache, the DVC output whose hash dvc.lock records, must be byte for byte the same.
+    Only this machine's digest memo (.dvcignore'd) may differ."""
+    import shutil
+    import time
+
+    import yaml
+
+    from pipeline.stage_preprocess import main
+
+    params = {
+        "data": {"dataset": "spair", "root": "data"},
+        "preprocess": {"cache_dir": "cache", "resolutions": [32, "original"], "splits": ["test"]},
+    }
+    a, b = tmp_path / "clone_a", tmp_path / "deeper" / "clone_b"
+    fx.write_spair(a / "data")
+    shutil.copytree(a / "data", b / "data")  # new mtimes and inodes ...
+    later = time.time_ns() + 3 * 10**9
+    for p in (b / "data").rglob("*"):
+        os.utime(p, ns=(later, later))  # ... and clearly another time
+    for clone in (a, b):
+        (clone / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.chdir(clone)
+        assert main([]) == 0
+        time.sleep(2.1)  # a zip date has 2 s resolution: the second run writes at another one
+    tree_a, tree_b = _tree(a / "cache"), _tree(b / "cache")
+    assert "spair/.source-digests.json" in tree_a  # the memo exists, and is machine state:
+    assert str(a) in tree_a.pop("spair/.source-digests.json").decode()
+    tree_b.pop("spair/.source-digests.json")
+    assert "spair/index/test.npz" in tree_a and len(tree_a) > 10
+    assert tree_a == tree_b
+    for name, data in tree_a.items():
+        assert str(tmp_path).encode() not in data, name  # no machine path in any output file
+    # the memo is only a hint: an edit that keeps the size and the mtime is still seen (ctime)
+    monkeypatch.chdir(b)
+    ds = SPairDataset("data", "test", 32, cache_dir="cache")
+    rel = ds.pairs[0].src_path
+    before = ds.images.key(rel)
+    path = b / "data" / rel
+    st = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # one byte of the JPEG's tail: same size
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime back
+    fresh = SPairDataset("data", "test", 32, cache_dir="cache")
+    assert fresh.images.key(rel) != before

@@ -192,3 +192,37 @@ def test_experiments_compare_and_apply(baseline):
     assert after["baseline"]["params.yaml:train.lr_backbone"] == 0.002
     assert after["baseline"][f"{PCK_FILE}:pck@0.1"] == shown["lr-high"][f"{PCK_FILE}:pck@0.1"]
     assert json.loads(run([DVC, "status", "--json"], work, env)) == {}
+
+
+def test_make_exp_runs_do_not_compound_and_a_failed_one_changes_nothing(baseline):
+    """``make exp`` (``python -m pipeline.exp``) with the real ``dvc exp run``: the second
+    experiment carries only its own ``-S``, not the first one's; a mistyped key fails and
+    leaves ``params.yaml`` as committed."""
+    import sys
+
+    work, env, _ = baseline
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=work, env=env, check=True)
+    committed = (work / "params.yaml").read_bytes()
+    exp = [sys.executable, "-m", "pipeline.exp"]
+    out = run([*exp, "-n", "lr2x", "-S", "++train.lr_backbone=2e-4"], work, env)
+    assert "params.yaml restored" in out and (work / "params.yaml").read_bytes() == committed
+    run([*exp, "-n", "seed1", "-S", "++train.seed=1"], work, env)
+    assert (work / "params.yaml").read_bytes() == committed
+
+    rows = exp_rows(json.loads(run([DVC, "exp", "show", "--json"], work, env)))
+    base, lr2x, seed1 = rows["baseline"], rows["lr2x"], rows["seed1"]
+    changed = {k for k in base.keys() | seed1.keys() if k.startswith("params.yaml:") and base.get(k) != seed1.get(k)}
+    assert changed == {"params.yaml:train.seed"}, changed  # not lr_backbone=2e-4 from lr2x
+    assert seed1["params.yaml:train.seed"] == 1
+    assert lr2x["params.yaml:train.lr_backbone"] == 2e-4 and lr2x.get("params.yaml:train.seed") == base.get(
+        "params.yaml:train.seed"
+    )
+    print(run([DVC, "exp", "show", "--no-pager", "--only-changed", "--md"], work, env))
+
+    res = subprocess.run(
+        [*exp, "-n", "typo", "-S", "++model.backbon=resnet18"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert res.returncode != 0
+    assert "params.yaml restored" in res.stderr
+    assert (work / "params.yaml").read_bytes() == committed
+    assert run(["git", "status", "--porcelain", "--", "params.yaml"], work, env).strip() == ""

@@ -10,6 +10,7 @@ entry would draw the same file a second time. The per-set evaluation plots are s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -114,8 +115,9 @@ def test_the_training_plot_files_are_outputs_not_stage_plots():
     assert not DVC_YAML["stages"]["train"].get("plots")
 
 
-@pytest.mark.skipif(not DVC.exists(), reason="dvc is not installed")
-def test_dvc_plots_show_draws_each_panel_once(tmp_path):
+def plot_project(tmp_path: Path) -> list[str]:
+    """A git + DVC folder with this dvc.yaml and a little data for every plot; returns the
+    evaluation sets."""
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy2(REPO / f, tmp_path / f)
     shutil.copytree(REPO / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
@@ -135,6 +137,12 @@ def test_dvc_plots_show_draws_each_panel_once(tmp_path):
         (d / "pck_vs_beta.json").write_text(
             json.dumps([{"beta_eval": 0.01, "pck@0.1": 10}, {"beta_eval": 1, "pck@0.1": 20}])
         )
+    return list(sets)
+
+
+@pytest.mark.skipif(not DVC.exists(), reason="dvc is not installed")
+def test_dvc_plots_show_draws_each_panel_once(tmp_path):
+    sets = plot_project(tmp_path)
     res = subprocess.run(
         [str(DVC), "plots", "show", "--json"],
         cwd=tmp_path,
@@ -167,3 +175,28 @@ def test_dvc_plots_show_draws_each_panel_once(tmp_path):
         assert axes and all(t not in ("x", "y", "") for _, t, _ in axes), (name, axes)
         if "beta" in name or "pck_vs_beta" in name:
             assert any(scale == "log" and "beta" in t for _, t, scale in axes), (name, axes)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DVC.exists(), reason="dvc is not installed")
+def test_make_plots_page_needs_no_network(tmp_path):
+    """``python -m pipeline.plots`` (``make plots``): DVC's page with Vega, Vega-Lite and
+    Vega-Embed inline instead of CDN script tags, so it draws offline; it opens nothing."""
+    import os
+
+    sets = plot_project(tmp_path)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO), "BROWSER": "false"}
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline.plots", "show", "-o", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "plots: out/index.html (draws offline: Vega inline)" in res.stdout
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page) and "cdn.jsdelivr" not in page
+    assert "window.vegaEmbed=" in page and "{plot_divs}" not in page
+    assert page.count("vegaEmbed('#") == len(DVC_YAML["plots"]) + 2 * len(sets)

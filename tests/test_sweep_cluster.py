@@ -169,6 +169,8 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     spec = write_spec(tmp_path / "spec.yaml", tiny_embedded, "four", epochs=2)
     out = run(sweep_cmd(spec, cluster), tmp_path, env_for(cluster, mlflow_server))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    # a worker runs several trials (reuse_actors, 4 trials 2 at a time): none warns about a closed log file
+    assert "ValueError when calling" not in out.stdout + out.stderr
 
     # both nodes ran trials
     worker_id = cluster.node_ids[worker.pid]
@@ -219,6 +221,17 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     artifacts = {a.path for a in client.list_artifacts(parent_id, "results")}
     assert {"results/results.csv", "results/results.md", "results/best_params.yaml"} <= artifacts
     assert parents[0].data.tags["sweep.best_trial"] == best["trial_id"]
+
+    # the finished trials keep their newest checkpoint, without the resume state (last.pt)
+    assert "MiB of finished trials' resume state (last.pt, older checkpoints) removed" in out.stderr
+    for d in trial_dirs(tmp_path / "sweeps" / "ray_results", "four"):
+        (ckpt,) = d.glob("checkpoint_*")
+        assert sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*.*")) == [
+            "checkpoints/best.pt",
+            "config.yaml",
+            "metrics.jsonl",
+            "trial_state.json",
+        ]
 
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):

@@ -3,14 +3,18 @@
 Layout (one folder per dataset name and resolution)::
 
     <cache_dir>/<dataset>/<resolution>/<key>.npy    uint8 H x W x 3 at the resolution
-    <cache_dir>/<dataset>/<resolution>/<key>.json   {"source", "size", "mtime_ns", "resolution",
+    <cache_dir>/<dataset>/<resolution>/<key>.json   {"source", "size", "source_sha256", "resolution",
                                                      "orig_size": [H, W], "shape", "sha256"}
     <cache_dir>/<dataset>/<resolution>/manifest.json  index written by :func:`build_cache`
     <cache_dir>/<dataset>/index/<split>.npz          the checked pairs (:mod:`simsc.data.index`)
+    <cache_dir>/<dataset>/.source-digests.json       this machine's digest memo (not an output)
 
 ``key`` hashes (cache format version, source path relative to the dataset root, source file
-size, source mtime in ns, resolution): editing or replacing a source file, or asking for
-another resolution, gives a new key and so a fresh decode. Entries are written atomically
+size and SHA-256, resolution): editing or replacing a source file, or asking for another
+resolution, gives a new key and so a fresh decode. Nothing in an entry or the manifest depends
+on the machine or the time (no absolute path, no mtime), so the same sources give the same
+cache bytes in every clone; the source digests are memoised by stat
+(:class:`~simsc.data.index.SourceDigests`) so that a hit does not read the source. Entries are written atomically
 (temporary file + :func:`os.replace`, ``.npy`` before ``.json``; an entry counts only once its
 ``.json`` exists), so concurrent DataLoader workers and interrupted runs are safe. The
 ``.json`` holds the SHA-256 of the pixels; an entry whose pixels do not match it (a flipped
@@ -33,9 +37,11 @@ import numpy as np
 
 from simsc.data import images
 from simsc.data.annotations import DatasetFormatError, Resolution, parse_resolution, resolution_tag
+from simsc.data.index import DIGESTS_FILE, SourceDigests
 from simsc.io import atomic_write, atomic_write_json
 
-CACHE_VERSION = 2  # 2: entries carry the SHA-256 of their pixels
+# 2: entries carry the SHA-256 of their pixels; 3: keyed by source content, not mtime; no root
+CACHE_VERSION = 3
 MANIFEST = "manifest.json"
 #: A temporary file older than this is a leftover of an interrupted write (removed by
 #: build_cache); younger ones may be another process's write in progress.
@@ -68,19 +74,21 @@ class CachedImages:
         self.resolution = parse_resolution(resolution)
         self.dir = Path(cache_dir) / dataset_name / resolution_tag(self.resolution)
         self.dataset_name = dataset_name
+        self.digests = SourceDigests(self.dir.parent / DIGESTS_FILE)
         self.hits = 0
         self.misses = 0
 
-    def _stat(self, relpath: str) -> os.stat_result:
+    def _source(self, relpath: str) -> tuple[int, str]:
+        """``(size, SHA-256)`` of the source file (memoised by stat: a hit does not read it)."""
         try:
-            return os.stat(self.root / relpath)
+            return self.digests.digest(self.root / relpath)
         except FileNotFoundError:
             raise DatasetFormatError(f"{self.root / relpath}: image file not found; expected an image file") from None
 
-    def key(self, relpath: str, st: os.stat_result | None = None) -> str:
-        """Cache key of the current version of ``relpath`` at this resolution."""
-        st = st or self._stat(relpath)
-        ident = f"v{CACHE_VERSION}|{Path(relpath).as_posix()}|{st.st_size}|{st.st_mtime_ns}|{self.resolution}"
+    def key(self, relpath: str, source: tuple[int, str] | None = None) -> str:
+        """Cache key of the current content of ``relpath`` at this resolution."""
+        size, sha = source or self._source(relpath)
+        ident = f"v{CACHE_VERSION}|{Path(relpath).as_posix()}|{size}|{sha}|{self.resolution}"
         return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
     def _read(self, key: str) -> tuple[np.ndarray, tuple[int, int]] | None:
@@ -106,8 +114,8 @@ class CachedImages:
 
     def get(self, relpath: str) -> tuple[np.ndarray, tuple[int, int]]:
         """``(uint8 image at the resolution, original (H, W))``, from the cache when possible."""
-        st = self._stat(relpath)
-        key = self.key(relpath, st)
+        source = self._source(relpath)
+        key = self.key(relpath, source)
         hit = self._read(key)
         if hit is not None:
             self.hits += 1
@@ -115,16 +123,16 @@ class CachedImages:
         self.misses += 1
         arr, orig = images.decode_resized(self.root / relpath, self.resolution)
         if self.writable:
-            self._write(key, relpath, st, arr, orig)
+            self._write(key, relpath, source, arr, orig)
         return arr, orig
 
-    def _write(self, key: str, relpath: str, st: os.stat_result, arr: np.ndarray, orig: tuple[int, int]) -> None:
+    def _write(self, key: str, relpath: str, source: tuple[int, str], arr: np.ndarray, orig: tuple[int, int]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / f"{key}.npy", lambda f: np.save(f, arr, allow_pickle=False))
         meta = {
             "source": Path(relpath).as_posix(),
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
+            "size": source[0],
+            "source_sha256": source[1],
             "resolution": self.resolution,
             "orig_size": list(orig),
             "shape": list(arr.shape),
@@ -183,6 +191,7 @@ def build_cache(
                 unit="image",
             )
         )
+    cache.digests.save()  # the next stage's hits then read no source file
     hits = sum(1 for _, hit in results if hit)
     cache.hits, cache.misses = h0 + hits, m0 + len(results) - hits
     current = {p: key for (key, _), p in zip(results, paths, strict=True)}
@@ -210,12 +219,12 @@ def build_cache(
 
 
 def _fill_one(cache: CachedImages, relpath: str) -> tuple[str, bool]:
-    st = cache._stat(relpath)
-    key = cache.key(relpath, st)
+    source = cache._source(relpath)
+    key = cache.key(relpath, source)
     if cache._read(key) is not None:
         return key, True
     arr, orig = images.decode_resized(cache.root / relpath, cache.resolution)
-    cache._write(key, relpath, st, arr, orig)
+    cache._write(key, relpath, source, arr, orig)
     return key, False
 
 
@@ -238,7 +247,6 @@ def _write_manifest(cache: CachedImages, current: dict[str, str]) -> None:
         "version": CACHE_VERSION,
         "dataset": cache.dataset_name,
         "resolution": cache.resolution,
-        "root": str(cache.root.resolve()),
         "entries": entries,
     }
     atomic_write_json(path, manifest, indent=1)

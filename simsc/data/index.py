@@ -13,8 +13,9 @@ written atomically (temporary file + rename) by the first loader that parses the
 
 * ``meta``: JSON with the format version (:data:`INDEX_VERSION`), the loader, split, root,
   threshold kind and out-of-image tolerance: anything that changes how the files are read;
-* ``deps`` and ``dep_stats``: every file the parse read (pair list, annotation files, images
-  whose header or existence was checked) with its size and mtime in ns;
+* ``deps``, ``dep_sizes`` and ``dep_sha256``: every file the parse read (pair list, annotation
+  files, images whose header or existence was checked), as a path relative to the dataset root,
+  with its size and the SHA-256 of its bytes;
 * ``key``: SHA-256 of the three above and of the stored columns. A load recomputes it from
   the files as they are now and from the columns it read; a different key (an edited, added or
   removed file, another format version or option, or an edit of the index itself) means
@@ -23,8 +24,12 @@ written atomically (temporary file + rename) by the first loader that parses the
 A file that is not a readable index (truncated, not a zip, a column missing) raises
 :class:`~simsc.data.annotations.DatasetFormatError` naming it.
 
-Like make and DVC, staleness is judged by size and mtime: an edit that keeps both (within the
-file system's mtime resolution) is not seen.
+The index holds nothing of the machine that wrote it (no absolute path, no mtime, zip entries
+dated 1980-01-01), so the same sources give the same bytes in any clone at any time: the
+``preprocess`` stage's output hash in ``dvc.lock`` does not depend on where or when it ran.
+Hashing every source on every load would cost seconds on SPair-71k, so :class:`SourceDigests`
+remembers each file's digest in a machine-local file (:data:`DIGESTS_FILE`, ignored by DVC)
+together with its size, mtime, ctime and inode; a file whose stat differs is read again.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
@@ -41,11 +46,18 @@ from typing import Any
 import numpy as np
 
 from simsc.data.annotations import DatasetFormatError, Issue, PairAnnotation, outside_image
-from simsc.io import atomic_write
+from simsc.io import atomic_write, atomic_write_json
 
 #: Bumped whenever the file layout or the parse semantics change: older files are stale.
 #: 2: the key covers the stored columns too (an edited column is stale, not data).
-INDEX_VERSION = 2
+#: 3: dependencies by path relative to the root and content digest (not mtime); fixed zip dates.
+INDEX_VERSION = 3
+
+#: Name of the machine-local digest memo beside a dataset's cache folders
+#: (``<cache_dir>/<dataset>/.source-digests.json``); .dvcignore keeps it out of the output hash.
+DIGESTS_FILE = ".source-digests.json"
+#: Date of every member of an index file: the current time would make each write differ.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 _STRINGS = ("pair_id", "category", "src_path", "trg_path", "source")
 _ARRAYS = ("row", "flip", "src_size", "trg_size", "trg_bbox", "offsets", "src_kps", "trg_kps", "valid")
@@ -225,24 +237,89 @@ def finalize_pairs(table: PairTable, threshold_kind: str) -> tuple[PairTable, li
 # -- the index file ------------------------------------------------------------------------------
 
 
-def stat_files(paths: Sequence[str]) -> np.ndarray | None:
-    """int64 ``[F, 2]`` of ``(size, mtime_ns)``, or None when a file is missing or unreadable."""
-    out = np.empty((len(paths), 2), dtype=np.int64)
+class SourceDigests:
+    """``(size, SHA-256)`` of source files, remembered across processes in a memo file.
+
+    The memo maps a file's absolute path to its ``(size, mtime_ns, ctime_ns, inode)`` and
+    digest. Those stat values are only a hint: when they still match, the stored digest is
+    reused, otherwise the file is read and hashed again (an edit changes the ctime even when the
+    mtime is restored). The memo is this machine's state and never part of any output; a
+    missing, unreadable or foreign memo costs one hashing pass, nothing else. Concurrent
+    writers (DataLoader workers, parallel stages) each replace it atomically: the last one
+    wins and what the others learnt is just hashed again later.
+    """
+
+    def __init__(self, store: str | os.PathLike | None) -> None:
+        self.store = None if store is None else Path(store)
+        self._memo: dict[str, list] | None = None
+        self._new: dict[str, list] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a DataLoader worker reloads the memo itself rather than receiving a copy of it
+        return {"store": self.store, "_memo": None, "_new": {}}
+
+    def _load(self) -> dict[str, list]:
+        memo: dict[str, list] = {}
+        if self.store is not None:
+            try:
+                got = json.loads(self.store.read_text())
+            except (OSError, ValueError):
+                got = None
+            if isinstance(got, dict) and got.get("version") == INDEX_VERSION and isinstance(got.get("files"), dict):
+                memo = got["files"]
+        return memo
+
+    def digest(self, path: str | os.PathLike) -> tuple[int, str]:
+        """``(size, sha256 hex)`` of the file's bytes now; OSError when it cannot be read."""
+        if self._memo is None:
+            self._memo = self._load()
+        st = os.stat(path)
+        where = os.path.abspath(path)
+        hint = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        known = self._memo.get(where)
+        if isinstance(known, list) and len(known) == 5 and known[:4] == hint and isinstance(known[4], str):
+            return st.st_size, known[4]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        sha = h.hexdigest()
+        self._memo[where] = self._new[where] = [*hint, sha]
+        return st.st_size, sha
+
+    def save(self) -> None:
+        """Merge what this process hashed into the memo file (best effort: it only saves time)."""
+        if self.store is None or not self._new:
+            return
+        merged = {**self._load(), **self._new}
+        try:
+            atomic_write_json(self.store, {"version": INDEX_VERSION, "files": merged})
+        except OSError:
+            return
+        self._new = {}
+
+
+def file_digests(paths: Iterable[str | os.PathLike], digests: SourceDigests) -> tuple[np.ndarray, np.ndarray] | None:
+    """int64 ``[F]`` sizes and uint8 ``[F, 32]`` SHA-256 digests of ``paths``; None when a
+    file is missing or unreadable."""
+    sizes, shas = [], []
     try:
-        for n, p in enumerate(paths):
-            st = os.stat(p)
-            out[n, 0], out[n, 1] = st.st_size, st.st_mtime_ns
+        for p in paths:
+            size, sha = digests.digest(p)
+            sizes.append(size)
+            shas.append(bytes.fromhex(sha))
     except OSError:
         return None
-    return out
+    return np.array(sizes, dtype=np.int64), np.frombuffer(b"".join(shas), dtype=np.uint8).reshape(-1, 32)
 
 
-def index_key(meta: dict[str, Any], deps: Sequence[str], stats: np.ndarray, content: str = "") -> str:
-    """SHA-256 over the options, the dependency list, the dependencies' sizes and mtimes and
-    the digest of the stored columns (:func:`content_digest`)."""
+def index_key(meta: dict[str, Any], deps: Sequence[str], sizes: np.ndarray, shas: np.ndarray, content: str = "") -> str:
+    """SHA-256 over the options, the dependency list (relative paths), the dependencies' sizes
+    and digests and the digest of the stored columns (:func:`content_digest`)."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     h.update(_SEP.join(deps).encode("utf-8", "surrogatepass"))
-    h.update(np.ascontiguousarray(stats, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(sizes, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(shas, dtype=np.uint8).tobytes())
     h.update(content.encode())
     return h.hexdigest()
 
@@ -258,6 +335,16 @@ def content_digest(columns: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _write_npz(f: Any, cols: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with a fixed member date and order, so equal columns give equal bytes."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in sorted(cols):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(cols[name]), allow_pickle=False)
+
+
 def save_index(
     path: str | Path,
     table: PairTable,
@@ -265,23 +352,25 @@ def save_index(
     invalid: Sequence[Issue],
     meta: dict[str, Any],
     deps: Sequence[str],
-    stats: np.ndarray,
+    dep_digests: tuple[np.ndarray, np.ndarray],
 ) -> str:
-    """Write the index atomically; returns its key."""
+    """Write the index atomically; returns its key. ``deps`` are relative to the dataset
+    root, ``dep_digests`` their sizes and SHA-256 (:func:`file_digests`)."""
     meta = {**meta, "version": INDEX_VERSION}
+    sizes, shas = dep_digests
     cols: dict[str, np.ndarray] = {f"a_{k}": np.asarray(v) for k, v in table.arrays.items()}
     cols.update({f"s_{k}": _join(v, k) for k, v in table.strings.items()})
     for name, issues in (("skipped", skipped), ("invalid", invalid)):
         cols[f"i_{name}_source"] = _join([i.source for i in issues], name)
         cols[f"i_{name}_message"] = _join([i.message for i in issues], name)
         cols[f"i_{name}_row"] = np.array([-1 if i.row is None else i.row for i in issues], dtype=np.int64)
-    key = index_key(meta, deps, stats, content_digest(cols))
+    key = index_key(meta, deps, sizes, shas, content_digest(cols))
     cols["deps"] = _join(list(deps), "deps")
-    cols["dep_stats"] = np.asarray(stats, dtype=np.int64).reshape(-1, 2)
+    cols["dep_sizes"] = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    cols["dep_sha256"] = np.asarray(shas, dtype=np.uint8).reshape(-1, 32)
     cols["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     cols["key"] = np.frombuffer(key.encode(), dtype=np.uint8)
-    # numpy's stub also types **kwds against savez's own allow_pickle flag
-    atomic_write(path, lambda f: np.savez(f, **cols))  # type: ignore[arg-type]
+    atomic_write(path, lambda f: _write_npz(f, cols))
     return key
 
 
@@ -292,10 +381,13 @@ def _corrupt(path: Path, why: Any) -> DatasetFormatError:
     )
 
 
-def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[Issue], list[Issue], str] | None:
-    """``(table, skipped, invalid, key)`` from a fresh index at ``path``; None when there is
-    none or it is stale (another version / option, or a dependency changed or vanished);
-    :class:`DatasetFormatError` naming the file when it is corrupt."""
+def load_index(
+    path: str | Path, meta: dict[str, Any], root: str | Path, digests: SourceDigests
+) -> tuple[PairTable, list[Issue], list[Issue], str] | None:
+    """``(table, skipped, invalid, key)`` from a fresh index at ``path`` of the dataset at
+    ``root``; None when there is none or it is stale (another version / option, or a
+    dependency changed or vanished); :class:`DatasetFormatError` naming the file when it is
+    corrupt."""
     path = Path(path)
     try:
         z = np.load(path, allow_pickle=False)
@@ -308,9 +400,10 @@ def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[
             stored_meta = json.loads(z["meta"].tobytes())
             if stored_meta.get("version") != INDEX_VERSION or stored_meta != {**meta, "version": INDEX_VERSION}:
                 return None
-            stats = z["dep_stats"]
-            deps = _split(z["deps"], len(stats))
-            now = stat_files(deps)
+            n_deps = len(z["dep_sizes"])
+            deps = _split(z["deps"], n_deps)
+            now = file_digests((Path(root, d) for d in deps), digests)
+            digests.save()
             key = z["key"].tobytes().decode()
             if now is None:
                 return None
@@ -319,7 +412,7 @@ def load_index(path: str | Path, meta: dict[str, Any]) -> tuple[PairTable, list[
             if missing:
                 raise KeyError(missing[0])
             data = {name: z[name] for name in z.files if name[:2] in ("a_", "s_", "i_")}
-            if index_key(stored_meta, deps, now, content_digest(data)) != key:
+            if index_key(stored_meta, deps, *now, content_digest(data)) != key:
                 return None  # a source changed, or the index itself was edited: parse again
             arrays = {k: z[f"a_{k}"] for k in _ARRAYS}
             n = len(arrays["offsets"]) - 1

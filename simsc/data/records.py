@@ -21,6 +21,7 @@ annotations are used as stored (no 1-based -> 0-based shift), as every peer does
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -51,7 +52,15 @@ from simsc.data.annotations import (  # noqa: F401 - re-exported: the names' his
 )
 from simsc.data.cache import CachedImages
 from simsc.data.images import DirectImages
-from simsc.data.index import PairTable, finalize_pairs, load_index, save_index, stat_files
+from simsc.data.index import (
+    DIGESTS_FILE,
+    PairTable,
+    SourceDigests,
+    file_digests,
+    finalize_pairs,
+    load_index,
+    save_index,
+)
 from simsc.io import unwritable
 from simsc.pck import theta_bbox, theta_img, theta_kps
 
@@ -315,7 +324,8 @@ class PairDataset(Dataset):
         if self.cache_dir is not None:
             self.index_path = self.cache_dir / self.name / "index" / f"{self.split}.npz"
             existed = self.index_path.exists()
-            got = load_index(self.index_path, meta)
+            digests = SourceDigests(self.cache_dir / self.name / DIGESTS_FILE)
+            got = load_index(self.index_path, meta, self.root, digests)
             if got is not None:
                 self.pairs, self.skipped, self.invalid_keypoints, self.index_key = got
                 self.index_state = "loaded"
@@ -333,12 +343,15 @@ class PairDataset(Dataset):
             raise DatasetFormatError(f"{listing}: split {self.split!r} has no usable pair")
         self.pairs = table
         if self.index_path is not None and self._cache_writable():
-            stats = stat_files(deps)
             try:
-                if stats is None:
+                got_digests = file_digests(deps, digests)
+                digests.save()
+                if got_digests is None:
                     raise OSError(f"a file of the split vanished while it was read: {deps[:3]}...")
+                # relative to the root: the index must not depend on where the data lies
+                rel = [Path(os.path.relpath(d, self.root)).as_posix() for d in deps]
                 self.index_key = save_index(
-                    self.index_path, table, self.skipped, self.invalid_keypoints, meta, deps, stats
+                    self.index_path, table, self.skipped, self.invalid_keypoints, meta, rel, got_digests
                 )
             except (OSError, ValueError) as e:
                 # The index only saves time: a run with a read-only cache still works.
