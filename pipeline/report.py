@@ -396,7 +396,8 @@ def build_report(
         rows.append(ours)
         if any(base[2:]):
             rows.append(base)
-        rows.append([f"paper: {paper}" if paper else "paper", res] + paper_row)
+        if any(v != "-" for v in paper_row):  # no number: said once in the notes, not as a row of dashes
+            rows.append([f"paper: {paper}" if paper else "paper", res] + paper_row)
 
     def md_table(head, body):
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -381,6 +381,8 @@ def test_report_leads_with_this_runs_numbers_and_compares_it_in_mlflow(stage_run
     what_ran = "**What ran:** backbone resnet18, randomly initialised, fine-tuned: all; temperature mlp; 3 training"
     assert what_ran in md
     assert md.count("**PCK@alpha** (percentage of correct keypoints): ") == 1
+    # the embedded set has no paper number: said once in the notes, no row of dashes
+    assert "| paper |" not in md and "no paper number for this configuration (the embedded set" in md
     page = (cwd / "reports/report.html").read_text()
     head = page.split("<body>")[0]
     assert "<style>" in head and "http" not in head.replace("http-equiv", "")  # nothing fetched
