@@ -194,6 +194,7 @@ def test_max_epochs_sees_epochs_set_by_bundles(tmp_path, base_file):
         ({"max_concurrent_trials": 0}, r"max_concurrent_trials: expected an integer >= 1"),
         ({"name": "a/b"}, r"name: expected a non-empty string"),
         ({"serach": {}}, r"unknown key 'serach'"),
+        ({"search": {}}, r"search: no key to search; a sweep needs at least one"),
         ({"root": "/elsewhere"}, r"unknown key 'root'"),
         ({"base": ["missing.yaml"]}, r"base file not found: .*missing\.yaml"),
         ({"tracking": {"experimnt": "x"}}, r"tracking: unknown key 'experimnt'"),
