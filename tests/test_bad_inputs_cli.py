@@ -307,3 +307,22 @@ def test_bad_input_cli(name: str, tmp_path: Path) -> None:
     assert changed_outside(before, after, c.may_change) == [], detail
     if c.check is not None:
         c.check(folder, proc)
+
+
+def test_an_empty_read_only_cache_folder_works(tmp_path: Path) -> None:
+    """docs/data.md: a read-only cache works. An empty one, on a file system mounted read-only
+    (permission bits do not stop root; a read-only mount does): one warning, the result."""
+    spair(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        argv = [sys.executable, *SIMSC, *EVAL_SPAIR, "--cache-dir", "ro"]
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert "ro/spair: cache folder not writable (Read-only file system)" in done.stderr
+    assert "error" not in done.stderr.lower() and "PCK@0.1" in done.stdout

@@ -211,3 +211,33 @@ def test_the_preprocess_stage_output_is_the_same_bytes_in_another_clone(tmp_path
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime back
     fresh = SPairDataset("data", "test", 32, cache_dir="cache")
     assert fresh.images.key(rel) != before
+
+
+@pytest.mark.slow
+def test_two_preprocess_runs_on_one_cache_both_succeed(root, tmp_path):
+    """Two processes filling one cache at once (two DVC stages, two users): both finish, and the
+    cache then serves every image (a concurrent run's cleanup once deleted the other's temporary
+    mid-write). Three rounds, a fresh cache each."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from simsc.data.spair import SPairDataset; from simsc.data.cache import build_cache; "
+        "build_cache(SPairDataset(sys.argv[1], 'test', 64, cache_dir=sys.argv[2]), show_progress=False)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    for i in range(3):
+        cache = tmp_path / f"c{i}"
+        runs = [
+            subprocess.Popen([sys.executable, "-c", code, str(root), str(cache)], env=env, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        for run in runs:
+            _, err = run.communicate(timeout=300)
+            assert run.returncode == 0, err.decode()
+        ds = SPairDataset(root, "test", 64, cache_dir=cache)
+        out = build_cache(ds, show_progress=False)
+        assert out["hits"] == out["images"] == len(ds.image_paths())
+        assert not list((cache / "spair" / "64").glob("*.tmp"))
