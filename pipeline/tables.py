@@ -434,8 +434,6 @@ def _search_all(client: Any, experiment_id: str, filter_string: str = "") -> lis
 def _set_meta(client: Any, run_id: str) -> dict[str, dict[str, Any]]:
     """``{set: row}`` of the run's ``results/pck_table.json`` (data set, split, resolution),
     or ``{}`` when the run has none."""
-    # one small file per run: MLflow's progress bar would print a line per run on stderr
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run_id, "results/pck_table.json", tmp)

@@ -69,6 +69,10 @@ def quiet_mlflow_logging() -> None:
     """Raise MLflow's bookkeeping loggers to WARNING: a clean run prints nothing from MLflow."""
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Artifact downloads (logging a model validates its input example through one; fetching a
+    # registered model; the tables' small files) draw a tqdm bar per file into logs; a user's
+    # own setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow's SQL store (the default sqlite:///mlflow.db) uses a SQLAlchemy option SQLAlchemy
     # deprecates: MLflow's to fix, nothing a user of this project can act on.
     warnings.filterwarnings(
