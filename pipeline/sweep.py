@@ -382,8 +382,9 @@ def run_sweep(
     check_embedded_roots(spec)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True, configure_logging=False)
-    if resume and tune.Tuner.can_restore(exp_path):
-        _refuse_completed_without_results(exp_path)  # before the sweep is marked running again
+    restore = exp_path if resume and tune.Tuner.can_restore(exp_path) else None
+    if restore is not None:
+        _refuse_completed_without_results(restore)  # before the sweep is marked running again
     use_tracking = spec.tracking.get("enabled", True) if tracking is None else tracking
     state = state or {
         "name": spec.name,
@@ -427,12 +428,8 @@ def run_sweep(
         max_failures=spec.max_failures,
         keep_checkpoints=spec.keep_checkpoints,
     )
-    restore = None
-    if resume:
-        if tune.Tuner.can_restore(exp_path):
-            restore = exp_path
-        else:
-            print(f"sweep: no Ray experiment state at {exp_path} yet: starting the trials", file=sys.stderr)
+    if resume and restore is None:
+        print(f"sweep: no Ray experiment state at {exp_path} yet: starting the trials", file=sys.stderr)
     tuner = _build_tuner(spec, storage, context, restore)
     t0 = time.perf_counter()
     try:

@@ -226,6 +226,8 @@ class MlflowCallback(Callback):
                 TrackingWarning,
                 stacklevel=2,
             )
+        if self.best is not None and self.best.is_file():
+            extra["best_sha256"] = file_sha256(self.best)  # read once: the state and the model's tag
         if self.run_id and self.log_model and summary.get("status") == "finished" and self.best is not None:
             version = self.ml.call(
                 "the best checkpoint (model + registration)",
@@ -235,11 +237,10 @@ class MlflowCallback(Callback):
                 self.best,
                 self.registered_model,
                 self.cfg,
+                extra.get("best_sha256"),
             )
             if version is not None:
                 extra["model_version"] = version
-        if self.best is not None and self.best.is_file():
-            extra["best_sha256"] = file_sha256(self.best)
         if self.run_id:
             self.ml.call(
                 "run status",

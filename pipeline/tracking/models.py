@@ -93,11 +93,17 @@ def link_best_metrics(client: Any, run_id: str, model_id: str, epoch: int) -> in
 
 
 def log_checkpoint_model(
-    client: Any, run_id: str, checkpoint: Path, registered_model: str | None, cfg: Mapping[str, Any]
+    client: Any,
+    run_id: str,
+    checkpoint: Path,
+    registered_model: str | None,
+    cfg: Mapping[str, Any],
+    sha256: str | None = None,
 ) -> str | None:
     """Log ``checkpoint`` as a pyfunc model of the run (once: the checkpoint is the model's
     artifact; signature, input example, pinned requirements, ``simsc`` shipped as code) and
-    register it; returns the version (``None`` without ``registered_model``)."""
+    register it; returns the version (``None`` without ``registered_model``). ``sha256``: the
+    checkpoint's digest when the caller has it already (else it is computed)."""
     mlflow_module()
     import mlflow.pyfunc  # binds mlflow, with its pyfunc flavour loaded
 
@@ -109,7 +115,11 @@ def log_checkpoint_model(
     from .. import mlflow_model
 
     best_epoch = (load_checkpoint(checkpoint).get("best") or {}).get("epoch")
-    tags = {"git_revision": git_revision(), "params_hash": params_hash(cfg), DIGEST_TAG: file_sha256(checkpoint)}
+    tags = {
+        "git_revision": git_revision(),
+        "params_hash": params_hash(cfg),
+        DIGEST_TAG: sha256 or file_sha256(checkpoint),
+    }
     with fluent_uri(client.tracking_uri):
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
