@@ -7,7 +7,7 @@
 
 A parameter set describes one whole experiment as its differences from the schema's defaults
 (:mod:`simsc.defaults`, :mod:`simsc.config`); it may build on other files through a
-``defaults:`` list (:func:`simsc.io.read_overlay`). Applying it:
+``defaults:`` list (:func:`simsc.config.read_overlay`). Applying it:
 
 - replaces the engine sections of ``params.yaml`` (model, data, train, eval) by the set's, so
   nothing of the previous experiment (e.g. the CPU-sized default run) leaks into the new one;
@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simsc.config import SECTIONS, compose, load_config
+from simsc.config import SECTIONS, compose, load_config, merge_mappings, read_overlay
 from simsc.data.registry import DATASETS
-from simsc.io import atomic_write_bytes, merge_mappings, read_overlay, read_yaml_mapping
+from simsc.io import atomic_write_bytes, read_yaml_mapping
 
 #: Dotted keys whose mapping is replaced whole instead of merged.
 REPLACED = frozenset({"evaluate.sets"})

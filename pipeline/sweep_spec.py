@@ -4,7 +4,7 @@ A spec (see ``configs/sweeps/*.yaml``)::
 
     name: lr_beta1                     # the sweep's name (Ray experiment, MLflow parent run)
     description: supplement Tab. 1 ...
-    base: [params.yaml]                # overlay files composed in order (simsc.io.read_overlay)
+    base: [params.yaml]                # overlay files composed in order (simsc.config.read_overlay)
     set:                               # fixed dotted overrides on top of base
       train.epochs: 4
     search:                            # the search space
@@ -63,11 +63,13 @@ from simsc.config import (
     compose_data,
     engine_sections,
     load_config,
+    merge_mappings,
     parse_override,
+    read_overlay,
     set_dotted,
     yaml_number,
 )
-from simsc.io import merge_mappings, read_overlay, read_yaml_mapping
+from simsc.io import read_yaml_mapping
 
 from .paramset import REPLACED, merge
 
@@ -259,7 +261,7 @@ def _read_with_profile(path: Path, profile: str | None) -> tuple[dict[str, Any],
 
 
 def base_params(base: Any, root: Path, where: str) -> dict[str, Any]:
-    """The spec's ``base`` files composed in order (each through :func:`simsc.io.read_overlay`,
+    """The spec's ``base`` files composed in order (each through :func:`simsc.config.read_overlay`,
     so a base file's own ``defaults:`` list is honoured), on top of the schema's defaults."""
     if isinstance(base, str):
         base = [base]
@@ -417,7 +419,7 @@ PROFILE_MERGED = ("set", "search", "tracking", "scheduler", "resources")
 
 
 def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """A profile over its spec: :func:`simsc.io.merge_mappings` (the one merge rule) told what
+    """A profile over its spec: :func:`simsc.config.merge_mappings` (the one merge rule) told what
     is replaced whole (see :data:`PROFILE_MERGED`)."""
     replace = {k for k in over if k not in PROFILE_MERGED}
     replace |= {f"{k}.{name}" for k in PROFILE_MERGED if isinstance(over.get(k), Mapping) for name in over[k]}

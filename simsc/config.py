@@ -28,7 +28,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from .choices import (
     REG_OVER_IMAGES,
     parse_temperature,
 )
-from .io import merge_mappings, read_overlay, yaml_load
+from .io import read_yaml_mapping, yaml_load
 from .progress import PROGRESS_MODES
 
 
@@ -245,9 +245,69 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike | None = 
     return cfg
 
 
+def merge_mappings(
+    base: Mapping[str, Any], over: Mapping[str, Any], *, replace: Collection[str] = (), _prefix: str = ""
+) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``: mappings merge key by key, everything else
+    (lists, scalars, and mappings at the dotted keys in ``replace``) replaces the base value."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        dotted = f"{_prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and dotted not in replace:
+            out[key] = merge_mappings(out[key], value, replace=replace, _prefix=dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+#: The key of an overlay file that lists the files it builds on.
+DEFAULTS_KEY = "defaults"
+
+
+def read_overlay(
+    path: str | os.PathLike,
+    *,
+    what: str = "YAML file",
+    contents: str = "a mapping",
+    error: Callable[[str], Exception] = ValueError,
+    replace: Collection[str] = (),
+    _chain: tuple[Path, ...] = (),
+) -> dict[str, Any]:
+    """An overlay file composed with the files it builds on.
+
+    An overlay may start with ``defaults: [a.yaml, b.yaml]`` (paths relative to the overlay):
+    those are read first (recursively), merged in order with :func:`merge_mappings`, and the
+    overlay's own keys are merged last. This is the project's one way of composing settings:
+    paper configs, sweep profiles' ``base`` lists and ``simsc train --config`` all use it.
+    """
+    p = Path(path)
+    if p.resolve() in _chain:
+        cycle = " -> ".join(str(c) for c in (*_chain, p.resolve()))
+        raise error(f"{what} {p}: {DEFAULTS_KEY} form a cycle: {cycle}")
+    data = read_yaml_mapping(p, what=what, contents=contents, error=error)
+    parents = data.pop(DEFAULTS_KEY, None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(x, str) and x for x in parents):
+        raise error(f"{what} {p}: {DEFAULTS_KEY}: expected a list of YAML file paths, got {parents!r}")
+    out: dict[str, Any] = {}
+    for parent in parents:
+        parent_path = Path(parent) if Path(parent).is_absolute() else p.parent / parent
+        layer = read_overlay(
+            parent_path,
+            what=f"{p}: {DEFAULTS_KEY} file",
+            contents=contents,
+            error=error,
+            replace=replace,
+            _chain=(*_chain, p.resolve()),
+        )
+        out = merge_mappings(out, layer, replace=replace)
+    return merge_mappings(out, data, replace=replace)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A config file as a mapping, composed with the files its ``defaults:`` list names
-    (:func:`simsc.io.read_overlay`); :class:`ConfigError` naming the file when it cannot be read."""
+    (:func:`read_overlay`); :class:`ConfigError` naming the file when it cannot be read."""
     return read_overlay(
         path, what="config file", contents="a mapping of sections (model, data, train, eval)", error=ConfigError
     )
@@ -623,7 +683,7 @@ def compose_data(
     train``, the DVC stages, sweep trials, experiments, ``paramset``):
 
     ``base`` (a params mapping; its engine sections) <- ``files`` in order (each with its
-    ``defaults:`` list, merged by :func:`simsc.io.merge_mappings`) <- ``overrides`` (``key=value``
+    ``defaults:`` list, merged by :func:`merge_mappings`) <- ``overrides`` (``key=value``
     strings checked against the schema, or a mapping of dotted keys) <- ``out_dir`` (a path as
     typed, never parsed as YAML); relative paths made absolute against ``root`` when given;
     the engine sections as a mapping (:func:`compose` loads it)."""

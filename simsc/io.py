@@ -8,7 +8,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -231,65 +231,3 @@ def read_yaml_mapping(
     if not isinstance(data, dict):
         raise error(f"{what} {p}: expected {contents}, got {type(data).__name__}")
     return data
-
-
-def merge_mappings(
-    base: Mapping[str, Any], over: Mapping[str, Any], *, replace: Collection[str] = (), _prefix: str = ""
-) -> dict[str, Any]:
-    """Deep-merge ``over`` into a copy of ``base``: mappings merge key by key, everything else
-    (lists, scalars, and mappings at the dotted keys in ``replace``) replaces the base value."""
-    import copy
-
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        dotted = f"{_prefix}{key}"
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and dotted not in replace:
-            out[key] = merge_mappings(out[key], value, replace=replace, _prefix=dotted + ".")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-#: The key of an overlay file that lists the files it builds on.
-DEFAULTS_KEY = "defaults"
-
-
-def read_overlay(
-    path: str | os.PathLike,
-    *,
-    what: str = "YAML file",
-    contents: str = "a mapping",
-    error: Callable[[str], Exception] = ValueError,
-    replace: Collection[str] = (),
-    _chain: tuple[Path, ...] = (),
-) -> dict[str, Any]:
-    """An overlay file composed with the files it builds on.
-
-    An overlay may start with ``defaults: [a.yaml, b.yaml]`` (paths relative to the overlay):
-    those are read first (recursively), merged in order with :func:`merge_mappings`, and the
-    overlay's own keys are merged last. This is the project's one way of composing settings:
-    paper configs, sweep profiles' ``base`` lists and ``simsc train --config`` all use it.
-    """
-    p = Path(path)
-    if p.resolve() in _chain:
-        cycle = " -> ".join(str(c) for c in (*_chain, p.resolve()))
-        raise error(f"{what} {p}: {DEFAULTS_KEY} form a cycle: {cycle}")
-    data = read_yaml_mapping(p, what=what, contents=contents, error=error)
-    parents = data.pop(DEFAULTS_KEY, None) or []
-    if isinstance(parents, str):
-        parents = [parents]
-    if not isinstance(parents, list) or not all(isinstance(x, str) and x for x in parents):
-        raise error(f"{what} {p}: {DEFAULTS_KEY}: expected a list of YAML file paths, got {parents!r}")
-    out: dict[str, Any] = {}
-    for parent in parents:
-        parent_path = Path(parent) if Path(parent).is_absolute() else p.parent / parent
-        layer = read_overlay(
-            parent_path,
-            what=f"{p}: {DEFAULTS_KEY} file",
-            contents=contents,
-            error=error,
-            replace=replace,
-            _chain=(*_chain, p.resolve()),
-        )
-        out = merge_mappings(out, layer, replace=replace)
-    return merge_mappings(out, data, replace=replace)

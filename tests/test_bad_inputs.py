@@ -270,12 +270,20 @@ Builder = Callable[[Path], "contextlib.AbstractContextManager[Case]"]
 CASES: dict[str, Builder] = {}
 
 
-def case(name: str):
-    def register(fn):
-        CASES[name] = contextlib.contextmanager(fn)
-        return fn
+def case_decorator(cases: dict[str, Builder]) -> Callable[[str], Callable]:
+    """``@case(name)`` that adds a builder (a generator yielding its :class:`Case`) to ``cases``."""
 
-    return register
+    def case(name: str) -> Callable:
+        def register(fn):
+            cases[name] = contextlib.contextmanager(fn)
+            return fn
+
+        return register
+
+    return case
+
+
+case = case_decorator(CASES)
 
 
 # -- failure 1: annotation paths outside the data root
@@ -962,12 +970,13 @@ def _(d: Path):
 # ----------------------------------------------------------------------------- the table test
 
 
-@pytest.mark.slow  # one subprocess a case (about 2 s each): `make test`, not `make test-fast`
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name: str, tmp_path: Path) -> None:
+def check_case(build: Builder, tmp_path: Path) -> None:
+    """Run one case in a fresh folder: its exit status; on failure one ``error:`` line holding
+    every needle (on success the needles anywhere in the output); no traceback unless asked
+    for; nothing changed outside what the command may write; no temporary left behind."""
     folder = tmp_path / "case"
     folder.mkdir()
-    with CASES[name](folder) as c:
+    with build(folder) as c:
         before = snapshot(folder)
         proc = run_case(c, folder)
         after = snapshot(folder)
@@ -989,6 +998,12 @@ def test_bad_input(name: str, tmp_path: Path) -> None:
     ], after
     if c.check is not None:
         c.check(folder, proc)
+
+
+@pytest.mark.slow  # one subprocess a case (about 2 s each): `make test`, not `make test-fast`
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name: str, tmp_path: Path) -> None:
+    check_case(CASES[name], tmp_path)
 
 
 # ----------------------------------------------------------------------------- library cases

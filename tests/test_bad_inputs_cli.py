@@ -8,11 +8,9 @@ changed outside what the command may write).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,12 +19,11 @@ from tests.test_bad_inputs import (
     EVAL_SPAIR,
     SIMSC,
     TRAIN_SPAIR,
+    Builder,
     Case,
-    changed_outside,
-    error_lines,
-    run_case,
+    case_decorator,
+    check_case,
     simsc_checkpoint,
-    snapshot,
     spair,
     two_images,
 )
@@ -34,16 +31,8 @@ from tests.test_bad_inputs import (
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 
-Builder = Callable[[Path], "contextlib.AbstractContextManager[Case]"]
 CASES: dict[str, Builder] = {}
-
-
-def case(name: str):
-    def register(fn):
-        CASES[name] = contextlib.contextmanager(fn)
-        return fn
-
-    return register
+case = case_decorator(CASES)
 
 
 EVAL_CKPT = ["evaluate", "--checkpoint", "c.pt", "--no-progress", "--device", "cpu"]
@@ -287,42 +276,4 @@ def _(d: Path):
 @pytest.mark.slow  # one subprocess a case (a few seconds each)
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_cli(name: str, tmp_path: Path) -> None:
-    folder = tmp_path / "case"
-    folder.mkdir()
-    with CASES[name](folder) as c:
-        before = snapshot(folder)
-        proc = run_case(c, folder)
-        after = snapshot(folder)
-    detail = f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
-    assert proc.returncode == c.rc, detail
-    if c.rc != 0:
-        lines = error_lines(proc.stderr)
-        assert len(lines) == 1, detail
-        for needle in c.needles:
-            assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    else:
-        for needle in c.needles:
-            assert needle in proc.stdout + proc.stderr, detail
-    assert "Traceback" not in proc.stderr, detail
-    assert changed_outside(before, after, c.may_change) == [], detail
-    if c.check is not None:
-        c.check(folder, proc)
-
-
-def test_an_empty_read_only_cache_folder_works(tmp_path: Path) -> None:
-    """docs/data.md: a read-only cache works. An empty one, on a file system mounted read-only
-    (permission bits do not stop root; a read-only mount does): one warning, the result."""
-    spair(tmp_path)
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        argv = [sys.executable, *SIMSC, *EVAL_SPAIR, "--cache-dir", "ro"]
-        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
-    assert done.returncode == 0, done.stderr
-    assert "ro/spair: cache folder not writable (Read-only file system)" in done.stderr
-    assert "error" not in done.stderr.lower() and "PCK@0.1" in done.stdout
+    check_case(CASES[name], tmp_path)

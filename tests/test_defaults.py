@@ -22,8 +22,8 @@ import yaml
 from pipeline.paramset import REPLACED, apply_set
 from pipeline.paramset import effective as engine_effective
 from pipeline.sweep_spec import load_sweep_spec
-from simsc.config import SECTIONS, engine_sections, load_config
-from simsc.io import merge_mappings, read_overlay, read_yaml_mapping
+from simsc.config import SECTIONS, engine_sections, load_config, merge_mappings, read_overlay
+from simsc.io import read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = read_yaml_mapping(REPO / "params.yaml")

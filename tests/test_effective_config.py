@@ -39,8 +39,8 @@ def effective_configs() -> dict[str, Any]:
     from pipeline import paramset, sweep_spec
     from pipeline.stage_train import engine_config
     from simsc.commands.train import train_config
-    from simsc.config import load_config
-    from simsc.io import read_overlay, read_yaml_mapping
+    from simsc.config import load_config, read_overlay
+    from simsc.io import read_yaml_mapping
 
     out: dict[str, Any] = {}
     params = read_yaml_mapping(REPO / "params.yaml", what="params file")

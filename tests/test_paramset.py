@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.paramset import REPLACED, apply_set, changes, check, keep_declared, main, merge
-from simsc.config import load_config
-from simsc.io import read_overlay, yaml_load
+from simsc.config import load_config, read_overlay
+from simsc.io import yaml_load
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMSETS = sorted((ROOT / "configs" / "paper").glob("*.yaml"))

@@ -109,10 +109,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The files a run writes in its folder (:mod:`simsc.engine.trainer`).
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
-
-
 def _refuse_overwriting_inputs(args: argparse.Namespace, cfg) -> None:
     """A fresh run writes its outputs over whatever is there: refuse, before any work, a
     ``--config`` or a ``model.pretrained`` checkpoint that is one of them (e.g. ``--config
@@ -120,6 +116,7 @@ def _refuse_overwriting_inputs(args: argparse.Namespace, cfg) -> None:
     its own ``config.yaml`` is a fine input."""
     from pathlib import Path
 
+    from ..engine.run_folder import RUN_OUTPUTS
     from ..io import refuse_overwriting_inputs
     from . import local_file
 

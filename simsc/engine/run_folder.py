@@ -36,6 +36,10 @@ class RunFolderBusyError(RunFolderError):
 #: by the kernel when the process ends, however it ends (no stale locks after SIGKILL).
 RUN_LOCK = ".simsc-run.lock"
 
+#: The files a run writes, relative to its folder (the layout above): the fresh-folder rule,
+#: the stale-temporaries sweep and ``simsc train``'s refusal to overwrite its inputs read this.
+RUN_OUTPUTS = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "summary.json", "config.yaml")
+
 
 #: Descriptors of the run locks this process holds (see :func:`_drop_inherited_locks`).
 _HELD_LOCK_FDS: set[int] = set()
@@ -110,12 +114,8 @@ class RunFolder:
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
-        self.ckpt_dir = self.out_dir / "checkpoints"
-        self.last_path = self.ckpt_dir / "last.pt"
-        self.best_path = self.ckpt_dir / "best.pt"
-        self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.summary_path = self.out_dir / "summary.json"
-        self.config_path = self.out_dir / "config.yaml"
+        self.last_path, self.best_path, self.metrics_path, self.summary_path, self.config_path = self.outputs()
+        self.ckpt_dir = self.last_path.parent
         self._lock = RunLock(self.out_dir)
         self._log: IO[str] | None = None
 
@@ -140,12 +140,13 @@ class RunFolder:
             self._log = None
         self._lock.release()
 
-    def _outputs(self) -> list[Path]:
-        return [self.last_path, self.best_path, self.metrics_path, self.summary_path, self.config_path]
+    def outputs(self) -> list[Path]:
+        """The paths of :data:`RUN_OUTPUTS` in this folder."""
+        return [self.out_dir / name for name in RUN_OUTPUTS]
 
     def _check_fresh(self, overwrite: bool) -> None:
         """Refuse to start over a folder with outputs of an earlier run unless ``overwrite``."""
-        existing = [p for p in self._outputs() if p.exists()]
+        existing = [p for p in self.outputs() if p.exists()]
         if not existing or overwrite:
             return
         names = ", ".join(str(p.relative_to(self.out_dir)) for p in existing)
@@ -168,10 +169,9 @@ class RunFolder:
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of an earlier run that was killed mid-write (``.last.pt.*.tmp``):
         nobody else writes here while this process holds the folder's lock."""
-        for folder in (self.out_dir, self.ckpt_dir):
-            for name in ("last.pt", "best.pt", "summary.json", "config.yaml"):
-                for tmp in folder.glob(f".{name}.*.tmp") if folder.is_dir() else ():
-                    tmp.unlink(missing_ok=True)
+        for path in self.outputs():
+            for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+                tmp.unlink(missing_ok=True)
 
     def start_log(self, offset: int | None) -> None:
         """Open ``metrics.jsonl``: new (``offset`` None), or kept up to a checkpoint's offset
