@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 
 from .errors import ArgumentParser, add_debug_flag, run_main
 
-# Each subcommand module exposes ``add_parser(subparsers) -> None`` and sets
-# ``func`` on its parser; the list is the single place where commands are registered.
+# Each subcommand module (named as its command) declares HELP, DESCRIPTION and EPILOG,
+# ``add_arguments(parser)`` and ``run(args) -> exit status``; the list is the single place
+# where commands are registered.
 _COMMANDS: list[str] = [
     "simsc.commands.download",
     "simsc.commands.train",
@@ -31,7 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for mod_name in _COMMANDS:
-        importlib.import_module(mod_name).add_parser(sub)
+        command = importlib.import_module(mod_name)
+        p = sub.add_parser(
+            mod_name.rsplit(".", 1)[1],
+            help=command.HELP,
+            description=command.DESCRIPTION,
+            epilog=command.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # epilogs are example lines
+        )
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     for choice in sub.choices.values():
         add_debug_flag(choice, sub=True)
     return parser

@@ -1,6 +1,7 @@
 """``simsc`` subcommands (train, evaluate, match): thin argparse wrappers over the library.
 
-Each module exposes ``add_parser(subparsers)``. Errors follow :mod:`simsc.errors`: user
+Each module declares its parser (``HELP``, ``DESCRIPTION``, ``EPILOG``, ``add_arguments``)
+and ``run(args)`` for :mod:`simsc.cli`. Errors follow :mod:`simsc.errors`: user
 errors (bad config or flag, missing / malformed file, read-only or full disk, missing
 device) are printed as one line ``simsc <command>: error: ...`` and exit with status 2; a
 diverged training run exits with 1; tracebacks only with ``--debug``.
@@ -48,11 +49,18 @@ def add_overrides_flag(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
-def add_model_source(p: argparse.ArgumentParser, required: bool = True):
-    """``--checkpoint C`` or ``--backbone NAME [--pretrained [P]]`` (no fine-tuning, fixed:1).
-    Returns the mutually exclusive group (a command may add another source to it)."""
-    g = p.add_mutually_exclusive_group(required=required)
+def add_model_source(p: argparse.ArgumentParser) -> None:
+    """One of ``--checkpoint C``, ``--model URI`` (a registered model) or ``--backbone NAME
+    [--pretrained [P]]`` (no fine-tuning, fixed:1), and the ``--seed``/``--device`` they use."""
+    g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--checkpoint", metavar="PATH", help="a simsc checkpoint (runs/<name>/checkpoints/best.pt)")
+    g.add_argument(
+        "--model",
+        metavar="URI",
+        help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
+        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
+        "scheme (MLflow's comes with the pipeline extra)",
+    )
     g.add_argument(
         "--backbone",
         metavar="NAME",
@@ -72,18 +80,6 @@ def add_model_source(p: argparse.ArgumentParser, required: bool = True):
         "--seed", type=int, default=D.SEED, help=f"seed of a randomly initialised --backbone (default: {D.SEED})"
     )
     p.add_argument("--device", default=D.DEVICE, help=f"auto (CUDA if available), cpu, cuda[:N] (default: {D.DEVICE})")
-    return g
-
-
-def add_model_uri(g) -> None:
-    """``--model URI`` in a model-source group: a registered model instead of ``--checkpoint``."""
-    g.add_argument(
-        "--model",
-        metavar="URI",
-        help="a registered model (models:/<name>/<version>, models:/<name>@champion, "
-        "runs:/<id>/model): its checkpoint is downloaded by the resolver of the URI's "
-        "scheme (MLflow's comes with the pipeline extra)",
-    )
 
 
 def fetch_registered(uri: str) -> str:
@@ -111,14 +107,23 @@ def local_file(path: str | None) -> str | None:
     return path if path and os.path.isfile(path) else None
 
 
+def model_files(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The local files :func:`add_model_source`'s flags read, as ``(flag, path)`` for
+    :func:`simsc.io.refuse_overwriting_inputs` (an output must not replace them)."""
+    return [("--checkpoint", args.checkpoint), ("--pretrained", local_file(args.pretrained))]
+
+
 def load_model_from_args(args: argparse.Namespace):
-    """``(model, config or None)`` from :func:`add_model_source`'s flags."""
+    """``(model, config or None)`` from :func:`add_model_source`'s flags (a ``--model`` URI is
+    fetched first: its checkpoint then loads like ``--checkpoint``)."""
     import torch
 
     from ..engine.checkpoint import load_model
     from ..engine.runtime import resolve_device
     from ..model import SimSC
 
+    if getattr(args, "model", None):
+        args.checkpoint = fetch_registered(args.model)
     device = resolve_device(args.device, "--device")
     if args.checkpoint:
         if args.pretrained is not None:

@@ -16,7 +16,7 @@ from ..data.download.common import (
 )
 from ..data.sources import DATASET_SOURCES, MIRROR_ENV, resolve_url
 
-_EPILOG = f"""\
+EPILOG = f"""\
 files under DIR:
   <folder>/                  the data set, created atomically (pf-pascal, pf-willow, spair-71k)
   <folder>/{MARKER_NAME}  completion marker: a second run does no network work
@@ -42,7 +42,7 @@ def _list(names: list[str], root: Path, mirror: str | None) -> None:
             )
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..errors import run_main
 
     # A download that cannot be completed is something the user fixes (network, mirror,
@@ -86,18 +86,17 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    """Register ``simsc download`` on the ``subparsers`` object of the main parser."""
-    p = sub.add_parser(
-        "download",
-        help="download, verify (SHA-256) and install a data set",
-        description="Download, verify and install PF-Pascal, PF-Willow or SPair-71k under --root.\n"
-        "Downloads resume after an interruption and are retried with backoff; every file\n"
-        "is checked against the SHA-256 in the lock file; archives are extracted safely\n"
-        "and atomically. Running it again once installed does nothing.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "download, verify (SHA-256) and install a data set"
+DESCRIPTION = (
+    "Download, verify and install PF-Pascal, PF-Willow or SPair-71k under --root.\n"
+    "Downloads resume after an interruption and are retried with backoff; every file\n"
+    "is checked against the SHA-256 in the lock file; archives are extracted safely\n"
+    "and atomically. Running it again once installed does nothing."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``simsc download``."""
     p.add_argument("dataset", choices=[*DATASET_SOURCES, "all"], help="data set to install")
     p.add_argument("--root", default="data", metavar="DIR", help="data root (default: %(default)s)")
     p.add_argument(
@@ -132,4 +131,3 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="print each file's URL and destination, download nothing")
-    p.set_defaults(func=_run)

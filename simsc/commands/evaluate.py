@@ -9,17 +9,9 @@ from typing import Any
 
 from .. import defaults as D
 from ..io import atomic_write_json, refuse_overwriting_inputs
-from . import (
-    add_model_source,
-    add_model_uri,
-    fetch_registered,
-    load_model_from_args,
-    local_file,
-    positive_int,
-    user_errors,
-)
+from . import add_model_source, load_model_from_args, model_files, positive_int, user_errors
 
-_EPILOG = """\
+EPILOG = """\
 examples:
   simsc evaluate --checkpoint runs/default/checkpoints/best.pt --dataset embedded --root data/embedded \\
       --out reports/default_test.json
@@ -35,15 +27,13 @@ Per-pair predictions go to --predictions (default: OUT with .predictions.jsonl).
 """
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="PCK of a checkpoint or an un-fine-tuned backbone",
-        description="Evaluate a model with PCK (per image, per keypoint, per category), or sweep beta_eval.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_model_uri(add_model_source(p))
+HELP = "PCK of a checkpoint or an un-fine-tuned backbone"
+DESCRIPTION = "Evaluate a model with PCK (per image, per keypoint, per category), or sweep beta_eval."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``simsc evaluate``."""
+    add_model_source(p)
     p.add_argument("--dataset", help="pfpascal, pfwillow, spair or embedded (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
     p.add_argument("--split", default=None, help="split to evaluate (default: test)")
@@ -89,7 +79,6 @@ def add_parser(sub) -> None:
         help="no progress output; the result line is still printed (default: a bar on a terminal, "
         "else a plain line every 20 s)",
     )
-    p.set_defaults(func=_run)
 
 
 def _parse_betas(text: str) -> list[float]:
@@ -104,7 +93,7 @@ def _parse_betas(text: str) -> list[float]:
 
 
 @user_errors("evaluate")
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..config import EvalConfig
     from ..evaluate import beta_sweep, checkpoint_resolution, eval_dataset, evaluate_to_files, sweep_betas
 
@@ -113,11 +102,9 @@ def _run(args: argparse.Namespace) -> int:
     # Before any work: a report written over its own checkpoint (--out c.pt) or over the
     # predictions would replace that file.
     refuse_overwriting_inputs(
-        [("--checkpoint", args.checkpoint), ("--pretrained", local_file(args.pretrained))],
+        model_files(args),
         [("--out", out), ("--predictions", None if args.beta_sweep is not None else preds)],
     )
-    if getattr(args, "model", None):
-        args.checkpoint = fetch_registered(args.model)
     model, cfg = load_model_from_args(args)
     ev = cfg.eval if cfg is not None else EvalConfig()
     dataset_name = args.dataset or (cfg.data.dataset if cfg is not None else None)

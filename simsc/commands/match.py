@@ -8,15 +8,7 @@ import math
 
 from .. import defaults as D
 from ..io import refuse_overwriting_inputs
-from . import (
-    add_model_source,
-    add_model_uri,
-    fetch_registered,
-    load_model_from_args,
-    local_file,
-    positive_int,
-    user_errors,
-)
+from . import add_model_source, load_model_from_args, model_files, positive_int, user_errors
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -29,23 +21,25 @@ def _point(text: str) -> tuple[float, float]:
     return x, y
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "match",
-        help="draw predicted correspondences between two images",
-        description="Predict where points of IMG_A land in IMG_B and draw both images side by side "
-        "with a coloured line per correspondence (PNG).",
-        epilog="example:\n  simsc match cat1.jpg cat2.jpg --checkpoint runs/default/checkpoints/best.pt "
-        "--points 120,80 200,150 --out match.png\n"
-        "  simsc match cat1.jpg cat2.jpg --model models:/simsc-default@champion --out match.png"
-        "\n\nWithout --points a GRID x GRID grid of interior "
-        "source points is used. Points are x,y in source-image pixels (0-based, pixel centres).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "draw predicted correspondences between two images"
+DESCRIPTION = (
+    "Predict where points of IMG_A land in IMG_B and draw both images side by side "
+    "with a coloured line per correspondence (PNG)."
+)
+EPILOG = (
+    "example:\n  simsc match cat1.jpg cat2.jpg --checkpoint runs/default/checkpoints/best.pt "
+    "--points 120,80 200,150 --out match.png\n"
+    "  simsc match cat1.jpg cat2.jpg --model models:/simsc-default@champion --out match.png"
+    "\n\nWithout --points a GRID x GRID grid of interior "
+    "source points is used. Points are x,y in source-image pixels (0-based, pixel centres)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``simsc match``."""
     p.add_argument("img_a", metavar="IMG_A", help="source image")
     p.add_argument("img_b", metavar="IMG_B", help="target image")
-    g = add_model_source(p)
-    add_model_uri(g)
+    add_model_source(p)
     p.add_argument("--points", nargs="+", type=_point, metavar="X,Y", help="query points on IMG_A")
     p.add_argument("--grid", type=positive_int, default=5, help="grid size when no --points are given (default: 5)")
     p.add_argument(
@@ -62,11 +56,10 @@ def add_parser(sub) -> None:
         help="scale both images to this height in the picture (pixels, >= 1)",
     )
     p.add_argument("--out", required=True, metavar="PNG", help="output picture")
-    p.set_defaults(func=_run)
 
 
 @user_errors("match")
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..data.records import parse_resolution
     from ..evaluate import checkpoint_resolution
     from ..visualize import save_match_picture
@@ -85,13 +78,10 @@ def _run(args: argparse.Namespace) -> int:
         [
             ("IMG_A", args.img_a),
             ("IMG_B", args.img_b),
-            ("--checkpoint", args.checkpoint),
-            ("--pretrained", local_file(args.pretrained)),
+            *model_files(args),
         ],
         [("--out", args.out)],
     )
-    if getattr(args, "model", None):
-        args.checkpoint = fetch_registered(args.model)
     model, cfg = load_model_from_args(args)
     if args.resolution is None:
         args.resolution = str(checkpoint_resolution(cfg)) if cfg is not None else str(D.RESOLUTION)

@@ -13,7 +13,7 @@ from . import add_overrides_flag, user_errors
 if TYPE_CHECKING:
     from ..config import Config
 
-_EPILOG = """\
+EPILOG = """\
 examples:
   simsc train --config params.yaml                   # the default run (its engine sections)
   simsc train --config params.yaml --set train.max_steps=100 --set model.temperature=single \\
@@ -36,14 +36,12 @@ naming the file, key or flag), 3 internal error; --debug prints tracebacks.
 """
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a SimSC model from a YAML config",
-        description="Train a SimSC model (backbone + temperature module) as a YAML config describes.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "train a SimSC model from a YAML config"
+DESCRIPTION = "Train a SimSC model (backbone + temperature module) as a YAML config describes."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``simsc train``."""
     p.add_argument(
         "--config",
         metavar="YAML",
@@ -73,7 +71,6 @@ def add_parser(sub) -> None:
         help="no progress output (sets train.progress=off; the default, auto, draws a bar on a terminal "
         "and prints a plain line every train.progress_every_s seconds otherwise)",
     )
-    p.set_defaults(func=_run)
 
 
 def train_config(files: Sequence[str], overrides: Sequence[str], out: str | None = None) -> tuple[Config, list[str]]:
@@ -87,7 +84,7 @@ def train_config(files: Sequence[str], overrides: Sequence[str], out: str | None
 
 
 @user_errors("train")
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..engine.runtime import resolve_device
     from ..engine.trainer import train
 
