@@ -28,27 +28,15 @@ from simsc.engine import (
     restore_rng_state,
 )
 from simsc.engine.toy import ToyTranslationPairs
+from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(out_dir, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
-        "data": {"batch_size": 2, "resolution": 64},
-        "train": {
-            "epochs": 3,
-            "lr_backbone": 1e-3,
-            "out_dir": str(out_dir),
-            "progress": False,
-            "val_max_pairs": 2,
-            "checkpoint_every_steps": 3,
-            "num_threads": 1,
-            "device": "cpu",
-        },
-    }
-    cfg["train"].update(train)
-    return cfg
+    """The tests' tiny run, whole network trained, batch 2, 3 epochs, a checkpoint every 3 steps."""
+    train = {"epochs": 3, "lr_backbone": 1e-3, "checkpoint_every_steps": 3, "num_threads": 1, **train}
+    return tiny.tiny_config(out_dir, model={"finetune": "all"}, data={"batch_size": 2}, **train)
 
 
 def datasets():

@@ -13,16 +13,11 @@ from simsc.engine.toy import ToyTranslationPairs
 from simsc.loss import gaussian_target, simsc_loss
 from simsc.matching import l2_normalize, query_score_maps
 from simsc.soft_argmax import kernel_soft_argmax
+from tests import tiny
 
 
 def _cfg(out_dir, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
-        "data": {"batch_size": 4, "resolution": 64},
-        "train": {"epochs": 1, "out_dir": str(out_dir), "progress": False, "val_max_pairs": 2, "device": "cpu"},
-    }
-    cfg["train"].update(train)
-    return cfg
+    return tiny.tiny_config(out_dir, **train)
 
 
 def test_channels_last_option_parses_and_defaults_off():

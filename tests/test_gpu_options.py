@@ -10,6 +10,7 @@ import torch
 from simsc.config import ConfigError, load_config
 from simsc.engine import HistoryCallback, Trainer
 from simsc.engine.toy import ToyTranslationPairs
+from tests import tiny
 
 # Stated tolerances on the per-step losses of a 4-step toy run against float32:
 # bf16 keeps 8 mantissa bits (~3 significant digits) in the backbone and the score einsum;
@@ -18,13 +19,7 @@ AMP_RTOL = {"bf16": 5e-3, "fp16": 1e-3}
 
 
 def _cfg(out_dir, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
-        "data": {"batch_size": 4, "resolution": 64},
-        "train": {"epochs": 2, "out_dir": str(out_dir), "progress": "off", "val_max_pairs": 2, "device": "cpu"},
-    }
-    cfg["train"].update(train)
-    return cfg
+    return tiny.tiny_config(out_dir, **{"epochs": 2, **train})
 
 
 def _data():

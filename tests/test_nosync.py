@@ -19,6 +19,7 @@ from simsc.engine.toy import ToyTranslationPairs
 from simsc.evaluate import predict_batch
 from simsc.loss import simsc_loss
 from simsc.model import SimSC, check_batch
+from tests import tiny
 from tests.sync_guard import HostSyncError, no_host_sync, optimizer_host_tensors
 
 
@@ -166,20 +167,7 @@ def test_matching_head_step_makes_no_host_read(head):
 
 
 def _cfg(out_dir, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
-        "data": {"batch_size": 4, "resolution": 64},
-        "train": {
-            "epochs": 1,
-            "out_dir": str(out_dir),
-            "progress": "off",
-            "val_max_pairs": 2,
-            "device": "cpu",
-            "log_grad_stats": True,
-        },
-    }
-    cfg["train"].update(train)
-    return cfg
+    return tiny.tiny_config(out_dir, **{"log_grad_stats": True, **train})
 
 
 def _datasets(n_train=12):

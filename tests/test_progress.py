@@ -14,6 +14,7 @@ from simsc.config import load_config
 from simsc.engine import Trainer
 from simsc.engine.toy import ToyTranslationPairs
 from simsc.progress import Progress, resolve_mode
+from tests import tiny
 
 TRAIN_LINE = re.compile(
     r"^train: step (\d+)/6 \(\d+%\), epoch \d, loss [\d.]+, beta_eff [\d.e-]+, "
@@ -58,13 +59,7 @@ def test_log_lines_have_step_total_values_rate_and_eta():
 
 
 def _cfg(out_dir, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "last_block", "temperature": "mlp"},
-        "data": {"batch_size": 4, "resolution": 64},
-        "train": {"epochs": 2, "out_dir": str(out_dir), "val_max_pairs": 2, "device": "cpu", "progress_every_s": 0},
-    }
-    cfg["train"].update(train)
-    return cfg
+    return tiny.tiny_config(out_dir, **{"epochs": 2, "progress": "auto", "progress_every_s": 0, **train})
 
 
 def _fit(out_dir, **train):

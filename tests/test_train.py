@@ -12,23 +12,12 @@ from simsc.config import load_config
 from simsc.engine import Callback, HistoryCallback, Trainer, param_groups, train
 from simsc.engine.records import STEP_FIELDS, STEP_REQUIRED
 from simsc.engine.toy import ToyTranslationPairs
+from tests import tiny
 
 
 def tiny_config(out_dir, **train):
-    cfg = {
-        "model": {"backbone": "resnet18", "pretrained": False, "finetune": "all", "temperature": "mlp"},
-        "data": {"batch_size": 4, "resolution": 64},
-        "train": {
-            "epochs": 2,
-            "lr_backbone": 1e-3,
-            "out_dir": str(out_dir),
-            "progress": False,
-            "val_max_pairs": 2,
-            "device": "cpu",
-        },
-    }
-    cfg["train"].update(train)
-    return cfg
+    """The tests' tiny run, whole network trained for 2 epochs."""
+    return tiny.tiny_config(out_dir, model={"finetune": "all"}, **{"epochs": 2, "lr_backbone": 1e-3, **train})
 
 
 def datasets(n_train=8, n_val=4, size=64):
