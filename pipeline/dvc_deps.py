@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from simsc._lazy import lazy_homes
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("simsc", "pipeline")
 MARKER = re.compile(r"^(?P<indent>\s*)# code: the import closure of (?P<module>\S+)\.py\b.*$")
@@ -48,14 +50,14 @@ def module_name(path: Path, repo: Path = REPO) -> str:
 
 
 def lazy_names(package: str, repo: Path = REPO) -> dict[str, str]:
-    """A package's ``_LAZY`` table (name -> submodule it is imported from on first use, PEP 562)."""
+    """A package's lazy names: name -> the submodule it is imported from on first use (PEP 562),
+    from its ``_LAZY`` table (submodule -> names)."""
     f = module_file(package, repo)
     if f is None or f.name != "__init__.py":
         return {}
     for node in ast.parse(f.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
-            table = ast.literal_eval(node.value)
-            return dict(table)
+            return lazy_homes(ast.literal_eval(node.value))
     return {}
 
 

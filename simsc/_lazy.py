@@ -1,32 +1,45 @@
 """Lazy package attributes (PEP 562), shared by the packages of simsc.
 
-Each package keeps a ``_LAZY`` table (name -> the submodule that defines it) and gets its
-module-level ``__getattr__`` / ``__dir__`` from :func:`lazy_attributes`, so that importing one
-submodule does not run the whole package: each DVC stage's dependencies are the modules it
-really imports (``pipeline/dvc_deps.py`` reads the tables).
+Each package keeps a ``_LAZY`` table (submodule -> the names it defines) and gets its
+module-level ``__getattr__`` / ``__dir__`` / ``__all__`` from :func:`lazy_attributes`, so that
+importing one submodule does not run the whole package: each DVC stage's dependencies are the
+modules it really imports (``pipeline/dvc_deps.py`` reads the tables).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
+def lazy_homes(table: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """``name -> submodule`` of a ``_LAZY`` table (``submodule -> names``); a name listed
+    under two submodules is a ValueError."""
+    homes: dict[str, str] = {}
+    for module, names in table.items():
+        for name in names:
+            if homes.setdefault(name, module) != module:
+                raise ValueError(f"lazy name {name!r} listed under both {homes[name]!r} and {module!r}")
+    return homes
+
+
 def lazy_attributes(
-    package: str, table: Mapping[str, str], namespace: dict[str, Any]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: a name of ``table`` is imported from its
-    submodule on first use and cached in the package's ``namespace``."""
+    package: str, table: Mapping[str, Iterable[str]], namespace: dict[str, Any]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``(__getattr__, __dir__, __all__)`` for ``package``: a name of ``table`` is imported from
+    its submodule on first use and cached in the package's ``namespace``; ``__all__`` is
+    every name of the table, sorted."""
+    homes = lazy_homes(table)
 
     def __getattr__(name: str) -> Any:
-        if name in table:
-            value = getattr(importlib.import_module(f".{table[name]}", package), name)
+        if name in homes:
+            value = getattr(importlib.import_module(f".{homes[name]}", package), name)
             namespace[name] = value
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(table))
+        return sorted(set(namespace) | set(homes))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(homes)

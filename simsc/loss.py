@@ -205,6 +205,15 @@ def temperature_regularizer(beta: torch.Tensor, beta_thres: float = D.BETA_THRES
     return torch.clamp(math.log(beta_thres) - torch.log(beta), min=0.0)
 
 
+def check_loss_forms(ce_interpolation: str, reg_over_images: str) -> None:
+    """ValueError unless ``ce_interpolation`` is in :data:`CE_INTERPOLATIONS` and
+    ``reg_over_images`` in :data:`REG_OVER_IMAGES`."""
+    if ce_interpolation not in CE_INTERPOLATIONS:
+        raise ValueError(f"ce_interpolation must be one of {sorted(CE_INTERPOLATIONS)}, got {ce_interpolation!r}")
+    if reg_over_images not in REG_OVER_IMAGES:
+        raise ValueError(f"reg_over_images must be one of {REG_OVER_IMAGES}, got {reg_over_images!r}")
+
+
 def simsc_loss(
     scores: torch.Tensor,
     uv_b: torch.Tensor,
@@ -229,10 +238,7 @@ def simsc_loss(
     ``check=False`` skips the value checks that read tensors on the host (no valid keypoint,
     ``beta <= 0``): the training step's fast path, whose batch was checked on the CPU.
     """
-    if ce_interpolation not in CE_INTERPOLATIONS:
-        raise ValueError(f"ce_interpolation must be one of {sorted(CE_INTERPOLATIONS)}, got {ce_interpolation!r}")
-    if reg_over_images not in REG_OVER_IMAGES:
-        raise ValueError(f"reg_over_images must be one of {REG_OVER_IMAGES}, got {reg_over_images!r}")
+    check_loss_forms(ce_interpolation, reg_over_images)
     ce = CE_INTERPOLATIONS[ce_interpolation](scores, uv_b, valid, ns, nk, check)
     reg = ce.new_zeros(())
     if beta_a is not None and beta_b is not None:

@@ -19,7 +19,7 @@ from torch import nn
 from . import defaults as D
 from .backbones import Backbone, build_backbone
 from .coords import CELL_CENTRES, feature_to_image, image_to_feature, keypoint_mask, patch_centre_origin
-from .loss import CE_INTERPOLATIONS, REG_OVER_IMAGES, simsc_loss
+from .loss import check_loss_forms, simsc_loss
 from .matching import normalize_and_scale, query_score_maps
 from .soft_argmax import kernel_soft_argmax
 from .temperature import Temperature, build_temperature, effective_temperature
@@ -137,10 +137,7 @@ class SimSC(nn.Module):
             sigma = self.head.default_sigma if self.head is not None else D.SIGMA
         self.ns, self.nk, self.sigma = ns, nk, float(sigma)
         self.gamma, self.beta_thres = gamma, beta_thres
-        if ce_interpolation not in CE_INTERPOLATIONS:
-            raise ValueError(f"ce_interpolation must be one of {sorted(CE_INTERPOLATIONS)}, got {ce_interpolation!r}")
-        if reg_over_images not in REG_OVER_IMAGES:
-            raise ValueError(f"reg_over_images must be one of {REG_OVER_IMAGES}, got {reg_over_images!r}")
+        check_loss_forms(ce_interpolation, reg_over_images)
         self.ce_interpolation, self.reg_over_images = ce_interpolation, reg_over_images
         self.cell_centre = cell_centre
 

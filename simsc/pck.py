@@ -72,9 +72,8 @@ def pck_per_image(
     valid: torch.Tensor | None = None,
 ) -> dict[float, torch.Tensor]:
     """Per-pair PCK ``[B]`` for each alpha (valid keypoints only)."""
-    pred, gt, valid, thr = _prepare(pred, gt, threshold, valid)
-    n = valid.sum(dim=-1).clamp_min(1)
-    return {a: (correct_keypoints(pred, gt, thr, a) & valid).sum(dim=-1).float() / n for a in alphas}
+    hits, n = _hits(pred, gt, threshold, alphas, valid)
+    return {a: h.float() / n for a, h in hits.items()}
 
 
 def pck(
@@ -95,17 +94,25 @@ def pck(
         average: ``"image"`` (PCK per pair, then mean over pairs: the convention of the
             paper's tables) or ``"keypoint"`` (all valid keypoints pooled).
     """
+    hits, n = _hits(pred, gt, threshold, alphas, valid)
+    if average == "image":
+        return {a: float((h.float() / n).mean()) for a, h in hits.items()}
+    if average == "keypoint":
+        return {a: float(h.sum().float() / n.sum()) for a, h in hits.items()}
+    raise ValueError(f"pck: average must be 'image' or 'keypoint', got {average!r}")
+
+
+def _hits(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    threshold: torch.Tensor | float,
+    alphas: Iterable[float],
+    valid: torch.Tensor | None,
+) -> tuple[dict[float, torch.Tensor], torch.Tensor]:
+    """The checked inputs' correct valid keypoints per pair ``{alpha: [B]}`` and valid
+    keypoints per pair ``[B]`` (counts; every pair has one, :func:`_prepare` checks)."""
     pred, gt, valid, thr = _prepare(pred, gt, threshold, valid)
-    out: dict[float, float] = {}
-    for a in alphas:
-        hit = correct_keypoints(pred, gt, thr, a) & valid
-        if average == "image":
-            out[a] = float((hit.sum(-1).float() / valid.sum(-1)).mean())
-        elif average == "keypoint":
-            out[a] = float(hit.sum().float() / valid.sum())
-        else:
-            raise ValueError(f"pck: average must be 'image' or 'keypoint', got {average!r}")
-    return out
+    return {a: (correct_keypoints(pred, gt, thr, a) & valid).sum(-1) for a in alphas}, valid.sum(-1)
 
 
 def _prepare(pred, gt, threshold, valid):
@@ -152,12 +159,12 @@ class PCKAccumulator:
         valid: torch.Tensor | None = None,
         categories: Iterable[str] | None = None,
     ) -> None:
-        pred, gt, valid, thr = _prepare(pred, gt, threshold, valid)
-        cats = list(categories) if categories is not None else ["all"] * pred.shape[0]
-        if len(cats) != pred.shape[0]:
-            raise ValueError(f"got {len(cats)} categories for {pred.shape[0]} pairs")
-        hits = {a: (correct_keypoints(pred, gt, thr, a) & valid).sum(-1).tolist() for a in self.alphas}
-        n = valid.sum(-1).tolist()
+        counts, valid_n = _hits(pred, gt, threshold, self.alphas, valid)
+        n = valid_n.tolist()
+        cats = list(categories) if categories is not None else ["all"] * len(n)
+        if len(cats) != len(n):
+            raise ValueError(f"got {len(cats)} categories for {len(n)} pairs")
+        hits = {a: h.tolist() for a, h in counts.items()}
         for b, cat in enumerate(cats):
             self._pairs.append((cat, {a: hits[a][b] for a in self.alphas}, n[b]))
 

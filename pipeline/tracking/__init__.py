@@ -16,21 +16,12 @@ as ``pipeline.tracking.NAME`` for callers outside it, imported on first use (PEP
 from simsc._lazy import lazy_attributes
 
 _LAZY = {
-    "SafeMlflow": "client",
-    "TrackingWarning": "client",
-    "describe_run": "runs",
-    "git_revision": "runs",
-    "run_page_url": "runs",
-    "MlflowCallback": "callback",
-    "fetch_checkpoint": "models",
-    "log_checkpoint_model": "models",
-    "load_reports": "results",
-    "log_report": "results",
-    "log_results": "results",
-    "pck_table": "results",
-    "ChampionWarning": "champion",
-    "champion_rule": "champion",
-    "promote_champion": "champion",
+    "client": ("SafeMlflow", "TrackingWarning"),
+    "runs": ("describe_run", "git_revision", "run_page_url"),
+    "callback": ("MlflowCallback",),
+    "models": ("fetch_checkpoint", "log_checkpoint_model"),
+    "results": ("load_reports", "log_report", "log_results", "pck_table"),
+    "champion": ("ChampionWarning", "champion_rule", "promote_champion"),
 }
 
-__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, _LAZY, globals())

@@ -55,7 +55,6 @@ PAIR_FILES: dict[str, tuple[str, ...]] = {
     "val": ("val_pairs.csv",),
     "test": ("test_pairs.csv",),
 }
-_ALIASES = {"train": "trn", "training": "trn", "validation": "val", "eval": "test"}
 IMAGE_DIR = "PF-dataset-PASCAL"
 
 
@@ -64,6 +63,9 @@ class PFPascalDataset(PairDataset):
 
     name = "pfpascal"
     threshold_kind = "img"
+    title = "PF-Pascal"
+    splits = tuple(sorted(PAIR_FILES))
+    split_aliases = {"train": "trn", "training": "trn", "validation": "val", "eval": "test"}
 
     def __init__(
         self,
@@ -73,9 +75,6 @@ class PFPascalDataset(PairDataset):
         cache_dir: str | Path | None = None,
         pairs_dir: str | Path | None = None,
     ) -> None:
-        split = _ALIASES.get(split, split)
-        if split not in PAIR_FILES:
-            raise ValueError(f"PF-Pascal split must be one of {sorted(PAIR_FILES)}, got {split!r}")
         super().__init__(root, split, resolution, cache_dir)
         self.pairs_dir = Path(pairs_dir) if pairs_dir is not None else self.root
         self.pairs_file = self._find_list()

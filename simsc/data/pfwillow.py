@@ -47,6 +47,8 @@ class PFWillowDataset(PairDataset):
 
     name = "pfwillow"
     threshold_kind = "kps"
+    title = "PF-Willow"
+    splits = ("test",)
 
     def __init__(
         self,
@@ -56,8 +58,6 @@ class PFWillowDataset(PairDataset):
         cache_dir: str | Path | None = None,
         csv_path: str | Path | None = None,
     ) -> None:
-        if split != "test":
-            raise ValueError(f"PF-Willow only has a 'test' split, got {split!r}")
         super().__init__(root, split, resolution, cache_dir)
         self.pairs_file = Path(csv_path) if csv_path is not None else self._find_csv()
         self._sizes: dict[str, tuple[int, int]] = {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -229,11 +229,16 @@ class PairDataset(Dataset):
     ``"built"`` (no index yet) or ``"rebuilt"`` (the index was stale).
 
     Subclasses implement ``_parse()`` (the annotations, in listing order) and
-    ``_dependencies()`` (every file that parse read) and call :meth:`_load_pairs`.
+    ``_dependencies()`` (every file that parse read) and call :meth:`_load_pairs`; they name
+    their ``splits`` (and the ``split_aliases`` also accepted), which the constructor checks.
     """
 
     name: str = "pairs"
     threshold_kind: str = "img"
+    #: the data set as errors name it, its splits (empty: any) and other names for them
+    title: str = "pairs"
+    splits: tuple[str, ...] = ()
+    split_aliases: Mapping[str, str] = {}
 
     def __init__(
         self,
@@ -242,6 +247,11 @@ class PairDataset(Dataset):
         resolution: Resolution | str = D.RESOLUTION,
         cache_dir: str | Path | None = None,
     ) -> None:
+        split = self.split_aliases.get(split, split)
+        if self.splits and split not in self.splits:
+            if len(self.splits) == 1:
+                raise ValueError(f"{self.title} only has a {self.splits[0]!r} split, got {split!r}")
+            raise ValueError(f"{self.title} split must be one of {list(self.splits)}, got {split!r}")
         self.root = Path(root)
         self.split = split
         self.resolution: Resolution = parse_resolution(resolution)

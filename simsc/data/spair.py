@@ -45,9 +45,6 @@ from simsc.data.records import (
     read_text_lines,
 )
 
-SPLITS = ("trn", "val", "test")
-_ALIASES = {"train": "trn", "training": "trn", "validation": "val"}
-
 
 class SPairDataset(PairDataset):
     """SPair-71k pairs; ``name`` sets the registry / cache name (``"embedded"`` for the
@@ -55,6 +52,9 @@ class SPairDataset(PairDataset):
 
     name = "spair"
     threshold_kind = "bbox"
+    title = "SPair-71k"
+    splits = ("trn", "val", "test")
+    split_aliases = {"train": "trn", "training": "trn", "validation": "val"}
 
     def __init__(
         self,
@@ -64,13 +64,10 @@ class SPairDataset(PairDataset):
         cache_dir: str | Path | None = None,
         name: str | None = None,
     ) -> None:
-        split = _ALIASES.get(split, split)
-        if split not in SPLITS:
-            raise ValueError(f"SPair-71k split must be one of {list(SPLITS)}, got {split!r}")
         if name is not None:
             self.name = name
         super().__init__(root, split, resolution, cache_dir)
-        self.pairs_file = self.root / "Layout" / "large" / f"{split}.txt"
+        self.pairs_file = self.root / "Layout" / "large" / f"{self.split}.txt"
         self._json_files: list[str] = []
         self._image_files: list[str] = []
         self._load_pairs(self.pairs_file)

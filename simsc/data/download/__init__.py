@@ -39,52 +39,29 @@ files -> an installed folder); the command line is :mod:`simsc.commands.download
 
 from ..._lazy import lazy_attributes
 
-# name -> the submodule that defines it, imported on first use (PEP 562): ``simsc download
+# submodule -> the names it defines, each imported on first use (PEP 562): ``simsc download
 # --help`` needs only the constants of .common, not HTTP, TLS and archive modules.
 _LAZY = {
-    "CHUNK": "common",
-    "DEFAULT_BACKOFF": "common",
-    "DEFAULT_RETRIES": "common",
-    "DEFAULT_TIMEOUT": "common",
-    "DOWNLOADS_DIR": "common",
-    "LOCK_NAME": "common",
-    "MARKER_NAME": "common",
-    "MAX_DELAY": "common",
-    "TMP_PREFIX": "common",
-    "USER_AGENT": "common",
-    "ChecksumError": "common",
-    "DownloadError": "common",
-    "UnsafeArchiveError": "common",
-    "read_lock": "common",
-    "sha256_file": "common",
-    "FetchResult": "http_fetch",
-    "fetch": "http_fetch",
-    "check_archive": "archives",
-    "extract_archive": "archives",
-    "download_dataset": "install",
+    "common": (
+        "CHUNK",
+        "DEFAULT_BACKOFF",
+        "DEFAULT_RETRIES",
+        "DEFAULT_TIMEOUT",
+        "DOWNLOADS_DIR",
+        "LOCK_NAME",
+        "MARKER_NAME",
+        "MAX_DELAY",
+        "TMP_PREFIX",
+        "USER_AGENT",
+        "ChecksumError",
+        "DownloadError",
+        "UnsafeArchiveError",
+        "read_lock",
+        "sha256_file",
+    ),
+    "http_fetch": ("FetchResult", "fetch"),
+    "archives": ("check_archive", "extract_archive"),
+    "install": ("download_dataset",),
 }
 
-__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
-
-__all__ = [
-    "CHUNK",
-    "ChecksumError",
-    "DEFAULT_BACKOFF",
-    "DEFAULT_RETRIES",
-    "DEFAULT_TIMEOUT",
-    "DOWNLOADS_DIR",
-    "DownloadError",
-    "FetchResult",
-    "LOCK_NAME",
-    "MARKER_NAME",
-    "MAX_DELAY",
-    "TMP_PREFIX",
-    "USER_AGENT",
-    "UnsafeArchiveError",
-    "check_archive",
-    "download_dataset",
-    "extract_archive",
-    "fetch",
-    "read_lock",
-    "sha256_file",
-]
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, _LAZY, globals())
