@@ -9,6 +9,8 @@ modules it really imports (``pipeline/dvc_deps.py`` reads the tables).
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,4 +44,23 @@ def lazy_attributes(
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(homes))
 
+    _keep_exports_over_submodules(package, {name for name, module in homes.items() if name == module})
     return __getattr__, __dir__, sorted(homes)
+
+
+def _keep_exports_over_submodules(package: str, names: set[str]) -> None:
+    """A name exported from the submodule of the same name (``simsc.pck`` -> ``pck``) stays
+    the export: importing a submodule makes the import system bind it on its package, which
+    would turn ``from simsc import pck`` into the module once any code imported ``simsc.pck``
+    first. ``from simsc.pck import ...`` reads ``sys.modules`` and is unaffected."""
+    if not names:
+        return
+    module = sys.modules[package]
+
+    class LazyPackage(type(module)):  # type: ignore[misc]
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in names and isinstance(value, types.ModuleType) and value.__name__ == f"{package}.{name}":
+                value = getattr(value, name)
+            super().__setattr__(name, value)
+
+    module.__class__ = LazyPackage
