@@ -187,3 +187,20 @@ def test_validation_beta_eval(tmp_path, val_beta_eval, expected):
 def test_validation_beta_eval_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match=r"train\.val_beta_eval: must be a finite number > 0"):
         load_config(tiny_config(tmp_path, val_beta_eval=0))
+
+
+def test_read_to_host_returns_every_group_in_one_promoted_transfer():
+    """The step values of several steps come back as their own groups, names and values,
+    in the dtype they promote to (a bool flag beside float losses reads as 1.0 / 0.0)."""
+    from simsc.engine.runtime import read_to_host
+
+    groups = [
+        {"loss": torch.tensor(1.5), "beta_a": torch.tensor([[0.25, 0.5]]), "ok": torch.tensor(True)},
+        {"loss": torch.tensor(2.5, dtype=torch.float64), "beta_a": torch.tensor([0.75]), "ok": torch.tensor(False)},
+    ]
+    host = read_to_host(groups)
+    assert [list(h) for h in host] == [["loss", "beta_a", "ok"]] * 2
+    assert host[0]["beta_a"].tolist() == [0.25, 0.5] and host[1]["beta_a"].tolist() == [0.75]
+    assert [h["loss"].item() for h in host] == [1.5, 2.5] and [bool(h["ok"]) for h in host] == [True, False]
+    assert {h["loss"].dtype for h in host} == {torch.float64}
+    assert read_to_host([]) == []

@@ -4,10 +4,16 @@ temperatures, and where the last good checkpoint is."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..errors import DivergedError
+
+if TYPE_CHECKING:
+    from ..model import SimSC
 
 
 class TrainingDivergedError(DivergedError):
@@ -32,6 +38,19 @@ class TrainingDivergedError(DivergedError):
             f"training diverged at step {step} (epoch {epoch}): {reason}; loss = {loss:.6g}, "
             f"beta_a = {_fmt_betas(self.beta_a)}, beta_b = {_fmt_betas(self.beta_b)}; {where}"
         )
+
+
+def batch_temperatures(model: SimSC, batch: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    """The temperatures the model gives a batch's source and target images, for the
+    message of a divergence found before the step's own were read (``[]`` when the forward
+    fails: the diagnosis must not mask the divergence)."""
+    try:
+        with torch.no_grad():
+            beta_a = model.temperature(model.backbone(batch["src_img"])).tolist()
+            beta_b = model.temperature(model.backbone(batch["trg_img"])).tolist()
+    except Exception:  # noqa: BLE001
+        return [], []
+    return beta_a, beta_b
 
 
 def _fmt_betas(values: Sequence[float]) -> str:

@@ -78,6 +78,21 @@ def step_record(fields: Mapping[str, Any]) -> StepRecord:
     return {k: fields[k] for k in STEP_FIELDS if k in fields}  # type: ignore[return-value]
 
 
+def step_record_from_values(fields: Mapping[str, Any], values: Mapping[str, torch.Tensor]) -> StepRecord:
+    """A step's record from its host ``fields`` (type, step, epoch, batch, learning rates) and
+    the values the step left on the device, read back (loss terms, temperatures, and the
+    ``grad:<layer>`` gradient means when logged)."""
+    record = dict(fields)
+    record["loss"], record["ce"], record["reg"] = float(values["loss"]), float(values["ce"]), float(values["reg"])
+    record["beta_a_mean"], record["beta_a_std"] = mean_std(values["beta_a"])
+    record["beta_b_mean"], record["beta_b_std"] = mean_std(values["beta_b"])
+    record["beta_eff_mean"] = mean_std(values["beta_eff"])[0]
+    grad = {k.removeprefix("grad:"): float(x) for k, x in values.items() if k.startswith("grad:")}
+    if grad:
+        record["grad_abs_mean"] = grad
+    return step_record(record)
+
+
 def epoch_record(
     epoch: int,
     step: int,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,3 +113,16 @@ def maybe_compile(fn: Callable[..., Any], option: bool | str) -> Callable[..., A
             ) from None
         compile_fallback(backend, exc)  # a missing compiler fails later, on the first call
         return fn
+
+
+def read_to_host(groups: Sequence[Mapping[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The tensors of ``groups`` on the host, read in one transfer (one sync for all of them):
+    each group back as name -> flat CPU tensor, in the dtype the values promote to."""
+    flat = [t.detach().reshape(-1) for group in groups for t in group.values()]
+    if not flat:
+        return [{} for _ in groups]
+    dtype = flat[0].dtype
+    for t in flat:
+        dtype = torch.promote_types(dtype, t.dtype)
+    values = iter(torch.cat([t.to(dtype) for t in flat]).cpu().split([t.numel() for t in flat]))
+    return [{name: next(values) for name in group} for group in groups]

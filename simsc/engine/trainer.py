@@ -44,9 +44,9 @@ from .checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from .divergence import TrainingDivergedError
+from .divergence import TrainingDivergedError, batch_temperatures
 from .optim import grad_layers, param_groups
-from .records import diverged_record, epoch_record, mean_std, step_record
+from .records import diverged_record, epoch_record, step_record_from_values
 from .run_folder import RunFolder, RunFolderError
 from .runtime import (
     AMP_DTYPES,
@@ -55,6 +55,7 @@ from .runtime import (
     compile_fallback,
     epoch_seed,
     maybe_compile,
+    read_to_host,
     resolve_device,
     run_settings,
     seed_everything,
@@ -458,41 +459,21 @@ class Trainer:
         if not pending:
             return
         t0 = time.perf_counter()
-        flat = [t.detach().reshape(-1) for _, ts in pending for t in ts.values()]
-        dtype = flat[0].dtype
-        for t in flat:
-            dtype = torch.promote_types(dtype, t.dtype)
-        host = torch.cat([t.to(dtype) for t in flat]).cpu()  # the sync
+        host = read_to_host([ts for _, ts in pending])  # the sync
         dt = time.perf_counter() - t0
         self.state.train_time += dt
         self._step_time += dt
-        values = iter(host.split([t.numel() for t in flat]))
         state = self.state
-        for record, ts in pending:
-            v = {k: next(values) for k in ts}
-            loss = float(v["loss"])
+        for (fields, _), v in zip(pending, host, strict=True):
             if not bool(v["loss_finite"]) or not bool(v["grads_finite"]):
                 reason = "non-finite loss" if not bool(v["loss_finite"]) else "non-finite gradient"
-                self._diverged(
-                    record["step"],
-                    record["epoch"],
-                    loss,
-                    None,
-                    reason,
-                    betas=(v["beta_a"].tolist(), v["beta_b"].tolist()),
-                )
-            record["loss"], record["ce"], record["reg"] = loss, float(v["ce"]), float(v["reg"])
-            record["beta_a_mean"], record["beta_a_std"] = mean_std(v["beta_a"])
-            record["beta_b_mean"], record["beta_b_std"] = mean_std(v["beta_b"])
-            record["beta_eff_mean"] = mean_std(v["beta_eff"])[0]
-            grad = {k[5:]: float(x) for k, x in v.items() if k.startswith("grad:")}
-            if grad:
-                record["grad_abs_mean"] = grad
-            written = step_record(record)
-            state.epoch_loss_sum += written["loss"]
+                betas = (v["beta_a"].tolist(), v["beta_b"].tolist())
+                self._diverged(fields["step"], fields["epoch"], float(v["loss"]), None, reason, betas=betas)
+            record = step_record_from_values(fields, v)
+            state.epoch_loss_sum += record["loss"]
             state.epoch_loss_count += 1
-            self._log(written)
-            self.callbacks.on_step(written)
+            self._log(record)
+            self.callbacks.on_step(record)
         self.progress.set_values(epoch=record["epoch"], loss=record["loss"], beta_eff=record["beta_eff_mean"])
         self.progress.maybe_line()
 
@@ -507,12 +488,7 @@ class Trainer:
         elif out is not None:
             beta_a, beta_b = out["beta_a"].tolist(), out["beta_b"].tolist()
         elif batch:
-            try:
-                m = self.model
-                beta_a = m.temperature(m.backbone(batch["src_img"])).tolist()
-                beta_b = m.temperature(m.backbone(batch["trg_img"])).tolist()
-            except Exception:  # noqa: BLE001 - the diagnosis must not mask the divergence
-                pass
+            beta_a, beta_b = batch_temperatures(self.model, batch)
         last = self.last_path if self.last_path.exists() else None
         err = TrainingDivergedError(step, epoch, loss, beta_a, beta_b, reason, last)
         self._log(diverged_record(step, epoch, loss, reason, beta_a, beta_b, last))
