@@ -25,6 +25,7 @@ from simsc.config import TRAIN_SECTIONS as TRIAL_SECTIONS
 from simsc.config import engine_sections, load_config
 from simsc.io import atomic_write_bytes, read_yaml_mapping
 
+from .stage_common import STAGE_PARAMS
 from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
 STATUS_COMPLETED = "completed"
@@ -182,27 +183,15 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(ok, key=lambda r: r["best_val_pck"]) if ok else None
 
 
-def stage_params() -> tuple[str, ...]:
-    """Every params.yaml key (or section) some DVC stage declares: the stages' ``PARAMS``,
-    which ``tests/test_dvc_deps.py`` keeps equal to ``dvc.yaml``'s ``params:`` lists."""
-    import importlib
-
-    from pipeline.stages import STAGES
-
-    declared: list[str] = []
-    for stage in STAGES:
-        declared += importlib.import_module(f"pipeline.stage_{stage}").PARAMS
-    return tuple(dict.fromkeys(declared))
-
-
-def is_declared(key: str, declared: Sequence[str]) -> bool:
-    return any(key == d or key.startswith(d + ".") for d in declared)
+def is_declared(key: str) -> bool:
+    """Whether some DVC stage reads the params.yaml ``key`` (or its section): its ``params:`` in
+    ``dvc.yaml``, :data:`pipeline.stage_common.STAGE_PARAMS`."""
+    return any(key == d or key.startswith(d + ".") for keys in STAGE_PARAMS.values() for d in keys)
 
 
 def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """The dotted keys the sweep set for the best trial (``set``, its sampled values and a fresh
     ``train.out_dir``) that a trial reads and a stage declares, and the others with the reason."""
-    declared = stage_params()
     # train.out_dir stays params.yaml's (runs/default): DVC keeps each experiment's outputs
     # itself, and a new folder made dvc exp run remove runs/default from the workspace and
     # warn "No file hash info found" for the folder dvc.lock does not know yet.
@@ -213,7 +202,7 @@ def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any]
             dropped[k] = "searched seeds are replicates: the best trial's seed is luck, not a setting"
         elif k.split(".")[0] not in TRIAL_SECTIONS:
             dropped[k] = "sweep trials do not read it"
-        elif not is_declared(k, declared):
+        elif not is_declared(k):
             dropped[k] = "no DVC stage declares it (dvc.yaml params)"
         else:
             kept[k] = v
