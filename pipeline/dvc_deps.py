@@ -173,10 +173,10 @@ def render(text: str, repo: Path = REPO) -> str:
         if p and stage in table:
             out.append(lines[i])
             i += 1
-            item = f"{p['indent']}  - "
-            while i < len(lines) and lines[i].startswith(item):
+            bullet = f"{p['indent']}  - "
+            while i < len(lines) and lines[i].startswith(bullet):
                 i += 1  # the old list, replaced below
-            out.extend(item + key for key in table[stage])
+            out.extend(bullet + key for key in table[stage])
             written.add(stage)
             continue
         m = MARKER.match(lines[i])
