@@ -218,8 +218,11 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     assert best_cfg.model.temperature == best["model.temperature"] and best_cfg.train.seed == int(best["train.seed"])
     ckpt = load_checkpoint(sweep_dir / "best.pt")
     assert ckpt["config"]["model"]["temperature"] == best["model.temperature"]
-    artifacts = {a.path for a in client.list_artifacts(parent_id, "results")}
-    assert {"results/results.csv", "results/results.md", "results/best_params.yaml"} <= artifacts
+    # the parent's results artifacts are the files the sweep wrote, child run ids included
+    logged = Path(client.download_artifacts(parent_id, "results", str(tmp_path / "logged")))
+    assert sorted(p.name for p in logged.iterdir()) == ["best_params.yaml", "results.csv", "results.md"]
+    for f in logged.iterdir():
+        assert f.read_bytes() == (sweep_dir / f.name).read_bytes(), f.name
     assert parents[0].data.tags["sweep.best_trial"] == best["trial_id"]
 
     # the finished trials keep their newest checkpoint, without the resume state (last.pt)
