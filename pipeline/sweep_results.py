@@ -35,8 +35,6 @@ STATUS_DIVERGED = "diverged"
 
 
 def _trial_epochs(spec: SweepSpec, overrides: Mapping[str, Any]) -> int:
-    from simsc.config import load_config
-
     return int(load_config(compose(spec.engine_base(), overrides)).train.epochs)
 
 
@@ -65,7 +63,7 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
             flags = history["diverged"] if "diverged" in history else [False] * len(history)
             val_hist = [float(v) for v, d in zip(history["val_pck"], flags, strict=True) if not _is_true(d)]
         row: dict[str, Any] = {"trial_id": trial_id, "label": trial_label(spec, config), "status": status}
-        row.update({k: v for k, v in overrides.items()})
+        row.update(overrides)
         row.update(
             {
                 "epochs_done": done,
@@ -209,13 +207,10 @@ def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any]
     return kept, dropped
 
 
-def trial_config(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The best trial's engine config as plain values (paths as the spec wrote them): the
-    sweep's base with the trial's keys; ``eval`` stays the base's (trials never read it)."""
-    return _trial_config(spec, _trial_keys(spec, row)[0])
-
-
-def _trial_config(spec: SweepSpec, keys: Mapping[str, Any]) -> dict[str, Any]:
+def trial_config(spec: SweepSpec, keys: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine config of the trial keys (:func:`_trial_keys`) as plain values (paths as the
+    spec wrote them): the sweep's base with those keys; ``eval`` stays the base's (trials never
+    read it)."""
     return load_config(compose(engine_sections(spec.params_raw), keys)).to_dict()
 
 
@@ -224,19 +219,16 @@ def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], di
     value differs from the project's ``params.yaml`` (the base files of a toy profile and the
     sweep's ``set`` included), and the sweep keys left out, with the reason."""
     keys, dropped = _trial_keys(spec, row)
-    trial = _trial_config(spec, keys)
+    trial = trial_config(spec, keys)
     params_file = Path(spec.root) / "params.yaml"
-    current = engine_sections(
-        read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
-    )
-    now = load_config(current).to_dict()
+    raw = read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
+    now = load_config(engine_sections(raw)).to_dict()
     kept = {
         f"{section}.{key}": value
         for section in TRIAL_SECTIONS
         for key, value in trial[section].items()
         if now[section][key] != value and (section, key) != ("train", "out_dir")
     }
-    raw = read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
     kept.update(_follow_resolution(raw, now["data"]["resolution"], trial["data"]["resolution"]))
     kept["tracking.registered_model"] = registered_name(spec)
     return kept, dropped
@@ -267,7 +259,7 @@ def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
     """The best trial as a parameter set: its engine sections as differences from the schema's
     defaults. ``python -m pipeline.paramset FILE --apply``
     makes params.yaml train exactly this configuration."""
-    trial = trial_config(spec, row)
+    trial = trial_config(spec, _trial_keys(spec, row)[0])
     defaults = load_config().to_dict()
     out = {
         section: {k: v for k, v in values.items() if v != defaults[section][k] and (section, k) != ("train", "out_dir")}

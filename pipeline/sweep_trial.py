@@ -200,11 +200,9 @@ def _restore(run_dir: Path, in_train_job: bool = False) -> tuple[bool, dict[str,
         from ray import tune
 
         ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        # A first start, or a restart before the first checkpoint: begin afresh.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return False, {"starts": 1}
     shutil.rmtree(run_dir, ignore_errors=True)
+    if ckpt is None:  # a first start, or a restart before the first checkpoint: begin afresh
+        return False, {"starts": 1}
     run_dir.mkdir(parents=True, exist_ok=True)
     with ckpt.as_directory() as d:
         d = Path(d)
