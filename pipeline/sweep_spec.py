@@ -537,19 +537,26 @@ def compose(
     return compose_data(base=engine_base, overrides=overrides, root=root)
 
 
+def _sampled(entry: SearchEntry, sample: Mapping[str, Any]) -> Any:
+    """An entry's value in one trial's sampled values (Ray's ``config``): dotted keys are nested
+    ``{section: {name: value}}``, bundles are ``{label: name}``."""
+    if entry.is_bundle:
+        return sample.get(entry.key)
+    section, name = entry.key.split(".")
+    return sample[section][name]
+
+
 def sample_overrides(spec: SweepSpec, sample: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted overrides of one trial from its sampled values (Ray's ``config``): dotted keys
-    are nested ``{section: {name: value}}``, bundles are ``{label: name}``."""
+    """Dotted overrides of one trial from its sampled values (a bundle: its mapping of keys)."""
     out: dict[str, Any] = {}
     for e in spec.search:
-        if e.is_bundle:
-            label = sample.get(e.key)
-            if label not in e.bundles:
-                raise KeyError(f"trial config lacks bundle {e.key!r} (got {label!r})")
-            out.update(e.bundles[label])
+        value = _sampled(e, sample)
+        if not e.is_bundle:
+            out[e.key] = value
+        elif value in e.bundles:
+            out.update(e.bundles[value])
         else:
-            section, name = e.key.split(".")
-            out[e.key] = sample[section][name]
+            raise KeyError(f"trial config lacks bundle {e.key!r} (got {value!r})")
     return out
 
 
@@ -557,12 +564,8 @@ def trial_label(spec: SweepSpec, sample: Mapping[str, Any]) -> str:
     """``temperature=single lr_backbone=2e-05`` for run names and tables."""
     parts = []
     for e in spec.search:
-        if e.is_bundle:
-            parts.append(f"{e.key}={sample.get(e.key)}")
-        else:
-            section, name = e.key.split(".")
-            v = sample[section][name]
-            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
+        name, v = e.key.rpartition(".")[2], _sampled(e, sample)
+        parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
     return " ".join(parts)
 
 

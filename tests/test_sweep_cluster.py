@@ -463,6 +463,9 @@ def test_resume_refuses_a_completed_trial_whose_folder_is_gone(cluster, tiny_emb
     env = dict(cluster.env, PYTHONPATH=str(REPO))
     out = run(sweep_cmd(spec_path, cluster), tmp_path, env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    # without MLflow the results are written all the same, with no run id column
+    rows = list(csv.DictReader(open(tmp_path / "sweeps" / "gone" / "results.csv")))
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and "mlflow_run_id" not in rows[0]
     (trial,) = trial_dirs(tmp_path / "sweeps" / "ray_results", "gone")
     shutil.rmtree(trial)
     out = run(sweep_cmd(spec_path, cluster, "--resume"), tmp_path, env)
