@@ -197,17 +197,6 @@ def status_counts(rows) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------
 
 
-def _unfinished(exp_path: str, spec: SweepSpec) -> bool:
-    """Whether the sweep still has trials to run, from the experiment state Tune saved.
-
-    On Ctrl+C Tune saves its state (running trials as RUNNING, what resume continues) and
-    then returns normally; the returned grid alone does not tell an interrupted sweep."""
-    from ray.tune import ExperimentAnalysis
-
-    trials = ExperimentAnalysis(exp_path).trials
-    return len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-
-
 def _refuse_completed_without_results(exp_path: str) -> None:
     """A resumed sweep keeps its completed trials as they are: one whose folder (or its
     ``result.json``) was deleted would be reported completed with no history. Refuse, naming
@@ -387,8 +376,11 @@ def run_sweep(
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     _save_state(out, state)
-    if not keep_all_checkpoints:
-        _prune(rows)
+    if not keep_all_checkpoints and (freed := prune_finished_trials(rows)):
+        print(
+            f"sweep: {freed / 2**20:.1f} MiB of finished trials' resume state (last.pt, older checkpoints) removed",
+            file=sys.stderr,
+        )
     return {
         "state": state,
         "rows": [public(r) for r in rows],
@@ -484,15 +476,19 @@ def _trial_context(spec: SweepSpec, storage: str, ml, parent_run_id: str | None)
 
 
 def _fit(tuner, spec: SweepSpec, exp_path: str, out: Path, state: dict[str, Any]):
-    """Run the trials: (Tune's results, wall seconds). An interrupted sweep (Ctrl+C, or trials
-    left unfinished) is saved as such and raises :class:`KeyboardInterrupt`."""
+    """Run the trials: (Tune's results, wall seconds). An interrupted sweep is saved as such and
+    raises :class:`KeyboardInterrupt`: on Ctrl+C Tune saves its state (running trials as RUNNING,
+    what resume continues) and returns normally, so the experiment state it saved tells."""
+    from ray.tune import ExperimentAnalysis
+
     t0 = time.perf_counter()
     try:
         results = tuner.fit()
     except KeyboardInterrupt:
         results = None
     wall = time.perf_counter() - t0
-    if results is None or _unfinished(exp_path, spec):
+    trials = ExperimentAnalysis(exp_path).trials if results is not None else []
+    if results is None or len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
         state["status"] = "interrupted"
         _save_state(out, state)
         raise KeyboardInterrupt
@@ -506,15 +502,6 @@ def _copy_best_checkpoint(best, out: Path) -> Path | None:
     with best["_checkpoint"].as_directory() as d:
         src = Path(d) / "checkpoints" / "best.pt"
         return atomic_copy(src, out / "best.pt") if src.exists() else None
-
-
-def _prune(rows: list[dict[str, Any]]) -> None:
-    freed = prune_finished_trials(rows)
-    if freed:
-        print(
-            f"sweep: {freed / 2**20:.1f} MiB of finished trials' resume state (last.pt, older checkpoints) removed",
-            file=sys.stderr,
-        )
 
 
 # ------------------------------------------------------------------------------------------
