@@ -6,10 +6,14 @@ import closure of that module inside ``simsc/`` and ``pipeline/``, computed with
 table), relative imports, and imports anywhere (inside functions too, since the stages import
 lazily); every package on the way contributes its ``__init__.py``.
 
-``dvc.yaml`` keeps its hand-written parts (params, data deps, outs, comments); only the list
-under each ``# code: the import closure of ...`` marker is rewritten. A package folder whose
-files all belong to the closure is listed as the folder. ``--check`` writes nothing and exits 1
-when the file is stale (the test suite runs it), so the list can never drift from the imports.
+Each stage's ``params:`` list is written from the one table of the keys the stages read,
+:data:`pipeline.stage_common.STAGE_PARAMS` (read with :mod:`ast`, like the imports).
+
+``dvc.yaml`` keeps its hand-written parts (data deps, outs, comments); only the list under each
+``# code: the import closure of ...`` marker and each stage's ``params:`` list are rewritten. A
+package folder whose files all belong to the closure is listed as the folder. ``--check`` writes
+nothing and exits 1 when the file is stale (the test suite runs it), so the lists can never drift
+from the code.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from simsc._lazy import lazy_homes
 
@@ -28,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("simsc", "pipeline")
 MARKER = re.compile(r"^(?P<indent>\s*)# code: the import closure of (?P<module>\S+)\.py\b.*$")
 COMMENT = "# code: the import closure of {path} (written by `make dvc-deps`)"
+PARAMS_TABLE = "pipeline/stage_common.py"  # its STAGE_PARAMS
+STAGE = re.compile(r"^  (?P<name>[\w-]+):")  # a stage under the top-level stages:
+PARAMS = re.compile(r"^(?P<indent>\s+)params:\s*$")
 
 
 def module_file(name: str, repo: Path = REPO) -> Path | None:
@@ -49,16 +57,31 @@ def module_name(path: Path, repo: Path = REPO) -> str:
     return ".".join(parts)
 
 
+def literal(path: Path, name: str) -> Any:
+    """The literal value a module assigns to the top-level ``name`` (without importing it), or None."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return ast.literal_eval(node.value)
+    return None
+
+
 def lazy_names(package: str, repo: Path = REPO) -> dict[str, str]:
     """A package's lazy names: name -> the submodule it is imported from on first use (PEP 562),
     from its ``_LAZY`` table (submodule -> names)."""
     f = module_file(package, repo)
     if f is None or f.name != "__init__.py":
         return {}
-    for node in ast.parse(f.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
-            return lazy_homes(ast.literal_eval(node.value))
-    return {}
+    return lazy_homes(literal(f, "_LAZY") or {})
+
+
+def stage_params(repo: Path = REPO) -> dict[str, tuple[str, ...]]:
+    """:data:`pipeline.stage_common.STAGE_PARAMS` of the checkout at ``repo``."""
+    table = literal(repo / PARAMS_TABLE, "STAGE_PARAMS")
+    if not isinstance(table, dict):
+        raise SystemExit(f"error: {PARAMS_TABLE}: no STAGE_PARAMS table (stage -> params.yaml keys)")
+    return table
 
 
 def imported_modules(path: Path, repo: Path = REPO) -> set[str]:
@@ -136,12 +159,29 @@ def code_deps(entry: str, repo: Path = REPO) -> list[str]:
 
 
 def render(text: str, repo: Path = REPO) -> str:
-    """``dvc.yaml``'s text with every marked code list rewritten from the imports."""
+    """``dvc.yaml``'s text with every marked code list rewritten from the imports, and each
+    stage's params list from :func:`stage_params`."""
     lines = text.splitlines()
     out: list[str] = []
     i = 0
     found = 0
+    table = stage_params(repo)
+    in_stages, stage, written = False, None, set()
     while i < len(lines):
+        if re.match(r"\S", lines[i]):  # a top-level key
+            in_stages, stage = lines[i].rstrip() == "stages:", None
+        elif in_stages and (s := STAGE.match(lines[i])):
+            stage = s["name"]
+        p = PARAMS.match(lines[i])
+        if p and stage in table:
+            out.append(lines[i])
+            i += 1
+            bullet = f"{p['indent']}  - "
+            while i < len(lines) and lines[i].startswith(bullet):
+                i += 1  # the old list, replaced below
+            out.extend(bullet + key for key in table[stage])
+            written.add(stage)
+            continue
         m = MARKER.match(lines[i])
         if not m:
             out.append(lines[i])
@@ -160,6 +200,8 @@ def render(text: str, repo: Path = REPO) -> str:
         out.extend(f"{indent}- {d}" for d in code_deps(entry, repo))
     if not found:
         raise SystemExit("error: dvc.yaml has no '# code: the import closure of <module>.py' marker")
+    if set(table) - written:
+        raise SystemExit(f"error: dvc.yaml: no params: list for stages {sorted(set(table) - written)} of STAGE_PARAMS")
     return "\n".join(out) + "\n"
 
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage_common import section, stage_main
+from pipeline.stage_common import STAGE_PARAMS, section, stage_main
 from pipeline.stage_evaluate import evaluate_into, evaluation_set, pck_line
 
-# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
-PARAMS = ("model", "eval", "evaluate", "preprocess.cache_dir")
+# The params.yaml keys this stage reads, and all it is given (its params: in dvc.yaml).
+PARAMS = STAGE_PARAMS["baseline"]
 BASELINE_DIR = Path("reports/baseline")
 
 

@@ -6,10 +6,12 @@ it runs: :mod:`pipeline.dvc_deps` computes that closure with ``ast`` and writes 
 stage's ``deps`` in ``dvc.yaml`` (``make dvc-deps``; ``tests/test_dvc_deps.py`` checks it).
 Keep this module small and its imports few: it is in every stage's closure.
 
-Each stage module declares the ``params.yaml`` keys it reads in one constant, ``PARAMS``
-(``"section"`` or ``"section.key"``). :func:`run_stage` hands the stage only those keys
-(:func:`select`), so a read of an undeclared key finds nothing, and the test compares
-``PARAMS`` with the stage's ``params:`` in ``dvc.yaml``.
+The ``params.yaml`` keys each stage reads (``"section"`` or ``"section.key"``) have one home,
+:data:`STAGE_PARAMS`, read without importing any stage: each stage module takes its ``PARAMS``
+from it, :mod:`pipeline.dvc_deps` writes it into the stages' ``params:`` in ``dvc.yaml``, and
+the sweep hand-off (:mod:`pipeline.sweep_results`) passes DVC only keys it names.
+:func:`run_stage` hands the stage only its keys (:func:`select`), so a read of an undeclared key
+finds nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ from simsc.errors import ArgumentParser, UserError, add_debug_flag, run_main
 from simsc.io import read_yaml_mapping
 
 PARAMS_FILE = Path("params.yaml")
+
+# Stage -> the params.yaml keys it reads, and all it is given (its params: in dvc.yaml, in this
+# order). A literal: pipeline.dvc_deps reads it with ast, from the checkout it rewrites.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "download": ("data.dataset", "data.root", "embedded"),
+    "preprocess": ("data.dataset", "data.root", "preprocess"),
+    "train": ("model", "data", "train", "tracking"),
+    "evaluate": ("eval", "evaluate", "train.out_dir", "preprocess.cache_dir"),
+    "baseline": ("model", "eval", "evaluate", "preprocess.cache_dir"),
+    "report": ("report", "evaluate", "tracking", "train.out_dir"),
+}
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:

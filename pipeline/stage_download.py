@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage_common import section, stage_main
+from pipeline.stage_common import STAGE_PARAMS, section, stage_main
 from simsc.errors import UserError
 
-# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
-PARAMS = ("data.dataset", "data.root", "embedded")
+# The params.yaml keys this stage reads, and all it is given (its params: in dvc.yaml).
+PARAMS = STAGE_PARAMS["download"]
 
 
 def stage_download(params: dict[str, Any]) -> None:

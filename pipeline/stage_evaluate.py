@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage_common import round_metric, section, stage_main
+from pipeline.stage_common import STAGE_PARAMS, round_metric, section, stage_main
 from simsc.errors import UserError
 from simsc.io import atomic_write_json
 
-# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
-PARAMS = ("eval", "evaluate", "train.out_dir", "preprocess.cache_dir")
+# The params.yaml keys this stage reads, and all it is given (its params: in dvc.yaml).
+PARAMS = STAGE_PARAMS["evaluate"]
 EVAL_DIR = Path("reports/eval")
 
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage_common import section, stage_main
+from pipeline.stage_common import STAGE_PARAMS, section, stage_main
 
-# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
-PARAMS = ("data.dataset", "data.root", "preprocess")
+# The params.yaml keys this stage reads, and all it is given (its params: in dvc.yaml).
+PARAMS = STAGE_PARAMS["preprocess"]
 
 
 def stage_preprocess(params: dict[str, Any]) -> None:

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage_common import stage_main, tracking_section
+from pipeline.stage_common import STAGE_PARAMS, stage_main, tracking_section
 from simsc.errors import UserError
 
-# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
-PARAMS = ("report", "evaluate", "tracking", "train.out_dir")
+# The params.yaml keys this stage reads, and all it is given (its params: in dvc.yaml).
+PARAMS = STAGE_PARAMS["report"]
 
 
 def stage_report(params: dict[str, Any]) -> None:

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.stage_common import round_metric, stage_main, tracking_section
+from pipeline.stage_common import STAGE_PARAMS, round_metric, stage_main, tracking_section
 
-# The params.yaml keys this stage reads, and all it is given: its params: in dvc.yaml.
-PARAMS = ("model", "data", "train", "tracking")
+# The params.yaml keys this stage reads, and all it is given (its params: in dvc.yaml).
+PARAMS = STAGE_PARAMS["train"]
 
 PLOTS_DIR = Path("reports/train")
 

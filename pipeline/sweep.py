@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from simsc.commands import add_overrides_flag
-from simsc.errors import ArgumentParser, add_debug_flag, run_main
+from simsc.errors import EXIT_INTERRUPTED, ArgumentParser, add_debug_flag, run_main
 from simsc.io import atomic_copy, atomic_write_json
 
 from .sweep_results import (
@@ -53,8 +53,6 @@ from .sweep_spec import SweepSpec, SweepSpecError, expand_grid, load_sweep_spec,
 
 STATE_FILE = "sweep.json"
 EXIT_TRIAL_ERRORS = 1
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 class SweepError(RuntimeError):
@@ -69,22 +67,8 @@ def tracking_uri(spec: SweepSpec) -> str:
     return f"sqlite:///{Path(spec.root, 'mlflow.db').absolute()}"
 
 
-def default_storage(spec: SweepSpec) -> str:
-    return str(Path(spec.root, "sweeps", "ray_results").absolute())
-
-
 def _experiment_path(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
-
-
-def _read_state(out_dir: Path) -> dict[str, Any] | None:
-    p = out_dir / STATE_FILE
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise SweepError(f"{p}: not readable JSON ({exc}); delete the folder to start the sweep afresh") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -124,27 +108,36 @@ def _start_parent(ml, spec: SweepSpec) -> str | None:
     return ml.call("the sweep's parent run", create)
 
 
-def _finish_mlflow(
-    ml, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]], paths: dict[str, Path], best_ckpt: Path | None
-) -> dict[str, Any]:
-    """Close the child runs (status, tags), log the results to the parent, the best model."""
+def _start_tracking(spec: SweepSpec, state: dict[str, Any], tracking: bool | None):
+    """The MLflow tracker of the sweep (None without tracking), its parent run created (first
+    start, recorded in ``state``) or marked running again (``--resume``)."""
+    from .tracking.client import SafeMlflow
+
+    if not (spec.tracking.get("enabled", True) if tracking is None else tracking):
+        return None
+    ml = SafeMlflow(tracking_uri(spec))
+    if not state.get("parent_run_id"):
+        state["parent_run_id"] = _start_parent(ml, spec)
+        state["tracking_uri"] = ml.tracking_uri
+    else:
+        ml.call("the parent run (resumed)", lambda: ml.connect().update_run(state["parent_run_id"], status="RUNNING"))
+    return ml
+
+
+def _close_trial_runs(ml, client, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Close the trials' child runs (status, tags, best PCK) and put each run id into its row
+    (``mlflow_run_id``)."""
     from .tracking.client import metric
-    from .tracking.models import log_checkpoint_model
     from .tracking.runs import find_tagged_run
 
-    out: dict[str, Any] = {"children": {}}
-    client = ml.connect() if not ml.offline else None
-    if client is None:
-        return out
-    experiment = spec.tracking.get("experiment")
     for row in rows:
         tags = {"mlflow.parentRunId": parent_run_id, "sweep.trial_id": row["trial_id"]}
-        run = ml.call(f"trial {row['trial_id']}'s run lookup", find_tagged_run, client, experiment, tags)
+        run = ml.call(
+            f"trial {row['trial_id']}'s run lookup", find_tagged_run, client, spec.tracking.get("experiment"), tags
+        )
         if run is None:
             continue
-        rid = run.info.run_id
-        out["children"][row["trial_id"]] = rid
-        row["mlflow_run_id"] = rid
+        rid = row["mlflow_run_id"] = run.info.run_id
         ml.call("trial status tags", client.set_tag, rid, "sweep.status", row["status"])
         if row.get("_path"):  # the trial's folder in the storage (its run folder was scratch)
             ml.call("trial folder tag", client.set_tag, rid, "run_dir", str(row["_path"]))
@@ -153,10 +146,22 @@ def _finish_mlflow(
         # ASHA-stopped trials never reach the trainer's on_end: close their runs here.
         failed = row["status"] in (STATUS_ERROR, STATUS_DIVERGED)
         ml.call("trial run status", client.set_terminated, rid, "FAILED" if failed else "FINISHED")
-    best = best_row(rows)
+
+
+def _log_to_parent(
+    ml, client, spec: SweepSpec, parent_run_id: str, rows: list[dict[str, Any]], paths: dict[str, Path], best_ckpt
+) -> str | None:
+    """Log the written results files, the best result and the trial counts to the parent run,
+    the best checkpoint as a model of the best trial's run (its registered version returned);
+    close the parent run."""
+    from .tracking.client import metric
+    from .tracking.models import log_checkpoint_model
+
+    version = None
     for key in ("csv", "md", "best_params"):
         if key in paths:
             ml.call(f"sweep {key}", client.log_artifact, parent_run_id, str(paths[key]), "results")
+    best = best_row(rows)
     if best is not None:
         ml.call(
             "best result", client.log_batch, parent_run_id, metrics=[metric("best_val_pck", best["best_val_pck"], 0)]
@@ -167,21 +172,10 @@ def _finish_mlflow(
             from simsc.engine.checkpoint import load_checkpoint
 
             cfg = load_checkpoint(best_ckpt).get("config") or {}
-            version = ml.call(
-                "the best checkpoint (model + registration)",
-                log_checkpoint_model,
-                client,
-                rid,
-                best_ckpt,
-                spec.tracking.get("registered_model"),
-                cfg,
-            )
-            out["model_version"] = version
-            out["best_run_id"] = rid
-    counts = {
-        s: sum(r["status"] == s for r in rows)
-        for s in (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_ERROR)
-    }
+            registered = spec.tracking.get("registered_model")
+            what = "the best checkpoint (model + registration)"
+            version = ml.call(what, log_checkpoint_model, client, rid, best_ckpt, registered, cfg)
+    counts = status_counts(rows)
     ml.call(
         "trial counts",
         client.log_batch,
@@ -189,23 +183,18 @@ def _finish_mlflow(
         metrics=[metric(f"trials_{k.replace(' ', '_')}", v, 0) for k, v in counts.items()],
     )
     ml.call("parent run status", client.set_terminated, parent_run_id, "FAILED" if counts[STATUS_ERROR] else "FINISHED")
-    return out
+    return version
+
+
+def status_counts(rows) -> dict[str, int]:
+    """How many trials ended in each status."""
+    statuses = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_DIVERGED, STATUS_ERROR)
+    return {s: sum(r["status"] == s for r in rows) for s in statuses}
 
 
 # ------------------------------------------------------------------------------------------
 # The sweep
 # ------------------------------------------------------------------------------------------
-
-
-def _unfinished(exp_path: str, spec: SweepSpec) -> bool:
-    """Whether the sweep still has trials to run, from the experiment state Tune saved.
-
-    On Ctrl+C Tune saves its state (running trials as RUNNING, what resume continues) and
-    then returns normally; the returned grid alone does not tell an interrupted sweep."""
-    from ray.tune import ExperimentAnalysis
-
-    trials = ExperimentAnalysis(exp_path).trials
-    return len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def _refuse_completed_without_results(exp_path: str) -> None:
@@ -352,60 +341,116 @@ def run_sweep(
     Raises :class:`SweepError` when the sweep exists and ``resume`` is false, or when a
     resumed spec no longer matches the one that started the sweep.
     """
-    import ray
-    from ray import tune
-
-    from .sweep_trial import TrialContext
-    from .tracking.client import SafeMlflow
-    from .tracking.runs import git_revision
-
     out = Path(out_dir) if out_dir is not None else Path(spec.root, "sweeps", spec.name)
-    storage = storage or spec.storage or default_storage(spec)
-    if "://" not in storage:
-        storage = str(Path(storage).absolute())
-    exp_path = _experiment_path(storage, spec.name)
-    state = _read_state(out)
+    storage = storage or spec.storage or str(Path(spec.root, "sweeps", "ray_results"))
+    storage = storage if "://" in storage else str(Path(storage).absolute())
+    state = _open_state(out, spec, resume, _experiment_path(storage, spec.name))
+    exp_path = state["experiment_path"]
+    check_embedded_roots(spec)
+    restore = _restore_point(exp_path, resume, address)
+    ml = _start_tracking(spec, state, tracking)
+    state["status"] = "running"
+    _save_state(out, state)
+    parent = state.get("parent_run_id") if ml is not None and not ml.offline else None
+    tuner = _build_tuner(spec, storage, _trial_context(spec, storage, ml, parent), restore)
+    results, wall = _fit(tuner, spec, exp_path, out, state)
+
+    rows = rows_from_results(results, spec)
+    best = best_row(rows)
+    best_ckpt = _copy_best_checkpoint(best, out)
+    client = ml.connect() if parent and not ml.offline else None
+    if client and parent:  # the trials' runs first: the results then hold their ids
+        _close_trial_runs(ml, client, spec, parent, rows)
+    paths = write_results(out, spec, rows)  # once, complete
+    version = _log_to_parent(ml, client, spec, parent, rows, paths, best_ckpt) if client and parent else None
+    if parent and ml.failed:
+        warnings.warn(f"MLflow: not logged: {', '.join(ml.failed)}", stacklevel=2)
+
+    state.update(
+        status="finished with errors" if status_counts(rows)[STATUS_ERROR] else "finished",
+        wall_s=round(wall, 1),
+        n_trials=len(rows),
+        best_trial=best["trial_id"] if best else None,
+        best_val_pck=best["best_val_pck"] if best else None,
+        model_version=version,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    _save_state(out, state)
+    if not keep_all_checkpoints and (freed := prune_finished_trials(rows)):
+        print(
+            f"sweep: {freed / 2**20:.1f} MiB of finished trials' resume state (last.pt, older checkpoints) removed",
+            file=sys.stderr,
+        )
+    return {
+        "state": state,
+        "rows": [public(r) for r in rows],
+        "paths": {k: str(v) for k, v in paths.items()},
+        "best_checkpoint": str(best_ckpt) if best_ckpt else None,
+        "experiment_path": exp_path,
+        "wall_s": wall,
+    }
+
+
+def _open_state(out: Path, spec: SweepSpec, resume: bool, exp_path: str) -> dict[str, Any]:
+    """The sweep's state: the saved one (``resume``, checked to be the same spec) or a new one."""
+    p, state = out / STATE_FILE, None
+    if p.exists():
+        try:
+            state = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise SweepError(f"{p}: not readable JSON ({exc}); delete the folder to start the sweep afresh") from None
     if state is not None and not resume:
         raise SweepError(
             f"{out} already holds sweep {state.get('name')!r} ({state.get('status')}); continue it "
             "with --resume, or pick another --name / --out"
         )
-    if resume:
-        if state is None:
-            raise SweepError(f"--resume: {out / STATE_FILE} not found: nothing to resume (run without --resume)")
-        if state.get("spec_digest") != spec.digest():
-            raise SweepError(
-                f"--resume: the spec changed since the sweep started (digest {state.get('spec_digest')} "
-                f"-> {spec.digest()}); resume with the same spec and profile, or start a new --name"
-            )
-        exp_path = state.get("experiment_path", exp_path)
-    check_embedded_roots(spec)
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
-    restore = exp_path if resume and tune.Tuner.can_restore(exp_path) else None
-    if restore is not None:
-        _refuse_completed_without_results(restore)  # before the sweep is marked running again
-    use_tracking = spec.tracking.get("enabled", True) if tracking is None else tracking
-    state = state or {
-        "name": spec.name,
-        "spec": spec.path,
-        "profile": spec.profile,
-        "spec_digest": spec.digest(),
-        "experiment_path": exp_path,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    ml = SafeMlflow(tracking_uri(spec)) if use_tracking else None
-    if ml is not None and not state.get("parent_run_id"):
-        state["parent_run_id"] = _start_parent(ml, spec)
-        state["tracking_uri"] = ml.tracking_uri
-    elif ml is not None:
-        ml.call("the parent run (resumed)", lambda: ml.connect().update_run(state["parent_run_id"], status="RUNNING"))
-    state["status"] = "running"
+    if not resume:
+        return {
+            "name": spec.name,
+            "spec": spec.path,
+            "profile": spec.profile,
+            "spec_digest": spec.digest(),
+            "experiment_path": exp_path,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    if state is None:
+        raise SweepError(f"--resume: {p} not found: nothing to resume (run without --resume)")
+    if state.get("spec_digest") != spec.digest():
+        raise SweepError(
+            f"--resume: the spec changed since the sweep started (digest {state.get('spec_digest')} "
+            f"-> {spec.digest()}); resume with the same spec and profile, or start a new --name"
+        )
+    state.setdefault("experiment_path", exp_path)
+    return state
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / STATE_FILE, state, indent=2)
 
-    parent = state.get("parent_run_id") if ml is not None and not ml.offline else None
-    context = TrialContext(
+
+def _restore_point(exp_path: str, resume: bool, address: str | None) -> str | None:
+    """Start Ray (or attach to ``address``); the experiment to restore when resuming one Tune
+    saved, checked to have kept its completed trials' results."""
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    if not resume:
+        return None
+    if not tune.Tuner.can_restore(exp_path):
+        print(f"sweep: no Ray experiment state at {exp_path} yet: starting the trials", file=sys.stderr)
+        return None
+    _refuse_completed_without_results(exp_path)  # before the sweep is marked running again
+    return exp_path
+
+
+def _trial_context(spec: SweepSpec, storage: str, ml, parent_run_id: str | None):
+    from .sweep_trial import TrialContext
+    from .tracking.runs import git_revision
+
+    return TrialContext(
         spec_name=spec.name,
         engine_base=spec.engine_base(),
         search=spec.search,
@@ -416,10 +461,10 @@ def run_sweep(
         tracking={
             "uri": ml.tracking_uri,
             "experiment": spec.tracking.get("experiment"),
-            "parent_run_id": parent,
+            "parent_run_id": parent_run_id,
             "git_revision": git_revision(spec.root),
         }
-        if parent
+        if parent_run_id
         else None,
         cpus_per_trial=spec.resources["cpu"],
         workers=int(spec.resources["workers"]),
@@ -428,65 +473,69 @@ def run_sweep(
         max_failures=spec.max_failures,
         keep_checkpoints=spec.keep_checkpoints,
     )
-    if resume and restore is None:
-        print(f"sweep: no Ray experiment state at {exp_path} yet: starting the trials", file=sys.stderr)
-    tuner = _build_tuner(spec, storage, context, restore)
+
+
+def _fit(tuner, spec: SweepSpec, exp_path: str, out: Path, state: dict[str, Any]):
+    """Run the trials: (Tune's results, wall seconds). An interrupted sweep is saved as such and
+    raises :class:`KeyboardInterrupt`: on Ctrl+C Tune saves its state (running trials as RUNNING,
+    what resume continues) and returns normally, so the experiment state it saved tells."""
+    from ray.tune import ExperimentAnalysis
+
     t0 = time.perf_counter()
     try:
         results = tuner.fit()
     except KeyboardInterrupt:
         results = None
     wall = time.perf_counter() - t0
-    if results is None or _unfinished(exp_path, spec):
+    trials = ExperimentAnalysis(exp_path).trials if results is not None else []
+    if results is None or len(trials) < n_trials(spec) or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
         state["status"] = "interrupted"
-        atomic_write_json(out / STATE_FILE, state, indent=2)
+        _save_state(out, state)
         raise KeyboardInterrupt
-    rows = rows_from_results(results, spec)
-    best = best_row(rows)
-    best_ckpt = None
-    if best is not None and best["_checkpoint"] is not None:
-        with best["_checkpoint"].as_directory() as d:
-            src = Path(d) / "checkpoints" / "best.pt"
-            if src.exists():
-                best_ckpt = atomic_copy(src, out / "best.pt")
-    paths = write_results(out, spec, rows)
-    mlflow_out: dict[str, Any] = {}
-    if ml is not None and parent:
-        mlflow_out = _finish_mlflow(ml, spec, parent, rows, paths, best_ckpt)
-        paths = write_results(out, spec, rows)  # now with the child run ids
-        if ml.failed:
-            warnings.warn(f"MLflow: not logged: {', '.join(ml.failed)}", stacklevel=2)
-    errors = sum(r["status"] == STATUS_ERROR for r in rows)
-    state.update(
-        status="finished" if not errors else "finished with errors",
-        wall_s=round(wall, 1),
-        n_trials=len(rows),
-        best_trial=best["trial_id"] if best else None,
-        best_val_pck=best["best_val_pck"] if best else None,
-        model_version=mlflow_out.get("model_version"),
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    )
-    atomic_write_json(out / STATE_FILE, state, indent=2)
-    freed = 0 if keep_all_checkpoints else prune_finished_trials(rows)
-    if freed:
-        print(
-            f"sweep: {freed / 2**20:.1f} MiB of finished trials' resume state (last.pt, older checkpoints) removed",
-            file=sys.stderr,
-        )
-    return {
-        "state": state,
-        "rows": [public(r) for r in rows],
-        "paths": {k: str(v) for k, v in paths.items()},
-        "best_checkpoint": str(best_ckpt) if best_ckpt else None,
-        "mlflow": mlflow_out,
-        "experiment_path": exp_path,
-        "wall_s": wall,
-    }
+    return results, wall
+
+
+def _copy_best_checkpoint(best, out: Path) -> Path | None:
+    """The best trial's ``best.pt`` copied to ``out/best.pt`` (None when it has none)."""
+    if best is None or best["_checkpoint"] is None:
+        return None
+    with best["_checkpoint"].as_directory() as d:
+        src = Path(d) / "checkpoints" / "best.pt"
+        return atomic_copy(src, out / "best.pt") if src.exists() else None
 
 
 # ------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------
+
+
+#: The options after ``--profile`` and ``--set``, in ``--help``'s order: flag, value type (bool: a switch), help.
+OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("--name", str, "the sweep's name (default: the spec's name)"),
+    ("--address", str, "Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray instance)"),
+    (
+        "--storage",
+        str,
+        "Ray results storage: folder, NFS path or s3://bucket/prefix (default: the spec's storage, else "
+        "sweeps/ray_results)",
+    ),
+    ("--out", Path, "local outputs folder (default: sweeps/<name>)"),
+    (
+        "--resume",
+        bool,
+        "continue an interrupted sweep: finished trials are kept, unfinished ones resume from their last "
+        "checkpoint, errored ones are retried",
+    ),
+    ("--max-concurrent", int, "override max_concurrent_trials"),
+    (
+        "--keep-all-checkpoints",
+        bool,
+        "keep every checkpoint of the finished trials, with last.pt (default: only the newest, without "
+        "last.pt: best.pt, metrics.jsonl, config.yaml)",
+    ),
+    ("--no-tracking", bool, "do not log to MLflow"),
+    ("--dry-run", bool, "print the trials and exit"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -496,31 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, help="the sweep spec (YAML), e.g. configs/sweeps/lr_beta1.yaml")
     p.add_argument("--profile", help="a profile of the spec (e.g. toy, full; default: the spec's default_profile)")
     add_overrides_flag(p, "add a fixed override to the spec's set: (repeatable), e.g. --set train.epochs=2")
-    p.add_argument("--name", help="the sweep's name (default: the spec's name)")
-    p.add_argument(
-        "--address", default=None, help="Ray cluster to attach to (default: $RAY_ADDRESS, else a local Ray instance)"
-    )
-    p.add_argument(
-        "--storage",
-        help="Ray results storage: folder, NFS path or s3://bucket/prefix "
-        "(default: the spec's storage, else sweeps/ray_results)",
-    )
-    p.add_argument("--out", type=Path, help="local outputs folder (default: sweeps/<name>)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted sweep: finished trials are kept, unfinished ones resume from "
-        "their last checkpoint, errored ones are retried",
-    )
-    p.add_argument("--max-concurrent", type=int, help="override max_concurrent_trials")
-    p.add_argument(
-        "--keep-all-checkpoints",
-        action="store_true",
-        help="keep every checkpoint of the finished trials, with last.pt (default: only the newest, "
-        "without last.pt: best.pt, metrics.jsonl, config.yaml)",
-    )
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    for flag, kind, text in OPTIONS:
+        p.add_argument(flag, help=text, **({"action": "store_true"} if kind is bool else {"type": kind}))
     add_debug_flag(p)
     return p
 
@@ -569,8 +595,7 @@ def _main(args: argparse.Namespace) -> int:
     )
     if summary["best_checkpoint"]:
         print(f"best checkpoint: {summary['best_checkpoint']}")
-    errors = sum(r["status"] == STATUS_ERROR for r in summary["rows"])
-    return EXIT_TRIAL_ERRORS if errors else 0
+    return EXIT_TRIAL_ERRORS if status_counts(summary["rows"])[STATUS_ERROR] else 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from simsc.config import TRAIN_SECTIONS as TRIAL_SECTIONS
 from simsc.config import engine_sections, load_config
 from simsc.io import atomic_write_bytes, read_yaml_mapping
 
+from .stage_common import STAGE_PARAMS
 from .sweep_spec import SweepSpec, compose, sample_overrides, trial_label
 
 STATUS_COMPLETED = "completed"
@@ -34,8 +35,6 @@ STATUS_DIVERGED = "diverged"
 
 
 def _trial_epochs(spec: SweepSpec, overrides: Mapping[str, Any]) -> int:
-    from simsc.config import load_config
-
     return int(load_config(compose(spec.engine_base(), overrides)).train.epochs)
 
 
@@ -64,7 +63,7 @@ def rows_from_results(results, spec: SweepSpec) -> list[dict[str, Any]]:
             flags = history["diverged"] if "diverged" in history else [False] * len(history)
             val_hist = [float(v) for v, d in zip(history["val_pck"], flags, strict=True) if not _is_true(d)]
         row: dict[str, Any] = {"trial_id": trial_id, "label": trial_label(spec, config), "status": status}
-        row.update({k: v for k, v in overrides.items()})
+        row.update(overrides)
         row.update(
             {
                 "epochs_done": done,
@@ -182,27 +181,15 @@ def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(ok, key=lambda r: r["best_val_pck"]) if ok else None
 
 
-def stage_params() -> tuple[str, ...]:
-    """Every params.yaml key (or section) some DVC stage declares: the stages' ``PARAMS``,
-    which ``tests/test_dvc_deps.py`` keeps equal to ``dvc.yaml``'s ``params:`` lists."""
-    import importlib
-
-    from pipeline.stages import STAGES
-
-    declared: list[str] = []
-    for stage in STAGES:
-        declared += importlib.import_module(f"pipeline.stage_{stage}").PARAMS
-    return tuple(dict.fromkeys(declared))
-
-
-def is_declared(key: str, declared: Sequence[str]) -> bool:
-    return any(key == d or key.startswith(d + ".") for d in declared)
+def is_declared(key: str) -> bool:
+    """Whether some DVC stage reads the params.yaml ``key`` (or its section): its ``params:`` in
+    ``dvc.yaml``, :data:`pipeline.stage_common.STAGE_PARAMS`."""
+    return any(key == d or key.startswith(d + ".") for keys in STAGE_PARAMS.values() for d in keys)
 
 
 def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """The dotted keys the sweep set for the best trial (``set``, its sampled values and a fresh
     ``train.out_dir``) that a trial reads and a stage declares, and the others with the reason."""
-    declared = stage_params()
     # train.out_dir stays params.yaml's (runs/default): DVC keeps each experiment's outputs
     # itself, and a new folder made dvc exp run remove runs/default from the workspace and
     # warn "No file hash info found" for the folder dvc.lock does not know yet.
@@ -213,20 +200,17 @@ def _trial_keys(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any]
             dropped[k] = "searched seeds are replicates: the best trial's seed is luck, not a setting"
         elif k.split(".")[0] not in TRIAL_SECTIONS:
             dropped[k] = "sweep trials do not read it"
-        elif not is_declared(k, declared):
+        elif not is_declared(k):
             dropped[k] = "no DVC stage declares it (dvc.yaml params)"
         else:
             kept[k] = v
     return kept, dropped
 
 
-def trial_config(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The best trial's engine config as plain values (paths as the spec wrote them): the
-    sweep's base with the trial's keys; ``eval`` stays the base's (trials never read it)."""
-    return _trial_config(spec, _trial_keys(spec, row)[0])
-
-
-def _trial_config(spec: SweepSpec, keys: Mapping[str, Any]) -> dict[str, Any]:
+def trial_config(spec: SweepSpec, keys: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine config of the trial keys (:func:`_trial_keys`) as plain values (paths as the
+    spec wrote them): the sweep's base with those keys; ``eval`` stays the base's (trials never
+    read it)."""
     return load_config(compose(engine_sections(spec.params_raw), keys)).to_dict()
 
 
@@ -235,19 +219,16 @@ def handoff(spec: SweepSpec, row: Mapping[str, Any]) -> tuple[dict[str, Any], di
     value differs from the project's ``params.yaml`` (the base files of a toy profile and the
     sweep's ``set`` included), and the sweep keys left out, with the reason."""
     keys, dropped = _trial_keys(spec, row)
-    trial = _trial_config(spec, keys)
+    trial = trial_config(spec, keys)
     params_file = Path(spec.root) / "params.yaml"
-    current = engine_sections(
-        read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
-    )
-    now = load_config(current).to_dict()
+    raw = read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
+    now = load_config(engine_sections(raw)).to_dict()
     kept = {
         f"{section}.{key}": value
         for section in TRIAL_SECTIONS
         for key, value in trial[section].items()
         if now[section][key] != value and (section, key) != ("train", "out_dir")
     }
-    raw = read_yaml_mapping(params_file, what="params file", error=ValueError) if params_file.is_file() else {}
     kept.update(_follow_resolution(raw, now["data"]["resolution"], trial["data"]["resolution"]))
     kept["tracking.registered_model"] = registered_name(spec)
     return kept, dropped
@@ -278,7 +259,7 @@ def best_params(spec: SweepSpec, row: Mapping[str, Any]) -> dict[str, Any]:
     """The best trial as a parameter set: its engine sections as differences from the schema's
     defaults. ``python -m pipeline.paramset FILE --apply``
     makes params.yaml train exactly this configuration."""
-    trial = trial_config(spec, row)
+    trial = trial_config(spec, _trial_keys(spec, row)[0])
     defaults = load_config().to_dict()
     out = {
         section: {k: v for k, v in values.items() if v != defaults[section][k] and (section, k) != ("train", "out_dir")}

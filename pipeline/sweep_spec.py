@@ -80,8 +80,6 @@ SCHEDULERS = ("asha", "fifo")
 SCHEDULER_DEFAULT: dict[str, Any] = {"type": "fifo"}
 #: ASHA's settings when a spec gives ``type: asha`` without them.
 ASHA_DEFAULTS: dict[str, Any] = {"grace_period": 1, "reduction_factor": 2}
-#: Engine keys holding local paths, made absolute against the driver's folder (trials run
-#: in their own trial folders, possibly on other nodes).
 
 
 class SweepSpecError(ValueError):
@@ -237,7 +235,7 @@ def _default(name: str) -> Any:
 def _read_with_profile(path: Path, profile: str | None) -> tuple[dict[str, Any], str | None]:
     """The spec file with the chosen profile merged over it, and the profile's name."""
     where = str(path)
-    raw = _read_yaml(path)
+    raw = read_yaml_mapping(path, what="sweep spec", error=SweepSpecError)
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise SweepSpecError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_TOP_KEYS))}")
@@ -426,10 +424,6 @@ def _merge_spec(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return merge_mappings(base, over, replace=replace)
 
 
-def _read_yaml(path: Path, what: str = "sweep spec") -> dict[str, Any]:
-    return read_yaml_mapping(path, what=what, error=SweepSpecError)
-
-
 def _check_section(key: str, params: Mapping[str, Any], where: str) -> None:
     """A dotted key outside the engine sections must name a section of the base params (e.g.
     ``tracking.experiment``): a typo (``trian.max_steps``) would otherwise set a section that
@@ -545,19 +539,26 @@ def compose(
     return compose_data(base=engine_base, overrides=overrides, root=root)
 
 
+def _sampled(entry: SearchEntry, sample: Mapping[str, Any]) -> Any:
+    """An entry's value in one trial's sampled values (Ray's ``config``): dotted keys are nested
+    ``{section: {name: value}}``, bundles are ``{label: name}``."""
+    if entry.is_bundle:
+        return sample.get(entry.key)
+    section, name = entry.key.split(".")
+    return sample[section][name]
+
+
 def sample_overrides(spec: SweepSpec, sample: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted overrides of one trial from its sampled values (Ray's ``config``): dotted keys
-    are nested ``{section: {name: value}}``, bundles are ``{label: name}``."""
+    """Dotted overrides of one trial from its sampled values (a bundle: its mapping of keys)."""
     out: dict[str, Any] = {}
     for e in spec.search:
-        if e.is_bundle:
-            label = sample.get(e.key)
-            if label not in e.bundles:
-                raise KeyError(f"trial config lacks bundle {e.key!r} (got {label!r})")
-            out.update(e.bundles[label])
+        value = _sampled(e, sample)
+        if not e.is_bundle:
+            out[e.key] = value
+        elif value in e.bundles:
+            out.update(e.bundles[value])
         else:
-            section, name = e.key.split(".")
-            out[e.key] = sample[section][name]
+            raise KeyError(f"trial config lacks bundle {e.key!r} (got {value!r})")
     return out
 
 
@@ -565,12 +566,8 @@ def trial_label(spec: SweepSpec, sample: Mapping[str, Any]) -> str:
     """``temperature=single lr_backbone=2e-05`` for run names and tables."""
     parts = []
     for e in spec.search:
-        if e.is_bundle:
-            parts.append(f"{e.key}={sample.get(e.key)}")
-        else:
-            section, name = e.key.split(".")
-            v = sample[section][name]
-            parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
+        name, v = e.key.rpartition(".")[2], _sampled(e, sample)
+        parts.append(f"{name}={v:.3g}" if isinstance(v, float) else f"{name}={v}")
     return " ".join(parts)
 
 
@@ -581,16 +578,10 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     space: dict[str, Any] = {}
     for e in spec.search:
         values = list(e.bundles) if e.is_bundle else e.values
-        if e.sampler == "grid":
-            dom = tune.grid_search(values)
-        elif e.sampler == "choice":
-            dom = tune.choice(values)
-        elif e.sampler == "uniform":
-            dom = tune.uniform(*values)
-        elif e.sampler == "loguniform":
-            dom = tune.loguniform(*values)
-        else:
-            dom = tune.randint(*values)
+        if e.sampler in ("grid", "choice"):  # over the candidates
+            dom = (tune.grid_search if e.sampler == "grid" else tune.choice)(values)
+        else:  # uniform, loguniform, randint over [low, high]
+            dom = getattr(tune, e.sampler)(*values)
         if e.is_bundle:
             space[e.key] = dom
         else:

@@ -63,29 +63,29 @@ class TrialContext:
     embedded: dict[str, Any] | None = None
 
 
-def _copy_into(src_dir: Path, dst_dir: Path, names) -> None:
-    for name in names:
-        src = src_dir / name
-        if src.exists():
-            atomic_copy(src, dst_dir / name)
+def _copy_checkpoint_files(src_dir: Path, dst_dir: Path, link: bool = False) -> None:
+    """The :data:`CHECKPOINT_FILES` that ``src_dir`` holds, copied into ``dst_dir`` (``link``: hard
+    linked where the file system allows; the trainer replaces files atomically, so links stay
+    consistent)."""
+    for name in CHECKPOINT_FILES:
+        src, dst = src_dir / name, dst_dir / name
+        if not src.exists():
+            continue
+        if link:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                os.link(src, dst)
+                continue
+        atomic_copy(src, dst)
 
 
 @contextlib.contextmanager
 def checkpoint_folder(run_dir: Path, trial_state: dict[str, Any]) -> Iterator[Path]:
     """A temporary folder with hard links (copies across file systems) to the run folder's
-    checkpoint files; the trainer replaces files atomically, so the links stay consistent."""
+    checkpoint files."""
     tmp = Path(tempfile.mkdtemp(prefix="simsc-ckpt-"))
     try:
-        for name in CHECKPOINT_FILES:
-            src = run_dir / name
-            if not src.exists():
-                continue
-            dst = tmp / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
+        _copy_checkpoint_files(run_dir, tmp, link=True)
         (tmp / TRIAL_STATE).write_text(json.dumps(trial_state) + "\n", encoding="utf-8")
         yield tmp
     finally:
@@ -200,15 +200,13 @@ def _restore(run_dir: Path, in_train_job: bool = False) -> tuple[bool, dict[str,
         from ray import tune
 
         ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        # A first start, or a restart before the first checkpoint: begin afresh.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return False, {"starts": 1}
     shutil.rmtree(run_dir, ignore_errors=True)
+    if ckpt is None:  # a first start, or a restart before the first checkpoint: begin afresh
+        return False, {"starts": 1}
     run_dir.mkdir(parents=True, exist_ok=True)
     with ckpt.as_directory() as d:
         d = Path(d)
-        _copy_into(d, run_dir, CHECKPOINT_FILES)
+        _copy_checkpoint_files(d, run_dir)
         state = json.loads((d / TRIAL_STATE).read_text(encoding="utf-8")) if (d / TRIAL_STATE).exists() else {}
     state["starts"] = int(state.get("starts", 1)) + 1
     return True, state

@@ -6,12 +6,13 @@ writes (``make dvc-deps``). Independently of that rendering, each file of the cl
 listed in the stage's ``deps`` (a listed directory covers the files under it), and each listed
 ``.py`` file must be in the closure (no dep that cannot change the stage's output).
 
-**Params.** Each stage module declares the keys it reads in one constant, ``PARAMS``, and
+**Params.** The keys each stage reads have one home, the table
+:data:`pipeline.stage_common.STAGE_PARAMS`; each stage module's ``PARAMS`` is its entry, and
 :func:`pipeline.stage_common.run_stage` hands the stage only those keys: the code cannot read
-a key outside ``PARAMS`` (it would find nothing). Two checks make ``PARAMS`` honest:
-it equals the stage's ``params:`` in ``dvc.yaml``, and every declared key is read somewhere
-in the stage's ``pipeline/`` code (its last component appears as a string constant or
-subscript there), so a key the stage never reads cannot stay declared. A constant rather than
+a key outside ``PARAMS`` (it would find nothing). Two checks make the table honest: it is the
+stages' ``params:`` in ``dvc.yaml`` (which ``make dvc-deps`` writes from it), and every declared
+key is read somewhere in the stage's ``pipeline/`` code (its last component appears as a string
+constant or subscript there), so a key the stage never reads cannot stay declared. A constant rather than
 an analysis of ``params[...]`` expressions, because the reads go through helpers
 (``_section``, ``engine_config``, ``build_report``) that an expression analysis would have to
 follow and still miss; the constant is what the code itself uses.
@@ -30,6 +31,7 @@ import yaml
 
 from pipeline.dvc_deps import PACKAGES, REPO, closure
 from pipeline.dvc_deps import main as dvc_deps_main
+from pipeline.stage_common import STAGE_PARAMS
 
 
 def stages() -> dict[str, dict]:
@@ -121,9 +123,28 @@ def test_params_are_the_ones_the_stage_reads(name):
     stage = STAGES[name]
     module = importlib.import_module(entry_module(stage))
     declared = [str(p) for p in stage.get("params", [])]
-    assert sorted(declared) == sorted(module.PARAMS), (
-        f"dvc.yaml stage {name!r} params {declared} != {module.__name__}.PARAMS {list(module.PARAMS)}"
-    )
+    assert declared == list(STAGE_PARAMS[name]), f"dvc.yaml stage {name!r} params {declared} != STAGE_PARAMS"
+    assert module.PARAMS == STAGE_PARAMS[name], f"{module.__name__}.PARAMS is not its STAGE_PARAMS entry"
+
+
+def test_the_params_table_is_what_dvc_yaml_lists(tmp_path):
+    """A copy of the project where the report stage's entry of the table gains a key: --check
+    fails, a rewrite lists it under the report stage's params and nowhere else."""
+    for name in ("simsc", "pipeline"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    table = tmp_path / "pipeline" / "stage_common.py"
+    table.write_text(table.read_text().replace('"report": ("report",', '"report": ("report", "report_extra",'))
+    yaml_file = tmp_path / "dvc.yaml"
+    assert dvc_deps_main(["--check", "--file", str(yaml_file)]) == 1
+    assert dvc_deps_main(["--file", str(yaml_file)]) == 0
+    after = yaml.safe_load(yaml_file.read_text())["stages"]
+    assert after["report"]["params"] == ["report", "report_extra", *STAGE_PARAMS["report"][1:]]
+    assert {n: st.get("params") for n, st in after.items() if n != "report"} == {
+        n: st.get("params")
+        for n, st in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()
+        if n != "report"
+    }
 
 
 def strings_in(path: Path, functions: set[str] | None = None) -> set[str]:

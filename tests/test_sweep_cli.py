@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.sweep import EXIT_USER_ERROR, main
+from pipeline.sweep import main
 from pipeline.sweep_spec import load_sweep_spec
+from simsc.errors import EXIT_USER_ERROR
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "configs" / "sweeps" / "manual_temperature.yaml"

@@ -218,8 +218,11 @@ def test_four_trial_sweep_on_a_two_node_cluster(cluster, worker, mlflow_server, 
     assert best_cfg.model.temperature == best["model.temperature"] and best_cfg.train.seed == int(best["train.seed"])
     ckpt = load_checkpoint(sweep_dir / "best.pt")
     assert ckpt["config"]["model"]["temperature"] == best["model.temperature"]
-    artifacts = {a.path for a in client.list_artifacts(parent_id, "results")}
-    assert {"results/results.csv", "results/results.md", "results/best_params.yaml"} <= artifacts
+    # the parent's results artifacts are the files the sweep wrote, child run ids included
+    logged = Path(client.download_artifacts(parent_id, "results", str(tmp_path / "logged")))
+    assert sorted(p.name for p in logged.iterdir()) == ["best_params.yaml", "results.csv", "results.md"]
+    for f in logged.iterdir():
+        assert f.read_bytes() == (sweep_dir / f.name).read_bytes(), f.name
     assert parents[0].data.tags["sweep.best_trial"] == best["trial_id"]
 
     # the finished trials keep their newest checkpoint, without the resume state (last.pt)
@@ -460,6 +463,9 @@ def test_resume_refuses_a_completed_trial_whose_folder_is_gone(cluster, tiny_emb
     env = dict(cluster.env, PYTHONPATH=str(REPO))
     out = run(sweep_cmd(spec_path, cluster), tmp_path, env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    # without MLflow the results are written all the same, with no run id column
+    rows = list(csv.DictReader(open(tmp_path / "sweeps" / "gone" / "results.csv")))
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and "mlflow_run_id" not in rows[0]
     (trial,) = trial_dirs(tmp_path / "sweeps" / "ray_results", "gone")
     shutil.rmtree(trial)
     out = run(sweep_cmd(spec_path, cluster, "--resume"), tmp_path, env)
