@@ -428,3 +428,31 @@ def test_a_value_error_in_the_forward_pass_is_not_taken_for_a_divergence(tmp_pat
     assert not isinstance(e.value, TrainingDivergedError)
     with pytest.raises(TrainingDivergedError, match=r"the forward pass failed \(beta must have shape"):
         run(tmp_path / "b", poison=True)
+
+
+def test_resume_training_restores_the_state_or_refuses_by_name(tmp_path):
+    """resume_training: a ``last`` checkpoint of this config loads into a fresh model and
+    optimiser with its train state and metrics offset; a ``best`` checkpoint, an edited offset
+    and a changed non-resumable key are refused naming the file and the entry."""
+    from simsc.config import load_config
+    from simsc.engine import resume_training
+    from simsc.model import build_model
+
+    cfg = load_config(tiny_config(tmp_path))
+    model = build_model(cfg)
+    written, ck = _written_state(model, cfg, tmp_path, step=7, epoch=2)
+    fresh = build_model(cfg)
+    opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    state, offset = resume_training(tmp_path / "last.pt", cfg, fresh, opt)
+    assert (state.step, state.epoch, offset) == (7, 2, 123)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True))
+    for name, edit, message in [
+        ("best", {"kind": "best"}, "not a training checkpoint"),
+        ("offset", {"metrics_offset": -1}, "'metrics_offset' must be an integer >= 0"),
+    ]:
+        atomic_save({**ck, **edit}, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match=rf"{name}\.pt.*{message}"):
+            resume_training(tmp_path / f"{name}.pt", cfg, build_model(cfg), opt)
+    other = load_config(tiny_config(tmp_path, lr_backbone=0.5))
+    with pytest.raises(CheckpointError, match=r"cannot resume .*last\.pt: the config differs in train\.lr_backbone"):
+        resume_training(tmp_path / "last.pt", other, build_model(other), opt)

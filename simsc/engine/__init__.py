@@ -19,6 +19,7 @@ _LAZY = {
         "load_checkpoint",
         "load_model",
         "restore_rng_state",
+        "resume_training",
     ),
     "trainer": ("Trainer", "TrainingDivergedError", "param_groups", "train"),
     "runtime": ("epoch_seed", "resolve_device"),

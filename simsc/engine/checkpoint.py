@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, diff_configs, load_config, resumable_keys
 from ..io import atomic_write
 from ..model import SimSC, build_model  # build_model: re-exported, simsc.engine.build_model
 
@@ -430,6 +430,53 @@ def build_checkpoint(
 # ----------------------------------------------------------------------------------------
 # Models from configs and checkpoints
 # ----------------------------------------------------------------------------------------
+
+
+def resume_training(
+    path: Path,
+    config: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[TrainState, int]:
+    """Continue a run from its ``last`` checkpoint at ``path``: check that it is a training
+    checkpoint of ``config`` (only the keys the schema marks resumable may differ) and that
+    every entry is sound, then load it into the model, optimiser, scaler and the global RNGs.
+    Returns the train state and the ``metrics.jsonl`` offset to truncate the log to."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "last":
+        raise CheckpointError(f"{path}: not a training checkpoint (kind={ckpt.get('kind')!r})")
+    resumable = resumable_keys()
+    changed = [k for k in diff_configs(ckpt["config"], config.to_dict()) if k not in resumable]
+    if changed:
+        raise CheckpointError(
+            f"cannot resume {path}: the config differs in {', '.join(changed)} "
+            f"(only {', '.join(sorted(resumable))} may change); start a new run instead"
+        )
+    state = TrainState.from_dict(ckpt, path)  # every entry checked before anything is restored
+    offset = ckpt["metrics_offset"]
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise CheckpointError(
+            f"{path}: checkpoint entry 'metrics_offset' must be an integer >= 0, got {offset!r:.80}; "
+            "the file was edited or written by other code, it cannot be resumed"
+        )
+    restores: list[tuple[str, Callable[[], Any]]] = [
+        ("model", lambda: model.load_state_dict(ckpt["model"], strict=True)),
+        ("optimizer", lambda: optimizer.load_state_dict(ckpt["optimizer"])),
+        ("rng", lambda: restore_rng_state(ckpt["rng"])),
+    ]
+    if scaler is not None and ckpt.get("scaler") is not None:
+        restores.append(("scaler", lambda: scaler.load_state_dict(ckpt["scaler"])))
+    for key, restore in restores:
+        try:
+            restore()
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: checkpoint entry {key!r} cannot be restored ({reason:.200}); the file was "
+                "edited or written by other code, it cannot be resumed"
+            ) from None
+    return state, offset
 
 
 def load_model(path: str | os.PathLike) -> tuple[SimSC, Config, dict[str, Any]]:

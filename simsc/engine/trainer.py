@@ -21,29 +21,21 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, diff_configs, load_config, resumable_keys
+from ..config import Config, load_config
 from ..evaluate import alpha_key, evaluate
 from ..memory import check_training_memory
 from ..model import SimSC, build_model, check_batch
 from ..progress import Progress
 from . import distributed as ddp
 from .callbacks import CallbackList, CallbackProtocol
-from .checkpoint import (
-    BestSoFar,
-    CheckpointError,
-    TrainState,
-    atomic_save,
-    build_checkpoint,
-    load_checkpoint,
-    restore_rng_state,
-)
+from .checkpoint import BestSoFar, TrainState, atomic_save, build_checkpoint, resume_training
 from .divergence import TrainingDivergedError, batch_temperatures
 from .optim import grad_layers, param_groups
 from .records import diverged_record, epoch_record, step_record_from_values
@@ -203,43 +195,6 @@ class Trainer:
         """``model.loss`` with the value checks off (the batch is checked on the CPU)."""
         return self.model.loss(batch, check=False)
 
-    def _load_resume_state(self) -> dict[str, Any]:
-        """Load ``last.pt`` into the model, optimiser, scaler and global RNGs; returns the checkpoint."""
-        ckpt = load_checkpoint(self.last_path)
-        if ckpt.get("kind") != "last":
-            raise CheckpointError(f"{self.last_path}: not a training checkpoint (kind={ckpt.get('kind')!r})")
-        resumable = resumable_keys()
-        changed = [k for k in diff_configs(ckpt["config"], self.cfg.to_dict()) if k not in resumable]
-        if changed:
-            raise CheckpointError(
-                f"cannot resume {self.last_path}: the config differs in {', '.join(changed)} "
-                f"(only {', '.join(sorted(resumable))} may change); start a new run instead"
-            )
-        TrainState.from_dict(ckpt, self.last_path)  # every entry checked before anything is restored
-        offset = ckpt["metrics_offset"]
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise CheckpointError(
-                f"{self.last_path}: checkpoint entry 'metrics_offset' must be an integer >= 0, got {offset!r:.80}; "
-                "the file was edited or written by other code, it cannot be resumed"
-            )
-        restores: list[tuple[str, Callable[[], Any]]] = [
-            ("model", lambda: self.model.load_state_dict(ckpt["model"], strict=True)),
-            ("optimizer", lambda: self.optimizer.load_state_dict(ckpt["optimizer"])),
-            ("rng", lambda: restore_rng_state(ckpt["rng"])),
-        ]
-        if self.scaler is not None and ckpt.get("scaler") is not None:
-            restores.append(("scaler", lambda: self.scaler.load_state_dict(ckpt["scaler"])))  # type: ignore[union-attr]
-        for key, restore in restores:
-            try:
-                restore()
-            except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CheckpointError(
-                    f"{self.last_path}: checkpoint entry {key!r} cannot be restored ({reason:.200}); the file was "
-                    "edited or written by other code, it cannot be resumed"
-                ) from None
-        return ckpt
-
     def _log(self, record: Any) -> None:
         if self.rank == 0:
             self.folder.log(record)
@@ -253,10 +208,8 @@ class Trainer:
         state = TrainState()
         offset: int | None = None
         if not fresh:
-            ckpt = self._load_resume_state()
-            state = TrainState.from_dict(ckpt, self.last_path)
-            offset = int(ckpt["metrics_offset"])
-            self._resumed_from = int(ckpt["step"])
+            state, offset = resume_training(self.last_path, cfg, model, self.optimizer, self.scaler)
+            self._resumed_from = state.step
         if self.rank == 0:
             if fresh:
                 self.folder.clear_earlier_outputs()
