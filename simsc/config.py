@@ -419,14 +419,12 @@ def yaml_number(value: Any) -> Any:
 
 
 def _to_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}: must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and isinstance(yaml_number(value), int):
-        return int(yaml_number(value))
+    # 3.0 is 3 (YAML writes a float), "3" is 3 (an override's text); "3.0" and true are not
+    number = yaml_number(value) if isinstance(value, str) else value
+    if isinstance(number, float) and not isinstance(value, str) and number.is_integer():
+        return int(number)
+    if isinstance(number, int) and not isinstance(number, bool):
+        return number
     raise ConfigError(f"{name}: must be an integer, got {value!r}")
 
 
