@@ -61,6 +61,13 @@ def _oserror_text(exc: OSError) -> str:
     return f"{text} ({hint})" if hint else text
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line reason; ``default`` (else the
+    exception's type name) when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)
+
+
 def describe_user_error(exc: BaseException, extra: tuple[type[BaseException], ...] = ()) -> str | None:
     """The one-line message of a user error, or ``None`` when ``exc`` is not one (a bug)."""
     if isinstance(exc, UnicodeDecodeError):
@@ -74,8 +81,7 @@ def describe_user_error(exc: BaseException, extra: tuple[type[BaseException], ..
     if isinstance(exc, (ValueError, UserError) + tuple(extra)):
         return _without_worker_traceback(exc, str(exc)) or type(exc).__name__
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        return f"out of memory: {first} (use a smaller --resolution or --batch-size)"
+        return f"out of memory: {first_line(exc, 'out of memory')} (use a smaller --resolution or --batch-size)"
     return None
 
 

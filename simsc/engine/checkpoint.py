@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError, diff_configs, load_config, resumable_keys
+from ..errors import first_line
 from ..io import atomic_write
 from ..model import SimSC, build_model  # build_model: re-exported, simsc.engine.build_model
 
@@ -173,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a damaged file; all mean that
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(
             f"cannot read checkpoint {path} ({size} bytes): {reason}; the file is damaged or not a torch checkpoint"
         ) from None
@@ -471,7 +472,7 @@ def resume_training(
         try:
             restore()
         except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise CheckpointError(
                 f"{path}: checkpoint entry {key!r} cannot be restored ({reason:.200}); the file was "
                 "edited or written by other code, it cannot be resumed"

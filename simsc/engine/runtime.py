@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import first_line
 from . import distributed as ddp
 
 #: ``train.amp`` -> the autocast dtype of the forward pass (``off``: none).
@@ -88,7 +89,7 @@ def compile_fallback(backend: str, exc: BaseException) -> None:
     """Warn that ``torch.compile`` failed and training runs eagerly."""
     import warnings
 
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     warnings.warn(
         f"train.compile: torch.compile (backend {backend!r}) failed ({type(exc).__name__}: {reason[:300]}); "
         "training runs eagerly instead",
