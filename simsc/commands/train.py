@@ -122,4 +122,4 @@ def _refuse_overwriting_inputs(args: argparse.Namespace, cfg) -> None:
         return
     pretrained = cfg.model.pretrained if isinstance(cfg.model.pretrained, str) else None
     inputs = [("--config", path) for path in args.config] + [("model.pretrained", local_file(pretrained))]
-    refuse_overwriting_inputs(inputs, [("the run folder's", out_dir / name) for name in RUN_OUTPUTS])
+    refuse_overwriting_inputs(inputs, [("the run folder's", out_dir / name) for name in RUN_OUTPUTS.values()])

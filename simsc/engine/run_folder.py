@@ -38,7 +38,13 @@ RUN_LOCK = ".simsc-run.lock"
 
 #: The files a run writes, relative to its folder (the layout above): the fresh-folder rule,
 #: the stale-temporaries sweep and ``simsc train``'s refusal to overwrite its inputs read this.
-RUN_OUTPUTS = ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.jsonl", "summary.json", "config.yaml")
+RUN_OUTPUTS = {
+    "last": "checkpoints/last.pt",
+    "best": "checkpoints/best.pt",
+    "metrics": "metrics.jsonl",
+    "summary": "summary.json",
+    "config": "config.yaml",
+}
 
 
 #: Descriptors of the run locks this process holds (see :func:`_drop_inherited_locks`).
@@ -114,7 +120,11 @@ class RunFolder:
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
-        self.last_path, self.best_path, self.metrics_path, self.summary_path, self.config_path = self.outputs()
+        self.last_path = self.out_dir / RUN_OUTPUTS["last"]
+        self.best_path = self.out_dir / RUN_OUTPUTS["best"]
+        self.metrics_path = self.out_dir / RUN_OUTPUTS["metrics"]
+        self.summary_path = self.out_dir / RUN_OUTPUTS["summary"]
+        self.config_path = self.out_dir / RUN_OUTPUTS["config"]
         self.ckpt_dir = self.last_path.parent
         self._lock = RunLock(self.out_dir)
         self._log: IO[str] | None = None
@@ -142,7 +152,7 @@ class RunFolder:
 
     def outputs(self) -> list[Path]:
         """The paths of :data:`RUN_OUTPUTS` in this folder."""
-        return [self.out_dir / name for name in RUN_OUTPUTS]
+        return [self.out_dir / name for name in RUN_OUTPUTS.values()]
 
     def _check_fresh(self, overwrite: bool) -> None:
         """Refuse to start over a folder with outputs of an earlier run unless ``overwrite``."""
