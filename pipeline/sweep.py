@@ -358,11 +358,11 @@ def run_sweep(
     rows = rows_from_results(results, spec)
     best = best_row(rows)
     best_ckpt = _copy_best_checkpoint(best, out)
-    client = ml.connect() if parent and not ml.offline else None
-    if client and parent:  # the trials' runs first: the results then hold their ids
+    client = ml.connect() if parent else None  # parent is None when offline or untracked
+    if client:  # the trials' runs first: the results then hold their ids
         _close_trial_runs(ml, client, spec, parent, rows)
     paths = write_results(out, spec, rows)  # once, complete
-    version = _log_to_parent(ml, client, spec, parent, rows, paths, best_ckpt) if client and parent else None
+    version = _log_to_parent(ml, client, spec, parent, rows, paths, best_ckpt) if client else None
     if parent and ml.failed:
         warnings.warn(f"MLflow: not logged: {', '.join(ml.failed)}", stacklevel=2)
 
