@@ -81,9 +81,11 @@ def _copy_checkpoint_files(src_dir: Path, dst_dir: Path, link: bool = False) -> 
 
 @contextlib.contextmanager
 def checkpoint_folder(run_dir: Path, trial_state: dict[str, Any]) -> Iterator[Path]:
-    """A temporary folder with hard links (copies across file systems) to the run folder's
-    checkpoint files."""
-    tmp = Path(tempfile.mkdtemp(prefix="simsc-ckpt-"))
+    """A temporary folder with hard links to the run folder's checkpoint files.
+
+    It lives inside the run folder, so a trial killed mid-report leaves it in the scratch that
+    the trial's end (or its restart) removes, not in the temp folder."""
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
     try:
         _copy_checkpoint_files(run_dir, tmp, link=True)
         (tmp / TRIAL_STATE).write_text(json.dumps(trial_state) + "\n", encoding="utf-8")
@@ -345,6 +347,8 @@ def _fit_trial(config: dict[str, Any], context: TrialContext, trial_id: str, tra
     finally:
         # Everything worth keeping went to the storage with the last report.
         shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the trial's folder, once its last rank has left
+            run_dir.parent.rmdir()
 
 
 def scratch_dir(spec_name: str, trial_id: str, name: str = "run") -> Path:

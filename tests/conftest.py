@@ -1,10 +1,23 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 # Two cores: keep torch from oversubscribing when pytest and helpers share the machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temp_folder(tmp_path_factory):
+    """Every temporary file of the suite and of the processes it starts (servers, Ray nodes and
+    their trials' scratch, MLflow's model downloads) goes under pytest's base folder, which pytest
+    removes when the run passes: runs on a shared disk leave nothing behind."""
+    tmp = tmp_path_factory.mktemp("tmp", numbered=False)
+    os.environ["TMPDIR"] = str(tmp)
+    # Ray keeps unix sockets under its temp folder: its paths must stay under 108 characters.
+    os.environ.setdefault("RAY_TMPDIR", "/tmp")
+    tempfile.tempdir = str(tmp)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,3 +155,4 @@ class LocalRayCluster:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         self.nodes.clear()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
