@@ -54,10 +54,22 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _max_weight_diff(a: Path, b: Path) -> float:
+def _assert_same_weights(a: Path, b: Path) -> None:
+    """The two checkpoints hold the same weights up to the order of the gradient sums.
+
+    Adam divides each gradient by its own running RMS, so an element whose gradient is ~0 moves
+    by up to ``lr`` on rounding noise alone (seen: 329 of 2.9M elements, in one conv, differing by
+    1.3e-4 at lr 1e-3, with every logged loss equal to 1e-5). A wrong share or average moves
+    every element: the check is on the whole net and on how many elements differ."""
     wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
     assert wa.keys() == wb.keys()
-    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+    diff = sum(float(((wa[k].double() - wb[k].double()) ** 2).sum()) for k in wa) ** 0.5
+    norm = sum(float((wa[k].double() ** 2).sum()) for k in wa) ** 0.5
+    off = sum(int(((wa[k].double() - wb[k].double()).abs() > 1e-6).sum()) for k in wa)
+    total = sum(v.numel() for v in wa.values())
+    print(f"weights: relative difference {diff / norm:.3g}, {off} of {total} elements off by > 1e-6")
+    assert diff / norm < 5e-5
+    assert off / total < 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +91,7 @@ def test_two_ranks_of_two_pairs_equal_one_rank_of_four(tmp_path, toy):
     for ra, rb in zip(steps_a, steps_b, strict=True):
         for key in ("loss", "ce", "reg", "beta_a_mean", "beta_b_mean", "beta_eff_mean", "beta_a_std"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (rb["step"], key)
-    diff = _max_weight_diff(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt")
-    print(f"largest weight difference after 5 steps, 2 ranks x 2 pairs vs 1 rank x 4 pairs: {diff:.3g}")
-    assert diff < 1e-5
+    _assert_same_weights(one / "checkpoints" / "last.pt", two / "checkpoints" / "last.pt")
     # validation on 5 pairs (3 + 2 on two ranks): the same numbers, from summed counts
     ea = next(r for r in a if r["type"] == "epoch")
     eb = next(r for r in b if r["type"] == "epoch")
@@ -109,7 +119,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path, toy):
     assert summary["resumed_from_step"] == 3 and summary["step"] == 5
     steps = [r["step"] for r in _records(run) if r["type"] == "step"]
     assert steps == [1, 2, 3, 4, 5]
-    assert _max_weight_diff(ref / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt") < 1e-5
+    _assert_same_weights(ref / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
 
 
 #: The CLI runs of these tests: a tiny random-init resnet18 on 2 CPU ranks, a checkpoint a step.
@@ -253,7 +263,7 @@ def test_heads_without_batchnorm_train_the_same_on_two_ranks(tmp_path, head):
         runs[devices] = [r["loss"] for r in _records(tmp_path / str(devices)) if r["type"] == "step"]
     assert runs[2] == pytest.approx(runs[1], rel=1e-5)
     one, two = (tmp_path / d / "checkpoints" / "last.pt" for d in ("1", "2"))
-    assert _max_weight_diff(one, two) < 1e-5
+    _assert_same_weights(one, two)
 
 
 def _evaluate_rank(out: str) -> None:
