@@ -30,7 +30,9 @@ from tests.http_server import unused_port
 from tests.mlflow_server import MlflowServer
 from tests.ray_cluster import LocalRayCluster
 
-pytestmark = pytest.mark.slow
+# One Ray cluster at a time on this machine: `ray start --head` takes fixed default ports (the
+# client server's among them), so these tests share one test process (make test: --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 REPO = Path(__file__).resolve().parents[1]
 
 
