@@ -63,12 +63,18 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     every element: the check is on the whole net and on how many elements differ."""
     wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
     assert wa.keys() == wb.keys()
-    diff = sum(float(((wa[k].double() - wb[k].double()) ** 2).sum()) for k in wa) ** 0.5
-    norm = sum(float((wa[k].double() ** 2).sum()) for k in wa) ** 0.5
-    off = sum(int(((wa[k].double() - wb[k].double()).abs() > 1e-6).sum()) for k in wa)
-    total = sum(v.numel() for v in wa.values())
-    print(f"weights: relative difference {diff / norm:.3g}, {off} of {total} elements off by > 1e-6")
-    assert diff / norm < 5e-5
+    diff_sq = norm_sq = 0.0
+    off = total = 0
+    for k in wa:
+        a_k = wa[k].double()
+        d = a_k - wb[k].double()
+        diff_sq += float((d**2).sum())
+        norm_sq += float((a_k**2).sum())
+        off += int((d.abs() > 1e-6).sum())
+        total += d.numel()
+    rel = (diff_sq / norm_sq) ** 0.5
+    print(f"weights: relative difference {rel:.3g}, {off} of {total} elements off by > 1e-6")
+    assert rel < 5e-5
     assert off / total < 1e-3
 
 
